@@ -1,0 +1,216 @@
+"""PyTorch -> ONNX with a dynamic batch axis, metadata, a full checker pass and a check on ONNX Runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.validate import TOLERANCES, DriftReport, Tolerance, check, compare
+from vitexport import __version__
+from vitexport.artifacts import ModelArtifact
+from vitexport.errors import ExportError
+from vitexport.registry import create_model, get_spec
+from vitexport.weights import sha256_file
+
+# Opset 18 is the default: the dynamo exporter's native opset (no version conversion), run by ONNX Runtime >= 1.14
+# and parsed by TensorRT >= 8.6 alike, and the graph onnxscript's ORT fusions match. Opset 23 adds the standard
+# `Attention` op (TensorRT >= 10.14 parses it, older ones do not), so it is a choice, not the default.
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = range(18, 24)
+PROTOBUF_LIMIT = 2**31  # a single ONNX protobuf cannot exceed 2 GB: larger models keep weights in external data
+VALIDATION_BATCHES = (1, 4)
+
+
+class Heads(str, Enum):
+    avg = "avg"  # DeiT's test-time average of the class and distillation heads
+    all = "all"  # also `logits_cls` and `logits_dist`
+
+
+class _ExportHeads(nn.Module):
+    """Returns (average, class head, distillation head) logits of a distilled DeiT."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cls_logits, dist_logits = self.model.forward_heads(x)
+        return (cls_logits + dist_logits) / 2, cls_logits, dist_logits
+
+
+def export_onnx(
+    name: str,
+    output: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    opset: int = DEFAULT_OPSET,
+    img_size: int | None = None,
+    batch_size: int | None = None,
+    heads: Heads = Heads.avg,
+    attention: str = "sdpa",
+    validate: bool = True,
+    external_data_threshold: int = PROTOBUF_LIMIT,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ModelArtifact:
+    """Export a registered model to ONNX, check it with onnx.checker and validate it on ONNX Runtime.
+
+    The sidecar is written last, with the validation report; a failed validation raises ValidationError and
+    leaves no sidecar, so later stages never pick up an unchecked file.
+    """
+    spec = get_spec(name).with_img_size(img_size)
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
+    if heads is Heads.all and not spec.distilled:
+        raise ExportError(f"--heads all needs a distilled model; {spec.name} has one head")
+    if batch_size is not None and batch_size < 1:
+        raise ExportError(f"batch size must be >= 1, got {batch_size}")
+    output = Path(output)
+    _check_writable(output)
+
+    progress(f"building {spec.name}")
+    model = create_model(spec.name, checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, attention=attention)
+    exported: nn.Module = _ExportHeads(model) if heads is Heads.all else model
+    output_names = ("logits", "logits_cls", "logits_dist") if heads is Heads.all else ("logits",)
+
+    progress(f"exporting to ONNX opset {opset}")
+    S = spec.img_size
+    # A batch of 2 keeps the exporter from specialising the batch axis to the constant 1.
+    example = torch.randn(batch_size or 2, 3, S, S)
+    dynamic = None if batch_size else ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    proto = _torch_export(exported, example, opset, output_names, dynamic)
+
+    sha = sha256_file(checkpoint) if checkpoint else None
+    metadata = {
+        "vitexport.model": spec.name,
+        "vitexport.preprocess": json.dumps(spec.preprocess.to_dict()),
+        "vitexport.opset": str(opset),
+        "vitexport.checkpoint_sha256": sha or "",
+        "vitexport.version": __version__,
+    }
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+
+    progress("checking the graph")
+    _save(proto, output, external=proto.ByteSize() >= external_data_threshold)
+    artifact = ModelArtifact(
+        path=output,
+        format="onnx",
+        model=spec.name,
+        preprocess=spec.preprocess,
+        num_classes=spec.num_classes,
+        output_names=output_names,
+        batch_size=batch_size,
+        opset=opset,
+        checkpoint_sha256=sha,
+    )
+    if validate:
+        progress("validating on ONNX Runtime")
+        reports = validate_onnx(artifact, exported)
+        artifact = artifact.with_(validation={"passed": True, "reports": [r.to_dict() for r in reports]})
+    artifact.save()
+    return artifact
+
+
+def _check_writable(output: Path) -> None:
+    parent = output.parent if str(output.parent) else Path(".")
+    if output.is_dir():
+        raise ExportError(f"output {output} is a directory; give a file name ending in .onnx")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create output folder {parent}: {e.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"output folder {parent} is not writable")
+
+
+def _torch_export(model, example, opset, output_names, dynamic_shapes):
+    import onnx
+
+    # The exporter logs its progress with emoji to stdout and warns about things users cannot act on.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["pixel_values"],
+                output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes,
+                verbose=False,
+                optimize=True,
+            )
+        except Exception as e:
+            raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from e
+    proto = program.model_proto
+    if proto.opset_import[0].version != opset and not any(
+        o.domain in ("", "ai.onnx") and o.version == opset for o in proto.opset_import
+    ):
+        raise ExportError(f"the exporter produced opset {proto.opset_import[0].version}, not {opset}")
+    return onnx.ModelProto.FromString(proto.SerializeToString())  # a plain onnx proto, independent of the program
+
+
+def _save(proto, output: Path, *, external: bool) -> None:
+    import onnx
+
+    data_file = output.with_name(output.name + ".data")
+    data_file.unlink(missing_ok=True)  # stale weights from an earlier export must not be picked up
+    try:
+        if external:
+            onnx.save_model(proto, output, save_as_external_data=True, location=data_file.name, size_threshold=1024)
+        else:
+            onnx.save_model(proto, output)
+        # full_check runs shape inference too; the path form also works for models with external data.
+        onnx.checker.check_model(str(output), full_check=True)
+    except OSError as e:
+        raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"onnx.checker rejected the exported graph: {str(e).splitlines()[0]}") from None
+
+
+def ort_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def validate_onnx(
+    artifact: ModelArtifact,
+    reference: nn.Module,
+    *,
+    batch_sizes: tuple[int, ...] = VALIDATION_BATCHES,
+    tolerance: Tolerance = TOLERANCES["fp32"],
+    seed: int = 0,
+) -> list[DriftReport]:
+    """Compare ONNX Runtime with PyTorch on random inputs at each batch size; raise on any failed check."""
+    session = ort_session(artifact.path)
+    batch_sizes = (artifact.batch_size,) if artifact.batch_size else batch_sizes
+    generator = torch.Generator().manual_seed(seed)
+    reports = []
+    for b in batch_sizes:
+        x = torch.randn(b, 3, artifact.preprocess.input_size, artifact.preprocess.input_size, generator=generator)
+        with torch.inference_mode():
+            expected = reference(x)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = session.run(list(artifact.output_names), {artifact.input_name: x.numpy()})
+        for name, e, g in zip(artifact.output_names, expected, got, strict=True):
+            reports.append(compare(name, e.numpy(), np.asarray(g)))
+    check(reports, tolerance)
+    return reports

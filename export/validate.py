@@ -1,0 +1,77 @@
+"""Drift between a candidate runtime's outputs and a reference's, against tolerances kept as data.
+
+As in optimum's exporters, validation is its own step that collects every failed check and raises one typed error;
+a failed check never only warns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from vitexport.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs: float  # on logits
+    min_cosine: float  # per sample, the worst one
+    min_top1_agreement: float = 1.0
+
+
+# One place for the budgets. fp32 ONNX vs PyTorch differs only by kernel order: ~1e-6 on ViT-B logits.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999),
+}
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    output: str
+    batch_size: int
+    max_abs: float
+    mean_abs: float
+    cosine: float  # the lowest per-sample cosine similarity
+    top1_agreement: float
+    top5_overlap: float
+
+    def failures(self, tol: Tolerance) -> list[str]:
+        checks = [
+            (self.max_abs <= tol.max_abs, f"max abs diff {self.max_abs:.3g} > {tol.max_abs:g}"),
+            (self.cosine >= tol.min_cosine, f"cosine {self.cosine:.7f} < {tol.min_cosine}"),
+            (self.top1_agreement >= tol.min_top1_agreement, f"top-1 agreement {self.top1_agreement:.3f}"),
+        ]
+        where = f"{self.output} at batch {self.batch_size}"
+        return [f"{where}: {msg}" for ok, msg in checks if not ok]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(output: str, reference: np.ndarray, candidate: np.ndarray) -> DriftReport:
+    """Drift of candidate logits (B, C) from reference logits (B, C)."""
+    if reference.shape != candidate.shape:
+        raise ValidationError(f"{output}: shape {candidate.shape} differs from the reference's {reference.shape}")
+    ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
+    diff = np.abs(ref - cand)
+    cos = (ref * cand).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1) + 1e-30)
+    k = min(5, ref.shape[1])
+    top_ref, top_cand = np.argsort(-ref, 1)[:, :k], np.argsort(-cand, 1)[:, :k]
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand, strict=True)]
+    return DriftReport(
+        output=output,
+        batch_size=ref.shape[0],
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        cosine=float(cos.min()),
+        top1_agreement=float((top_ref[:, 0] == top_cand[:, 0]).mean()),
+        top5_overlap=float(np.mean(overlap)),
+    )
+
+
+def check(reports: list[DriftReport], tol: Tolerance) -> None:
+    """Raise one ValidationError listing every failed check."""
+    failures = [f for r in reports for f in r.failures(tol)]
+    if failures:
+        raise ValidationError("validation failed: " + "; ".join(failures))

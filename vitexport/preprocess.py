@@ -1,0 +1,54 @@
+"""Image preprocessing that follows a model's registry config, in numpy and Pillow only.
+
+The CLI, the accuracy gate and the Triton ensemble's preprocessing model all call this one function, so a
+served model sees exactly the pixels the reference saw.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from vitexport.errors import VitExportError
+from vitexport.registry import PreprocessConfig
+
+
+def _resample(name: str) -> int:
+    from PIL import Image
+
+    return {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[name]
+
+
+def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
+    """A PIL image, a path or encoded bytes -> float32 (3, S, S): resize the short side to S / crop_pct,
+    center crop S x S, scale to [0, 1], normalise by mean/std (timm's and torchvision's eval transform)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (bytes, bytearray)):
+        image = io.BytesIO(image)
+    if not isinstance(image, Image.Image):
+        try:
+            image = Image.open(image)
+            image.load()
+        except (UnidentifiedImageError, OSError) as e:
+            raise VitExportError(f"cannot decode image: {e}") from None
+    image = image.convert("RGB")
+    size = cfg.input_size
+    scale = math.floor(size / cfg.crop_pct)
+    w, h = image.size
+    # Short side to `scale`, long side in proportion (torchvision's Resize(int) rounding).
+    new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    image = image.resize((new_w, new_h), _resample(cfg.interpolation))
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    image = image.crop((left, top, left + size, top + size))
+    x = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
+    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # -> (3, S, S)
+
+
+def load_images(paths: list[str | Path], cfg: PreprocessConfig) -> np.ndarray:
+    """A batch (N, 3, S, S) from image files."""
+    return np.stack([preprocess_image(Path(p), cfg) for p in paths])
