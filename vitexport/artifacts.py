@@ -30,6 +30,7 @@ class ModelArtifact:
     checkpoint_sha256: str | None = None
     source: str | None = None  # sidecar of the artifact this one was derived from
     validation: dict[str, Any] | None = field(default=None, compare=False)
+    details: dict[str, Any] = field(default_factory=dict, compare=False)  # stage-specific: engine profile, ...
     vitexport_version: str = __version__
 
     @property
