@@ -89,21 +89,22 @@ def export_onnx(
     # A batch of 2 keeps the exporter from specialising the batch axis to the constant 1.
     example = torch.randn(batch_size or 2, 3, S, S)
     dynamic = None if batch_size else ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    proto = _torch_export(exported, example, opset, output_names, dynamic)
+    program = _torch_export(exported, example, opset, output_names, dynamic)
 
     sha = sha256_file(checkpoint) if checkpoint else None
-    metadata = {
-        "vitexport.model": spec.name,
-        "vitexport.preprocess": json.dumps(spec.preprocess.to_dict()),
-        "vitexport.opset": str(opset),
-        "vitexport.checkpoint_sha256": sha or "",
-        "vitexport.version": __version__,
-    }
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value)
+    program.model.metadata_props.update(
+        {
+            "vitexport.model": spec.name,
+            "vitexport.preprocess": json.dumps(spec.preprocess.to_dict()),
+            "vitexport.opset": str(opset),
+            "vitexport.checkpoint_sha256": sha or "",
+            "vitexport.version": __version__,
+        }
+    )
 
-    progress("checking the graph")
-    _save(proto, output, external=proto.ByteSize() >= external_data_threshold)
+    progress("saving and checking the graph")
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    _save(program, output, external=weight_bytes >= external_data_threshold)
     artifact = ModelArtifact(
         path=output,
         format="onnx",
@@ -156,24 +157,21 @@ def _torch_export(model, example, opset, output_names, dynamic_shapes):
             )
         except Exception as e:
             raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from e
-    proto = program.model_proto
-    if proto.opset_import[0].version != opset and not any(
-        o.domain in ("", "ai.onnx") and o.version == opset for o in proto.opset_import
-    ):
-        raise ExportError(f"the exporter produced opset {proto.opset_import[0].version}, not {opset}")
-    return onnx.ModelProto.FromString(proto.SerializeToString())  # a plain onnx proto, independent of the program
+    produced = program.model.opset_imports.get("", None)
+    if produced != opset:
+        raise ExportError(f"the exporter produced opset {produced}, not {opset}")
+    return program
 
 
-def _save(proto, output: Path, *, external: bool) -> None:
+def _save(program, output: Path, *, external: bool) -> None:
+    """Save through the exporter's IR (no protobuf copy of the weights), then run onnx.checker's full check."""
     import onnx
 
     data_file = output.with_name(output.name + ".data")
     data_file.unlink(missing_ok=True)  # stale weights from an earlier export must not be picked up
     try:
-        if external:
-            onnx.save_model(proto, output, save_as_external_data=True, location=data_file.name, size_threshold=1024)
-        else:
-            onnx.save_model(proto, output)
+        # Saving with external data names the weights file after the model: `<file>.onnx.data`.
+        program.save(str(output), external_data=external)
         # full_check runs shape inference too; the path form also works for models with external data.
         onnx.checker.check_model(str(output), full_check=True)
     except OSError as e:

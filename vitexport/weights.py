@@ -56,8 +56,10 @@ def _unwrap(sd: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
+# Hub checkpoints (transformers 4 naming) and transformers 5 modules (`layers.N.attention.o_proj`, `mlp.fc1`).
 _HF_BLOCK = {
     "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
     "layernorm_before": "norm1",
     "layernorm_after": "norm2",
     "intermediate.dense": "mlp.fc1",
@@ -72,6 +74,7 @@ _HF_TOP = {
     "layernorm.weight": "norm.weight",
     "layernorm.bias": "norm.bias",
 }
+_HF_LAYER = r"(?:encoder\.layer|layers)\.(\d+)"
 _HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
 
 
@@ -87,17 +90,17 @@ def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         key = re.sub(r"^(vit|deit)\.", "", key)
         if key in _HF_TOP:
             out[_HF_TOP[key]] = value
-        elif m := re.match(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$", key):
-            qkv.setdefault((m[1], m[3]), {})[m[2]] = value
-        elif m := re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", key):
+        elif m := re.match(rf"{_HF_LAYER}\.attention\.(?:attention\.)?(query|key|value|[qkv]_proj)\.(weight|bias)$", key):
+            qkv.setdefault((m[1], m[3]), {})[m[2][0]] = value  # first letter: q, k or v
+        elif m := re.match(rf"{_HF_LAYER}\.(.+)\.(weight|bias)$", key):
             out[f"blocks.{m[1]}.{_HF_BLOCK.get(m[2], m[2])}.{m[3]}"] = value
         elif not key.startswith("pooler."):  # the pooler is unused by the classification heads
             out[key] = value
     for (layer, kind), parts in qkv.items():
         # HF keeps separate Q, K, V projections; timm fuses them into one (3D, D) qkv matrix, in that order.
-        if set(parts) != {"query", "key", "value"}:
+        if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(f"layer {layer} has only {sorted(parts)} of its query/key/value {kind}s")
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
     return out
 
 
