@@ -23,3 +23,7 @@ class ValidationError(VitExportError):
 
 class ArtifactError(VitExportError):
     """An artifact or its sidecar is missing, unreadable or of the wrong kind."""
+
+
+class ServingError(VitExportError):
+    """A Triton repository, server or client problem: bad repository name, unreachable server, refused request."""

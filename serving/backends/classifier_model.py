@@ -1,0 +1,74 @@
+"""Triton Python-backend classifier: runs an ONNX (or OpenVINO IR) model on the CPU with ONNX Runtime or OpenVINO.
+
+The config's parameters choose the runtime (`runtime`), the model file in the version folder (`model_filename`)
+and the intra-op thread count (`intra_op_threads`, 0: the runtime's default). Only numpy and the chosen runtime
+are imported, so the file also runs in the official Triton containers with that runtime pip-installed.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class _OnnxRuntime:
+    def __init__(self, path: Path, threads: int, input_name: str, output_names: list[str]):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        # Spinning worker threads steal the CPU from the other stubs and the server's own threads between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name, self.output_names = input_name, output_names
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.output_names, {self.input_name: x})
+
+
+class _OpenVino:
+    def __init__(self, path: Path, threads: int, input_name: str, output_names: list[str]):
+        import openvino as ov  # imported here: only models that ask for OpenVINO need it installed
+
+        config = {"PERFORMANCE_HINT": "LATENCY"}  # latency mode with all threads is fastest on a few cores
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_name, self.output_names = input_name, output_names
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        results = self.request.infer({self.input_name: x})
+        return [np.asarray(results[self.compiled.output(name)]) for name in self.output_names]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = Path(args["model_repository"]) / args["model_version"] / params["model_filename"]
+        self.input_name = config["input"][0]["name"]
+        self.output_names = [o["name"] for o in config["output"]]
+        runner = {"onnxruntime": _OnnxRuntime, "openvino": _OpenVino}[params["runtime"]]
+        self.run = runner(path, int(params.get("intra_op_threads", "0")), self.input_name, self.output_names)
+
+    def execute(self, requests):
+        # Dynamic batching hands over several requests at once: run them as one batch, then split the outputs.
+        inputs = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        sizes = [len(x) for x in inputs]
+        try:
+            outputs = self.run(np.concatenate(inputs) if len(inputs) > 1 else inputs[0])
+        except Exception as e:  # a runtime failure fails these requests, not the model
+            error = pb_utils.TritonError(f"inference failed: {e}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        responses, start = [], 0
+        for size in sizes:
+            tensors = [
+                pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + size], dtype=np.float32))
+                for name, out in zip(self.output_names, outputs)
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += size
+        return responses

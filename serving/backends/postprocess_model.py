@@ -1,0 +1,32 @@
+"""Triton Python-backend top-k: logits -> the k best labels, their softmax scores and class indices."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config["parameters"].items()}
+        self.k = int(params["top_k"])
+        self.logits = params["logits"]
+        labels = (Path(args["model_repository"]) / params["labels"]).read_text().splitlines()
+        self.labels = np.array([label.encode() for label in labels], dtype=np.object_)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            logits = pb_utils.get_input_tensor_by_name(request, self.logits).as_numpy().astype(np.float64)  # (B, C)
+            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            top = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]  # (B, k), best first
+            outputs = [
+                pb_utils.Tensor("labels", self.labels[top]),  # the repository writes one label per class
+                pb_utils.Tensor("scores", np.take_along_axis(probs, top, axis=1).astype(np.float32)),
+                pb_utils.Tensor("indices", top.astype(np.int64)),
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        return responses

@@ -1,0 +1,224 @@
+"""Classify images on a running Triton server over HTTP or gRPC with tritonclient (imported lazily).
+
+Two kinds of served model are handled: the `<name>_image` ensemble (encoded bytes in, top-k labels out) and a
+plain classifier (pixels in): for the latter the images are preprocessed here, following the preprocessing
+config the repository wrote into the model's parameters, and labels come from Triton's classification extension.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving import config as cfg
+from vitexport.errors import ServingError, VitExportError
+from vitexport.registry import PreprocessConfig
+
+
+class Protocol(str, Enum):
+    http = "http"
+    grpc = "grpc"
+
+    @property
+    def default_url(self) -> str:
+        return "localhost:8000" if self is Protocol.http else "localhost:8001"
+
+
+@dataclass(frozen=True)
+class TopK:
+    """One image's best classes, best first; scores are softmax probabilities."""
+
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+    indices: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "scores": list(self.scores), "indices": list(self.indices)}
+
+
+def connect(url: str, protocol: Protocol | str = Protocol.http):
+    """A tritonclient InferenceServerClient for the protocol; its module is returned too (for InferInput)."""
+    protocol = Protocol(protocol)
+    url = re.sub(r"^https?://", "", url)
+    if protocol is Protocol.http:
+        import tritonclient.http as module
+    else:
+        import tritonclient.grpc as module
+    try:
+        return module.InferenceServerClient(url=url), module
+    except Exception as e:  # tritonclient raises plain exceptions for malformed URLs
+        raise ServingError(f"cannot connect to {url}: {e}") from None
+
+
+def _call(what: str, fn, *args, **kwargs):
+    """Run a tritonclient call, turning its errors into one-line ServingErrors."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return fn(*args, **kwargs)
+    except InferenceServerException as e:
+        raise ServingError(f"{what}: {e.message() or e}") from None
+    except (ConnectionError, OSError) as e:
+        raise ServingError(f"{what}: {e}") from None
+
+
+def model_config(url: str, model: str, *, protocol: Protocol | str = Protocol.http) -> cfg.pb.ModelConfig:
+    """The config Triton serves for a model, as a ModelConfig message whichever the protocol."""
+    client, _ = connect(url, protocol)
+    if Protocol(protocol) is Protocol.grpc:
+        response = _call(f"cannot read {model}'s config from {url}", client.get_model_config, model)
+        return response.config
+    from google.protobuf import json_format
+
+    data = _call(f"cannot read {model}'s config from {url}", client.get_model_config, model)
+    return json_format.ParseDict(data, cfg.pb.ModelConfig(), ignore_unknown_fields=True)
+
+
+def ready_models(url: str, *, protocol: Protocol | str = Protocol.http) -> list[str]:
+    client, _ = connect(url, protocol)
+    index = _call(f"cannot reach Triton at {url}", client.get_model_repository_index)
+    if Protocol(protocol) is Protocol.grpc:
+        return [m.name for m in index.models if m.state == "READY"]
+    return [m["name"] for m in index if m.get("state") == "READY"]
+
+
+def infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, protocol=Protocol.http):
+    """One inference request with numpy inputs (object arrays for strings); returns the named outputs."""
+    from tritonclient.utils import np_to_triton_dtype
+
+    client, module = connect(url, protocol)
+    tensors = []
+    for name, array in inputs.items():
+        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    requested = [module.InferRequestedOutput(name) for name in outputs]
+    result = _call(f"{model} refused the request", client.infer, model, tensors, outputs=requested)
+    return [result.as_numpy(name) for name in outputs]
+
+
+def classify(
+    url: str,
+    images: Sequence[str | Path | bytes],
+    *,
+    protocol: Protocol | str = Protocol.http,
+    model: str | None = None,
+    top_k: int = cfg.DEFAULT_TOP_K,
+) -> list[TopK]:
+    """Top-k classes for each image (file paths or encoded bytes), in one batched request."""
+    protocol = Protocol(protocol)
+    if not images:
+        raise ServingError("no images given")
+    if top_k < 1:
+        raise ServingError(f"top-k must be >= 1, got {top_k}")
+    data = [_read(image) for image in images]
+    model = model or _default_model(url, protocol)
+    config = model_config(url, model, protocol=protocol)
+    if config.input and config.input[0].data_type == cfg.pb.TYPE_STRING:
+        return _classify_ensemble(url, model, config, data, protocol, top_k)
+    return _classify_pixels(url, model, config, data, protocol, top_k)
+
+
+def _read(image: str | Path | bytes) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    try:
+        return Path(image).read_bytes()
+    except OSError as e:
+        raise ServingError(f"cannot read image {image}: {e.strerror or e}") from None
+
+
+def _default_model(url: str, protocol: Protocol) -> str:
+    ready = ready_models(url, protocol=protocol)
+    ensembles = [m for m in ready if m.endswith("_image")]
+    if len(ensembles) == 1:
+        return ensembles[0]
+    raise ServingError(f"give --model; the server has {', '.join(ready) or 'no ready models'}")
+
+
+def _classify_ensemble(url, model, config, data: list[bytes], protocol, top_k: int) -> list[TopK]:
+    served_k = config.output[0].dims[-1] if config.output else 0
+    if top_k > served_k:
+        raise ServingError(f"{model} returns the top {served_k}; ask for --top-k {served_k} or fewer")
+    images = np.array([[d] for d in data], dtype=np.object_)  # (B, 1): one encoded image per row
+    labels, scores, indices = infer(
+        url,
+        model,
+        {cfg.IMAGE_INPUT: images},
+        [cfg.TOP_K_LABELS, cfg.TOP_K_SCORES, cfg.TOP_K_INDICES],
+        protocol=protocol,
+    )
+    return [
+        TopK(
+            tuple(_text(x) for x in labels[i, :top_k]),
+            tuple(float(x) for x in scores[i, :top_k]),
+            tuple(int(x) for x in indices[i, :top_k]),
+        )
+        for i in range(len(data))
+    ]
+
+
+def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int) -> list[TopK]:
+    from vitexport.preprocess import preprocess_image
+
+    raw = cfg.parameter(config, "vitexport_preprocess")
+    if raw is None:
+        raise ServingError(f"{model} has no vitexport_preprocess parameter; was it written by `vitexport repo`?")
+    preprocess = PreprocessConfig.from_dict(json.loads(raw))
+    try:
+        pixels = np.stack([preprocess_image(d, preprocess) for d in data])
+    except VitExportError as e:
+        raise ServingError(str(e)) from None
+    output = config.output[0]
+    num_classes = output.dims[-1]
+    if top_k > num_classes:
+        raise ServingError(f"{model} has {num_classes} classes; ask for --top-k {num_classes} or fewer")
+    # All classes through the classification extension: labels and logits in one reply, softmax computed here.
+    client, module = connect(url, protocol)
+    tensor = module.InferInput(config.input[0].name, list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels)
+    requested = module.InferRequestedOutput(output.name, class_count=num_classes)
+    result = _call(f"{model} refused the request", client.infer, model, [tensor], outputs=[requested])
+    rows = result.as_numpy(output.name).reshape(len(data), num_classes)
+    results = []
+    for row in rows:
+        entries = [_text(x).split(":", 2) for x in row]  # "value:index[:label]", best first
+        logits = np.array([float(e[0]) for e in entries])
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        best = entries[:top_k]
+        results.append(
+            TopK(
+                tuple(e[2] if len(e) > 2 else e[1] for e in best),
+                tuple(float(p) for p in probs[:top_k]),
+                tuple(int(e[1]) for e in best),
+            )
+        )
+    return results
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_metrics(metrics_url: str) -> dict[tuple[str, str], float]:
+    """Triton's Prometheus counters summed per (metric, model): e.g. ("nv_inference_exec_count", "deit")."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError as e:
+        raise ServingError(f"cannot read metrics from {metrics_url}: {e}") from None
+    totals: dict[tuple[str, str], float] = {}
+    for match in re.finditer(r'^(\w+)\{[^}]*model="([^"]+)"[^}]*\}\s+([0-9.eE+-]+)$', text, re.MULTILINE):
+        key = (match.group(1), match.group(2))
+        totals[key] = totals.get(key, 0.0) + float(match.group(3))
+    return totals

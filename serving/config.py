@@ -1,0 +1,247 @@
+"""Triton model configurations built as data through Triton's own `ModelConfig` protobuf and rendered with
+`google.protobuf.text_format`, so a misspelt field fails here rather than when the server loads the model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from vitexport.artifacts import ModelArtifact
+from vitexport.errors import ServingError
+from vitexport.registry import PreprocessConfig
+
+LABELS_FILE = "labels.txt"
+IMAGE_INPUT = "image"  # the ensemble's encoded-image input
+PIXELS = "pixel_values"
+TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES = "labels", "scores", "indices"
+DEFAULT_TOP_K = 5
+
+
+class Backend(str, Enum):
+    python_onnxruntime = "python-onnxruntime"  # Python backend + ONNX Runtime CPU: serves on the local Triton
+    python_openvino = "python-openvino"  # Python backend + OpenVINO CPU: serves locally where openvino is installed
+    onnxruntime = "onnxruntime"  # Triton's ONNX Runtime backend: the official containers only
+    openvino = "openvino"  # Triton's OpenVINO backend: the official containers only
+    tensorrt = "tensorrt"  # tensorrt_plan: the official GPU containers only
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The artifact formats this backend can serve."""
+        return {
+            Backend.python_onnxruntime: ("onnx",),
+            Backend.python_openvino: ("onnx", "openvino"),
+            Backend.onnxruntime: ("onnx",),
+            Backend.openvino: ("openvino", "onnx"),
+            Backend.tensorrt: ("tensorrt",),
+        }[self]
+
+    @property
+    def runtime(self) -> str | None:
+        """The library a Python-backend model imports (None: not a Python-backend model)."""
+        return {Backend.python_onnxruntime: "onnxruntime", Backend.python_openvino: "openvino"}.get(self)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching: Triton merges queued requests up to max_batch_size, waiting at most max_queue_delay_us."""
+
+    max_batch_size: int = 8
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 0:
+            raise ServingError(f"max batch size must be >= 0, got {self.max_batch_size}")
+        if self.max_queue_delay_us < 0:
+            raise ServingError(f"queue delay must be >= 0 microseconds, got {self.max_queue_delay_us}")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ServingError(f"preferred batch sizes {bad} are outside 1..{self.max_batch_size} (the max batch size)")
+
+
+def _string_parameters(config: pb.ModelConfig, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+
+
+def _dynamic_batching(config: pb.ModelConfig, batching: Batching) -> None:
+    if batching.max_batch_size > 0:
+        config.dynamic_batching.preferred_batch_size.extend(sorted(set(batching.preferred_batch_sizes)))
+        config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+
+
+def classifier_config(
+    name: str,
+    artifact: ModelArtifact,
+    *,
+    backend: Backend,
+    batching: Batching,
+    instances: int = 1,
+    model_filename: str,
+    cc_model_filenames: dict[str, str] | None = None,
+    labels: str | None = LABELS_FILE,
+    tensorrt_accelerator: bool = False,
+    intra_op_threads: int = 0,
+) -> pb.ModelConfig:
+    """The classifier: pixel_values (3, S, S) -> logits (num_classes,), labelled for the classification extension."""
+    if instances < 1:
+        raise ServingError(f"instance count must be >= 1, got {instances}")
+    if artifact.format not in backend.formats:
+        raise ServingError(
+            f"backend {backend.value} serves {' or '.join(backend.formats)} models, not {artifact.format}"
+        )
+    if tensorrt_accelerator and backend is not Backend.onnxruntime:
+        raise ServingError("the TensorRT execution accelerator is an option of the onnxruntime backend only")
+    config = pb.ModelConfig(name=name)
+    S = artifact.preprocess.input_size
+    if artifact.batch_size is not None:
+        # A fixed-batch graph accepts exactly that batch, so Triton must not batch: the batch is part of the dims.
+        config.max_batch_size = 0
+        input_dims, output_prefix = [artifact.batch_size, 3, S, S], [artifact.batch_size]
+    else:
+        config.max_batch_size = batching.max_batch_size
+        input_dims, output_prefix = [3, S, S], []
+        _dynamic_batching(config, batching)
+    config.input.add(name=artifact.input_name, data_type=pb.TYPE_FP32, dims=input_dims)
+    for output in artifact.output_names:
+        out = config.output.add(name=output, data_type=pb.TYPE_FP32, dims=[*output_prefix, artifact.num_classes])
+        if labels:
+            out.label_filename = labels
+    on_gpu = backend in (Backend.onnxruntime, Backend.tensorrt)
+    config.instance_group.add(
+        count=instances, kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU
+    )
+
+    if backend.runtime:
+        config.backend = "python"
+        _string_parameters(
+            config,
+            {
+                "runtime": backend.runtime,
+                "model_filename": model_filename,
+                "intra_op_threads": str(intra_op_threads),
+            },
+        )
+    elif backend is Backend.onnxruntime:
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = model_filename
+        if tensorrt_accelerator:
+            accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            accelerator.parameters["precision_mode"] = "FP16"
+            accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    elif backend is Backend.openvino:
+        config.backend = "openvino"
+        config.default_model_filename = model_filename
+    elif backend is Backend.tensorrt:
+        config.platform = "tensorrt_plan"
+        if cc_model_filenames:
+            for cc, filename in sorted(cc_model_filenames.items()):
+                config.cc_model_filenames[cc] = filename
+        else:
+            config.default_model_filename = model_filename
+    # Clients that only hold the served name can still preprocess images the way the model expects.
+    _string_parameters(
+        config,
+        {"vitexport_model": artifact.model, "vitexport_preprocess": json.dumps(artifact.preprocess.to_dict())},
+    )
+    return config
+
+
+def tensorrt_batching(profile: dict[str, int], requested: Batching | None = None) -> Batching:
+    """Batching for an engine: the profile's max is the largest batch it accepts, its opt (and max) are preferred."""
+    lo, opt, hi = int(profile["min"]), int(profile["opt"]), int(profile["max"])
+    if lo > 1:
+        # Triton may hand the engine batches of 1: an engine that cannot run them would fail requests at random.
+        raise ServingError(f"the engine's profile starts at batch {lo}; Triton needs engines that accept batch 1")
+    if requested is not None and requested.max_batch_size > hi:
+        raise ServingError(f"max batch size {requested.max_batch_size} exceeds the engine profile's max {hi}")
+    delay = requested.max_queue_delay_us if requested else Batching.max_queue_delay_us
+    return Batching(max_batch_size=hi, preferred_batch_sizes=tuple(sorted({opt, hi})), max_queue_delay_us=delay)
+
+
+def preprocess_config(name: str, preprocess: PreprocessConfig, *, max_batch_size: int, instances: int = 1):
+    """Encoded image bytes -> pixel_values, by vitexport.preprocess.preprocess_image in a Python-backend model."""
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
+    S = preprocess.input_size
+    config.input.add(name=IMAGE_INPUT, data_type=pb.TYPE_STRING, dims=[1])
+    config.output.add(name=PIXELS, data_type=pb.TYPE_FP32, dims=[3, S, S])
+    config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.KIND_CPU)
+    _dynamic_batching(config, Batching(max_batch_size=max_batch_size, max_queue_delay_us=0))
+    _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
+    return config
+
+
+def postprocess_config(name: str, *, num_classes: int, top_k: int, max_batch_size: int, logits: str = "logits"):
+    """Logits -> the top-k labels, softmax scores and class indices, in a Python-backend model."""
+    if not 1 <= top_k <= num_classes:
+        raise ServingError(f"top-k must be within 1..{num_classes}, got {top_k}")
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
+    config.input.add(name=logits, data_type=pb.TYPE_FP32, dims=[num_classes])
+    config.output.add(name=TOP_K_LABELS, data_type=pb.TYPE_STRING, dims=[top_k])
+    config.output.add(name=TOP_K_SCORES, data_type=pb.TYPE_FP32, dims=[top_k])
+    config.output.add(name=TOP_K_INDICES, data_type=pb.TYPE_INT64, dims=[top_k])
+    config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
+    _dynamic_batching(config, Batching(max_batch_size=max_batch_size, max_queue_delay_us=0))
+    _string_parameters(config, {"top_k": str(top_k), "labels": LABELS_FILE, "logits": logits})
+    return config
+
+
+def ensemble_config(
+    name: str,
+    *,
+    classifier: pb.ModelConfig,
+    preprocess: pb.ModelConfig,
+    postprocess: pb.ModelConfig,
+) -> pb.ModelConfig:
+    """image bytes -> preprocess -> classifier -> postprocess (top-k), as one model a client calls once."""
+    logits = postprocess.parameters["logits"].string_value
+    top_k = int(postprocess.parameters["top_k"].string_value)
+    pixels = classifier.input[0].name
+    config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=classifier.max_batch_size)
+    config.input.add(name=IMAGE_INPUT, data_type=pb.TYPE_STRING, dims=[1])
+    config.output.add(name=TOP_K_LABELS, data_type=pb.TYPE_STRING, dims=[top_k])
+    config.output.add(name=TOP_K_SCORES, data_type=pb.TYPE_FP32, dims=[top_k])
+    config.output.add(name=TOP_K_INDICES, data_type=pb.TYPE_INT64, dims=[top_k])
+    steps = config.ensemble_scheduling.step
+    # Version -1: each step uses the latest version, so a new classifier version takes over the ensemble too.
+    step = steps.add(model_name=preprocess.name, model_version=-1)
+    step.input_map[IMAGE_INPUT] = IMAGE_INPUT
+    step.output_map[PIXELS] = "_pixels"
+    step = steps.add(model_name=classifier.name, model_version=-1)
+    step.input_map[pixels] = "_pixels"
+    step.output_map[logits] = "_logits"
+    step = steps.add(model_name=postprocess.name, model_version=-1)
+    step.input_map[logits] = "_logits"
+    for output in (TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES):
+        step.output_map[output] = output
+    _string_parameters(config, {"vitexport_model": classifier.parameters["vitexport_model"].string_value})
+    return config
+
+
+def render(config: pb.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse(text: str, source: str = "config.pbtxt") -> pb.ModelConfig:
+    """Parse config.pbtxt text the way Triton does; unknown fields or bad values raise ServingError."""
+    try:
+        return text_format.Parse(text, pb.ModelConfig())
+    except text_format.ParseError as e:
+        raise ServingError(f"{source} is not a valid Triton model config: {e}") from None
+
+
+def read_config(model_dir: Path) -> pb.ModelConfig:
+    path = model_dir / "config.pbtxt"
+    try:
+        return parse(path.read_text(), str(path))
+    except OSError as e:
+        raise ServingError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def parameter(config: pb.ModelConfig, key: str, default: str | None = None) -> str | None:
+    return config.parameters[key].string_value if key in config.parameters else default

@@ -1,0 +1,251 @@
+"""Writes models into a Triton model repository: `<repo>/<name>/config.pbtxt`, `labels.txt` and numbered version
+folders, plus the `<name>_image` ensemble (image bytes -> preprocessing -> classifier -> top-k).
+
+A version is staged in a hidden folder inside its model folder (same file system; Triton ignores non-numeric
+folders there) and renamed into place, so a server never sees half a version; an existing version is never
+replaced. Reads artifacts from disk: never imports the export package.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving import config as cfg
+from serving.backends import CLASSIFIER_MODEL, POSTPROCESS_MODEL, PREPROCESS_MODEL
+from serving.config import Backend, Batching
+from vitexport.artifacts import ModelArtifact, write_text_atomic
+from vitexport.errors import ServingError
+
+LABELS_SOURCE = Path(__file__).parent / "labels" / "imagenet1k.txt"
+# Triton model names become folder names and URL path segments: keep them to a safe, non-hidden alphabet.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+MODEL_FILENAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.plan"}
+
+
+@dataclass(frozen=True)
+class AddedModel:
+    name: str
+    version: int
+    path: Path  # the classifier's version folder
+    backend: Backend
+    models: tuple[str, ...] = field(default=())  # every model written: classifier, then the ensemble's parts
+
+
+def check_name(repo_dir: Path, name: str) -> Path:
+    """The model folder for `name`, refusing names (or symlinks) that would land outside the repository."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ServingError(f"model name {name!r} must be letters, digits, '_', '-' or '.', not starting with '.'")
+    root = repo_dir.resolve()
+    model_dir = repo_dir / name
+    if model_dir.resolve().parent != root:
+        raise ServingError(f"model name {name!r} resolves outside the repository {repo_dir}")
+    return model_dir
+
+
+def labels_for(num_classes: int) -> str:
+    """One label per class: ImageNet-1k's names for 1000-class heads, the class index otherwise."""
+    if num_classes == 1000:
+        return LABELS_SOURCE.read_text()
+    return "".join(f"class_{i}\n" for i in range(num_classes))
+
+
+def versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def scan(repo_dir: Path) -> dict[str, cfg.pb.ModelConfig]:
+    """Every model folder's parsed config, by name."""
+    if not repo_dir.is_dir():
+        raise ServingError(f"model repository {repo_dir} does not exist; write one with `vitexport repo`")
+    return {p.name: cfg.read_config(p) for p in sorted(repo_dir.iterdir()) if (p / "config.pbtxt").is_file()}
+
+
+def add_model(
+    repo_dir: str | Path,
+    artifact: ModelArtifact | Sequence[ModelArtifact],
+    *,
+    backend: Backend = Backend.python_onnxruntime,
+    name: str | None = None,
+    batching: Batching | None = None,
+    instances: int = 1,
+    version: int | None = None,
+    ensemble: bool = True,
+    top_k: int = cfg.DEFAULT_TOP_K,
+    tensorrt_accelerator: bool = False,
+    intra_op_threads: int = 0,
+) -> AddedModel:
+    """Add a classifier version (and by default the `<name>_image` ensemble) to a Triton model repository.
+
+    Several artifacts are accepted only for `tensorrt`: one engine per GPU compute capability, served through
+    `cc_model_filenames`.
+    """
+    artifacts = [artifact] if isinstance(artifact, ModelArtifact) else list(artifact)
+    if not artifacts:
+        raise ServingError("no model artifact given")
+    first = artifacts[0]
+    repo_dir = Path(repo_dir)
+    name = name or first.model
+    model_dir = check_name(repo_dir, name)
+    try:
+        repo_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ServingError(f"cannot create the model repository {repo_dir}: {e.strerror or e}") from None
+
+    files: dict[str, Path] = {}  # file name in the version folder -> source
+    cc_files: dict[str, str] | None = None
+    if backend is Backend.tensorrt:
+        batching = cfg.tensorrt_batching(_engine_profile(first), batching)
+        if len(artifacts) > 1:
+            cc_files = {}
+            for engine in artifacts:
+                _same_model(first, engine)
+                cc = str(engine.details.get("compute_capability") or "")
+                if not cc or cc in cc_files:
+                    raise ServingError(f"engines need distinct compute capabilities; {engine.path} has {cc or 'none'}")
+                cc_files[cc] = f"model.{cc}.plan"
+                files[cc_files[cc]] = engine.path
+    elif len(artifacts) > 1:
+        raise ServingError("several artifacts are only accepted for --backend tensorrt (one engine per GPU)")
+    batching = batching or Batching()
+    model_filename = MODEL_FILENAMES[first.format] if first.format in MODEL_FILENAMES else first.path.name
+    if first.format == "onnx" and backend is Backend.openvino:
+        model_filename = "model.onnx"
+    if not cc_files:
+        files[model_filename] = first.path
+        files.update(_companion_files(first, model_filename))
+
+    classifier = cfg.classifier_config(
+        name,
+        first,
+        backend=backend,
+        batching=batching,
+        instances=instances,
+        model_filename=model_filename,
+        cc_model_filenames=cc_files,
+        tensorrt_accelerator=tensorrt_accelerator,
+        intra_op_threads=intra_op_threads,
+    )
+    _check_compatible(model_dir, classifier)
+    version = _next_version(model_dir, version)
+
+    parts: list[tuple[Path, cfg.pb.ModelConfig, dict[str, Path], str]] = []
+    labels = labels_for(first.num_classes)
+    if backend.runtime:
+        files["model.py"] = CLASSIFIER_MODEL
+    parts.append((model_dir, classifier, files, labels))
+    if ensemble:
+        if classifier.max_batch_size == 0:
+            raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
+        pre = cfg.preprocess_config(f"{name}_preprocess", first.preprocess, max_batch_size=classifier.max_batch_size)
+        post = cfg.postprocess_config(
+            f"{name}_postprocess",
+            num_classes=first.num_classes,
+            top_k=top_k,
+            max_batch_size=classifier.max_batch_size,
+            logits=first.output_names[0],
+        )
+        image = cfg.ensemble_config(f"{name}_image", classifier=classifier, preprocess=pre, postprocess=post)
+        parts += [
+            (check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, None),
+            (check_name(repo_dir, post.name), post, {"model.py": POSTPROCESS_MODEL}, labels),
+            (check_name(repo_dir, image.name), image, {}, None),  # an ensemble still needs its version folder
+        ]
+        for part_dir, part, *_ in parts[1:]:
+            _check_compatible(part_dir, part)
+            if version in versions(part_dir):
+                raise ServingError(f"{part_dir}/{version} already exists; choose another --version")
+
+    for part_dir, part, part_files, part_labels in parts:
+        _write_model(part_dir, part, version, part_files, part_labels, first)
+    return AddedModel(name, version, model_dir / str(version), backend, tuple(p[1].name for p in parts))
+
+
+def _engine_profile(engine: ModelArtifact) -> dict[str, int]:
+    profile = engine.details.get("profile")
+    if not isinstance(profile, dict) or not {"min", "opt", "max"} <= profile.keys():
+        raise ServingError(f"{engine.sidecar} has no optimization profile (details.profile with min, opt and max)")
+    return profile
+
+
+def _same_model(a: ModelArtifact, b: ModelArtifact) -> None:
+    if b.format != "tensorrt":
+        raise ServingError(f"{b.path} is a {b.format} artifact, not a TensorRT engine")
+    keys = ("model", "preprocess", "num_classes", "input_name", "output_names")
+    if any(getattr(a, k) != getattr(b, k) for k in keys) or _engine_profile(a) != _engine_profile(b):
+        raise ServingError(f"engines {a.path} and {b.path} are not builds of the same model and profile")
+
+
+def _companion_files(artifact: ModelArtifact, model_filename: str) -> dict[str, Path]:
+    """Files that must travel with the model file: ONNX external weights, OpenVINO IR weights."""
+    src = artifact.path
+    if artifact.format == "onnx":
+        data = src.with_name(src.name + ".data")
+        # The graph refers to its external data by the original file name, so that name is kept.
+        return {data.name: data} if data.exists() else {}
+    if artifact.format == "openvino":
+        weights = src.with_suffix(".bin")
+        if not weights.exists():
+            raise ServingError(f"OpenVINO IR {src} has no weights file {weights}")
+        return {Path(model_filename).with_suffix(".bin").name: weights}
+    return {}
+
+
+def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig) -> None:
+    """A new version may change batching, not what the model is: a mismatch would break the older versions."""
+    if not (model_dir / "config.pbtxt").is_file():
+        return
+    old = cfg.read_config(model_dir)
+    for key in ("platform", "backend", "input", "output"):
+        if getattr(old, key) != getattr(new, key):
+            raise ServingError(f"{model_dir.name} in the repository has a different {key}; choose another --name")
+
+
+def _next_version(model_dir: Path, version: int | None) -> int:
+    existing = versions(model_dir)
+    if version is None:
+        return (existing[-1] + 1) if existing else 1
+    if version < 1:
+        raise ServingError(f"version must be >= 1, got {version}")
+    if version in existing:
+        raise ServingError(f"{model_dir}/{version} already exists; versions are never overwritten")
+    return version
+
+
+def _write_model(
+    model_dir: Path,
+    config: cfg.pb.ModelConfig,
+    version: int,
+    files: dict[str, Path],
+    labels: str | None,
+    artifact: ModelArtifact,
+) -> None:
+    text = cfg.render(config)
+    cfg.parse(text, f"{config.name}/config.pbtxt")  # what we write must read back
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        for target, source in files.items():
+            shutil.copyfile(source, staging / target)
+        provenance = artifact.to_dict() | {"path": next(iter(files), "")}
+        write_text_atomic(staging / "artifact.json", json.dumps(provenance, indent=2) + "\n")
+        if labels is not None:
+            write_text_atomic(model_dir / cfg.LABELS_FILE, labels)
+        write_text_atomic(model_dir / "config.pbtxt", text)
+        target = model_dir / str(version)
+        if target.exists():  # a concurrent writer got there first
+            raise ServingError(f"{target} already exists; versions are never overwritten")
+        # rename(2) refuses a non-empty target, so even a racing writer cannot replace a finished version.
+        staging.rename(target)
+    except OSError as e:
+        raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

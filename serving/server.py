@@ -1,0 +1,294 @@
+"""A real Triton Inference Server (2.51, from the nvidia-pytriton wheel) on a vitexport model repository.
+
+`TritonServer` assembles what the wheel's `tritonserver` needs to run our own repository (ARCHITECTURE.md §3): a
+backend folder holding the Python backend and the stub for this interpreter, LD_LIBRARY_PATH with this
+interpreter's LIBDIR and the wheel's bundled libraries, and this venv's bin first on PATH so that the stubs
+import the same packages. It loads only the models whose backend runs here (explicit model control), waits
+until the server is ready, and on exit stops it, its stub processes and the shared-memory regions it created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving import config as cfg
+from serving.repository import scan
+from vitexport.errors import ServingError
+
+SHM_DIR = Path("/dev/shm")
+_LOCAL_PLATFORMS = {"ensemble"}  # platforms this build serves without a backend library
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the nvidia-pytriton wheel keeps the server, the Python backend, the stubs and their libraries."""
+
+    server: Path
+    python_backend: Path
+    stub: Path
+    libs: Path
+
+    @classmethod
+    def find(cls) -> TritonInstall:
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServingError("Triton is not installed: pip install 'vitexport[serve]' (nvidia-pytriton)")
+        root = Path(spec.submodule_search_locations[0]) / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        install = cls(
+            server=root / "bin" / "tritonserver",
+            python_backend=root / "backends" / "python",
+            stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+            libs=root.parent.parent / "nvidia_pytriton.libs",
+        )
+        for path in (install.server, install.python_backend, install.stub, install.libs):
+            if not path.exists():
+                raise ServingError(f"the nvidia-pytriton install lacks {path} (Python {version} supported?)")
+        return install
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """Ports the kernel reports free right now; all bound at once so they are distinct."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def unavailable_reason(name: str, configs: dict[str, cfg.pb.ModelConfig], _seen: frozenset = frozenset()) -> str | None:
+    """Why a model cannot load on this local Triton (None: it can)."""
+    config = configs.get(name)
+    if config is None:
+        return "not in the repository"
+    if config.platform == "ensemble":
+        if name in _seen:
+            return "ensemble refers to itself"
+        for step in config.ensemble_scheduling.step:
+            reason = unavailable_reason(step.model_name, configs, _seen | {name})
+            if reason:
+                return f"step {step.model_name}: {reason}"
+        return None
+    if config.backend != "python":
+        kind = f'platform "{config.platform}"' if config.platform else f'backend "{config.backend}"'
+        return f"{kind} has no backend in this Triton build; serve it with the official Triton container"
+    runtime = cfg.parameter(config, "runtime")
+    if runtime and importlib.util.find_spec(runtime) is None:
+        return f"the Python backend model needs {runtime}, which is not installed here"
+    return None
+
+
+class TritonServer:
+    """Context manager: start Triton on a repository, wait until ready, and stop it cleanly on exit."""
+
+    def __init__(
+        self,
+        repo_dir: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        models: Sequence[str] | None = None,
+        startup_timeout: float = 120.0,
+        log_verbose: int = 0,
+    ):
+        self.repo_dir = Path(repo_dir).resolve()
+        self.host = host
+        self._ports = (http_port, grpc_port, metrics_port)
+        self.startup_timeout = startup_timeout
+        self.log_verbose = log_verbose
+        configs = scan(self.repo_dir)
+        wanted = list(models) if models else list(configs)
+        unknown = [m for m in wanted if m not in configs]
+        if unknown:
+            raise ServingError(f"not in {self.repo_dir}: {', '.join(unknown)} (it has {', '.join(configs) or 'none'})")
+        reasons = {m: unavailable_reason(m, configs) for m in wanted}
+        self.models = tuple(m for m, r in reasons.items() if r is None)
+        self.skipped = {m: r for m, r in reasons.items() if r is not None}  # model -> why it is not loaded here
+        self.endpoints: Endpoints | None = None
+        self._proc: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+        self._shm_prefix = f"vitexport_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> TritonServer:
+        if self._proc is not None:
+            raise ServingError("the server is already running")
+        install = TritonInstall.find()
+        self._workdir = Path(tempfile.mkdtemp(prefix="vitexport-triton-"))
+        backends = self._workdir / "backends"
+        self._backend_dir(install, backends / "python")
+        auto_ports = None in self._ports
+        # Free ports can be taken by another process between our check and Triton's bind: retry with new ones.
+        for attempt in range(3 if auto_ports else 1):
+            picked = iter(free_ports(self.host, 3))
+            ports = [p if p is not None else next(picked) for p in self._ports]
+            self.endpoints = Endpoints(self.host, *ports)
+            try:
+                self._launch(install, backends, attempt)
+                self._wait_ready()
+                return self
+            except ServingError:
+                log = self.log_tail()
+                self.stop(keep_workdir=True)
+                if "already in use" not in log or attempt == 2 or not auto_ports:
+                    self._cleanup_workdir()
+                    raise
+        raise AssertionError("unreachable")
+
+    def _backend_dir(self, install: TritonInstall, target: Path) -> None:
+        # The stub must sit in the backend folder itself; symlinks keep this cheap.
+        target.mkdir(parents=True)
+        for source in (
+            install.python_backend / "libtriton_python.so",
+            install.python_backend / "triton_python_backend_utils.py",
+            install.stub,
+        ):
+            (target / source.name).symlink_to(source)
+
+    def _environment(self, install: TritonInstall) -> dict[str, str]:
+        env = dict(os.environ)
+        # The stub links libpython: without this interpreter's LIBDIR it picks the system's (another patch
+        # release) and fails oddly; without the wheel's libs it dies and the server hangs.
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (libdir, str(install.libs), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        # The stub runs the first `python3` on PATH's environment: this venv's, not sys.executable resolved.
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        return env
+
+    def _launch(self, install: TritonInstall, backends: Path, attempt: int) -> None:
+        assert self.endpoints is not None and self._workdir is not None
+        e = self.endpoints
+        command = [
+            str(install.server),
+            f"--model-repository={self.repo_dir}",
+            f"--backend-directory={backends}",
+            f"--http-address={e.host}",
+            f"--http-port={e.http_port}",
+            f"--grpc-address={e.host}",
+            f"--grpc-port={e.grpc_port}",
+            f"--metrics-address={e.host}",
+            f"--metrics-port={e.metrics_port}",
+            "--model-control-mode=explicit",
+            *(f"--load-model={m}" for m in self.models),
+            # Our own prefix lets stop() remove exactly the regions this server made, not other servers' ones.
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+            "--exit-timeout-secs=10",
+            f"--log-verbose={self.log_verbose}",
+        ]
+        self._log_path = self._workdir / f"tritonserver.{attempt}.log"
+        with open(self._log_path, "wb") as log:
+            # Its own session: a terminal's Ctrl-C reaches only us, and we stop Triton in order.
+            self._proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(install),
+                start_new_session=True,
+            )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                code = self._proc.returncode if self._proc else None
+                raise ServingError(f"tritonserver exited with code {code} while starting:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise ServingError(f"tritonserver was not ready after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+
+    def is_ready(self) -> bool:
+        if self.endpoints is None:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoints.http}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = getattr(self, "_log_path", None)
+        if path is None or not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, *, keep_workdir: bool = False) -> None:
+        """SIGTERM (Triton unloads its models and the stubs exit), then SIGKILL whatever is left of the group."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    pass
+            # The stubs share the server's process group (its own session): nothing of it may outlive us.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        for region in SHM_DIR.glob(f"{self._shm_prefix}*"):
+            region.unlink(missing_ok=True)
+        if not keep_workdir:
+            self._cleanup_workdir()
+
+    def _cleanup_workdir(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    @property
+    def process_group(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
