@@ -142,6 +142,71 @@ def onnx(
     typer.echo(str(artifact.path))
 
 
+@app.command()
+def trt(
+    model_or_onnx: Annotated[str, typer.Argument(help="A registered model (exported first) or a vitexport ONNX file.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Engine [MODEL_PRECISION.plan]")] = None,
+    precision: Annotated[str, typer.Option(help="fp16, fp32 or int8 (int8 needs a Q/DQ ONNX).")] = "fp16",
+    batch: Annotated[str, typer.Option(help="Optimization profile of the batch axis, MIN:OPT:MAX.")] = "1:8:32",
+    img_size: Annotated[int | None, typer.Option(help="Input size when exporting a model name.")] = None,
+    workspace: Annotated[float, typer.Option(help="Builder workspace memory in GiB.")] = 4.0,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache [default: timing.cache by engine]")] = None,
+    opt_level: Annotated[int, typer.Option(help="Builder optimization level 0-5.")] = 3,
+    fp32_softmax: Annotated[bool, typer.Option(help="TensorRT 10 FP16: also pin Softmax to FP32.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Build a TensorRT engine on a GPU host: layer info, fusion audit, validation against ONNX Runtime fp32."""
+    with user_errors():
+        from export.tensorrt import (
+            BatchProfile,
+            BuildSettings,
+            Precision,
+            build_engine,
+            default_engine_path,
+            onnx_for_engine,
+            tensorrt_environment,
+        )
+
+        if precision not in Precision.__members__:
+            raise VitExportError(f"--precision must be fp16, fp32 or int8, not {precision!r}")
+        settings = BuildSettings(
+            precision=Precision(precision),
+            profile=BatchProfile.parse(batch),
+            workspace_gib=workspace,
+            opt_level=opt_level,
+            timing_cache=timing_cache,
+            fp32_softmax=fp32_softmax,
+        )
+        env = tensorrt_environment()  # here, without TensorRT or a GPU: one line and exit 1
+        with progress_status(not as_json) as progress:
+            version = env.tensorrt_version
+            source = onnx_for_engine(model_or_onnx, settings, version, img_size=img_size, progress=progress)
+            output = output or default_engine_path(source, settings.precision)
+            artifact = build_engine(source, output, settings, environment=env, progress=progress)
+    audit = artifact.details["fusion_audit"]
+    for warning in audit["warnings"]:
+        typer.secho(f"WARNING (fusion audit): {warning}", fg="yellow", bold=True, err=True)
+    if as_json:
+        print_json(artifact.to_dict() | {"path": str(artifact.path), "sidecar": str(artifact.sidecar)})
+        return
+    d = artifact.details
+    profile = "{min}:{opt}:{max}".format(**d["profile"])
+    fused = f"{audit['fused_attention']}/{audit['expected_attention']}"
+    not_fp32 = len(audit["layernorm_not_fp32"])
+    row = [d["precision"], profile, fused, audit["unfused_softmax"], not_fp32, d["build_seconds"]]
+    print_table(
+        f"TensorRT {d['tensorrt_version']} on {d['gpu_name']} (sm {d['compute_capability']})",
+        ["precision", "profile", "fused MHA", "unfused Softmax", "LayerNorm not FP32", "build s"],
+        [row],
+    )
+    rows = [
+        [r["output"], r["batch_size"], f"{r['max_abs']:.2e}", f"{r['cosine']:.6f}", f"{r['top1_agreement']:.2f}"]
+        for r in artifact.validation["reports"]
+    ]
+    print_table("TensorRT vs ONNX Runtime fp32", ["output", "batch", "max abs diff", "cosine", "top-1 agreement"], rows)
+    typer.echo(str(artifact.path))
+
+
 def main() -> None:
     app(prog_name="vitexport")
 
