@@ -71,7 +71,8 @@ def export_onnx(
     """
     spec = get_spec(name).with_img_size(img_size)
     if opset not in SUPPORTED_OPSETS:
-        raise ExportError(f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
+        first, last = SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1
+        raise ExportError(f"opset {opset} is not supported; choose {first}-{last}")
     if heads is Heads.all and not spec.distilled:
         raise ExportError(f"--heads all needs a distilled model; {spec.name} has one head")
     if batch_size is not None and batch_size < 1:
@@ -80,7 +81,9 @@ def export_onnx(
     _check_writable(output)
 
     progress(f"building {spec.name}")
-    model = create_model(spec.name, checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, attention=attention)
+    model = create_model(
+        spec.name, checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, attention=attention
+    )
     exported: nn.Module = _ExportHeads(model) if heads is Heads.all else model
     output_names = ("logits", "logits_cls", "logits_dist") if heads is Heads.all else ("logits",)
 
@@ -137,8 +140,6 @@ def _check_writable(output: Path) -> None:
 
 
 def _torch_export(model, example, opset, output_names, dynamic_shapes):
-    import onnx
-
     # The exporter logs its progress with emoji to stdout and warns about things users cannot act on.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")

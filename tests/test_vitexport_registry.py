@@ -59,7 +59,7 @@ def test_aliases_resolve_to_canonical_names():
 
 
 def test_unknown_model_suggests_close_names():
-    with pytest.raises(UnknownModelError, match="did you mean.*deit_base"):
+    with pytest.raises(UnknownModelError, match=r"did you mean.*deit_base"):
         get_spec("deit_bsae")
     with pytest.raises(UnknownModelError, match="vitexport models"):
         get_spec("alexnet")

@@ -42,7 +42,7 @@ def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
     # Short side to `scale`, long side in proportion (torchvision's Resize(int) rounding).
     new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
     image = image.resize((new_w, new_h), _resample(cfg.interpolation))
-    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
     image = image.crop((left, top, left + size, top + size))
     x = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
     x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)

@@ -75,6 +75,7 @@ _HF_TOP = {
     "layernorm.bias": "norm.bias",
 }
 _HF_LAYER = r"(?:encoder\.layer|layers)\.(\d+)"
+_HF_QKV = "query|key|value|q_proj|k_proj|v_proj"
 _HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
 
 
@@ -90,7 +91,7 @@ def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         key = re.sub(r"^(vit|deit)\.", "", key)
         if key in _HF_TOP:
             out[_HF_TOP[key]] = value
-        elif m := re.match(rf"{_HF_LAYER}\.attention\.(?:attention\.)?(query|key|value|[qkv]_proj)\.(weight|bias)$", key):
+        elif m := re.match(rf"{_HF_LAYER}\.attention\.(?:attention\.)?({_HF_QKV})\.(weight|bias)$", key):
             qkv.setdefault((m[1], m[3]), {})[m[2][0]] = value  # first letter: q, k or v
         elif m := re.match(rf"{_HF_LAYER}\.(.+)\.(weight|bias)$", key):
             out[f"blocks.{m[1]}.{_HF_BLOCK.get(m[2], m[2])}.{m[3]}"] = value

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitexport.models.vit import SIZES, ViTConfig, VisionTransformer
+from vitexport.models.vit import SIZES, VisionTransformer, ViTConfig
 from vitexport.registry import ModelSpec, PreprocessConfig, register
 
 
