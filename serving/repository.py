@@ -99,10 +99,16 @@ def add_model(
     except OSError as e:
         raise ServingError(f"cannot create the model repository {repo_dir}: {e.strerror or e}") from None
 
+    for a in artifacts:
+        if a.format not in backend.formats:
+            raise ServingError(
+                f"backend {backend.value} serves {' or '.join(backend.formats)} models; {a.path} is {a.format}"
+            )
     files: dict[str, Path] = {}  # file name in the version folder -> source
     cc_files: dict[str, str] | None = None
     if backend is Backend.tensorrt:
-        batching = cfg.tensorrt_batching(_engine_profile(first), batching)
+        if first.batch_size is None:  # a fixed-batch engine is served unbatched, with the batch in its dims
+            batching = cfg.tensorrt_batching(_engine_profile(first), batching)
         if len(artifacts) > 1:
             cc_files = {}
             for engine in artifacts:
@@ -115,7 +121,7 @@ def add_model(
     elif len(artifacts) > 1:
         raise ServingError("several artifacts are only accepted for --backend tensorrt (one engine per GPU)")
     batching = batching or Batching()
-    model_filename = MODEL_FILENAMES[first.format] if first.format in MODEL_FILENAMES else first.path.name
+    model_filename = MODEL_FILENAMES.get(first.format, first.path.name)
     if first.format == "onnx" and backend is Backend.openvino:
         model_filename = "model.onnx"
     if not cc_files:
@@ -232,6 +238,7 @@ def _write_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server running as another user
         for target, source in files.items():
             shutil.copyfile(source, staging / target)
         provenance = artifact.to_dict() | {"path": next(iter(files), "")}

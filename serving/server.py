@@ -270,10 +270,8 @@ class TritonServer:
         if proc is not None:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    pass
             # The stubs share the server's process group (its own session): nothing of it may outlive us.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)

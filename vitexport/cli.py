@@ -207,6 +207,162 @@ def trt(
     typer.echo(str(artifact.path))
 
 
+@app.command()
+def repo(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="MODEL_OR_ONNX...",
+            help="A registered model (exported to ONNX first) or artifact files: ONNX, OpenVINO IR, or TensorRT "
+            "engines (several: one per GPU compute capability).",
+        ),
+    ],
+    repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
+    name: Annotated[str | None, typer.Option(help="Model name in the repository [default: the model's].")] = None,
+    backend: Annotated[
+        str, typer.Option(help="python-onnxruntime, python-openvino, onnxruntime, openvino or tensorrt.")
+    ] = "python-onnxruntime",
+    max_batch_size: Annotated[int | None, typer.Option(help="Batch limit [default: 8; engines: profile max].")] = None,
+    preferred_batch_size: Annotated[list[int] | None, typer.Option(help="Preferred batch size (repeatable).")] = None,
+    queue_delay_us: Annotated[int, typer.Option(help="Longest wait to fill a batch, in microseconds.")] = 1000,
+    instances: Annotated[int, typer.Option(help="Model instances (one Python stub process each).")] = 1,
+    version: Annotated[int | None, typer.Option(help="Version number [default: next free].")] = None,
+    ensemble: Annotated[bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> top-k).")] = True,
+    top_k: Annotated[int, typer.Option(help="Classes the image ensemble returns.")] = 5,
+    ort_trt_fp16: Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write a model into a Triton model repository: config.pbtxt, labels, a new version, and the image ensemble."""
+    import tempfile
+
+    with user_errors(), tempfile.TemporaryDirectory(prefix="vitexport-repo-") as tmp:
+        from serving.config import Backend, Batching
+        from serving.repository import add_model
+        from serving.server import unavailable_reason
+        from vitexport.artifacts import load_artifact
+
+        choices = [b.value for b in Backend]
+        if backend not in choices:
+            raise VitExportError(f"--backend must be one of {', '.join(choices)}, not {backend!r}")
+        artifacts = []
+        for source in sources:
+            if Path(source).exists():
+                artifacts.append(load_artifact(source))
+                continue
+            from export.onnx import export_onnx  # a model name: export it first (checked, validated)
+
+            with progress_status(not as_json) as progress:
+                artifacts.append(export_onnx(source, Path(tmp) / f"{source}.onnx", progress=progress))
+        batching = None
+        if max_batch_size is not None or preferred_batch_size or queue_delay_us != Batching.max_queue_delay_us:
+            size = max_batch_size if max_batch_size is not None else Batching.max_batch_size
+            batching = Batching(size, tuple(preferred_batch_size or ()), queue_delay_us)
+        added = add_model(
+            repo_dir,
+            artifacts,
+            backend=Backend(backend),
+            name=name,
+            batching=batching,
+            instances=instances,
+            version=version,
+            ensemble=ensemble,
+            top_k=top_k,
+            tensorrt_accelerator=ort_trt_fp16,
+        )
+        from serving.repository import scan
+
+        configs = scan(repo_dir)
+        notes = {m: unavailable_reason(m, configs) for m in added.models}
+    if as_json:
+        print_json(
+            {
+                "name": added.name,
+                "version": added.version,
+                "path": str(added.path),
+                "backend": added.backend.value,
+                "models": list(added.models),
+                "local": {m: reason is None for m, reason in notes.items()},
+            }
+        )
+        return
+    rows = [[m, added.version, notes[m] or "yes"] for m in added.models]
+    print_table(f"{repo_dir} ({added.backend.value})", ["model", "version", "serves on the local Triton"], rows)
+    typer.echo(str(added.path))
+
+
+@app.command()
+def serve(
+    repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: any free port).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: any free port).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: any free port).")] = 8002,
+    models: Annotated[list[str] | None, typer.Option("--models", help="Only these models (repeatable).")] = None,
+) -> None:
+    """Start Triton on a model repository until Ctrl-C or SIGTERM; models it cannot run here are skipped."""
+    import signal
+    import time
+
+    def terminate(signum, frame):  # SIGTERM takes the same orderly way out as Ctrl-C
+        raise KeyboardInterrupt
+
+    with user_errors():
+        from serving.server import TritonServer
+
+        names = [n for item in models or [] for n in item.split(",") if n]
+        server = TritonServer(
+            repo_dir,
+            host=host,
+            http_port=http_port or None,
+            grpc_port=grpc_port or None,
+            metrics_port=metrics_port or None,
+            models=names or None,
+        )
+        for model, reason in server.skipped.items():
+            typer.secho(f"note: not loading {model}: {reason}", fg="yellow", err=True)
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            with server:
+                e = server.endpoints
+                typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
+                typer.echo(f"models  {', '.join(server.models) or 'none'}")
+                typer.echo("ready (Ctrl-C to stop)")
+                while server.running:
+                    time.sleep(0.5)
+                raise VitExportError(f"tritonserver stopped unexpectedly:\n{server.log_tail()}")
+        except KeyboardInterrupt:
+            typer.echo("stopped")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@app.command()
+def infer(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    url: Annotated[str | None, typer.Option(help="Server [default: localhost:8000 (http), :8001 (grpc)].")] = None,
+    protocol: Annotated[str, typer.Option(help="http or grpc.")] = "http",
+    model: Annotated[str | None, typer.Option(help="Served model [default: the one NAME_image ensemble].")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes per image.")] = 5,
+    as_json: JsonFlag = False,
+) -> None:
+    """Classify images on a running Triton server and print labels and scores."""
+    with user_errors():
+        from serving.client import Protocol, classify
+
+        if protocol not in Protocol.__members__:
+            raise VitExportError(f"--protocol must be http or grpc, not {protocol!r}")
+        results = classify(url or Protocol(protocol).default_url, images, protocol=protocol, model=model, top_k=top_k)
+    if as_json:
+        print_json([{"image": str(path)} | r.to_dict() for path, r in zip(images, results, strict=True)])
+        return
+    rows = [
+        [str(path) if rank == 0 else "", rank + 1, label, f"{score:.4f}"]
+        for path, r in zip(images, results, strict=True)
+        for rank, (label, score) in enumerate(zip(r.labels, r.scores, strict=True))
+    ]
+    print_table(None, ["image", "rank", "label", "score"], rows)
+
+
 def main() -> None:
     app(prog_name="vitexport")
 

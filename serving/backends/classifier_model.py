@@ -67,7 +67,7 @@ class TritonPythonModel:
         for size in sizes:
             tensors = [
                 pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + size], dtype=np.float32))
-                for name, out in zip(self.output_names, outputs)
+                for name, out in zip(self.output_names, outputs, strict=True)
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size
