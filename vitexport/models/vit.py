@@ -114,6 +114,17 @@ def _register_vit() -> None:
             for_tests=True,
         )
     )
+    # Ten classes and no crop: the accuracy gate's tests train it on scikit-learn's digits (export/digits.py).
+    register(
+        ModelSpec(
+            name="test_vit_digits",
+            family="vit",
+            arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2, num_classes=10),
+            preprocess=PreprocessConfig(64, INCEPTION_MEAN, INCEPTION_STD, 1.0),
+            builder=build_vit,
+            for_tests=True,
+        )
+    )
 
 
 _register_vit()

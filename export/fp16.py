@@ -1,0 +1,56 @@
+"""FP16 ONNX: weights and compute in half precision, normalisations, Softmax and reductions kept in FP32.
+
+This is the graph a strongly typed TensorRT 11 build consumes (precision lives in the graph there), and it runs on
+ONNX Runtime's CPU provider for validation. LayerNorm stays FP32 because an FP16 LayerNorm after attention
+overflows in TensorRT; Softmax and reductions stay FP32 because their sums lose precision in FP16.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from vitexport.errors import ExportError
+
+if TYPE_CHECKING:
+    import onnx
+
+KEEP_FP32_OPS = (
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceL2",
+    "ReduceSumSquare",
+    "Pow",
+    "Sqrt",
+    "Erf",  # the exact GELU's erf: its FP16 approximation is off by up to 1e-3, larger than the rest of the drift
+)
+
+
+class IOType(str, Enum):
+    fp32 = "fp32"  # Casts at the graph edges: a drop-in replacement for the FP32 model
+    fp16 = "fp16"  # half-precision input and logits, for pipelines that feed FP16 end to end
+
+
+def to_fp16(model: onnx.ModelProto, *, io_type: IOType = IOType.fp32) -> onnx.ModelProto:
+    """The graph in FP16 with the ops of KEEP_FP32_OPS left in FP32 behind Casts (onnxconverter-common)."""
+    try:
+        from onnxconverter_common.float16 import convert_float_to_float16
+    except ImportError:
+        raise ExportError("FP16 conversion needs onnxconverter-common: pip install 'vitexport[cpu-opt]'") from None
+
+    try:
+        # max_finite_val: weights beyond FP16's range are clamped, not turned into inf. onnxconverter-common rather
+        # than ORT's fork of it: ORT's appends its input Casts after their consumers, which onnx.checker rejects.
+        return convert_float_to_float16(
+            model,
+            keep_io_types=io_type is IOType.fp32,
+            op_block_list=list(KEEP_FP32_OPS),
+            max_finite_val=65504.0,
+            min_positive_val=5.96e-08,
+        )
+    except Exception as e:
+        raise ExportError(f"FP16 conversion failed: {str(e).splitlines()[0]}") from e

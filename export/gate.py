@@ -1,0 +1,159 @@
+"""The accuracy gate: an optimized variant against its fp32 reference, on random inputs and real images, and on a
+labelled ImageFolder-style directory also top-1/top-5 accuracy. Budgets come from export.validate.TOLERANCES;
+every failed check is collected into one ValidationError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.validate import TOLERANCES, DriftReport, Tolerance, compare
+from vitexport.errors import ValidationError, VitExportError
+from vitexport.registry import PreprocessConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+RANDOM_BATCHES = (1, 4)
+EVAL_BATCH = 32
+
+Run = Callable[[np.ndarray], list[np.ndarray]]  # (B,3,S,S) float32 -> float32 logits per output
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: np.ndarray  # (N, 3, S, S) float32, preprocessed
+    labels: np.ndarray | None  # (N,) class indices of an ImageFolder layout; None for a flat folder
+    classes: tuple[str, ...] = ()
+
+
+def load_image_folder(folder: str | Path, cfg: PreprocessConfig, *, limit: int | None = None) -> ImageSet:
+    """Images of a folder, preprocessed by the model's config. With one subfolder per class (torchvision's
+    ImageFolder: classes in sorted name order) the images are labelled; images directly in the folder are not."""
+    from vitexport.preprocess import load_images
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VitExportError(f"image folder {folder} does not exist")
+    classes = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if classes:
+        files = [(f, i) for i, c in enumerate(classes) for f in sorted((folder / c).iterdir()) if _is_image(f)]
+    else:
+        files = [(f, -1) for f in sorted(folder.iterdir()) if _is_image(f)]
+    if not files:
+        raise VitExportError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    if limit is not None and len(files) > limit:
+        # An even spread over the sorted list, so that every class of an ImageFolder stays represented.
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    images = load_images([f for f, _ in files], cfg)
+    labels = np.array([label for _, label in files]) if classes else None
+    return ImageSet(images, labels, classes)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    images: int
+    reference_top1: float  # percent
+    reference_top5: float
+    candidate_top1: float
+    candidate_top5: float
+
+    @property
+    def top1_drop(self) -> float:
+        return self.reference_top1 - self.candidate_top1
+
+
+@dataclass(frozen=True)
+class GateReport:
+    precision: str
+    tolerance: Tolerance
+    random: list[DriftReport]
+    images: list[DriftReport]
+    accuracy: Accuracy | None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "precision": self.precision,
+            "tolerance": asdict(self.tolerance),
+            "random": [r.to_dict() for r in self.random],
+            "images": [r.to_dict() for r in self.images],
+            "accuracy": None
+            if self.accuracy is None
+            else asdict(self.accuracy) | {"top1_drop": self.accuracy.top1_drop},
+            "failures": self.failures,
+        }
+
+
+def evaluate(
+    candidate: Run,
+    reference: Run,
+    *,
+    precision: str,
+    input_size: int,
+    output_names: tuple[str, ...] = ("logits",),
+    images: ImageSet | None = None,
+    tolerance: Tolerance | None = None,
+    seed: int = 0,
+) -> GateReport:
+    """Compare candidate with reference on random inputs (batch 1 and 4) and on `images`; collect failures."""
+    tol = tolerance or TOLERANCES.get(precision)
+    if tol is None:
+        raise VitExportError(f"no accuracy budget for precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    rng = np.random.default_rng(seed)
+    random_reports = []
+    for b in RANDOM_BATCHES:
+        x = rng.standard_normal((b, 3, input_size, input_size), dtype=np.float32)
+        random_reports += _compare_outputs(output_names, reference(x), candidate(x), "random")
+    image_reports: list[DriftReport] = []
+    accuracy = None
+    if images is not None:
+        ref_out = _run_batched(reference, images.images)
+        cand_out = _run_batched(candidate, images.images)
+        image_reports = _compare_outputs(output_names, ref_out, cand_out, "images")
+        if images.labels is not None:
+            accuracy = _accuracy(ref_out[0], cand_out[0], images.labels)
+    gated = [*random_reports, *image_reports] if tol.gate_random_inputs or images is None else image_reports
+    failures = [f for r in gated for f in r.failures(tol)]
+    if accuracy is not None and tol.max_top1_drop is not None and accuracy.top1_drop > tol.max_top1_drop:
+        failures.append(
+            f"top-1 accuracy {accuracy.candidate_top1:.2f}% vs reference {accuracy.reference_top1:.2f}%: "
+            f"drop {accuracy.top1_drop:.2f} pt > {tol.max_top1_drop:g} pt on {accuracy.images} images"
+        )
+    return GateReport(precision, tol, random_reports, image_reports, accuracy, failures)
+
+
+def check(report: GateReport) -> None:
+    if report.failures:
+        raise ValidationError(f"{report.precision} variant over budget: " + "; ".join(report.failures))
+
+
+def _compare_outputs(names, reference: list[np.ndarray], candidate: list[np.ndarray], where: str) -> list[DriftReport]:
+    if len(candidate) != len(names) or len(reference) != len(names):
+        raise ValidationError(f"expected outputs {', '.join(names)}; got {len(candidate)} from the candidate")
+    return [compare(f"{name} ({where})", r, c) for name, r, c in zip(names, reference, candidate, strict=True)]
+
+
+def _run_batched(run: Run, x: np.ndarray) -> list[np.ndarray]:
+    parts = [run(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)]
+    return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+
+
+def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> Accuracy:
+    def topk(logits: np.ndarray, k: int) -> float:
+        k = min(k, logits.shape[1])
+        top = np.argsort(-logits, axis=1)[:, :k]
+        return float((top == labels[:, None]).any(axis=1).mean() * 100)
+
+    return Accuracy(len(labels), topk(reference, 1), topk(reference, 5), topk(candidate, 1), topk(candidate, 5))

@@ -1,0 +1,107 @@
+"""OpenVINO IR for the CPU path: FP32 IR run at the precision of an inference hint, or INT8 by NNCF post-training
+quantization.
+
+BF16 is not a property of the IR: OpenVINO's CPU plugin executes an FP32 IR in BF16 when its
+INFERENCE_PRECISION_HINT says so (and by default on CPUs with AVX-512 BF16 or AMX), so a BF16 artifact is the FP32
+IR plus the hint in its sidecar, and every runner compiles it with that hint. On a CPU without BF16 instructions
+the plugin silently runs FP32; `execution_precision` reports what it will actually do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from vitexport.errors import ExportError
+
+# The hint's values, by our precision names. INT8 sets none: the plugin then runs the ops NNCF left in floating
+# point in BF16 where the CPU has it (OpenVINO's default there) and in FP32 elsewhere.
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
+
+
+def _ov():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ExportError("the openvino runtime needs OpenVINO: pip install 'vitexport[cpu-opt]'") from None
+    return ov
+
+
+def cpu_capabilities() -> list[str]:
+    return list(_ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def execution_precision(path: Path, precision: str) -> str:
+    """The floating-point precision OpenVINO's CPU plugin really computes in for this IR and hint on this machine
+    (it falls back to f32 for hints the CPU cannot honour, e.g. f16 without AVX-512 FP16 or AMX)."""
+    import openvino.properties.hint as hints
+
+    return str(compile_ir(path, precision).get_property(hints.inference_precision).get_type_name())
+
+
+def convert_onnx(source: Path) -> object:
+    """An ov.Model from an ONNX file."""
+    ov = _ov()
+    try:
+        return ov.convert_model(str(source))
+    except Exception as e:
+        raise ExportError(f"OpenVINO could not convert {source.name}: {str(e).splitlines()[0]}") from e
+
+
+def quantize_int8(model, calibration: np.ndarray, *, transformer: bool, input_name: str, batch_size: int = 1):
+    """NNCF post-training quantization (min-max ranges over the calibration images, fast bias correction).
+
+    ModelType.TRANSFORMER keeps LayerNorm, Softmax and the residual Adds in floating point and uses the SmoothQuant
+    statistics NNCF recommends for transformers; convnets take the default scheme.
+    """
+    try:
+        import nncf
+    except ImportError:
+        raise ExportError("OpenVINO INT8 needs NNCF: pip install 'vitexport[cpu-opt]'") from None
+    nncf.set_log_level(logging.ERROR)
+    if calibration is None or len(calibration) == 0:
+        raise ExportError("INT8 post-training quantization needs calibration images: give --calibration DIR")
+    items = [calibration[i : i + batch_size] for i in range(0, len(calibration), batch_size)]
+    dataset = nncf.Dataset(items, lambda x: {input_name: np.ascontiguousarray(x, dtype=np.float32)})
+    try:
+        # NNCF draws progress bars on the terminal; a stage prints nothing, so they go nowhere.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return nncf.quantize(
+                model,
+                dataset,
+                subset_size=len(calibration),
+                model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                preset=nncf.QuantizationPreset.MIXED if transformer else nncf.QuantizationPreset.PERFORMANCE,
+            )
+    except Exception as e:
+        raise ExportError(f"NNCF quantization failed: {str(e).splitlines()[0]}") from e
+
+
+def save_ir(model, output: Path) -> None:
+    """Write `output` (.xml) and its .bin; weights stay FP32 (compress_to_fp16 would round them for every hint)."""
+    ov = _ov()
+    try:
+        ov.save_model(model, str(output), compress_to_fp16=False)
+    except Exception as e:
+        raise ExportError(f"cannot write {output}: {str(e).splitlines()[0]}") from e
+
+
+def compile_ir(path: Path, precision: str, threads: int | None = None):
+    """A compiled CPU model in latency mode (best on few cores) with the precision hint of the artifact."""
+    ov = _ov()
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    config: dict = {hints.performance_mode: hints.PerformanceMode.LATENCY}
+    if OV_PRECISION.get(precision, "f32"):
+        config[hints.inference_precision] = OV_PRECISION.get(precision, "f32")
+    if threads:
+        config[props.inference_num_threads] = threads
+    try:
+        return ov.Core().compile_model(str(path), "CPU", config)
+    except Exception as e:
+        raise ExportError(f"OpenVINO could not compile {path.name}: {str(e).splitlines()[0]}") from e

@@ -1,0 +1,270 @@
+"""The optimize stage: an fp32 ONNX artifact -> a fused, FP16, BF16 or INT8 variant for ONNX Runtime or OpenVINO,
+checked by the accuracy gate against the fp32 source before its sidecar is written.
+
+| runtime     | fp32         | fp16                           | bf16                | int8                          |
+|-------------|--------------|--------------------------------|---------------------|-------------------------------|
+| onnxruntime | fused ONNX   | FP16 ONNX (the TensorRT graph) | - (no BF16 kernels) | dynamic (ViT), Q/DQ (ResNet)  |
+| openvino    | IR, f32 hint | IR, f16 hint                   | IR, bf16 hint       | NNCF post-training quantized  |
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.fp16 import IOType, to_fp16
+from export.fusion import Fusion, attention_audit, fuse, op_counts
+from export.gate import ImageSet, check, evaluate, load_image_folder
+from export.quantize import QuantMethod, default_method, quantize_onnx
+from export.runners import load_runner
+from vitexport.artifacts import ModelArtifact
+from vitexport.errors import ArtifactError, ExportError
+from vitexport.registry import get_spec
+
+PROTOBUF_LIMIT = 2**31
+CALIBRATION_LIMIT = 300  # NNCF's default subset size: more images barely move the ranges and cost minutes
+
+
+class Runtime(str, Enum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"
+
+
+def default_fusion(runtime: Runtime, precision: Precision) -> Fusion:
+    """ORT's contrib ops for ONNX Runtime; the standard Attention op for FP16, the graph TensorRT consumes; none for
+    OpenVINO, which reads standard ONNX only and fuses attention itself."""
+    if runtime is Runtime.openvino:
+        return Fusion.none
+    return Fusion.onnx if precision is Precision.fp16 else Fusion.ort
+
+
+def default_output(source: Path, runtime: Runtime, precision: Precision, fusion: Fusion) -> Path:
+    stem = source.name.removesuffix(".onnx")
+    if runtime is Runtime.openvino:
+        return source.with_name(f"{stem}.openvino-{precision.value}.xml")
+    tag = "" if fusion is Fusion.none else f"-{fusion.value}"
+    return source.with_name(f"{stem}.onnxruntime{tag}-{precision.value}.onnx")
+
+
+def optimize(
+    artifact: ModelArtifact,
+    *,
+    runtime: Runtime = Runtime.onnxruntime,
+    precision: Precision = Precision.fp32,
+    fuse_attention: Fusion | None = None,
+    calibration: str | Path | None = None,
+    images: str | Path | None = None,
+    output: str | Path | None = None,
+    io_type: IOType = IOType.fp32,
+    quant_method: QuantMethod | None = None,
+    calibration_limit: int = CALIBRATION_LIMIT,
+    validate: bool = True,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ModelArtifact:
+    """Write the variant and its sidecar; `details["op_counts"]` holds the op counts before and after.
+
+    The gate compares the variant with the fp32 source on ONNX Runtime (itself validated against PyTorch at export)
+    on random inputs and on `images` (or else the calibration images); over budget it raises ValidationError and
+    writes no sidecar, so no later stage picks the variant up.
+    """
+    if artifact.format != "onnx" or artifact.precision != "fp32":
+        raise ArtifactError(
+            f"optimize starts from an fp32 ONNX artifact; {artifact.path.name} is "
+            f"{artifact.format} {artifact.precision}"
+        )
+    fusion = fuse_attention or default_fusion(runtime, precision)
+    _check_combination(runtime, precision, fusion, io_type)
+    output = Path(output) if output else default_output(artifact.path, runtime, precision, fusion)
+    if output.resolve() == artifact.path.resolve():
+        raise ExportError(f"output {output} would overwrite the source model")
+    expected = ".xml" if runtime is Runtime.openvino else ".onnx"
+    if output.suffix != expected:
+        raise ExportError(f"the {runtime.value} output must end in {expected}: {output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    family = get_spec(artifact.model).family
+    needs_calibration = precision is Precision.int8 and (
+        runtime is Runtime.openvino or (quant_method or default_method(family)) is QuantMethod.static
+    )
+    calib = None
+    if needs_calibration:
+        if calibration is None:
+            raise ExportError(f"{runtime.value} int8 for {family} needs calibration images: give --calibration DIR")
+        progress("loading calibration images")
+        calib = load_image_folder(calibration, artifact.preprocess, limit=calibration_limit).images
+
+    if runtime is Runtime.onnxruntime:
+        details = _onnxruntime_variant(
+            artifact, output, precision, fusion, io_type, quant_method, family, calib, progress
+        )
+    else:
+        details = _openvino_variant(artifact, output, precision, family, calib, progress)
+
+    variant = ModelArtifact(
+        path=output,
+        format="onnx" if runtime is Runtime.onnxruntime else "openvino",
+        model=artifact.model,
+        preprocess=artifact.preprocess,
+        num_classes=artifact.num_classes,
+        input_name=artifact.input_name,
+        output_names=artifact.output_names,
+        batch_size=artifact.batch_size,
+        precision=precision.value,
+        opset=details.pop("opset", None),
+        checkpoint_sha256=artifact.checkpoint_sha256,
+        source=artifact.sidecar.name if artifact.sidecar.parent == output.parent else str(artifact.sidecar),
+        details=details,
+    )
+    if validate:
+        progress("accuracy gate")
+        eval_images = None
+        if images is not None:
+            eval_images = load_image_folder(images, artifact.preprocess)
+        elif calib is not None:
+            eval_images = ImageSet(calib, None)
+        report = gate(variant, artifact, eval_images)
+        check(report)
+        variant = variant.with_(validation=report.to_dict())
+    variant.save()
+    return variant
+
+
+def gate(candidate: ModelArtifact, reference: ModelArtifact, images: ImageSet | None):
+    """The accuracy gate of `candidate` against an fp32 ONNX reference (ORT's spinning off: two runtimes share the
+    process)."""
+    cand = load_runner(candidate, spinning=False)
+    ref = load_runner(reference, spinning=False)
+    return evaluate(
+        cand,
+        ref,
+        precision=candidate.precision,
+        input_size=candidate.preprocess.input_size,
+        output_names=candidate.output_names,
+        images=images,
+    )
+
+
+def _check_combination(runtime: Runtime, precision: Precision, fusion: Fusion, io_type: IOType) -> None:
+    if runtime is Runtime.onnxruntime and precision is Precision.bf16:
+        raise ExportError("ONNX Runtime's CPU provider has no BF16 kernels; use --runtime openvino for bf16")
+    if runtime is Runtime.openvino and fusion is not Fusion.none:
+        raise ExportError("OpenVINO reads standard ONNX and fuses attention itself: use --fuse-attention none")
+    if precision is Precision.int8 and fusion is Fusion.onnx:
+        # Measured: ORT's quantizer produced an invalid graph from the opset-23 Attention graph.
+        raise ExportError("int8 cannot start from the opset-23 Attention graph; use --fuse-attention ort or none")
+    if io_type is IOType.fp16 and precision is not Precision.fp16:
+        raise ExportError("--io-type fp16 applies to --precision fp16 only")
+
+
+def _load(path: Path):
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception as e:
+        raise ArtifactError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+def _save_onnx(model, output: Path) -> None:
+    import onnx
+
+    data = output.with_name(output.name + ".data")
+    data.unlink(missing_ok=True)
+    try:
+        if model.ByteSize() >= PROTOBUF_LIMIT:
+            onnx.save_model(model, str(output), save_as_external_data=True, location=data.name)
+        else:
+            onnx.save_model(model, str(output))
+        onnx.checker.check_model(str(output), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"onnx.checker rejected the optimized graph: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot write {output}: {e}") from None
+
+
+def _onnxruntime_variant(
+    artifact: ModelArtifact,
+    output: Path,
+    precision: Precision,
+    fusion: Fusion,
+    io_type: IOType,
+    quant_method: QuantMethod | None,
+    family: str,
+    calib: np.ndarray | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    model = _load(artifact.path)
+    before = op_counts(model)
+    details: dict[str, Any] = {"runtime": "onnxruntime", "fuse_attention": fusion.value}
+    if fusion is not Fusion.none:
+        progress(f"fusing attention ({fusion.value})")
+        model, fusions = fuse(model, fusion)
+        audit = attention_audit(op_counts(model), fusion)
+        # A ViT whose attention was matched has no Softmax left; a CNN has none to begin with.
+        if family != "resnet" and (audit["softmax"] or not audit["fused_attention"]):
+            raise ExportError(
+                f"attention fusion ({fusion.value}) incomplete: {audit['fused_attention']} fused blocks, "
+                f"{audit['softmax']} Softmax left"
+            )
+        details |= {"fusions": fusions, "attention": audit}
+    if precision is Precision.fp16:
+        progress("converting to FP16")
+        model = to_fp16(model, io_type=io_type)
+        details["io_type"] = io_type.value
+    if precision is Precision.int8:
+        method = quant_method or default_method(family)
+        progress(f"quantizing to INT8 ({method.value})")
+        with tempfile.TemporaryDirectory(prefix="vitexport-opt-") as tmp:
+            fused = Path(tmp) / "fused.onnx"
+            _save_onnx(model, fused)
+            quantize_onnx(fused, output, method=method, input_name=artifact.input_name, calibration=calib)
+            model = _load(output)
+        details["quantization"] = {"method": method.value, "calibration_images": 0 if calib is None else len(calib)}
+    progress("saving and checking the graph")
+    _save_onnx(model, output)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return details | {"op_counts": {"before": before, "after": op_counts(model)}, "opset": opset}
+
+
+def _openvino_variant(
+    artifact: ModelArtifact,
+    output: Path,
+    precision: Precision,
+    family: str,
+    calib: np.ndarray | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    from export import openvino as ovx
+
+    before = op_counts(_load(artifact.path))
+    progress("converting to OpenVINO IR")
+    model = ovx.convert_onnx(artifact.path)
+    details: dict[str, Any] = {"runtime": "openvino", "fuse_attention": "none"}
+    if precision is Precision.int8:
+        progress("NNCF post-training quantization")
+        model = ovx.quantize_int8(model, calib, transformer=family != "resnet", input_name=artifact.input_name)
+        details["quantization"] = {"method": "nncf-ptq", "calibration_images": len(calib)}
+    ovx.save_ir(model, output)
+    after: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        after[op.get_type_name()] = after.get(op.get_type_name(), 0) + 1
+    details |= {
+        "inference_precision": ovx.OV_PRECISION[precision.value],
+        # What this machine's CPU plugin computes the floating-point ops in, read back from the compiled model.
+        "executes_as": ovx.execution_precision(output, precision.value),
+        "cpu_capabilities": ovx.cpu_capabilities(),
+        "op_counts": {"before": before, "after": dict(sorted(after.items(), key=lambda kv: (-kv[1], kv[0])))},
+    }
+    return details
