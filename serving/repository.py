@@ -92,7 +92,7 @@ def add_model(
         raise ServingError("no model artifact given")
     first = artifacts[0]
     repo_dir = Path(repo_dir)
-    name = name or first.model
+    name = first.model if name is None else name
     model_dir = check_name(repo_dir, name)
     try:
         repo_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,155 @@
+"""The repository writer: layout, labels, versions that are staged and renamed, never clobbered, and names that
+cannot escape the repository. Model files here are placeholders: the writer copies them without reading them."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serving import config as cfg
+from serving import repository
+from serving.config import Backend, Batching
+from serving.repository import add_model, check_name, scan
+from vitexport.artifacts import ModelArtifact, load_artifact
+from vitexport.errors import ServingError
+from vitexport.registry import get_spec
+
+
+def make_artifact(tmp_path: Path, fmt="onnx", name="test_vit", file="model.onnx", **changes) -> ModelArtifact:
+    spec = get_spec(name)
+    path = tmp_path / "artifacts" / file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"placeholder " + file.encode())
+    artifact = ModelArtifact(path=path, format=fmt, model=spec.name, preprocess=spec.preprocess, num_classes=1000)
+    artifact = artifact.with_(**changes)
+    artifact.save()
+    return load_artifact(path)  # through the sidecar, as the CLI gets it
+
+
+def test_layout_labels_and_ensemble(tmp_path):
+    repo = tmp_path / "repo"
+    added = add_model(repo, make_artifact(tmp_path), batching=Batching(8, (4,), 2000))
+    assert added.name == "test_vit" and added.version == 1 and added.path == repo / "test_vit" / "1"
+    assert added.models == ("test_vit", "test_vit_preprocess", "test_vit_postprocess", "test_vit_image")
+    assert sorted(p.name for p in added.path.iterdir()) == ["artifact.json", "model.onnx", "model.py"]
+    labels = (repo / "test_vit" / "labels.txt").read_text().splitlines()
+    assert len(labels) == 1000 and labels[0].startswith("tench") and labels[-1].startswith("toilet tissue")
+    assert (repo / "test_vit_postprocess" / "labels.txt").read_text() == (repo / "test_vit" / "labels.txt").read_text()
+    assert (repo / "test_vit_image" / "1").is_dir()  # an ensemble needs a (empty) version folder
+    configs = scan(repo)  # every written config parses
+    assert set(configs) == set(added.models)
+    assert configs["test_vit"].dynamic_batching.max_queue_delay_microseconds == 2000
+    assert cfg.parameter(configs["test_vit"], "runtime") == "onnxruntime"
+    assert not list(repo.rglob(".staging-*"))
+
+
+def test_new_versions_never_clobber(tmp_path):
+    repo = tmp_path / "repo"
+    first = add_model(repo, make_artifact(tmp_path), ensemble=False)
+    before = (first.path / "model.onnx").read_bytes()
+    second = add_model(repo, make_artifact(tmp_path, file="other.onnx"), ensemble=False)
+    assert (first.version, second.version) == (1, 2)
+    assert (first.path / "model.onnx").read_bytes() == before
+    with pytest.raises(ServingError, match="never overwritten"):
+        add_model(repo, make_artifact(tmp_path, file="third.onnx"), version=1, ensemble=False)
+    assert (first.path / "model.onnx").read_bytes() == before
+    assert add_model(repo, make_artifact(tmp_path), version=7, ensemble=False).version == 7
+    assert repository.versions(repo / "test_vit") == [1, 2, 7]
+
+
+def test_a_failed_write_leaves_no_version_and_no_staging(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    artifact = make_artifact(tmp_path)
+    real_copy = shutil.copyfile
+
+    def copy_then_fail(src, dst):
+        # While the files are copied, the version must not be visible yet: it appears only by the final rename.
+        assert not (repo / "test_vit" / "1").exists()
+        if Path(dst).name == "model.py":
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(repository.shutil, "copyfile", copy_then_fail)
+    with pytest.raises(ServingError, match="No space left"):
+        add_model(repo, artifact, ensemble=False)
+    assert repository.versions(repo / "test_vit") == []
+    assert not list(repo.rglob(".staging-*"))
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "/etc/x", ".hidden", "..", "a..b", "", "x" * 101, "sp ace"])
+def test_names_that_escape_or_are_unsafe_are_refused(tmp_path, name):
+    with pytest.raises(ServingError, match="model name"):
+        add_model(tmp_path / "repo", make_artifact(tmp_path), name=name)
+    assert not (tmp_path / "evil").exists()
+
+
+def test_a_symlink_out_of_the_repository_is_refused(tmp_path):
+    repo = tmp_path / "repo"
+    (tmp_path / "outside").mkdir()
+    repo.mkdir()
+    (repo / "linked").symlink_to(tmp_path / "outside")
+    with pytest.raises(ServingError, match="outside the repository"):
+        check_name(repo, "linked")
+    with pytest.raises(ServingError, match="outside the repository"):
+        add_model(repo, make_artifact(tmp_path), name="linked")
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
+def test_a_new_version_cannot_change_what_the_model_is(tmp_path):
+    repo = tmp_path / "repo"
+    add_model(repo, make_artifact(tmp_path), ensemble=False)
+    with pytest.raises(ServingError, match="different (platform|backend)"):
+        add_model(repo, make_artifact(tmp_path), backend=Backend.onnxruntime, ensemble=False)
+    with pytest.raises(ServingError, match="different input"):
+        add_model(repo, make_artifact(tmp_path, name="test_resnet", file="r.onnx"), name="test_vit", ensemble=False)
+    assert repository.versions(repo / "test_vit") == [1]
+
+
+def test_onnx_external_data_travels_with_the_model(tmp_path):
+    artifact = make_artifact(tmp_path, file="big.onnx")
+    artifact.path.with_name("big.onnx.data").write_bytes(b"weights")
+    added = add_model(tmp_path / "repo", artifact, ensemble=False)
+    assert (added.path / "big.onnx.data").read_bytes() == b"weights"  # the graph refers to it by this name
+
+
+def test_tensorrt_engines_one_per_compute_capability(tmp_path):
+    profile = {"min": 1, "opt": 4, "max": 16}
+    engines = [
+        make_artifact(tmp_path, "tensorrt", file=f"e{cc}.plan", details={"profile": profile, "compute_capability": cc})
+        for cc in ("8.0", "8.9")
+    ]
+    added = add_model(tmp_path / "repo", engines, backend=Backend.tensorrt, ensemble=False)
+    config = cfg.read_config(tmp_path / "repo" / "test_vit")
+    assert config.max_batch_size == 16 and list(config.dynamic_batching.preferred_batch_size) == [4, 16]
+    assert dict(config.cc_model_filenames) == {"8.0": "model.8.0.plan", "8.9": "model.8.9.plan"}
+    assert (added.path / "model.8.9.plan").read_bytes() == b"placeholder e8.9.plan"
+    single = add_model(tmp_path / "repo", engines[0], backend=Backend.tensorrt, name="one", ensemble=False)
+    assert (single.path / "model.plan").exists()
+    with pytest.raises(ServingError, match="distinct compute capabilities"):
+        add_model(tmp_path / "repo", [engines[0], engines[0]], backend=Backend.tensorrt, name="dup")
+    with pytest.raises(ServingError, match="only accepted for --backend tensorrt"):
+        add_model(tmp_path / "repo", [make_artifact(tmp_path)] * 2, name="two")
+    no_profile = make_artifact(tmp_path, "tensorrt", file="x.plan")
+    with pytest.raises(ServingError, match="optimization profile"):
+        add_model(tmp_path / "repo", no_profile, backend=Backend.tensorrt, name="np")
+
+
+def test_openvino_ir_needs_its_weights(tmp_path):
+    ir = make_artifact(tmp_path, "openvino", file="m.xml")
+    with pytest.raises(ServingError, match="no weights file"):
+        add_model(tmp_path / "repo", ir, backend=Backend.openvino, ensemble=False)
+    ir.path.with_suffix(".bin").write_bytes(b"w")
+    added = add_model(tmp_path / "repo", ir, backend=Backend.openvino, ensemble=False)
+    assert sorted(p.name for p in added.path.iterdir()) == ["artifact.json", "model.bin", "model.xml"]
+
+
+def test_non_imagenet_heads_get_index_labels(tmp_path):
+    added = add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=10))
+    assert (added.path.parent / "labels.txt").read_text().splitlines() == [f"class_{i}" for i in range(10)]
+
+
+def test_fixed_batch_models_need_no_ensemble(tmp_path):
+    artifact = make_artifact(tmp_path, batch_size=4)
+    with pytest.raises(ServingError, match="dynamic-batch"):
+        add_model(tmp_path / "repo", artifact)
+    assert cfg.read_config(add_model(tmp_path / "repo", artifact, ensemble=False).path.parent).max_batch_size == 0
