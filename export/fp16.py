@@ -7,6 +7,7 @@ overflows in TensorRT; Softmax and reductions stay FP32 because their sums lose 
 
 from __future__ import annotations
 
+import warnings
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -42,15 +43,19 @@ def to_fp16(model: onnx.ModelProto, *, io_type: IOType = IOType.fp32) -> onnx.Mo
     except ImportError:
         raise ExportError("FP16 conversion needs onnxconverter-common: pip install 'vitexport[cpu-opt]'") from None
 
-    try:
-        # max_finite_val: weights beyond FP16's range are clamped, not turned into inf. onnxconverter-common rather
-        # than ORT's fork of it: ORT's appends its input Casts after their consumers, which onnx.checker rejects.
-        return convert_float_to_float16(
-            model,
-            keep_io_types=io_type is IOType.fp32,
-            op_block_list=list(KEEP_FP32_OPS),
-            max_finite_val=65504.0,
-            min_positive_val=5.96e-08,
-        )
-    except Exception as e:
-        raise ExportError(f"FP16 conversion failed: {str(e).splitlines()[0]}") from e
+    # It warns once per weight below FP16's smallest subnormal that it flushes: expected, not the user's to fix.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            # max_finite_val: weights beyond FP16's range are clamped, not turned into inf. onnxconverter-common
+            # rather than ORT's fork of it: ORT's appends its input Casts after their consumers, which onnx.checker
+            # rejects.
+            return convert_float_to_float16(
+                model,
+                keep_io_types=io_type is IOType.fp32,
+                op_block_list=list(KEEP_FP32_OPS),
+                max_finite_val=65504.0,
+                min_positive_val=5.96e-08,
+            )
+        except Exception as e:
+            raise ExportError(f"FP16 conversion failed: {str(e).splitlines()[0]}") from e

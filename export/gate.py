@@ -157,3 +157,22 @@ def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) 
         return float((top == labels[:, None]).any(axis=1).mean() * 100)
 
     return Accuracy(len(labels), topk(reference, 1), topk(reference, 5), topk(candidate, 1), topk(candidate, 5))
+
+
+def torch_reference(name: str, checkpoint: str | Path, output_names: tuple[str, ...] = ("logits",)) -> Run:
+    """The fp32 PyTorch model as a reference runner, on the same weights the candidate was exported from."""
+    import torch
+
+    from export.onnx import _ExportHeads
+    from vitexport.registry import create_model
+
+    model = create_model(name, checkpoint=str(checkpoint))
+    if len(output_names) == 3:  # `--heads all`: average, class head, distillation head
+        model = _ExportHeads(model).eval()
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+    return run

@@ -363,6 +363,164 @@ def infer(
     print_table(None, ["image", "rank", "label", "score"], rows)
 
 
+def _source_artifact(model: str, checkpoint: Path | None, folder: Path, progress) -> Any:
+    """MODEL_OR_ONNX: an artifact's model file or sidecar, or a registered model to export to fp32 ONNX first."""
+    from export.onnx import export_onnx
+    from vitexport.artifacts import load_artifact
+
+    path = Path(model)
+    if path.exists() or path.suffix in (".onnx", ".json", ".xml"):
+        if checkpoint is not None:
+            raise VitExportError("--checkpoint applies to a registered model name, not to an ONNX file")
+        return load_artifact(path)
+    return export_onnx(model, folder / f"{model}.onnx", checkpoint=checkpoint, progress=progress)
+
+
+def _render_gate(validation: dict) -> None:
+    rows = [
+        [
+            r["output"],
+            r["batch_size"],
+            f"{r['max_abs']:.3g}",
+            f"{r['mean_abs']:.3g}",
+            f"{r['cosine']:.6f}",
+            f"{r['top1_agreement']:.3f}",
+            f"{r['top5_overlap']:.3f}",
+        ]
+        for r in [*validation["random"], *validation["images"]]
+    ]
+    columns = ["output", "batch", "max abs", "mean abs", "cosine", "top-1 agree", "top-5 overlap"]
+    print_table(f"{validation['precision']} variant vs fp32 reference", columns, rows)
+    if acc := validation.get("accuracy"):
+        print_table(
+            f"accuracy on {acc['images']} labelled images",
+            ["", "top-1 %", "top-5 %"],
+            [
+                ["reference", f"{acc['reference_top1']:.2f}", f"{acc['reference_top5']:.2f}"],
+                ["candidate", f"{acc['candidate_top1']:.2f}", f"{acc['candidate_top5']:.2f}"],
+            ],
+        )
+
+
+@app.command()
+def optimize(
+    model: Annotated[str, typer.Argument(help="An fp32 ONNX artifact (or its sidecar), or a registered model name.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output .onnx, or .xml for openvino.")] = None,
+    runtime: Annotated[str, typer.Option(help="onnxruntime or openvino.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="fp32, fp16, bf16 (openvino) or int8.")] = "fp32",
+    fuse_attention: Annotated[
+        str | None, typer.Option(help="ort, onnx (opset-23 Attention) or none [default: ort; onnx for fp16].")
+    ] = None,
+    calibration: Annotated[Path | None, typer.Option(help="Image folder for INT8 calibration.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Images for the gate; class subfolders add accuracy.")] = None,
+    io_type: Annotated[str, typer.Option(help="fp16 graphs: fp32 or fp16 input and output.")] = "fp32",
+    quant_method: Annotated[str | None, typer.Option(help="ORT int8: dynamic or static [default: by family].")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Weights, when MODEL is a registered name.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write an optimized variant (fused attention, FP16, BF16, INT8) that passes the accuracy gate; print op counts."""
+    with user_errors():
+        from export.fp16 import IOType
+        from export.fusion import Fusion
+        from export.optimize import Precision, Runtime
+        from export.optimize import optimize as optimize_stage
+        from export.quantize import QuantMethod
+
+        choices = [
+            ("--runtime", runtime, Runtime),
+            ("--precision", precision, Precision),
+            ("--fuse-attention", fuse_attention, Fusion),
+            ("--io-type", io_type, IOType),
+            ("--quant-method", quant_method, QuantMethod),
+        ]
+        for flag, value, enum in choices:
+            if value is not None and value not in enum.__members__:
+                raise VitExportError(f"{flag} must be one of {', '.join(enum.__members__)}, not {value!r}")
+        with progress_status(not as_json) as progress:
+            source = _source_artifact(model, checkpoint, output.parent if output else Path("."), progress)
+            artifact = optimize_stage(
+                source,
+                runtime=Runtime(runtime),
+                precision=Precision(precision),
+                fuse_attention=Fusion(fuse_attention) if fuse_attention else None,
+                calibration=calibration,
+                images=images,
+                output=output,
+                io_type=IOType(io_type),
+                quant_method=QuantMethod(quant_method) if quant_method else None,
+                progress=progress,
+            )
+    if as_json:
+        print_json(artifact.to_dict() | {"path": str(artifact.path), "sidecar": str(artifact.sidecar)})
+        return
+    counts = artifact.details["op_counts"]
+    before, after = counts["before"], counts["after"]
+    changed = [op for op in dict.fromkeys([*after, *before]) if before.get(op, 0) != after.get(op, 0)]
+    rows = [[op, before.get(op, 0), after.get(op, 0)] for op in changed]
+    rows.append(["total", sum(before.values()), sum(after.values())])
+    print_table("op counts (changed ops)", ["op", "before", "after"], rows)
+    _render_gate(artifact.validation)
+    typer.echo(str(artifact.path))
+
+
+@app.command()
+def validate(
+    candidate: Annotated[Path, typer.Argument(help="An ONNX or OpenVINO artifact written by vitexport.")],
+    reference: Annotated[str, typer.Option(help="The fp32 ONNX artifact, or a registered model (with --checkpoint).")],
+    images: Annotated[Path | None, typer.Option(help="Images; class subfolders add top-1/top-5 accuracy.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Weights of a registered --reference model.")] = None,
+    precision: Annotated[str | None, typer.Option(help="Budget to apply [default: the candidate's precision].")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Drift and accuracy of a variant against its fp32 reference; exit 1 if it is over its precision's budget."""
+    with user_errors():
+        from export.gate import evaluate, load_image_folder, torch_reference
+        from export.runners import load_runner
+        from export.validate import TOLERANCES
+        from vitexport.artifacts import load_artifact
+        from vitexport.errors import ValidationError
+        from vitexport.registry import get_spec
+        from vitexport.weights import sha256_file
+
+        cand = load_artifact(candidate)
+        budget = precision or cand.precision
+        if budget not in TOLERANCES:
+            raise VitExportError(f"--precision must be one of {', '.join(TOLERANCES)}, not {budget!r}")
+        if Path(reference).exists() or Path(reference).suffix in (".onnx", ".json"):
+            if checkpoint is not None:
+                raise VitExportError("--checkpoint applies to a registered --reference model, not to a file")
+            ref_artifact = load_artifact(reference)
+            if ref_artifact.precision != "fp32":
+                raise VitExportError(f"the reference must be fp32; {reference} is {ref_artifact.precision}")
+            ref_run = load_runner(ref_artifact, spinning=False)
+        else:
+            if get_spec(reference).name != get_spec(cand.model).name:
+                raise VitExportError(f"{candidate} is a {cand.model}, not a {reference}")
+            if checkpoint is None:
+                # Random weights differ at every build, so a weightless model cannot be a reference.
+                raise VitExportError("a registered --reference model needs --checkpoint with the candidate's weights")
+            if cand.checkpoint_sha256 and sha256_file(checkpoint) != cand.checkpoint_sha256:
+                raise VitExportError(f"{checkpoint} is not the checkpoint {candidate} was exported from")
+            ref_run = torch_reference(reference, checkpoint, cand.output_names)
+        image_set = load_image_folder(images, cand.preprocess) if images else None
+        with progress_status(not as_json) as progress:
+            progress("running the reference and the candidate")
+            report = evaluate(
+                load_runner(cand, spinning=False),
+                ref_run,
+                precision=budget,
+                input_size=cand.preprocess.input_size,
+                output_names=cand.output_names,
+                images=image_set,
+            )
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            _render_gate(report.to_dict())
+        if not report.passed:
+            raise ValidationError(f"{budget} variant over budget: " + "; ".join(report.failures))
+
+
 def main() -> None:
     app(prog_name="vitexport")
 
