@@ -167,7 +167,13 @@ class BuildPlan:
 # pinned to FP32 and OBEY makes the build fail rather than silently ignore the constraint. Softmax is pinned only on
 # request (BuildSettings.fp32_softmax): an FP32 Softmax island between the two attention MatMuls can keep TensorRT
 # from fusing them into one MHA kernel, whose own softmax already accumulates in FP32. The fusion audit shows which.
-_OPTIMIZE_HINT = "make that graph with the optimize stage (`vitexport optimize`, export.optimize) and pass its .onnx"
+_OPTIMIZE_HINT = {
+    Precision.fp16: "make it with `vitexport optimize {onnx} --precision fp16` and pass that .onnx",
+    # Static Q/DQ (TensorRT's explicit quantization), on a graph without ONNX Runtime's contrib ops.
+    Precision.int8: "make it with `vitexport optimize {onnx} --precision int8 --quant-method static "
+    "--fuse-attention none --calibration DIR` and pass that .onnx",
+}
+ATTENTION_OP_MIN_VERSION = (10, 14)  # the first TensorRT whose ONNX parser reads the standard ONNX `Attention` op
 
 
 @dataclass(frozen=True)
@@ -195,26 +201,24 @@ def choose_build(graph: str, precision: Precision, tensorrt_version: str, *, fp3
     pinned = ("NORMALIZATION", "SOFTMAX") if fp32_softmax else ("NORMALIZATION",)
     if precision is Precision.fp32:
         if graph != "fp32":
-            raise GraphPrecisionError(f"an fp32 engine builds from the fp32 ONNX, not a {graph} one", precision)
+            raise GraphPrecisionError(f"an fp32 engine builds from the fp32 ONNX, not an {graph} one", precision)
         return BuildMode(strongly_typed=strong_only)
     if precision is Precision.fp16:
         if graph == "fp16":
             return BuildMode(strongly_typed=True)
         if graph != "fp32":
-            raise GraphPrecisionError(f"an fp16 engine cannot be built from a {graph} graph", precision)
+            raise GraphPrecisionError(f"an fp16 engine cannot be built from an {graph} graph", precision)
         if strong_only:
             raise GraphPrecisionError(
                 f"TensorRT {tensorrt_version} is strongly typed, so an fp16 engine needs the FP16 ONNX "
-                f"(FP32 LayerNorm), not the fp32 one; {_OPTIMIZE_HINT}",
+                "(FP32 LayerNorm), not the fp32 one",
                 precision,
             )
         return BuildMode(False, ("FP16", "OBEY_PRECISION_CONSTRAINTS"), pinned)
     # int8: explicit quantization only. TensorRT 11 removed the calibrator and 10 deprecated it; a Q/DQ graph
     # checked on ONNX Runtime is the one accuracy gate for both.
     if graph != "int8":
-        raise GraphPrecisionError(
-            f"an int8 engine needs an explicit Q/DQ ONNX, not a {graph} one; {_OPTIMIZE_HINT}", precision
-        )
+        raise GraphPrecisionError(f"an int8 engine needs an explicit Q/DQ ONNX, not an {graph} one", precision)
     if strong_only:
         return BuildMode(strongly_typed=True)
     # INT8 for the Q/DQ-wrapped layers, FP16 for the rest (weak typing would otherwise leave them in FP32).
@@ -229,9 +233,66 @@ def plan_build(
         raise EngineBuildError(f"{artifact.path} is a {artifact.format} artifact; TensorRT builds from ONNX")
     try:
         mode = choose_build(artifact.precision, precision, tensorrt_version, fp32_softmax=fp32_softmax)
+        _check_parsable(artifact, precision, tensorrt_version)
     except GraphPrecisionError as e:
-        raise GraphPrecisionError(f"{artifact.path.name}: {e}", e.needed) from None
+        hint = _OPTIMIZE_HINT.get(e.needed, "").format(onnx=fp32_onnx_name(artifact))
+        raise GraphPrecisionError(f"{artifact.path.name}: {e}" + (f"; {hint}" if hint else ""), e.needed) from None
     return BuildPlan(artifact.path, precision, tensorrt_version, **asdict(mode))
+
+
+def _check_parsable(artifact: ModelArtifact, precision: Precision, tensorrt_version: str) -> None:
+    """Refuse graphs TensorRT's ONNX parser cannot read, as the optimize stage's sidecar describes them."""
+    details, name = artifact.details, artifact.path.name
+    if details.get("fuse_attention") == "ort":
+        raise EngineBuildError(
+            f"{name} holds ONNX Runtime's contrib ops (com.microsoft, from --fuse-attention ort), which TensorRT's "
+            f"ONNX parser does not read; build from {fp32_onnx_name(artifact)} or a --fuse-attention none/onnx variant"
+        )
+    method = details.get("quantization", {}).get("method")
+    if precision is Precision.int8 and method not in (None, "static"):
+        # ORT's dynamic quantization writes MatMulInteger/DynamicQuantizeLinear, not the Q/DQ pairs TensorRT needs.
+        raise GraphPrecisionError(f"this int8 graph is {method}ally quantized, not explicit Q/DQ", Precision.int8)
+    version = tuple(int(v) for v in re.findall(r"\d+", tensorrt_version)[:2])
+    if details.get("fuse_attention") == "onnx" and version < ATTENTION_OP_MIN_VERSION:
+        raise EngineBuildError(
+            f"{name} uses the ONNX Attention op, which the parser of TensorRT {tensorrt_version} does not read "
+            f"(10.14 and later do); make the graph with `vitexport optimize {fp32_onnx_name(artifact)} "
+            f"--precision {artifact.precision} --fuse-attention none`"
+        )
+
+
+def fp32_onnx_name(artifact: ModelArtifact) -> str:
+    """The file name to give `vitexport optimize`: the fp32 ONNX this artifact is, or was derived from."""
+    if artifact.precision == "fp32":
+        return artifact.path.name
+    try:
+        return fp32_reference(artifact).path.name
+    except VitExportError:
+        return f"{artifact.model}.onnx"
+
+
+def derive_graph(
+    artifact: ModelArtifact, precision: Precision, *, progress: Callable[[str], None] = lambda _: None
+) -> ModelArtifact:
+    """The FP16 graph of an fp32 ONNX artifact through the optimize stage (export.optimize), reusing a gated one.
+
+    Only fp16 is derived automatically: an int8 Q/DQ graph needs calibration images, which only the user has.
+    """
+    from export import optimize as opt
+
+    if precision is not Precision.fp16 or artifact.precision != "fp32":
+        raise GraphPrecisionError(
+            f"vitexport derives only fp16 graphs from fp32 ones, not {precision.value}", precision
+        )
+    target = opt.Precision.fp16
+    fusion = opt.default_fusion(opt.Runtime.onnxruntime, target)
+    output = opt.default_output(artifact.path, opt.Runtime.onnxruntime, target, fusion)
+    if sidecar_path(output).is_file():
+        existing = load_artifact(output)
+        if existing.precision == "fp16" and existing.validation:  # a sidecar is only written after the gate
+            return existing
+    progress("making the FP16 graph (optimize stage)")
+    return opt.optimize(artifact, precision=target, output=output, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -562,8 +623,8 @@ def onnx_for_engine(
 ) -> ModelArtifact:
     """The ONNX artifact to build from: an existing file or sidecar, or a registered model exported here first.
 
-    A model name is only exported when the export can serve the request: TensorRT 11 cannot build an fp16 or int8
-    engine from the fp32 export, and finding that out after minutes of exporting would be rude.
+    When the engine needs the FP16 graph (fp16 on strongly typed TensorRT 11) and the input is fp32, the graph is
+    derived through the optimize stage. Anything else that cannot be built fails before a long export starts.
     """
     from vitexport.registry import get_spec
 
@@ -574,12 +635,28 @@ def onnx_for_engine(
             raise EngineBuildError(
                 f"{path.name} takes {artifact.preprocess.input_size}px images; --img-size applies to model names"
             )
-        return artifact
-    spec = get_spec(str(model_or_onnx))  # unknown names fail here, with suggestions
-    choose_build("fp32", settings.precision, tensorrt_version, fp32_softmax=settings.fp32_softmax)
-    from export.onnx import export_onnx
+    else:
+        spec = get_spec(str(model_or_onnx))  # unknown names fail here, with suggestions
+        _derivable(settings, tensorrt_version)  # int8 from a model name: say so now, not after the export
+        from export.onnx import export_onnx
 
-    return export_onnx(spec.name, workdir / f"{spec.name}.onnx", img_size=img_size, progress=progress)
+        artifact = export_onnx(spec.name, workdir / f"{spec.name}.onnx", img_size=img_size, progress=progress)
+    try:
+        plan_build(artifact, settings.precision, tensorrt_version, fp32_softmax=settings.fp32_softmax)
+    except GraphPrecisionError as e:
+        if not (e.needed is Precision.fp16 and artifact.precision == "fp32"):
+            raise
+        artifact = derive_graph(artifact, Precision.fp16, progress=progress)
+    return artifact
+
+
+def _derivable(settings: BuildSettings, tensorrt_version: str) -> None:
+    try:
+        choose_build("fp32", settings.precision, tensorrt_version, fp32_softmax=settings.fp32_softmax)
+    except GraphPrecisionError as e:
+        if e.needed is not Precision.fp16:
+            hint = _OPTIMIZE_HINT.get(e.needed, "").format(onnx="MODEL.onnx")
+            raise GraphPrecisionError(f"{e}" + (f"; export first, then {hint}" if hint else ""), e.needed) from None
 
 
 def default_engine_path(artifact: ModelArtifact, precision: Precision) -> Path:

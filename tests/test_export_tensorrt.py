@@ -78,6 +78,13 @@ def onnx_artifact(tmp_path: Path, name: str = "test_vit.onnx", precision: str = 
     return artifact
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from export.onnx import export_onnx
+
+    return export_onnx("test_vit", tmp_path_factory.mktemp("onnx") / "test_vit.onnx")
+
+
 # --- profile and settings ----------------------------------------------------------------------------------------
 
 
@@ -176,7 +183,7 @@ def test_build_choice(graph, precision, version, strong, flags):
         ("fp32", "int8", "10.13.3.9", "int8", "explicit Q/DQ ONNX"),
         ("fp16", "int8", "11.4.0", "int8", "explicit Q/DQ ONNX"),
         ("fp16", "fp32", "10.13.3.9", "fp32", "fp32 engine builds from the fp32 ONNX"),
-        ("int8", "fp16", "10.13.3.9", "fp16", "cannot be built from a int8 graph"),
+        ("int8", "fp16", "10.13.3.9", "fp16", "cannot be built from an int8 graph"),
     ],
 )
 def test_build_choice_needs_another_graph(graph, precision, version, needed, message):
@@ -192,10 +199,33 @@ def test_old_tensorrt_is_refused():
 
 def test_plan_names_the_file_and_the_command(tmp_path):
     artifact = onnx_artifact(tmp_path)
-    with pytest.raises(GraphPrecisionError, match=r"test_vit.onnx: .*`vitexport optimize`"):
+    with pytest.raises(
+        GraphPrecisionError, match=r"test_vit\.onnx: .*; make it with `vitexport optimize test_vit\.onnx "
+    ):
         plan_build(artifact, Precision.fp16, "11.4.0")
     plan = plan_build(onnx_artifact(tmp_path, "fp16.onnx", precision="fp16"), Precision.fp16, "11.4.0")
     assert plan.onnx.name == "fp16.onnx" and plan.strongly_typed and plan.major == 11
+
+
+def test_plan_refuses_graphs_the_parser_cannot_read(tmp_path):
+    contrib = onnx_artifact(tmp_path, "ort.onnx", details={"fuse_attention": "ort"})
+    with pytest.raises(EngineBuildError, match="contrib ops"):
+        plan_build(contrib, Precision.fp32, "11.4.0")
+    dynamic = onnx_artifact(
+        tmp_path,
+        "dyn.onnx",
+        precision="int8",
+        details={"fuse_attention": "none", "quantization": {"method": "dynamic"}},
+    )
+    with pytest.raises(GraphPrecisionError, match=r"dynamically quantized, not explicit Q/DQ.*--quant-method static"):
+        plan_build(dynamic, Precision.int8, "11.4.0")
+    static = onnx_artifact(tmp_path, "qdq.onnx", precision="int8", details={"quantization": {"method": "static"}})
+    assert plan_build(static, Precision.int8, "11.4.0").strongly_typed
+    # The standard ONNX Attention op (optimize's fp16 default) is parsed from TensorRT 10.14 on.
+    attention = onnx_artifact(tmp_path, "att.onnx", precision="fp16", details={"fuse_attention": "onnx"})
+    with pytest.raises(EngineBuildError, match="--precision fp16 --fuse-attention none"):
+        plan_build(attention, Precision.fp16, "10.13.3.9")
+    assert plan_build(attention, Precision.fp16, "10.14.1.48").strongly_typed
 
 
 def test_plan_refuses_a_non_onnx_artifact(tmp_path):
@@ -462,13 +492,30 @@ def test_expected_attention_blocks():
 # --- finding the ONNX to build from ------------------------------------------------------------------------------
 
 
-def test_a_model_name_that_tensorrt11_cannot_build_fails_before_exporting(tmp_path):
-    settings = BuildSettings(precision=Precision.fp16)
-    with pytest.raises(GraphPrecisionError, match="needs the FP16 ONNX"):
-        onnx_for_engine("test_vit", settings, "11.4.0", workdir=tmp_path)
-    assert list(tmp_path.iterdir()) == []  # nothing was exported
+def test_a_model_name_that_cannot_be_built_fails_before_exporting(tmp_path):
+    with pytest.raises(
+        GraphPrecisionError,
+        match=r"Q/DQ ONNX, not an fp32 one; export first, then make it with `vitexport optimize MODEL\.onnx",
+    ):
+        onnx_for_engine("test_vit", BuildSettings(precision=Precision.int8), "11.4.0", workdir=tmp_path)
     with pytest.raises(UnknownModelError, match="did you mean"):
-        onnx_for_engine("test_vitt", settings, "10.13.3.9", workdir=tmp_path)
+        onnx_for_engine("test_vitt", BuildSettings(), "10.13.3.9", workdir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing was exported
+
+
+def test_tensorrt11_fp16_derives_the_fp16_graph(exported):
+    """Strongly typed TensorRT 11 needs precision in the graph: the optimize stage makes (then reuses) it."""
+    settings = BuildSettings(precision=Precision.fp16)
+    graph = onnx_for_engine(exported.path, settings, "11.4.0")
+    assert graph.precision == "fp16" and graph.format == "onnx" and graph.validation  # passed the accuracy gate
+    assert fp32_reference(graph).path.resolve() == exported.path.resolve()  # validation's fp32 reference
+    plan = plan_build(graph, Precision.fp16, "11.4.0")
+    assert plan.strongly_typed and plan.builder_flags == () and plan.onnx == graph.path
+    mtime = graph.path.stat().st_mtime_ns
+    assert onnx_for_engine(exported.path, settings, "11.4.0") == graph
+    assert graph.path.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    # TensorRT 10 builds fp16 from the fp32 graph itself, with builder flags.
+    assert onnx_for_engine(exported.path, settings, "10.13.3.9") == exported
 
 
 def test_an_onnx_file_is_used_as_is(tmp_path):
@@ -534,35 +581,14 @@ def test_cli_rejects_bad_options_before_looking_for_a_gpu(args, message):
 # --- GPU hosts: real engines ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from export.onnx import export_onnx
-
-    return export_onnx("test_vit", tmp_path_factory.mktemp("onnx") / "test_vit.onnx")
-
-
-def _fp16_graph(exported: ModelArtifact) -> ModelArtifact:
-    """The FP16 ONNX (FP32 LayerNorm) that TensorRT 11 builds fp16 engines from, via the optimize stage's converter."""
-    fp16 = pytest.importorskip("export.fp16", reason="the FP16 converter (issue 3) is not in this checkout")
-    import onnx
-
-    path = exported.path.with_name("test_vit_fp16.onnx")
-    onnx.save(fp16.to_fp16(onnx.load(str(exported.path))), str(path))
-    artifact = exported.with_(path=path, precision="fp16", source=exported.sidecar.name, validation=None)
-    artifact.save()
-    return artifact
-
-
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("precision", [Precision.fp32, Precision.fp16])
 def test_build_a_real_engine(exported, tmp_path, precision):
     from export.tensorrt import build_engine
 
-    source = exported
-    if precision is Precision.fp16 and ENV.major >= 11:
-        source = _fp16_graph(exported)
     settings = BuildSettings(precision=precision, profile=BatchProfile(1, 4, 8), workspace_gib=1)
+    source = onnx_for_engine(exported.path, settings, ENV.tensorrt_version)  # the FP16 graph on TensorRT 11
     artifact = build_engine(source, tmp_path / f"test_vit_{precision.value}.plan", settings, environment=ENV)
 
     paths = EnginePaths(artifact.path)
@@ -573,7 +599,8 @@ def test_build_a_real_engine(exported, tmp_path, precision):
     assert details.tensorrt_version == ENV.tensorrt_version and details.compute_capability == ENV.compute_capability
     # The audit ran on the engine's own layer information; its result is data, not a pass/fail of the build.
     info = json.loads(paths.layer_info.read_text())
-    assert details.fusion_audit == audit_layer_info(info, expected_attention=2, precision=precision).to_dict()
+    audit = audit_layer_info(info, expected_attention=2, precision=precision).to_dict()
+    assert details.fusion_audit == json.loads(json.dumps(audit))  # as the sidecar stores it
     assert details.fusion_audit["detailed"]
 
     # A second build reads the timing cache the first one wrote.
