@@ -7,9 +7,10 @@ config the repository wrote into the model's parameters, and labels come from Tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -43,8 +44,10 @@ class TopK:
         return {"labels": list(self.labels), "scores": list(self.scores), "indices": list(self.indices)}
 
 
-def connect(url: str, protocol: Protocol | str = Protocol.http):
-    """A tritonclient InferenceServerClient for the protocol; its module is returned too (for InferInput)."""
+@contextlib.contextmanager
+def connect(url: str, protocol: Protocol | str = Protocol.http) -> Iterator[tuple[Any, Any]]:
+    """A tritonclient InferenceServerClient for the protocol, and its module (for InferInput); closed on exit,
+    since an idle open connection makes the server wait its whole exit timeout when it stops."""
     protocol = Protocol(protocol)
     url = re.sub(r"^https?://", "", url)
     if protocol is Protocol.http:
@@ -52,9 +55,13 @@ def connect(url: str, protocol: Protocol | str = Protocol.http):
     else:
         import tritonclient.grpc as module
     try:
-        return module.InferenceServerClient(url=url), module
+        client = module.InferenceServerClient(url=url)
     except Exception as e:  # tritonclient raises plain exceptions for malformed URLs
         raise ServingError(f"cannot connect to {url}: {e}") from None
+    try:
+        yield client, module
+    finally:
+        client.close()
 
 
 def _call(what: str, fn, *args, **kwargs):
@@ -71,19 +78,18 @@ def _call(what: str, fn, *args, **kwargs):
 
 def model_config(url: str, model: str, *, protocol: Protocol | str = Protocol.http) -> cfg.pb.ModelConfig:
     """The config Triton serves for a model, as a ModelConfig message whichever the protocol."""
-    client, _ = connect(url, protocol)
-    if Protocol(protocol) is Protocol.grpc:
-        response = _call(f"cannot read {model}'s config from {url}", client.get_model_config, model)
-        return response.config
     from google.protobuf import json_format
 
-    data = _call(f"cannot read {model}'s config from {url}", client.get_model_config, model)
+    with connect(url, protocol) as (client, _):
+        data = _call(f"cannot read {model}'s config from {url}", client.get_model_config, model)
+    if Protocol(protocol) is Protocol.grpc:
+        return data.config
     return json_format.ParseDict(data, cfg.pb.ModelConfig(), ignore_unknown_fields=True)
 
 
 def ready_models(url: str, *, protocol: Protocol | str = Protocol.http) -> list[str]:
-    client, _ = connect(url, protocol)
-    index = _call(f"cannot reach Triton at {url}", client.get_model_repository_index)
+    with connect(url, protocol) as (client, _):
+        index = _call(f"cannot reach Triton at {url}", client.get_model_repository_index)
     if Protocol(protocol) is Protocol.grpc:
         return [m.name for m in index.models if m.state == "READY"]
     return [m["name"] for m in index if m.get("state") == "READY"]
@@ -93,14 +99,14 @@ def infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: Sequence
     """One inference request with numpy inputs (object arrays for strings); returns the named outputs."""
     from tritonclient.utils import np_to_triton_dtype
 
-    client, module = connect(url, protocol)
-    tensors = []
-    for name, array in inputs.items():
-        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    requested = [module.InferRequestedOutput(name) for name in outputs]
-    result = _call(f"{model} refused the request", client.infer, model, tensors, outputs=requested)
+    with connect(url, protocol) as (client, module):
+        tensors = []
+        for name, array in inputs.items():
+            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        requested = [module.InferRequestedOutput(name) for name in outputs]
+        result = _call(f"{model} refused the request", client.infer, model, tensors, outputs=requested)
     return [result.as_numpy(name) for name in outputs]
 
 
@@ -181,11 +187,11 @@ def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int
     if top_k > num_classes:
         raise ServingError(f"{model} has {num_classes} classes; ask for --top-k {num_classes} or fewer")
     # All classes through the classification extension: labels and logits in one reply, softmax computed here.
-    client, module = connect(url, protocol)
-    tensor = module.InferInput(config.input[0].name, list(pixels.shape), "FP32")
-    tensor.set_data_from_numpy(pixels)
-    requested = module.InferRequestedOutput(output.name, class_count=num_classes)
-    result = _call(f"{model} refused the request", client.infer, model, [tensor], outputs=[requested])
+    with connect(url, protocol) as (client, module):
+        tensor = module.InferInput(config.input[0].name, list(pixels.shape), "FP32")
+        tensor.set_data_from_numpy(pixels)
+        requested = module.InferRequestedOutput(output.name, class_count=num_classes)
+        result = _call(f"{model} refused the request", client.infer, model, [tensor], outputs=[requested])
     rows = result.as_numpy(output.name).reshape(len(data), num_classes)
     results = []
     for row in rows:

@@ -1,0 +1,251 @@
+"""Against a real Triton server (the nvidia-pytriton wheel's tritonserver 2.51) on free ports: parity with
+in-process ONNX Runtime and PyTorch over HTTP and gRPC, the image ensemble, served configs, dynamic batching,
+refused requests, and a clean shutdown."""
+
+import importlib.util
+import io
+import json
+import os
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from export.onnx import ort_session
+from export.validate import TOLERANCES, compare
+from serving import client
+from serving import config as cfg
+from serving.config import Backend, Batching
+from serving.repository import add_model
+from serving.server import TritonServer
+from vitexport.errors import ServingError
+from vitexport.preprocess import preprocess_image
+from vitexport.registry import create_model, get_spec
+
+MODELS = ("test_vit", "test_deit_distilled", "test_resnet")
+PROTOCOLS = ("http", "grpc")
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each tiny model with seeded random weights, exported through a checkpoint so PyTorch and ONNX agree."""
+    from export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("serving_exports")
+    out = {}
+    for i, name in enumerate(MODELS):
+        torch.manual_seed(i)
+        model = create_model(name)
+        checkpoint = root / f"{name}.pth"
+        torch.save(model.state_dict(), checkpoint)
+        out[name] = (model, export_onnx(name, root / f"{name}.onnx", checkpoint=checkpoint))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("serving_repo")
+    add_model(repo, exported["test_vit"][1], batching=Batching(8, (4, 8), 1000))
+    add_model(repo, exported["test_deit_distilled"][1], ensemble=False)
+    # A long queue delay makes the dynamic batching test deterministic: concurrent requests wait for each other.
+    add_model(repo, exported["test_resnet"][1], batching=Batching(8, (), 50_000))
+    add_model(repo, exported["test_vit"][1], name="test_vit_ov", backend=Backend.python_openvino, ensemble=False)
+    add_model(repo, exported["test_vit"][1], name="test_vit_ort", backend=Backend.onnxruntime, ensemble=False)
+    with TritonServer(repo, startup_timeout=150) as s:
+        yield s
+
+
+def url(server, protocol):
+    return server.endpoints.http if protocol == "http" else server.endpoints.grpc
+
+
+def png(seed: int, size=(80, 100), fmt="PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((*size, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_loads_what_runs_here_and_notes_the_rest(server):
+    assert "test_vit_ort" not in server.models
+    assert "no backend in this Triton build" in server.skipped["test_vit_ort"]
+    assert {"test_vit", "test_vit_image", "test_deit_distilled", "test_resnet", "test_resnet_image"} <= set(
+        server.models
+    )
+    assert ("test_vit_ov" in server.models) == bool(HAS_OPENVINO)
+    assert server.is_ready()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("name", MODELS)
+def test_served_logits_match_onnxruntime_and_pytorch(server, exported, name, protocol):
+    model, artifact = exported[name]
+    x = torch.randn(3, 3, 64, 64)
+    (served,) = client.infer(url(server, protocol), name, {"pixel_values": x.numpy()}, ["logits"], protocol=protocol)
+    (in_process,) = ort_session(artifact.path).run(["logits"], {"pixel_values": x.numpy()})
+    with torch.inference_mode():
+        reference = model(x).numpy()
+    assert served.shape == (3, 1000)
+    np.testing.assert_allclose(served, in_process, atol=1e-5, rtol=0)
+    report = compare("logits", reference, served)
+    assert report.max_abs <= TOLERANCES["fp32"].max_abs and report.cosine >= TOLERANCES["fp32"].min_cosine
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
+def test_openvino_python_model_matches_pytorch(server, exported):
+    model, _ = exported["test_vit"]
+    x = torch.randn(2, 3, 64, 64)
+    (served,) = client.infer(
+        server.endpoints.grpc, "test_vit_ov", {"pixel_values": x.numpy()}, ["logits"], protocol="grpc"
+    )
+    with torch.inference_mode():
+        reference = model(x).numpy()
+    # OpenVINO runs BF16 by default on this CPU (AVX-512 BF16): the bf16 tolerance applies.
+    report = compare("logits", reference, served)
+    assert report.max_abs <= TOLERANCES["bf16"].max_abs and report.cosine >= TOLERANCES["bf16"].min_cosine
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("name", ["test_vit", "test_resnet"])
+def test_image_ensemble_top5_matches_preprocessing_and_pytorch(server, exported, name, protocol):
+    model, _ = exported[name]
+    spec = get_spec(name)
+    images = [png(1), png(2, (120, 90), "JPEG"), png(3, (64, 64))]
+    results = client.classify(url(server, protocol), images, protocol=protocol, model=f"{name}_image", top_k=5)
+    x = torch.from_numpy(np.stack([preprocess_image(b, spec.preprocess) for b in images]))
+    with torch.inference_mode():
+        probs = torch.softmax(model(x), dim=1)
+    top = torch.topk(probs, 5, dim=1)
+    labels = (server.repo_dir / name / "labels.txt").read_text().splitlines()
+    for result, indices, scores in zip(results, top.indices, top.values, strict=True):
+        assert list(result.indices) == indices.tolist()
+        assert list(result.labels) == [labels[i] for i in indices.tolist()]
+        np.testing.assert_allclose(result.scores, scores.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_classify_a_plain_classifier_with_local_preprocessing(server, protocol):
+    images = [png(4), png(5)]
+    plain = client.classify(url(server, protocol), images, protocol=protocol, model="test_vit", top_k=3)
+    ensemble = client.classify(url(server, protocol), images, protocol=protocol, model="test_vit_image", top_k=3)
+    for a, b in zip(plain, ensemble, strict=True):
+        assert a.indices == b.indices and a.labels == b.labels
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_vit_image", "test_vit_preprocess", "test_resnet"])
+def test_served_config_matches_what_was_written(server, name):
+    written = cfg.read_config(server.repo_dir / name)
+    with urllib.request.urlopen(f"http://{server.endpoints.http}/v2/models/{name}/config", timeout=10) as r:
+        served_json = json.loads(r.read())
+    from google.protobuf import json_format
+
+    served = json_format.ParseDict(served_json, cfg.pb.ModelConfig(), ignore_unknown_fields=True)
+    grpc_served = client.model_config(server.endpoints.grpc, name, protocol="grpc")
+    for got in (served, grpc_served):
+        # Triton fills in defaults (instance names, version policy, optimization); what we set must be kept.
+        for field in ("name", "platform", "backend", "max_batch_size", "input", "output", "ensemble_scheduling"):
+            assert getattr(got, field) == getattr(written, field), field
+        assert dict(got.parameters) == dict(written.parameters)
+        if written.dynamic_batching.preferred_batch_size:  # none given: Triton fills in max_batch_size
+            assert got.dynamic_batching.preferred_batch_size == written.dynamic_batching.preferred_batch_size
+        assert (
+            got.dynamic_batching.max_queue_delay_microseconds == written.dynamic_batching.max_queue_delay_microseconds
+        )
+        assert [(g.count, g.kind) for g in got.instance_group] == [(g.count, g.kind) for g in written.instance_group]
+
+
+def test_dynamic_batching_merges_concurrent_requests(server):
+    def counts():
+        metrics = client.read_metrics(server.endpoints.metrics)
+        return (
+            metrics[("nv_inference_request_success", "test_resnet")],
+            metrics[("nv_inference_exec_count", "test_resnet")],
+        )
+
+    requests_before, executions_before = counts()
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
+
+    def one(_):
+        return client.infer(server.endpoints.grpc, "test_resnet", {"pixel_values": x}, ["logits"], protocol="grpc")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    assert all(np.allclose(r[0], results[0][0], atol=1e-5) for r in results)
+    requests_after, executions_after = counts()
+    assert requests_after - requests_before == 16
+    assert executions_after - executions_before < 16
+
+
+BAD_REQUESTS = {
+    "wrong shape": ("test_vit", {"pixel_values": np.zeros((1, 3, 32, 32), np.float32)}, ["logits"]),
+    "wrong dtype": ("test_vit", {"pixel_values": np.zeros((1, 3, 64, 64), np.float64)}, ["logits"]),
+    "batch over the maximum": ("test_vit", {"pixel_values": np.zeros((9, 3, 64, 64), np.float32)}, ["logits"]),
+    "undecodable image bytes": (
+        "test_vit_image",
+        {"image": np.array([[b"not an image at all"]], dtype=np.object_)},
+        ["labels"],
+    ),
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_requests_get_an_error_and_the_server_stays_ready(server, case, protocol):
+    model, inputs, outputs = BAD_REQUESTS[case]
+    with pytest.raises(ServingError, match="refused the request"):
+        client.infer(url(server, protocol), model, inputs, outputs, protocol=protocol)
+    assert server.is_ready()
+    good = client.classify(url(server, protocol), [png(9)], protocol=protocol, model="test_vit_image", top_k=1)
+    assert len(good) == 1 and len(good[0].labels) == 1
+
+
+def test_client_errors_are_one_line(server):
+    with pytest.raises(ServingError, match="top 5"):
+        client.classify(server.endpoints.http, [png(1)], model="test_vit_image", top_k=6)
+    with pytest.raises(ServingError, match="cannot read no_such_model"):
+        client.classify(server.endpoints.http, [png(1)], model="no_such_model")
+    with pytest.raises(ServingError, match="give --model"):
+        client.classify(server.endpoints.http, [png(1)])  # two ensembles are served: no default
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                members.append(int(entry))
+    return members
+
+
+def test_stop_leaves_no_stub_processes_and_no_shared_memory(server):
+    small = TritonServer(server.repo_dir, models=["test_resnet"])
+    assert small.skipped == {}
+    with small:
+        pgid = small.process_group
+        assert len(_group_members(pgid)) >= 2  # the server and the model's stub
+        regions = list(client_shm(small))
+        assert regions, "the Python backend should have created its shared-memory region"
+    assert _group_members(pgid) == []
+    assert list(client_shm(small)) == []
+
+
+def client_shm(server):
+    from serving.server import SHM_DIR
+
+    return SHM_DIR.glob(f"{server._shm_prefix}*")
+
+
+def test_unknown_models_are_refused_before_starting(server):
+    with pytest.raises(ServingError, match="not in"):
+        TritonServer(server.repo_dir, models=["nope"])
