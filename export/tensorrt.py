@@ -425,7 +425,13 @@ def audit_layer_info(info: str | dict[str, Any], *, expected_attention: int, pre
         )
         return FusionAudit(len(raw), False, expected_attention, 0, 0, 0, (), 0, (warning,))
 
-    fused = [la for la in layers if _FUSED_ATTENTION.search(_text(la, "Name", "LayerType", "TacticName"))]
+    fused = [
+        la
+        for la in layers
+        # IAttention (from the ONNX Attention op) runs as one fused kernel unless marked decomposable.
+        if _FUSED_ATTENTION.search(_text(la, "Name", "LayerType", "TacticName"))
+        or str(la.get("LayerType", "")).lower() == "attention"
+    ]
     fused_ids = {id(la) for la in fused}
     softmax = [
         la

@@ -456,6 +456,13 @@ def test_audit_reads_tensorrt11_split_type_fields():
     assert audit.fused_attention == 1 and audit.layernorm_not_fp32 == ("ln",)
 
 
+def test_audit_counts_attention_layers_as_fused():
+    # TensorRT's IAttention layer (what its parser makes of the ONNX Attention op) is one fused kernel.
+    layer = {"Name": "/blocks.0/attn/Attention", "LayerType": "Attention", "Inputs": [], "Outputs": []}
+    audit = audit_layer_info({"Layers": [layer]}, expected_attention=1, precision="fp16")
+    assert audit.fused_attention == 1 and audit.unfused_softmax == 0
+
+
 def test_audit_flags_layernorm_of_unknown_precision():
     info = {
         "Layers": [
