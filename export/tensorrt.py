@@ -735,6 +735,8 @@ def build_engine(
     reference = fp32_reference(artifact) if settings.validate else None  # fail before a long build, not after
     paths = EnginePaths(Path(output))
     paths.engine.parent.mkdir(parents=True, exist_ok=True)
+    # An earlier build's sidecar must not end up describing an engine that then fails validation.
+    paths.sidecar.unlink(missing_ok=True)
     timing_cache = settings.timing_cache or paths.engine.with_name("timing.cache")
 
     import tensorrt as trt
