@@ -32,6 +32,13 @@ class Protocol(str, Enum):
         return "localhost:8000" if self is Protocol.http else "localhost:8001"
 
 
+def parse_protocol(value: Protocol | str) -> Protocol:
+    try:
+        return Protocol(value)
+    except ValueError:
+        raise ServingError(f"protocol must be http or grpc, not {value!r}") from None
+
+
 @dataclass(frozen=True)
 class TopK:
     """One image's best classes, best first; scores are softmax probabilities."""
@@ -48,7 +55,7 @@ class TopK:
 def connect(url: str, protocol: Protocol | str = Protocol.http) -> Iterator[tuple[Any, Any]]:
     """A tritonclient InferenceServerClient for the protocol, and its module (for InferInput); closed on exit,
     since an idle open connection makes the server wait its whole exit timeout when it stops."""
-    protocol = Protocol(protocol)
+    protocol = parse_protocol(protocol)
     url = re.sub(r"^https?://", "", url)
     if protocol is Protocol.http:
         import tritonclient.http as module
@@ -119,7 +126,7 @@ def classify(
     top_k: int = cfg.DEFAULT_TOP_K,
 ) -> list[TopK]:
     """Top-k classes for each image (file paths or encoded bytes), in one batched request."""
-    protocol = Protocol(protocol)
+    protocol = parse_protocol(protocol)
     if not images:
         raise ServingError("no images given")
     if top_k < 1:

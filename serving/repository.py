@@ -170,7 +170,7 @@ def add_model(
                 raise ServingError(f"{part_dir}/{version} already exists; choose another --version")
 
     for part_dir, part, part_files, part_labels in parts:
-        _write_model(part_dir, part, version, part_files, part_labels, first)
+        _write_model(part_dir, part, version, part_files, part_labels, first if part is classifier else None)
     return AddedModel(name, version, model_dir / str(version), backend, tuple(p[1].name for p in parts))
 
 
@@ -231,7 +231,7 @@ def _write_model(
     version: int,
     files: dict[str, Path],
     labels: str | None,
-    artifact: ModelArtifact,
+    artifact: ModelArtifact | None,
 ) -> None:
     text = cfg.render(config)
     cfg.parse(text, f"{config.name}/config.pbtxt")  # what we write must read back
@@ -241,8 +241,11 @@ def _write_model(
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server running as another user
         for target, source in files.items():
             shutil.copyfile(source, staging / target)
-        provenance = artifact.to_dict() | {"path": next(iter(files), "")}
-        write_text_atomic(staging / "artifact.json", json.dumps(provenance, indent=2) + "\n")
+        if artifact is not None:
+            # The copied model file gets its own sidecar: the version folder is itself a loadable artifact.
+            model_file = next(iter(files))
+            sidecar = artifact.to_dict() | {"path": model_file}
+            write_text_atomic(staging / f"{model_file}.json", json.dumps(sidecar, indent=2) + "\n")
         if labels is not None:
             write_text_atomic(model_dir / cfg.LABELS_FILE, labels)
         write_text_atomic(model_dir / "config.pbtxt", text)

@@ -31,7 +31,7 @@ def test_layout_labels_and_ensemble(tmp_path):
     added = add_model(repo, make_artifact(tmp_path), batching=Batching(8, (4,), 2000))
     assert added.name == "test_vit" and added.version == 1 and added.path == repo / "test_vit" / "1"
     assert added.models == ("test_vit", "test_vit_preprocess", "test_vit_postprocess", "test_vit_image")
-    assert sorted(p.name for p in added.path.iterdir()) == ["artifact.json", "model.onnx", "model.py"]
+    assert sorted(p.name for p in added.path.iterdir()) == ["model.onnx", "model.onnx.json", "model.py"]
     labels = (repo / "test_vit" / "labels.txt").read_text().splitlines()
     assert len(labels) == 1000 and labels[0].startswith("tench") and labels[-1].startswith("toilet tissue")
     assert (repo / "test_vit_postprocess" / "labels.txt").read_text() == (repo / "test_vit" / "labels.txt").read_text()
@@ -41,6 +41,8 @@ def test_layout_labels_and_ensemble(tmp_path):
     assert configs["test_vit"].dynamic_batching.max_queue_delay_microseconds == 2000
     assert cfg.parameter(configs["test_vit"], "runtime") == "onnxruntime"
     assert not list(repo.rglob(".staging-*"))
+    copied = load_artifact(added.path / "model.onnx")  # the version folder is a loadable artifact itself
+    assert copied.model == "test_vit" and copied.path == added.path / "model.onnx"
 
 
 def test_new_versions_never_clobber(tmp_path):
@@ -140,7 +142,7 @@ def test_openvino_ir_needs_its_weights(tmp_path):
         add_model(tmp_path / "repo", ir, backend=Backend.openvino, ensemble=False)
     ir.path.with_suffix(".bin").write_bytes(b"w")
     added = add_model(tmp_path / "repo", ir, backend=Backend.openvino, ensemble=False)
-    assert sorted(p.name for p in added.path.iterdir()) == ["artifact.json", "model.bin", "model.xml"]
+    assert sorted(p.name for p in added.path.iterdir()) == ["model.bin", "model.xml", "model.xml.json"]
 
 
 def test_non_imagenet_heads_get_index_labels(tmp_path):

@@ -1,0 +1,161 @@
+"""The repo, serve and infer commands: `repo` and `infer` through CliRunner, `serve` as a real process that is
+stopped with SIGTERM and must leave no stub process and no shared memory behind."""
+
+import io
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from serving import config as cfg
+from serving.repository import scan
+from vitexport.cli import app
+
+runner = CliRunner()
+VITEXPORT = [sys.executable, "-m", "vitexport.cli"]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A repository written by `vitexport repo test_vit` (which exports the model first) plus a model for the
+    official containers only."""
+    repo = tmp_path_factory.mktemp("cli_repo") / "model_repository"
+    result = runner.invoke(app, ["repo", "test_vit", "--repo", str(repo), "--preferred-batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    # The version folder holds the model and its sidecar: an artifact the next command can take.
+    artifact = repo / "test_vit" / "1" / "model.onnx"
+    args = ["repo", str(artifact), "--repo", str(repo), "--backend", "onnxruntime", "--name", "gpu", "--no-ensemble"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["local"] == {"gpu": False}
+    return repo
+
+
+def test_repo_writes_parsable_configs_and_a_table(repo):
+    configs = scan(repo)
+    assert set(configs) == {"test_vit", "test_vit_preprocess", "test_vit_postprocess", "test_vit_image", "gpu"}
+    assert list(configs["test_vit"].dynamic_batching.preferred_batch_size) == [4]
+    assert configs["gpu"].platform == "onnxruntime_onnx"
+
+
+def test_repo_adds_versions_and_reports_json(repo, tmp_path):
+    artifact = repo / "test_vit" / "1" / "model.onnx"
+    args = ["repo", str(artifact), "--repo", str(tmp_path / "r"), "--no-ensemble", "--instances", "2"]
+    first = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    second = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    assert (first["version"], second["version"]) == (1, 2)
+    assert first["models"] == ["test_vit"] and first["local"] == {"test_vit": True}
+    assert cfg.read_config(tmp_path / "r" / "test_vit").instance_group[0].count == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--backend", "caffe"], "--backend must be one of"),
+        (["--name", "../escape"], "model name '../escape'"),
+        (["--version", "1", "--repo", "{repo}"], "already exists"),
+        (["--max-batch-size", "4", "--preferred-batch-size", "8"], "outside 1..4"),
+        (["--backend", "tensorrt"], "serves tensorrt models"),
+    ],
+)
+def test_repo_errors_are_one_line(repo, tmp_path, extra, message):
+    extra = [e.replace("{repo}", str(repo)) for e in extra]
+    args = ["repo", str(repo / "test_vit" / "1" / "model.onnx"), "--repo", str(tmp_path / "r"), *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_unknown_model_name_is_one_line(tmp_path):
+    result = runner.invoke(app, ["repo", "no_such_model", "--repo", str(tmp_path)])
+    assert result.exit_code == 1 and "unknown model 'no_such_model'" in result.output
+
+
+def _lines(stream) -> "queue.Queue[str]":
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    return lines
+
+
+def _jpeg(path: Path, seed: int) -> Path:
+    pixels = (np.random.default_rng(seed).random((70, 90, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG")
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != str(os.getpid()):
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def test_serve_infer_and_sigterm(repo, tmp_path):
+    command = [*VITEXPORT, "serve", "--repo", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = _lines(proc.stdout), _lines(proc.stderr)
+        seen, deadline = [], time.monotonic() + 150
+        while not seen or seen[-1].strip() != "ready (Ctrl-C to stop)":
+            assert proc.poll() is None, "".join(seen) + "".join(list(err.queue))
+            assert time.monotonic() < deadline, "serve was not ready in time"
+            try:
+                seen.append(out.get(timeout=1))
+            except queue.Empty:
+                continue
+        text = "".join(seen)
+        http = re.search(r"^HTTP\s+(\S+)", text, re.MULTILINE).group(1)
+        grpc = re.search(r"^gRPC\s+(\S+)", text, re.MULTILINE).group(1)
+        assert "test_vit_image" in text and "gpu" not in text.split("models", 1)[1]
+        assert any("not loading gpu" in line for line in err.queue)
+
+        images = [str(_jpeg(tmp_path / f"{i}.jpg", i)) for i in range(2)]
+        by_protocol = {}
+        for protocol, url in (("http", http), ("grpc", grpc)):
+            result = runner.invoke(app, ["infer", *images, "--url", url, "--protocol", protocol, "--json"])
+            assert result.exit_code == 0, result.output
+            by_protocol[protocol] = json.loads(result.output)
+        assert [r["indices"] for r in by_protocol["http"]] == [r["indices"] for r in by_protocol["grpc"]]
+        assert all(len(r["labels"]) == 5 for r in by_protocol["http"])
+        table = runner.invoke(app, ["infer", images[0], "--url", http, "--model", "test_vit", "--top-k", "2"])
+        assert table.exit_code == 0 and by_protocol["http"][0]["labels"][0].split(",")[0] in table.output
+        bad = runner.invoke(app, ["infer", images[0], "--url", http, "--protocol", "ftp"])
+        assert bad.exit_code == 1 and "--protocol must be http or grpc" in bad.output
+        assert _processes_mentioning(str(repo))  # the server and its stubs run with the repository path
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        time.sleep(0.5)  # let the reader thread drain the last line
+        assert "stopped" in "".join(list(out.queue))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _processes_mentioning(str(repo)) == []
+    assert not list(Path("/dev/shm").glob(f"vitexport_{proc.pid}_*"))
+
+
+def test_infer_without_a_server_is_one_line(tmp_path):
+    image = _jpeg(tmp_path / "a.jpg", 0)
+    result = runner.invoke(app, ["infer", str(image), "--url", "127.0.0.1:1", "--protocol", "grpc"])
+    assert result.exit_code == 1 and "cannot reach Triton" in result.output
