@@ -1,0 +1,56 @@
+"""INT8 on ONNX Runtime: dynamic for the ViT (on the ORT-fused graph), static Q/DQ for ResNet with calibration
+images; each variant is a valid graph (onnx.checker, ONNX Runtime) that passes the int8 gate."""
+
+from __future__ import annotations
+
+import _digits
+import onnx
+import pytest
+
+from export.fusion import Fusion
+from export.onnx import export_onnx
+from export.optimize import Precision, Runtime, optimize
+from export.quantize import QuantMethod
+from vitexport.errors import ExportError
+
+
+@pytest.fixture(scope="module")
+def digits(request, tmp_path_factory):
+    return _digits.prepare(request.config.cache, tmp_path_factory)
+
+
+def test_dynamic_int8_vit_passes_the_gate_on_labelled_images(digits, tmp_path):
+    variant = optimize(digits.onnx, precision=Precision.int8, images=digits.test, output=tmp_path / "int8.onnx")
+    counts = variant.details["op_counts"]["after"]
+    assert variant.details["quantization"]["method"] == "dynamic"
+    assert counts.get("DynamicQuantizeLinear", 0) > 0 and counts.get("MatMulInteger", 0) > 0
+    assert "Softmax" not in counts and counts["com.microsoft::MultiHeadAttention"] == 2  # fused, then quantized
+    onnx.checker.check_model(str(variant.path), full_check=True)
+    accuracy = variant.validation["accuracy"]
+    assert accuracy["images"] == 360 and accuracy["reference_top1"] > 90
+    assert accuracy["top1_drop"] <= 1.0
+
+
+def test_static_qdq_resnet_with_calibration(digits, tmp_path):
+    source = export_onnx("test_resnet", tmp_path / "resnet.onnx", validate=False)
+    variant = optimize(source, precision=Precision.int8, calibration=digits.train, output=tmp_path / "r8.onnx")
+    counts = variant.details["op_counts"]["after"]
+    assert variant.details["quantization"] == {"method": "static", "calibration_images": 300}
+    assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > counts["QuantizeLinear"] / 2
+    assert "BatchNormalization" not in counts  # folded into the convolutions before quantization
+    assert variant.validation["passed"]
+
+
+def test_static_needs_calibration(digits, tmp_path):
+    with pytest.raises(ExportError, match="--calibration"):
+        optimize(digits.onnx, precision=Precision.int8, quant_method=QuantMethod.static, output=tmp_path / "x.onnx")
+
+
+def test_int8_refuses_the_opset23_attention_graph(digits, tmp_path):
+    with pytest.raises(ExportError, match="opset-23"):
+        optimize(digits.onnx, precision=Precision.int8, fuse_attention=Fusion.onnx, output=tmp_path / "x.onnx")
+
+
+def test_bf16_is_not_an_onnxruntime_precision(digits, tmp_path):
+    with pytest.raises(ExportError, match="openvino"):
+        optimize(digits.onnx, runtime=Runtime.onnxruntime, precision=Precision.bf16, output=tmp_path / "x.onnx")
