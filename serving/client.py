@@ -51,10 +51,9 @@ class TopK:
         return {"labels": list(self.labels), "scores": list(self.scores), "indices": list(self.indices)}
 
 
-@contextlib.contextmanager
-def connect(url: str, protocol: Protocol | str = Protocol.http) -> Iterator[tuple[Any, Any]]:
-    """A tritonclient InferenceServerClient for the protocol, and its module (for InferInput); closed on exit,
-    since an idle open connection makes the server wait its whole exit timeout when it stops."""
+def connect(url: str, protocol: Protocol | str = Protocol.http) -> tuple[Any, Any]:
+    """A tritonclient InferenceServerClient for the protocol, and its module (for InferInput). Close it when done
+    (or use `connection`): an idle open connection makes the server wait its whole exit timeout when it stops."""
     protocol = parse_protocol(protocol)
     url = re.sub(r"^https?://", "", url)
     if protocol is Protocol.http:
@@ -62,9 +61,15 @@ def connect(url: str, protocol: Protocol | str = Protocol.http) -> Iterator[tupl
     else:
         import tritonclient.grpc as module
     try:
-        client = module.InferenceServerClient(url=url)
+        return module.InferenceServerClient(url=url), module
     except Exception as e:  # tritonclient raises plain exceptions for malformed URLs
         raise ServingError(f"cannot connect to {url}: {e}") from None
+
+
+@contextlib.contextmanager
+def connection(url: str, protocol: Protocol | str = Protocol.http) -> Iterator[tuple[Any, Any]]:
+    """`connect`, closed on exit."""
+    client, module = connect(url, protocol)
     try:
         yield client, module
     finally:
@@ -87,7 +92,7 @@ def model_config(url: str, model: str, *, protocol: Protocol | str = Protocol.ht
     """The config Triton serves for a model, as a ModelConfig message whichever the protocol."""
     from google.protobuf import json_format
 
-    with connect(url, protocol) as (client, _):
+    with connection(url, protocol) as (client, _):
         data = _call(f"cannot read {model}'s config from {url}", client.get_model_config, model)
     if Protocol(protocol) is Protocol.grpc:
         return data.config
@@ -95,7 +100,7 @@ def model_config(url: str, model: str, *, protocol: Protocol | str = Protocol.ht
 
 
 def ready_models(url: str, *, protocol: Protocol | str = Protocol.http) -> list[str]:
-    with connect(url, protocol) as (client, _):
+    with connection(url, protocol) as (client, _):
         index = _call(f"cannot reach Triton at {url}", client.get_model_repository_index)
     if Protocol(protocol) is Protocol.grpc:
         return [m.name for m in index.models if m.state == "READY"]
@@ -106,7 +111,7 @@ def infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: Sequence
     """One inference request with numpy inputs (object arrays for strings); returns the named outputs."""
     from tritonclient.utils import np_to_triton_dtype
 
-    with connect(url, protocol) as (client, module):
+    with connection(url, protocol) as (client, module):
         tensors = []
         for name, array in inputs.items():
             tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
@@ -194,7 +199,7 @@ def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int
     if top_k > num_classes:
         raise ServingError(f"{model} has {num_classes} classes; ask for --top-k {num_classes} or fewer")
     # All classes through the classification extension: labels and logits in one reply, softmax computed here.
-    with connect(url, protocol) as (client, module):
+    with connection(url, protocol) as (client, module):
         tensor = module.InferInput(config.input[0].name, list(pixels.shape), "FP32")
         tensor.set_data_from_numpy(pixels)
         requested = module.InferRequestedOutput(output.name, class_count=num_classes)
