@@ -39,12 +39,13 @@ def user_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def progress_status(enabled: bool = True) -> Iterator[Any]:
-    """A spinner on stderr for long work; yields a callback that updates its text."""
+    """A spinner on stderr for long work, on a terminal only (a log or a pipe gets the result, not the spinner);
+    yields a callback that updates its text."""
     from rich.console import Console
 
     console = Console(stderr=True)
     if not enabled or not console.is_terminal:
-        yield lambda message: console.print(f"[dim]… {message}[/dim]") if enabled else None
+        yield lambda message: None
         return
     with console.status("starting") as status:
         yield lambda message: status.update(message)
