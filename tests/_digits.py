@@ -29,6 +29,16 @@ def train(checkpoint: Path) -> float:
     images, labels = load_digits_images(spec.img_size)
     x = torch.from_numpy(np.stack([preprocess_image(Image.fromarray(i), spec.preprocess) for i in images]))
     y = torch.from_numpy(labels)
+    # One thread: the machine's two cores are shared, and oversubscribed OpenMP threads slow training several-fold.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(x, y, checkpoint)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(x: torch.Tensor, y: torch.Tensor, checkpoint: Path) -> float:
     train_idx, test_idx = split(len(y))
     torch.manual_seed(0)
     model = create_model(MODEL).train()

@@ -1,0 +1,65 @@
+"""OpenVINO variants: an FP32 IR run at the precision its sidecar's hint names (f32, bf16), and an INT8 IR from NNCF
+post-training quantization on calibration images; each passes its precision's gate on labelled digits."""
+
+from __future__ import annotations
+
+import _digits
+import numpy as np
+import pytest
+
+from export.optimize import Precision, Runtime, optimize
+from export.runners import load_runner
+from vitexport.artifacts import load_artifact
+from vitexport.errors import ExportError
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def digits(request, tmp_path_factory):
+    return _digits.prepare(request.config.cache, tmp_path_factory)
+
+
+@pytest.mark.parametrize("precision", [Precision.fp32, Precision.bf16])
+def test_float_ir(digits, precision, tmp_path):
+    variant = optimize(
+        digits.onnx, runtime=Runtime.openvino, precision=precision, images=digits.test, output=tmp_path / "m.xml"
+    )
+    assert variant.format == "openvino" and variant.path.with_suffix(".bin").is_file()
+    assert load_artifact(variant.path) == variant  # the sidecar round-trips
+    # OpenVINO honours a bf16 hint on any AVX-512 CPU (natively with AVX512_BF16/AMX); f32 stays f32.
+    expected = {"fp32": "f32", "bf16": "bf16"}[precision.value]
+    assert variant.details["inference_precision"] == expected == variant.details["executes_as"]
+    assert variant.details["op_counts"]["before"]["Softmax"] == 2
+    gate = variant.validation
+    assert gate["passed"] and gate["accuracy"]["top1_drop"] <= 0.5
+    if precision is Precision.fp32:
+        assert gate["images"][0]["max_abs"] < 1e-4
+    else:  # BF16 really ran: it drifts, within its budget
+        assert 1e-4 < gate["images"][0]["max_abs"] < 0.5
+
+
+def test_nncf_int8_ir(digits, tmp_path):
+    variant = optimize(
+        digits.onnx,
+        runtime=Runtime.openvino,
+        precision=Precision.int8,
+        calibration=digits.train,
+        images=digits.test,
+        output=tmp_path / "int8.xml",
+    )
+    assert variant.details["op_counts"]["after"]["FakeQuantize"] > 0
+    assert variant.details["quantization"] == {"method": "nncf-ptq", "calibration_images": 300}
+    assert variant.validation["passed"] and variant.validation["accuracy"]["top1_drop"] <= 1.0
+    logits = load_runner(variant)(np.zeros((3, 3, 64, 64), np.float32))[0]
+    assert logits.shape == (3, 10)
+
+
+def test_openvino_int8_needs_calibration(digits, tmp_path):
+    with pytest.raises(ExportError, match="--calibration"):
+        optimize(digits.onnx, runtime=Runtime.openvino, precision=Precision.int8, output=tmp_path / "x.xml")
+
+
+def test_openvino_output_is_xml(digits, tmp_path):
+    with pytest.raises(ExportError, match=r"\.xml"):
+        optimize(digits.onnx, runtime=Runtime.openvino, output=tmp_path / "x.onnx")
