@@ -43,3 +43,53 @@ def write_image_folder(folder: str | Path, images: np.ndarray, labels: np.ndarra
         (folder / str(label)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / str(label) / f"{i:05d}.png")
     return folder
+
+
+def train(checkpoint: Path, *, model: str = "test_vit_digits", epochs: int = 20) -> float:
+    """Train a registered 10-class model on the digits' train split (AdamW, one-cycle schedule, seed 0), save its
+    state dict to `checkpoint` and return its top-1 accuracy (percent) on the test split in PyTorch."""
+    import torch
+    from PIL import Image
+
+    from vitexport.preprocess import preprocess_image
+    from vitexport.registry import get_spec
+
+    spec = get_spec(model)
+    images, labels = load_digits_images(spec.img_size)
+    x = torch.from_numpy(np.stack([preprocess_image(Image.fromarray(i), spec.preprocess) for i in images]))
+    y = torch.from_numpy(labels)
+    # One thread: the machine's two cores are shared, and oversubscribed OpenMP threads slow training several-fold.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model, epochs, x, y, checkpoint)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(name: str, epochs: int, x, y, checkpoint: Path) -> float:
+    import torch
+
+    from vitexport.registry import create_model
+
+    train_idx, test_idx = split(len(y))
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    steps = epochs * ((len(train_idx) + 63) // 64)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=g)]
+        for i in range(0, len(order), 64):
+            idx = order[i : i + 64]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.inference_mode():
+        acc = (model(x[test_idx]).argmax(1) == y[test_idx]).float().mean().item()
+    torch.save(model.state_dict(), checkpoint)
+    return acc * 100
