@@ -40,6 +40,13 @@ class Backend(str, Enum):
             Backend.tensorrt: ("tensorrt",),
         }[self]
 
+    @classmethod
+    def for_format(cls, fmt: str) -> Backend:
+        """The default backend for an artifact format: the one that serves it on the local Triton where possible."""
+        return {"onnx": cls.python_onnxruntime, "openvino": cls.python_openvino, "tensorrt": cls.tensorrt}.get(
+            fmt, cls.python_onnxruntime
+        )
+
     @property
     def runtime(self) -> str | None:
         """The library a Python-backend model imports (None: not a Python-backend model)."""
@@ -125,6 +132,8 @@ def classifier_config(
                 "runtime": backend.runtime,
                 "model_filename": model_filename,
                 "intra_op_threads": str(intra_op_threads),
+                # OpenVINO computes in the artifact's precision only when told (it picks BF16 on CPUs that have it).
+                "precision": artifact.precision,
             },
         )
     elif backend is Backend.onnxruntime:

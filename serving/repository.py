@@ -72,7 +72,7 @@ def add_model(
     repo_dir: str | Path,
     artifact: ModelArtifact | Sequence[ModelArtifact],
     *,
-    backend: Backend = Backend.python_onnxruntime,
+    backend: Backend | None = None,
     name: str | None = None,
     batching: Batching | None = None,
     instances: int = 1,
@@ -84,6 +84,9 @@ def add_model(
 ) -> AddedModel:
     """Add a classifier version (and by default the `<name>_image` ensemble) to a Triton model repository.
 
+    The backend defaults to the artifact's format: ONNX and OpenVINO IR to the Python backend models that serve on
+    the local Triton, engines to tensorrt_plan.
+
     Several artifacts are accepted only for `tensorrt`: one engine per GPU compute capability, served through
     `cc_model_filenames`.
     """
@@ -91,6 +94,7 @@ def add_model(
     if not artifacts:
         raise ServingError("no model artifact given")
     first = artifacts[0]
+    backend = backend or Backend.for_format(first.format)
     repo_dir = Path(repo_dir)
     name = first.model if name is None else name
     model_dir = check_name(repo_dir, name)

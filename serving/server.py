@@ -114,6 +114,16 @@ def unavailable_reason(name: str, configs: dict[str, cfg.pb.ModelConfig], _seen:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process (thread) that started Triton dies, even by SIGKILL, so that
+    a killed `vitexport serve` leaves no server behind (Linux only; elsewhere stop() is the only guard)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class TritonServer:
     """Context manager: start Triton on a repository, wait until ready, and stop it cleanly on exit."""
 
@@ -232,6 +242,7 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=self._environment(install),
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def _wait_ready(self) -> None:

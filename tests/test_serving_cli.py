@@ -159,3 +159,25 @@ def test_infer_without_a_server_is_one_line(tmp_path):
     image = _jpeg(tmp_path / "a.jpg", 0)
     result = runner.invoke(app, ["infer", str(image), "--url", "127.0.0.1:1", "--protocol", "grpc"])
     assert result.exit_code == 1 and "cannot reach Triton" in result.output
+
+
+def test_a_killed_serve_leaves_no_server_behind(repo):
+    """SIGKILL gives `serve` no chance to clean up: Triton is tied to it by PR_SET_PDEATHSIG and stops itself."""
+    command = [*VITEXPORT, "serve", "--repo", str(repo), "--models", "test_vit", "--http-port", "0"]
+    command += ["--grpc-port", "0", "--metrics-port", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out, deadline = _lines(proc.stdout), time.monotonic() + 150
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline
+        try:
+            if out.get(timeout=1).startswith("ready"):
+                break
+        except queue.Empty:
+            continue
+    assert _processes_mentioning(str(repo))
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _processes_mentioning(str(repo)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_mentioning(str(repo)) == []

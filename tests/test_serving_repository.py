@@ -145,6 +145,16 @@ def test_openvino_ir_needs_its_weights(tmp_path):
     assert sorted(p.name for p in added.path.iterdir()) == ["model.bin", "model.xml", "model.xml.json"]
 
 
+def test_the_default_backend_follows_the_artifact(tmp_path):
+    ir = make_artifact(tmp_path, "openvino", file="m.xml", precision="bf16")
+    ir.path.with_suffix(".bin").write_bytes(b"w")
+    added = add_model(tmp_path / "repo", ir, name="ov", ensemble=False)
+    config = cfg.read_config(added.path.parent)
+    assert added.backend is Backend.python_openvino and cfg.parameter(config, "runtime") == "openvino"
+    assert cfg.parameter(config, "precision") == "bf16"  # becomes OpenVINO's inference precision hint
+    assert add_model(tmp_path / "repo", make_artifact(tmp_path), ensemble=False).backend is Backend.python_onnxruntime
+
+
 def test_non_imagenet_heads_get_index_labels(tmp_path):
     added = add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=10))
     assert (added.path.parent / "labels.txt").read_text().splitlines() == [f"class_{i}" for i in range(10)]

@@ -221,8 +221,12 @@ def repo(
     repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
     name: Annotated[str | None, typer.Option(help="Model name in the repository [default: the model's].")] = None,
     backend: Annotated[
-        str, typer.Option(help="python-onnxruntime, python-openvino, onnxruntime, openvino or tensorrt.")
-    ] = "python-onnxruntime",
+        str | None,
+        typer.Option(
+            help="python-onnxruntime, python-openvino, onnxruntime, openvino or tensorrt "
+            "[default: by artifact: ONNX python-onnxruntime, OpenVINO IR python-openvino, engine tensorrt]."
+        ),
+    ] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Batch limit [default: 8; engines: profile max].")] = None,
     preferred_batch_size: Annotated[list[int] | None, typer.Option(help="Preferred batch size (repeatable).")] = None,
     queue_delay_us: Annotated[int, typer.Option(help="Longest wait to fill a batch, in microseconds.")] = 1000,
@@ -243,7 +247,7 @@ def repo(
         from vitexport.artifacts import load_artifact
 
         choices = [b.value for b in Backend]
-        if backend not in choices:
+        if backend is not None and backend not in choices:
             raise VitExportError(f"--backend must be one of {', '.join(choices)}, not {backend!r}")
         artifacts = []
         for source in sources:
@@ -261,7 +265,7 @@ def repo(
         added = add_model(
             repo_dir,
             artifacts,
-            backend=Backend(backend),
+            backend=Backend(backend) if backend else None,
             name=name,
             batching=batching,
             instances=instances,

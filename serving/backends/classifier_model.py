@@ -13,8 +13,8 @@ import triton_python_backend_utils as pb_utils
 
 
 class _OnnxRuntime:
-    def __init__(self, path: Path, threads: int, input_name: str, output_names: list[str]):
-        import onnxruntime as ort
+    def __init__(self, path: Path, threads: int, input_name: str, output_names: list[str], precision: str):
+        import onnxruntime as ort  # the precision lives in the graph itself
 
         options = ort.SessionOptions()
         if threads:
@@ -28,11 +28,17 @@ class _OnnxRuntime:
         return self.session.run(self.output_names, {self.input_name: x})
 
 
+# The artifact's precision as OpenVINO's inference precision hint; INT8 IRs set none (NNCF chose per op).
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
 class _OpenVino:
-    def __init__(self, path: Path, threads: int, input_name: str, output_names: list[str]):
+    def __init__(self, path: Path, threads: int, input_name: str, output_names: list[str], precision: str):
         import openvino as ov  # imported here: only models that ask for OpenVINO need it installed
 
         config = {"PERFORMANCE_HINT": "LATENCY"}  # latency mode with all threads is fastest on a few cores
+        if precision in _OV_PRECISION:
+            config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
@@ -52,7 +58,9 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_names = [o["name"] for o in config["output"]]
         runner = {"onnxruntime": _OnnxRuntime, "openvino": _OpenVino}[params["runtime"]]
-        self.run = runner(path, int(params.get("intra_op_threads", "0")), self.input_name, self.output_names)
+        threads = int(params.get("intra_op_threads", "0"))
+        precision = params.get("precision", "fp32")
+        self.run = runner(path, threads, self.input_name, self.output_names, precision)
 
     def execute(self, requests):
         # Dynamic batching hands over several requests at once: run them as one batch, then split the outputs.
