@@ -9,7 +9,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-LIBRARIES = ("vitexport", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "openvino", "nncf", "tritonclient")
+LIBRARIES = (
+    "vitexport",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "numpy",
+    "openvino",
+    "nncf",
+    "tritonclient",
+    "nvidia-pytriton",
+    "timm",  # the benchmark's timm + PyTorch peer
+    "tensorrt",
+)
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 

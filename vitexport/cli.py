@@ -526,6 +526,101 @@ def validate(
             raise ValidationError(f"{budget} variant over budget: " + "; ".join(report.failures))
 
 
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise VitExportError(f"{flag} takes comma-separated integers, not {text!r}") from None
+    if not values or min(values) < 1:
+        raise VitExportError(f"{flag} takes positive integers, not {text!r}")
+    return values
+
+
+@app.command()
+def bench(
+    models: Annotated[
+        list[str], typer.Argument(metavar="MODEL...", help="Registered models, e.g. deit_small resnet50.")
+    ],
+    backends: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated backends [default: all; --quick: torch,onnxruntime-plain]. Peers: torch, "
+            "torch-compile, timm, onnxruntime-plain, openvino-plain; ours: onnxruntime, onnxruntime-int8, "
+            "openvino-bf16, openvino-int8, tensorrt, triton-grpc, triton-http."
+        ),
+    ] = None,
+    batch_sizes: Annotated[
+        str | None, typer.Option(help="In-process batch sizes [default: 1,8,32; --quick 1,8].")
+    ] = None,
+    concurrency: Annotated[str | None, typer.Option(help="Served concurrencies [default: 1,4,8; --quick 1,4].")] = None,
+    threads: Annotated[int, typer.Option(help="Intra-op threads of every runtime.")] = 2,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds per measured window [default: 2; --quick 0.4].")
+    ] = None,
+    windows: Annotated[int | None, typer.Option(help="Measured windows per point [default: 3].")] = None,
+    quick: Annotated[bool, typer.Option(help="A short run (under 3 minutes for four models on 2 cores).")] = False,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the JSON, Markdown and PNGs.")] = Path(
+        "bench-results"
+    ),
+    workdir: Annotated[Path, typer.Option(help="Artifacts cache (exports, variants) and worker logs.")] = Path(
+        "bench-work"
+    ),
+    triton_host: Annotated[
+        str | None, typer.Option(help="Measure a running Triton (HTTP 8000, gRPC 8001) serving each MODEL by name.")
+    ] = None,
+    gemm: Annotated[bool, typer.Option(help="Measure the GEMM peaks (fraction-of-peak columns need them).")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Benchmark models in-process (ours against the peers, side by side) and served through Triton: JSON, Markdown
+    and PNG plots in --output."""
+    with user_errors():
+        from dataclasses import replace
+
+        from benchmarks.bench import BenchConfig, run
+        from benchmarks.report import write
+        from benchmarks.runners import Backend
+
+        chosen = None
+        if backends is not None:
+            names = [b.strip() for b in backends.split(",") if b.strip()]
+            valid = [b.value for b in Backend]
+            bad = [b for b in names if b not in valid]
+            if bad or not names:
+                raise VitExportError(f"--backends must be among {', '.join(valid)}, not {', '.join(bad) or 'nothing'}")
+            chosen = tuple(Backend(b) for b in dict.fromkeys(names))
+        config = BenchConfig.quick(tuple(models)) if quick else BenchConfig(tuple(models))
+        sweep = config.sweep
+        if batch_sizes is not None:
+            sweep = replace(sweep, batch_sizes=_int_list("--batch-sizes", batch_sizes))
+        if duration is not None:
+            sweep = replace(sweep, duration=duration)
+        if windows is not None:
+            sweep = replace(sweep, windows=windows)
+        served = replace(config.served, threads=threads)
+        if concurrency is not None:
+            served = replace(served, concurrency=_int_list("--concurrency", concurrency))
+        config = replace(
+            config,
+            backends=chosen or config.backends,
+            sweep=replace(sweep, threads=threads),
+            served=served,
+            workdir=workdir,
+            triton_host=triton_host,
+            gemm=gemm,
+            command="vitexport bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
+        )
+        with progress_status(not as_json) as progress:
+            result = run(config, progress)
+            paths = write(result, output)
+    if as_json:
+        print_json(result)
+        return
+    for line in result["verdicts"]:
+        typer.echo(line.replace("**", ""))
+    for path in paths.values():
+        typer.echo(str(path))
+
+
 def main() -> None:
     app(prog_name="vitexport")
 

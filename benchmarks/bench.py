@@ -1,0 +1,225 @@
+"""`vitexport bench`: the GEMM peaks, every model's in-process sweep (ours and the peers, side by side) and its
+served path through Triton, in one run, into one result dict (see benchmarks.report for what is written)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.gemm import GEMMS, GemmSpec, N, peak_table
+from benchmarks.runners import ALL_BACKENDS, QUICK_BACKENDS, Backend, RunnerSpec
+from benchmarks.served import ServedSettings
+from benchmarks.sweep import SweepSettings, sweep, workers
+from vitexport.errors import VitExportError
+
+QUICK_SWEEP = SweepSettings(batch_sizes=(1, 8), windows=3, duration=0.4, warmup=0.2)
+QUICK_SERVED = ServedSettings(concurrency=(1, 4), window_ms=500, max_trials=5, stability=25)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...]
+    backends: tuple[Backend, ...] = ALL_BACKENDS
+    sweep: SweepSettings = field(default_factory=SweepSettings)
+    served: ServedSettings = field(default_factory=ServedSettings)
+    workdir: Path = Path("bench-work")
+    validate: bool = True  # export validation and the optimize stage's accuracy gate
+    gemm: bool = True
+    gemm_size: int = N
+    triton_host: str | None = None  # a running Triton serving the models by name; None: start one
+    command: str = ""
+
+    @classmethod
+    def quick(cls, models: tuple[str, ...], **changes: Any) -> BenchConfig:
+        """Under 3 minutes on 2 cores for four models: eager torch against the plain ONNX on ONNX Runtime, two
+        batch sizes, short windows, artifacts not re-validated."""
+        base = {
+            "backends": QUICK_BACKENDS,
+            "sweep": QUICK_SWEEP,
+            "served": QUICK_SERVED,
+            "validate": False,
+            "gemm_size": 1024,
+        }
+        return cls(models, **(base | changes))
+
+
+def check(config: BenchConfig) -> None:
+    from vitexport.registry import get_spec
+
+    if not config.models:
+        raise VitExportError("give at least one model")
+    for name in config.models:
+        get_spec(name)  # unknown names: one line with suggestions
+    s = config.sweep
+    if not s.batch_sizes or min(s.batch_sizes) < 1:
+        raise VitExportError(f"batch sizes must be >= 1, got {list(s.batch_sizes)}")
+    if not config.served.concurrency or min(config.served.concurrency) < 1:
+        raise VitExportError(f"concurrency must be >= 1, got {list(config.served.concurrency)}")
+    if s.windows < 1 or s.duration <= 0 or s.threads < 1:
+        raise VitExportError("windows, duration and threads must be positive")
+
+
+def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure everything the config asks for; backends that cannot run here are recorded with the reason."""
+    from benchmarks.machine import machine_info
+
+    check(config)
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    logs = config.workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    machine = machine_info()
+    loads = [os.getloadavg()[0]]
+    peaks = _peaks(config, logs, progress) if config.gemm else {}
+    loads.append(os.getloadavg()[0])
+    peak = peak_table(peaks)
+    models = {}
+    for name in config.models:
+        models[_canonical(name)] = _model(name, config, logs, peak, progress)
+        loads.append(os.getloadavg()[0])
+    result = {
+        "benchmark": "bench",
+        "command": config.command or "vitexport bench " + " ".join(config.models),
+        "machine": machine,
+        "settings": asdict(config.sweep)
+        | {
+            "backends": [b.value for b in config.backends],
+            "concurrency": list(config.served.concurrency),
+            "served_window_ms": config.served.window_ms,
+            "validate": config.validate,
+            "onnxruntime_spinning": False,
+            "process_per_backend": True,
+            "python": platform.python_version(),
+        },
+        "load_average": {"start": round(loads[0], 2), "end": round(loads[-1], 2), "max": round(max(loads), 2)},
+        "peaks": peaks,
+        "peak_gflops": peak,
+        "models": models,
+    }
+    from benchmarks.report import paper_table, verdicts
+
+    result["paper_table"] = paper_table(result)
+    result["verdicts"] = verdicts(result)
+    return result
+
+
+def _canonical(name: str) -> str:
+    from vitexport.registry import get_spec
+
+    return get_spec(name).name
+
+
+def _peaks(config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
+    specs = {f"{rt}-{p}": GemmSpec(rt, p, config.sweep.threads, config.gemm_size) for rt, p in GEMMS}
+    settings = SweepSettings(batch_sizes=(1,), windows=config.sweep.windows, duration=min(config.sweep.duration, 1.0))
+    settings = SweepSettings(**(asdict(settings) | {"warmup": 0.3, "threads": config.sweep.threads}))
+    progress("GEMM peaks: loading")
+    with workers(specs, logs) as pool:
+        for w in pool.values():
+            w.wait_ready()
+        measured = sweep(pool, settings, 1, progress, "GEMM peak")
+        out = {}
+        for name, w in pool.items():
+            if name not in measured:
+                out[name] = {"status": "failed", "reason": w.error, "precision": specs[name].precision}
+                continue
+            summary = measured[name][1].summary()
+            out[name] = {
+                "status": "ok",
+                "precision": w.precision,
+                # The best window, not the median: a peak is what the machine can do, and on a shared CPU the
+                # median mostly measures the neighbours.
+                "gflops": round(summary["img_s_max"] * specs[name].flops / 1e9, 1),
+                "gflops_median": round(summary["img_s"] * specs[name].flops / 1e9, 1),
+                "size": config.gemm_size,
+                "spread": summary["spread"],
+                "calls_s": summary["img_s"],
+            }
+    return out
+
+
+def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], progress) -> dict[str, Any]:
+    from benchmarks.prepare import prepare
+    from vitexport.registry import get_spec
+
+    spec = get_spec(name)
+    gflop = 2 * spec.macs() / 1e9  # FLOPs = 2 x MACs, as the registry's MACs count matmuls and convolutions
+    in_process = [b for b in config.backends if not b.served]
+    served = [b for b in config.backends if b.served]
+    paths, skipped = prepare(
+        spec.name, config.backends, config.workdir, validate=config.validate, progress=progress
+    )  # served paths use the onnxruntime variant
+    entries: dict[str, dict[str, Any]] = {}
+    runnable = {}
+    for b in in_process:
+        if b in skipped:
+            entries[b.value] = {"status": "skipped", "reason": skipped[b], "peer": b.peer}
+        else:
+            runnable[b.value] = RunnerSpec(b, spec.name, config.sweep.threads, paths.get(b))
+    progress(f"{spec.name}: loading {', '.join(runnable)}")
+    with workers(runnable, logs / spec.name if _mkdir(logs / spec.name) else None) as pool:
+        for w in pool.values():
+            w.wait_ready()
+        measured = sweep(pool, config.sweep, spec.img_size, progress, spec.name)
+        for backend_name, w in pool.items():
+            b = Backend(backend_name)
+            if backend_name not in measured:
+                entries[backend_name] = {"status": "failed", "reason": w.error, "peer": b.peer}
+                continue
+            precision = w.precision or b.precision
+            batches = {}
+            for bs, m in measured[backend_name].items():
+                s = m.summary()
+                s["gflops"] = round(s["img_s"] * gflop, 1)
+                s["fraction_of_peak"] = round(s["gflops"] / peak[precision], 4) if precision in peak else None
+                batches[str(bs)] = s
+            entries[backend_name] = {
+                "status": "ok",
+                "peer": b.peer,
+                "precision": precision,
+                "artifact": paths[b].name if b in paths else None,
+                "batches": batches,
+            }
+    ordered = {b.value: entries[b.value] for b in in_process if b.value in entries}
+    served_results, served_skipped = {}, {}
+    if served:
+        served_results, served_skipped = _served(spec.name, served, paths, skipped, config, progress)
+    return {
+        "family": spec.family,
+        "params": spec.num_params,
+        "resolution": spec.img_size,
+        "gflop_per_image": round(gflop, 3),
+        "in_process": ordered,
+        "served": served_results,
+        "served_skipped": served_skipped,
+    }
+
+
+def _mkdir(path: Path) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def _served(model, served, paths, skipped, config: BenchConfig, progress):
+    from benchmarks.served import serve_and_measure
+
+    protocols = [b.value.removeprefix("triton-") for b in served]
+    source = paths.get(served[0])
+    if source is None:
+        return {}, {b.value: skipped.get(b, "no served artifact") for b in served}
+    try:
+        results = serve_and_measure(
+            source,
+            config.workdir,
+            protocols,
+            config.served,
+            triton_host=config.triton_host,
+            served_name=model,
+            progress=progress,
+        )
+    except VitExportError as e:
+        return {}, {b.value: str(e).splitlines()[0] for b in served}
+    return {f"triton-{p}": {str(c): r for c, r in pts.items()} for p, pts in results.items()}, {}

@@ -1,0 +1,124 @@
+"""The machine's peak GEMM, fp32 and bf16, with the runtimes the models run on, measured in the same run as the
+models so that "fraction of peak" compares like with like (same load, same clocks).
+
+A square matmul, 2048 (17.2 GFLOP) by default: large enough for every library to reach its best blocking, small
+enough for a window to hold several calls (--quick uses 1024: emulated BF16 runs at a few GFLOP/s).
+ONNX Runtime's CPU provider has no BF16 MatMul kernel, so it has an fp32 peak only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+N = 2048
+
+GEMMS = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("torch", "fp32"), ("torch", "bf16"))
+
+
+@dataclass(frozen=True)
+class GemmSpec:
+    """Picklable: a worker builds the runner. One call of `infer` is one N x N x N matmul."""
+
+    runtime: str
+    precision: str
+    threads: int
+    n: int = N
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.n**3
+
+    @property
+    def name(self) -> str:
+        return f"gemm-{self.runtime}-{self.precision}"
+
+    def build(self):
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((self.n, self.n), dtype=np.float32)
+        b = rng.standard_normal((self.n, self.n), dtype=np.float32)
+        if self.runtime == "torch":
+            return _torch(a, b, self.precision, self.threads)
+        path = Path(tempfile.mkdtemp(prefix="vitexport-gemm-")) / "matmul.onnx"
+        _matmul_onnx(b, path)
+        if self.runtime == "onnxruntime":
+            return _onnxruntime(path, a, self.threads)
+        return _openvino(path, a, self.precision, self.threads)
+
+
+@dataclass
+class _Gemm:
+    name: str
+    precision: str
+    fn: object
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:  # the batch is ignored: the operands are fixed
+        return self.fn()
+
+
+def _matmul_onnx(b: np.ndarray, path: Path) -> None:
+    a_shape = (b.shape[0], b.shape[0])
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a_shape))],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [a_shape[0], b.shape[1]])],
+        initializer=[numpy_helper.from_array(b, "b")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def _onnxruntime(path: Path, a: np.ndarray, threads: int) -> _Gemm:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as for the models
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _Gemm("onnxruntime", "fp32", lambda: session.run(None, {"a": a})[0])
+
+
+def _openvino(path: Path, a: np.ndarray, precision: str, threads: int) -> _Gemm:
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    config = {
+        hints.performance_mode: hints.PerformanceMode.LATENCY,
+        hints.inference_precision: {"fp32": "f32", "bf16": "bf16"}[precision],
+        props.inference_num_threads: threads,
+    }
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    real = str(compiled.get_property(hints.inference_precision).get_type_name())
+    request = compiled.create_infer_request()
+    # What it really computes in: on a CPU without BF16 instructions the bf16 hint falls back to f32.
+    return _Gemm("openvino", {"f32": "fp32"}.get(real, real), lambda: request.infer({0: a})[0])
+
+
+def _torch(a: np.ndarray, b: np.ndarray, precision: str, threads: int) -> _Gemm:
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    ta, tb = torch.from_numpy(a).to(dtype), torch.from_numpy(b).to(dtype)
+
+    def run():
+        with torch.inference_mode():
+            return torch.matmul(ta, tb)
+
+    return _Gemm("torch", precision, run)
+
+
+def peak_table(results: dict[str, dict]) -> dict[str, float]:
+    """The peak GFLOP/s of each precision: the best library's median (the machine can do at least that)."""
+    peaks: dict[str, float] = {}
+    for r in results.values():
+        if r.get("gflops") and r["status"] == "ok":
+            peaks[r["precision"]] = max(peaks.get(r["precision"], 0.0), r["gflops"])
+    return peaks

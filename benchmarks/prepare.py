@@ -1,0 +1,125 @@
+"""The artifacts each backend runs, made by the pipeline's own stages (export, optimize, TensorRT) and cached in a
+work folder between runs: a variant is reused only when its sidecar exists, i.e. when it passed its gate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.runners import Backend
+from vitexport.errors import VitExportError
+
+CALIBRATION_IMAGES = 32  # enough for min-max ranges of a speed benchmark; NNCF's default 300 costs minutes here
+
+
+def _calibration_folder(workdir: Path, size: int) -> Path:
+    """Real images (scikit-learn's digits, upsampled) for INT8 calibration where ImageNet cannot be downloaded."""
+    from export.digits import load_digits_images, write_image_folder
+
+    folder = workdir / f"calibration_{size}"
+    if not folder.is_dir():
+        images, labels = load_digits_images(size)
+        write_image_folder(folder, images[:CALIBRATION_IMAGES], labels[:CALIBRATION_IMAGES])
+    return folder
+
+
+def _cached(path: Path):
+    from vitexport.artifacts import load_artifact, sidecar_path
+
+    return load_artifact(path) if sidecar_path(path).is_file() and path.exists() else None
+
+
+def prepare(
+    model: str,
+    backends: list[Backend],
+    workdir: Path,
+    *,
+    validate: bool = True,
+    calibration: Path | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[dict[Backend, Path], dict[Backend, str]]:
+    """Model files by backend, and why the others cannot run (a failed gate, no GPU) as one line each."""
+    from export.onnx import export_onnx
+    from export.optimize import Precision, Runtime
+    from vitexport.registry import get_spec
+
+    spec = get_spec(model)
+    folder = workdir / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[Backend, Path] = {}
+    skipped: dict[Backend, str] = {}
+    needs_onnx = [b for b in backends if b not in (Backend.torch, Backend.torch_compile, Backend.timm)]
+    if not needs_onnx:
+        return paths, skipped
+    plain = _cached(folder / f"{spec.name}.onnx")
+    if plain is None:
+        progress(f"{spec.name}: exporting to ONNX")
+        plain = export_onnx(spec.name, folder / f"{spec.name}.onnx", validate=validate)
+    variants = {
+        Backend.onnxruntime: (Runtime.onnxruntime, Precision.fp32),
+        Backend.onnxruntime_int8: (Runtime.onnxruntime, Precision.int8),
+        Backend.openvino_bf16: (Runtime.openvino, Precision.bf16),
+        Backend.openvino_int8: (Runtime.openvino, Precision.int8),
+    }
+    for backend in needs_onnx:
+        if backend in (Backend.onnxruntime_plain, Backend.openvino_plain):
+            paths[backend] = plain.path
+        elif backend in variants or backend.served:
+            runtime, precision = variants.get(backend, (Runtime.onnxruntime, Precision.fp32))
+            try:
+                paths[backend] = _variant(plain, runtime, precision, folder, validate, calibration, progress)
+            except VitExportError as e:
+                skipped[backend] = f"{runtime.value} {precision.value} variant: {e}"
+        elif backend is Backend.tensorrt:
+            try:
+                paths[backend] = _engine(plain, progress)
+            except VitExportError as e:
+                skipped[backend] = str(e).splitlines()[0]
+    return paths, skipped
+
+
+def _variant(plain, runtime, precision, folder: Path, validate: bool, calibration: Path | None, progress) -> Path:
+    from export.fusion import Fusion
+    from export.optimize import default_fusion, default_output, optimize
+
+    output = default_output(plain.path, runtime, precision, default_fusion(runtime, precision))
+    cached = _cached(output)
+    if cached is not None:
+        return cached.path
+    name = f"{plain.model}: {runtime.value} {precision.value}"
+    progress(f"{name}: optimizing (and the accuracy gate)" if validate else f"{name}: optimizing")
+    calib = calibration
+    if precision.value == "int8" and calib is None:
+        calib = _calibration_folder(folder.parent, plain.preprocess.input_size)
+    variant = optimize(
+        plain,
+        runtime=runtime,
+        precision=precision,
+        fuse_attention=default_fusion(runtime, precision) if runtime.value == "onnxruntime" else Fusion.none,
+        calibration=calib,
+        calibration_limit=CALIBRATION_IMAGES,
+        validate=validate,
+        output=output,
+    )
+    return variant.path
+
+
+def _engine(plain, progress) -> Path:
+    from export.tensorrt import (
+        BatchProfile,
+        BuildSettings,
+        Precision,
+        build_engine,
+        default_engine_path,
+        onnx_for_engine,
+        tensorrt_environment,
+    )
+
+    env = tensorrt_environment()  # no TensorRT or no GPU: the one-line reason, recorded as the skip
+    settings = BuildSettings(precision=Precision.fp16, profile=BatchProfile.parse("1:8:32"))
+    source = onnx_for_engine(str(plain.path), settings, env.tensorrt_version, progress=progress)
+    output = default_engine_path(source, settings.precision)
+    cached = _cached(output)
+    if cached is not None:
+        return cached.path
+    return build_engine(source, output, settings, environment=env, progress=progress).path

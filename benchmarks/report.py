@@ -1,0 +1,304 @@
+"""Reports of a `vitexport bench` run: the JSON result (everything), a Markdown page of tables, and PNG plots
+(throughput vs batch size, served latency vs concurrency)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# The DeiT paper's Table 1 throughput (img/s, one 16 GB V100, largest batch, 224 px), with its ratio to ResNet-50.
+PAPER_V100 = {
+    "deit_tiny_patch16_224": 2536,
+    "deit_small_patch16_224": 940,
+    "deit_base_patch16_224": 292,
+    "resnet50": 1226,
+    "resnet101": 754,
+    "resnet152": 526,
+}
+PAPER_NAMES = {
+    "deit_tiny_patch16_224": "DeiT-Ti",
+    "deit_small_patch16_224": "DeiT-S",
+    "deit_base_patch16_224": "DeiT-B",
+    "resnet50": "ResNet-50",
+    "resnet101": "ResNet-101",
+    "resnet152": "ResNet-152",
+}
+REFERENCE_MODEL = "resnet50"
+SAME_BACKEND = "onnxruntime"  # the one-backend column of the paper table: ratios not mixing runtimes
+
+
+def _ok(entry: dict[str, Any]) -> bool:
+    return entry.get("status") == "ok" and bool(entry.get("batches"))
+
+
+def best_gated(model: dict[str, Any], bs: str) -> tuple[str, float] | None:
+    """Our fastest gated in-process path at this batch size (peers and served paths excluded)."""
+    best = None
+    for name, e in model["in_process"].items():
+        if _ok(e) and not e["peer"] and bs in e["batches"]:
+            rate = e["batches"][bs]["img_s"]
+            if best is None or rate > best[1]:
+                best = (name, rate)
+    return best
+
+
+def verdicts(result: dict[str, Any]) -> list[str]:
+    """Plain sentences: where a peer beats our best gated path, and where it does not."""
+    lines = []
+    for name, model in result["models"].items():
+        sizes = sorted({bs for e in model["in_process"].values() if _ok(e) for bs in e["batches"]}, key=int)
+        for bs in sizes:
+            ours = best_gated(model, bs)
+            peers = [
+                (p, e["batches"][bs]["img_s"])
+                for p, e in model["in_process"].items()
+                if _ok(e) and e["peer"] and bs in e["batches"]
+            ]
+            if not peers:
+                continue
+            top_peer = max(peers, key=lambda p: p[1])
+            if ours is None:
+                lines.append(
+                    f"{name}, batch {bs}: no gated path was measured; the best peer is {top_peer[0]} "
+                    f"({top_peer[1]:.1f} img/s)."
+                )
+                continue
+            beaten = [p for p in peers if p[1] > ours[1]]
+            if beaten:
+                who = ", ".join(f"{p} ({r:.1f} img/s)" for p, r in sorted(beaten, key=lambda p: -p[1]))
+                lines.append(
+                    f"**{name}, batch {bs}: a peer beats our best gated path** {ours[0]} ({ours[1]:.1f} img/s): {who}."
+                )
+            else:
+                lines.append(
+                    f"{name}, batch {bs}: our best gated path {ours[0]} ({ours[1]:.1f} img/s) beats every peer "
+                    f"(best peer {top_peer[0]}, {top_peer[1]:.1f} img/s; x{ours[1] / top_peer[1]:.2f})."
+                )
+    return lines
+
+
+def paper_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The DeiT paper's throughput table, measured here: at the largest batch size, our best gated path per model
+    and, for ratios within one runtime, the onnxruntime fp32 path; the paper's V100 figures beside them."""
+    rows = []
+    models = result["models"]
+    ref = models.get(REFERENCE_MODEL)
+    for name, m in models.items():
+        bs = str(max(result["settings"]["batch_sizes"]))
+        best = best_gated(m, bs)
+        same = m["in_process"].get(SAME_BACKEND, {})
+        same_rate = same["batches"][bs]["img_s"] if _ok(same) and bs in same["batches"] else None
+        ref_best = best_gated(ref, bs) if ref else None
+        ref_same = ref["in_process"].get(SAME_BACKEND, {}) if ref else {}
+        ref_same_rate = ref_same["batches"][bs]["img_s"] if _ok(ref_same) and bs in ref_same["batches"] else None
+        paper = PAPER_V100.get(name)
+        rows.append(
+            {
+                "model": PAPER_NAMES.get(name, name),
+                "params_m": round(m["params"] / 1e6, 1),
+                "resolution": m["resolution"],
+                "batch_size": int(bs),
+                "best_backend": best[0] if best else None,
+                "best_img_s": best[1] if best else None,
+                "best_ratio_to_resnet50": round(best[1] / ref_best[1], 3) if best and ref_best else None,
+                "onnxruntime_img_s": same_rate,
+                "onnxruntime_ratio_to_resnet50": round(same_rate / ref_same_rate, 3)
+                if same_rate and ref_same_rate
+                else None,
+                "paper_v100_img_s": paper,
+                "paper_ratio_to_resnet50": round(paper / PAPER_V100[REFERENCE_MODEL], 3) if paper else None,
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
+    m, s = result["machine"], result["settings"]
+    sizes = [str(b) for b in s["batch_sizes"]]
+    out = [
+        "# `vitexport bench` results",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"{m['date']} · {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}), {m['memory_gb']} GB · "
+        f"{s['threads']} threads · load average {result['load_average']['start']} at start, "
+        f"{result['load_average']['end']} at end, {result['load_average']['max']} at most",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "",
+        f"Settings: batch sizes {', '.join(sizes)}; {s['windows']} measured windows of {s['duration']} s after "
+        f"{s['warmup']} s of warm-up per point, interleaved across backends, each backend in its own process "
+        f"(ONNX Runtime spinning off); img/s is the median window, ± the spread (max - min) / median. "
+        f"Weights are random (no download here): speed does not depend on them."
+        + ("" if s["validate"] else " Quick run: artifacts were not re-validated."),
+        "",
+    ]
+    if result["peaks"]:
+        size = next((p["size"] for p in result["peaks"].values() if "size" in p), "?")
+        out += [
+            f"## GEMM peaks ({size}³ matmul)",
+            "",
+            "| library | precision | GFLOP/s, best window | median | spread |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for name, p in result["peaks"].items():
+            if p["status"] == "ok":
+                out.append(
+                    f"| {name} | {p['precision']} | {p['gflops']:.0f} | {p['gflops_median']:.0f} | "
+                    f"{p['spread'] * 100:.0f}% |"
+                )
+            else:
+                out.append(f"| {name} | {p.get('precision', '')} | – | – | {p['reason']} |")
+        peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result["peak_gflops"].items())
+        out += ["", f"Peak by precision (best library, best window): {peaks}.", ""]
+
+    out += ["## Throughput in-process (img/s)", ""]
+    big = sizes[-1]
+    header = ["model", "backend", "kind", "precision", *(f"batch {b}" for b in sizes)]
+    header += [f"latency p50 ms (batch {sizes[0]})", f"GFLOP/s (batch {big})", "of peak"]
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * 4 + "---:|" * (len(sizes) + 3)]
+    for name, model in result["models"].items():
+        for backend, e in model["in_process"].items():
+            if not _ok(e):
+                continue
+            cells = []
+            for b in sizes:
+                r = e["batches"].get(b)
+                cells.append(f"{r['img_s']:.1f} ±{r['spread'] * 100:.0f}%" if r else "–")
+            first, last = e["batches"].get(sizes[0]), e["batches"].get(big)
+            frac = last.get("fraction_of_peak") if last else None
+            out.append(
+                f"| {name} | {backend} | {'peer' if e['peer'] else 'ours'} | {e['precision']} | "
+                + " | ".join(cells)
+                + f" | {_fmt(first and first['latency_ms_p50'])} | {_fmt(last and last['gflops'])} | "
+                + ("–" if frac is None else f"{frac * 100:.0f}%")
+                + " |"
+            )
+    out.append("")
+
+    rows = result["paper_table"]
+    if rows:
+        bs = rows[0]["batch_size"]
+        out += [
+            f"## The DeiT paper's throughput table, measured here (batch {bs}, {s['threads']} CPU threads)",
+            "",
+            "| model | params | image size | img/s, best gated path | ratio to ResNet-50 | img/s, onnxruntime fp32 "
+            "| ratio | paper V100 img/s | paper ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            best = f"{r['best_img_s']:.1f} ({r['best_backend']})" if r["best_img_s"] else "–"
+            out.append(
+                f"| {r['model']} | {r['params_m']}M | {r['resolution']}² | {best} | "
+                f"{_fmt(r['best_ratio_to_resnet50'], '.2f')} | {_fmt(r['onnxruntime_img_s'])} | "
+                f"{_fmt(r['onnxruntime_ratio_to_resnet50'], '.2f')} | {_fmt(r['paper_v100_img_s'], 'd')} | "
+                f"{_fmt(r['paper_ratio_to_resnet50'], '.2f')} |"
+            )
+        out.append("")
+
+    served = [
+        (n, p, c, r) for n, mo in result["models"].items() for p, pts in mo["served"].items() for c, r in pts.items()
+    ]
+    if served:
+        out += [
+            "## Served through Triton (one image per request, dynamic batching)",
+            "",
+            "| model | protocol | concurrency | img/s | p50 ms | p90 ms | p99 ms | tool |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for n, p, c, r in served:
+            out.append(
+                f"| {n} | {p} | {c} | {r['img_s']:.1f} | {r['latency_ms_p50']:.1f} | {r['latency_ms_p90']:.1f} | "
+                f"{r['latency_ms_p99']:.1f} | {r['tool']} |"
+            )
+        out.append("")
+
+    out += ["## Peers against our best gated path", ""]
+    out += [f"- {line}" for line in result["verdicts"]] or ["- no peer was measured"]
+    out.append("")
+    skipped = [
+        (n, b, e["reason"]) for n, mo in result["models"].items() for b, e in mo["in_process"].items() if not _ok(e)
+    ]
+    skipped += [
+        (n, b, reason) for n, mo in result["models"].items() for b, reason in mo.get("served_skipped", {}).items()
+    ]
+    if skipped:
+        out += ["## Not measured", "", "| model | backend | why |", "|---|---|---|"]
+        out += [f"| {n} | {b} | {r} |" for n, b, r in skipped]
+        out.append("")
+    out += [f"![{title}]({file})" for title, file in plots.items()]
+    return "\n".join(out) + "\n"
+
+
+def plots(result: dict[str, Any], output: Path, prefix: str) -> dict[str, str]:
+    """Write the PNG plots; returns {title: file name}."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    models = list(result["models"].items())
+    cols = min(3, len(models)) or 1
+    rows = (len(models) + cols - 1) // cols or 1
+    files = {}
+
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    for ax, (name, model) in zip(axes.flat, models, strict=False):
+        for backend, e in model["in_process"].items():
+            if not _ok(e):
+                continue
+            xs = sorted(int(b) for b in e["batches"])
+            ys = [e["batches"][str(b)]["img_s"] for b in xs]
+            ax.plot(xs, ys, "--" if e["peer"] else "-", marker="o", label=backend)
+        ax.set_xscale("log", base=2)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("img/s")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.axis("off")
+    fig.suptitle("Throughput vs batch size (solid: ours, dashed: peers)", fontsize=11)
+    fig.tight_layout()
+    files["throughput vs batch size"] = f"{prefix}_throughput.png"
+    fig.savefig(output / files["throughput vs batch size"], dpi=110)
+    plt.close(fig)
+
+    served = [(n, m) for n, m in models if m["served"]]
+    fig, axes = plt.subplots(1, max(1, len(served)), figsize=(5 * max(1, len(served)), 3.8), squeeze=False)
+    for ax, (name, model) in zip(axes.flat, served, strict=False):
+        for protocol, points in model["served"].items():
+            xs = sorted(int(c) for c in points)
+            for key, style in (("latency_ms_p50", "-"), ("latency_ms_p99", ":")):
+                ax.plot(xs, [points[str(c)][key] for c in xs], style, marker="o", label=f"{protocol} {key[11:]}")
+        ax.set_title(f"{name} on Triton", fontsize=10)
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel("latency, ms")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if not served:
+        axes[0, 0].text(0.5, 0.5, "no served measurements in this run", ha="center", va="center")
+        axes[0, 0].axis("off")
+    fig.suptitle("Served latency vs concurrency (p50 solid, p99 dotted)", fontsize=11)
+    fig.tight_layout()
+    files["latency vs concurrency"] = f"{prefix}_latency.png"
+    fig.savefig(output / files["latency vs concurrency"], dpi=110)
+    plt.close(fig)
+    return files
+
+
+def write(result: dict[str, Any], output: Path, prefix: str = "bench") -> dict[str, Path]:
+    """JSON, Markdown and PNGs into `output`; returns their paths."""
+    from vitexport.artifacts import write_text_atomic
+
+    output.mkdir(parents=True, exist_ok=True)
+    pngs = plots(result, output, prefix)
+    paths = {"json": output / f"{prefix}.json", "markdown": output / f"{prefix}.md"}
+    write_text_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
+    write_text_atomic(paths["markdown"], markdown(result, pngs))
+    return paths | {title: output / f for title, f in pngs.items()}

@@ -1,0 +1,195 @@
+"""In-process runners behind one small interface, `infer(batch) -> logits`, and the backends that make them.
+
+Our gated paths (the optimize stage's variants, which passed the accuracy gate) and the peers they must beat are
+all built here from a picklable `RunnerSpec`, so that a worker process can build its own runner: each runtime is
+measured in its own process (ARCHITECTURE.md "Benchmark hygiene": ORT's spinning threads and torch's OpenMP
+threads slow whatever shares their process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class Backend(str, Enum):
+    torch = "torch"  # peer: our PyTorch model, eager
+    torch_compile = "torch-compile"  # peer: the same under torch.compile (inductor)
+    timm = "timm"  # peer: timm's model of the same name, eager
+    onnxruntime_plain = "onnxruntime-plain"  # peer: the exported ONNX as is on ONNX Runtime
+    openvino_plain = "openvino-plain"  # peer: OpenVINO reading the exported ONNX with its own defaults
+    onnxruntime = "onnxruntime"  # ours: fused fp32 variant
+    onnxruntime_int8 = "onnxruntime-int8"  # ours: dynamic (ViT) or static Q/DQ (ResNet) INT8
+    openvino_bf16 = "openvino-bf16"  # ours: OpenVINO IR with the bf16 hint
+    openvino_int8 = "openvino-int8"  # ours: NNCF post-training quantized IR
+    tensorrt = "tensorrt"  # ours: a TensorRT engine (GPU hosts only)
+    triton_grpc = "triton-grpc"  # ours, served: Triton's Python backend running the onnxruntime variant
+    triton_http = "triton-http"
+
+    @property
+    def peer(self) -> bool:
+        return self in PEERS
+
+    @property
+    def served(self) -> bool:
+        return self in (Backend.triton_grpc, Backend.triton_http)
+
+    @property
+    def precision(self) -> str:
+        """The nominal compute precision; OpenVINO reports what it really ran in (bf16 falls back to f32 on CPUs
+        without BF16 instructions), and the worker overrides this with it."""
+        if self in (Backend.onnxruntime_int8, Backend.openvino_int8):
+            return "int8"
+        if self is Backend.openvino_bf16:
+            return "bf16"
+        return "fp32"
+
+
+PEERS = (Backend.torch, Backend.torch_compile, Backend.timm, Backend.onnxruntime_plain, Backend.openvino_plain)
+ALL_BACKENDS = tuple(Backend)
+QUICK_BACKENDS = (Backend.torch, Backend.onnxruntime_plain)
+
+
+class Runner(Protocol):
+    """What the sweep measures: one call is one batch, (B, 3, S, S) float32 images -> (B, classes) float32."""
+
+    name: str
+    precision: str  # the precision it really computes in: fp32, bf16, int8
+
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """Everything a worker process needs to build a runner (picklable: no modules, no sessions)."""
+
+    backend: Backend
+    model: str
+    threads: int
+    artifact: Path | None = None  # the model file (ONNX, IR, plan) for the runtime backends
+
+
+@dataclass
+class _Callable:
+    name: str
+    precision: str
+    fn: object
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.fn(batch)
+
+
+def build_runner(spec: RunnerSpec) -> Runner:
+    """Build the runner in this process; raise VitExportError (one line) when the backend cannot run here."""
+    b = spec.backend
+    if b in (Backend.torch, Backend.torch_compile, Backend.timm):
+        return _torch_runner(spec)
+    if b is Backend.tensorrt:
+        return _tensorrt_runner(spec)
+    if b in (Backend.onnxruntime, Backend.onnxruntime_plain, Backend.onnxruntime_int8):
+        return _artifact_runner(spec, "onnxruntime")
+    return _artifact_runner(spec, "openvino")
+
+
+def _torch_runner(spec: RunnerSpec) -> Runner:
+    import torch
+
+    from vitexport.errors import VitExportError
+    from vitexport.registry import create_model, get_spec
+
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(0)
+    if spec.backend is Backend.timm:
+        from vitexport._timm_compat import import_timm
+
+        timm = import_timm()
+        ours = get_spec(spec.model)
+        # timm's own test_* models are other architectures than ours: only real variants are comparable.
+        if ours.for_tests or ours.name not in timm.list_models():
+            raise VitExportError(f"timm has no model equivalent to {ours.name}")
+        name = ours.name
+        model = timm.create_model(name, pretrained=False).eval()
+    else:
+        model = create_model(spec.model)
+    if spec.backend is Backend.torch_compile:
+        import torch._inductor.config as inductor
+
+        # Measured: ResNet-50 gains nothing without freezing (weights folded as constants, conv+bn fused), and
+        # the `options={"freezing": True}` form of torch.compile is ignored; the config flag works.
+        inductor.freezing = True
+        model = torch.compile(model, dynamic=False)  # one graph per batch size, compiled during the warm-up
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(batch))
+        return (out[0] if isinstance(out, tuple) else out).numpy()
+
+    return _Callable(spec.backend.value, "fp32", infer)
+
+
+def _artifact_runner(spec: RunnerSpec, runtime: str) -> Runner:
+    from export.runners import load_runner
+    from vitexport.artifacts import load_artifact
+
+    assert spec.artifact is not None
+    artifact = load_artifact(spec.artifact)
+    precision = spec.backend.precision
+    if spec.backend is Backend.openvino_plain:
+        # OpenVINO's own defaults, as a user who hands it the plain ONNX gets them (no precision hint).
+        import openvino.properties.hint as hints
+
+        from export.openvino import compile_ir
+
+        compiled = compile_ir(artifact.path, "int8", spec.threads)  # "int8": the mapping that sets no hint
+        precision = _ov_precision(str(compiled.get_property(hints.inference_precision).get_type_name()))
+        request = compiled.create_infer_request()
+        output = compiled.output(artifact.output_names[0])
+
+        def infer(batch: np.ndarray) -> np.ndarray:
+            return request.infer({artifact.input_name: batch})[output]
+
+        return _Callable(spec.backend.value, precision, infer)
+    # ORT's idle spinning would slow the other workers between our windows: off, as in the Triton classifier.
+    run = load_runner(artifact, threads=spec.threads, spinning=False)
+    if runtime == "openvino" and precision == "bf16":
+        from export.openvino import execution_precision
+
+        precision = _ov_precision(execution_precision(artifact.path, "bf16"))
+
+    def infer_artifact(batch: np.ndarray) -> np.ndarray:
+        return run(batch)[0]
+
+    return _Callable(spec.backend.value, precision, infer_artifact)
+
+
+def _ov_precision(ov_type: str) -> str:
+    return {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(ov_type, ov_type)
+
+
+def _tensorrt_runner(spec: RunnerSpec) -> Runner:
+    from export.cuda import DeviceSession
+    from export.tensorrt import run_engine, tensorrt_environment
+    from vitexport.artifacts import load_artifact
+
+    tensorrt_environment()  # raises the one-line reason where there is no TensorRT or GPU
+    import tensorrt as trt
+
+    assert spec.artifact is not None
+    artifact = load_artifact(spec.artifact)
+    device = DeviceSession().__enter__()  # lives as long as the worker process
+    engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(artifact.path.read_bytes())
+    name = artifact.output_names[0]
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        return run_engine(trt, engine, device, {artifact.input_name: batch})[name]
+
+    return _Callable(spec.backend.value, artifact.precision, infer)
+
+
+def random_batch(batch_size: int, img_size: int, seed: int = 0) -> np.ndarray:
+    """Normalised-image-like inputs; the values do not change the work any of these runtimes do."""
+    return np.random.default_rng(seed).standard_normal((batch_size, 3, img_size, img_size), dtype=np.float32)

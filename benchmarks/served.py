@@ -1,0 +1,229 @@
+"""The served path: throughput and p50/p90/p99 latency of a model behind Triton, over gRPC and HTTP, at several
+client concurrencies, with perf_analyzer (from the tritonclient 2.51.0 wheel) or, where it cannot run, a
+tritonclient load generator.
+
+Each request carries one image; Triton's dynamic batching merges concurrent requests (up to the repository's max
+batch size), which is how a served model is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitexport.errors import ServingError
+
+# The wheel's perf_analyzer links these by their plain sonames; nvidia-pytriton ships them under hashed names.
+_PERF_ANALYZER_LIBS = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
+
+
+@dataclass(frozen=True)
+class ServedSettings:
+    concurrency: tuple[int, ...] = (1, 4, 8)
+    window_ms: int = 2000  # perf_analyzer's measurement interval; it repeats windows until 3 agree
+    stability: int = 15  # percent
+    max_trials: int = 8
+    threads: int = 2  # the served model's intra-op threads
+
+
+def perf_analyzer() -> tuple[Path, dict[str, str]] | None:
+    """The perf_analyzer binary and the environment it runs in, or None where it is not installed."""
+    binary = Path(sys.executable).parent / "perf_analyzer"
+    if not binary.is_file():
+        found = shutil.which("perf_analyzer")
+        if not found:
+            return None
+        binary = Path(found)
+    try:
+        from serving.server import TritonInstall
+
+        libs = TritonInstall.find().libs
+    except ServingError:
+        return None
+    folder = Path(tempfile.gettempdir()) / f"vitexport-perf-analyzer-libs-{os.getuid()}"
+    folder.mkdir(exist_ok=True)
+    for plain, prefix in _PERF_ANALYZER_LIBS.items():
+        hashed = sorted(libs.glob(f"{prefix}*"))
+        if not hashed:
+            return None
+        link = folder / plain
+        if not link.exists():
+            link.unlink(missing_ok=True)  # a dangling link from an uninstalled wheel
+            link.symlink_to(hashed[0])
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(folder), env.get("LD_LIBRARY_PATH", "")) if p)
+    return binary, env
+
+
+def run_perf_analyzer(
+    tool: tuple[Path, dict[str, str]], url: str, model: str, protocol: str, concurrency: int, s: ServedSettings
+) -> dict[str, Any]:
+    binary, env = tool
+    with tempfile.TemporaryDirectory(prefix="vitexport-pa-") as tmp:
+        report = Path(tmp) / "report.csv"
+        command = [
+            str(binary),
+            "-m",
+            model,
+            "-u",
+            url,
+            "-i",
+            protocol,
+            "-b",
+            "1",
+            f"--concurrency-range={concurrency}:{concurrency}",
+            "--measurement-mode=time_windows",
+            f"--measurement-interval={s.window_ms}",
+            f"--stability-percentage={s.stability}",
+            f"--max-trials={s.max_trials}",
+            "-f",
+            str(report),
+        ]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0 or not report.is_file():
+            tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+            raise ServingError(f"perf_analyzer failed ({done.returncode}): {tail[0]}")
+        row = next(csv.DictReader(report.open()))
+    us = {k: float(v) for k, v in row.items() if k and v and v.replace(".", "", 1).isdigit()}
+    return {
+        "tool": "perf_analyzer",
+        "img_s": round(us["Inferences/Second"], 3),
+        "latency_ms_p50": round(us["p50 latency"] / 1e3, 3),
+        "latency_ms_p90": round(us["p90 latency"] / 1e3, 3),
+        "latency_ms_p99": round(us["p99 latency"] / 1e3, 3),
+        "server_queue_ms": round(us.get("Server Queue", 0) / 1e3, 3),
+        "server_compute_ms": round(us.get("Server Compute Infer", 0) / 1e3, 3),
+    }
+
+
+def load_generator(
+    url: str,
+    model: str,
+    protocol: str,
+    concurrency: int,
+    img_size: int,
+    s: ServedSettings,
+    input_name: str = "pixel_values",
+    windows: int = 3,
+) -> dict[str, Any]:
+    """perf_analyzer's measurement without it: `concurrency` threads, each with its own client, sending one
+    request after another; a warm-up, then `windows` windows; the median window's throughput."""
+    from serving.client import connect
+
+    x = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size), dtype=np.float32)
+    stop = threading.Event()
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []
+
+    def client_loop(i: int) -> None:
+        client, module = connect(url, protocol)
+        tensor = module.InferInput(input_name, list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                client.infer(model, [tensor])
+            except Exception as e:
+                errors.append(str(e).splitlines()[0])
+                return
+            latencies[i].append((time.perf_counter() - t, time.perf_counter()))
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(s.window_ms / 1e3)  # warm-up
+    marks = [time.perf_counter()]
+    for _ in range(windows):
+        time.sleep(s.window_ms / 1e3)
+        marks.append(time.perf_counter())
+    stop.set()
+    for t in threads:
+        t.join(30)
+    if errors:
+        raise ServingError(f"{model} refused requests: {errors[0]}")
+    done = [(lat, end) for per in latencies for lat, end in per if end >= marks[0]]
+    rates = [sum(1 for _, end in done if a <= end < b) / (b - a) for a, b in itertools.pairwise(marks)]
+    lat_ms = np.array([lat * 1e3 for lat, end in done if end < marks[-1]])
+    return {
+        "tool": "tritonclient load generator",
+        "img_s": round(float(np.median(rates)), 3),
+        "latency_ms_p50": round(float(np.percentile(lat_ms, 50)), 3),
+        "latency_ms_p90": round(float(np.percentile(lat_ms, 90)), 3),
+        "latency_ms_p99": round(float(np.percentile(lat_ms, 99)), 3),
+    }
+
+
+def serve_and_measure(
+    artifact_path: Path,
+    workdir: Path,
+    protocols: Sequence[str],
+    settings: ServedSettings,
+    *,
+    triton_host: str | None = None,
+    served_name: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Results by protocol and concurrency. With `triton_host` a running server (HTTP on 8000, gRPC on 8001)
+    serving `served_name` is measured; otherwise a private server is started on a fresh repository."""
+    from vitexport.artifacts import load_artifact
+
+    artifact = load_artifact(artifact_path)
+    if triton_host:
+        urls = {"http": f"{triton_host}:8000", "grpc": f"{triton_host}:8001"}
+        return _measure(urls, served_name or artifact.model, artifact, protocols, settings, progress)
+    from serving.config import Backend
+    from serving.repository import add_model
+    from serving.server import TritonServer
+
+    repo = Path(tempfile.mkdtemp(prefix="repo-", dir=workdir))
+    try:
+        name = "classifier"
+        add_model(
+            repo, artifact, backend=Backend.python_onnxruntime, name=name, ensemble=False,
+            intra_op_threads=settings.threads,
+        )  # fmt: skip
+        progress(f"{artifact.model}: starting Triton")
+        with TritonServer(repo, models=[name]) as server:
+            assert server.endpoints is not None
+            urls = {"http": server.endpoints.http, "grpc": server.endpoints.grpc}
+            return _measure(urls, name, artifact, protocols, settings, progress)
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def _measure(urls, name, artifact, protocols, settings, progress) -> dict[str, dict[int, dict[str, Any]]]:
+    tool = perf_analyzer()
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    for protocol in protocols:
+        results[protocol] = {}
+        for c in settings.concurrency:
+            progress(f"{artifact.model}: Triton {protocol}, concurrency {c}")
+            point = None
+            if tool is not None:
+                try:
+                    point = run_perf_analyzer(tool, urls[protocol], name, protocol, c, settings)
+                except (ServingError, subprocess.TimeoutExpired, StopIteration, KeyError) as e:
+                    note = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    point = None
+                    fallback_reason = f"perf_analyzer: {note}"
+            if point is None:
+                size = artifact.preprocess.input_size
+                point = load_generator(urls[protocol], name, protocol, c, size, settings, artifact.input_name)
+                if tool is not None:
+                    point["note"] = fallback_reason
+            point["load_average"] = round(os.getloadavg()[0], 2)
+            results[protocol][c] = point
+    return results
