@@ -265,6 +265,7 @@ def _openvino_variant(
         # What this machine's CPU plugin computes the floating-point ops in, read back from the compiled model.
         "executes_as": ovx.execution_precision(output, precision.value),
         "cpu_capabilities": ovx.cpu_capabilities(),
+        "native_bf16": ovx.native_bf16(),
         "op_counts": {"before": before, "after": dict(sorted(after.items(), key=lambda kv: (-kv[1], kv[0])))},
     }
     return details

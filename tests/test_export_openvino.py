@@ -30,6 +30,7 @@ def test_float_ir(digits, precision, tmp_path):
     # OpenVINO honours a bf16 hint on any AVX-512 CPU (natively with AVX512_BF16/AMX); f32 stays f32.
     expected = {"fp32": "f32", "bf16": "bf16"}[precision.value]
     assert variant.details["inference_precision"] == expected == variant.details["executes_as"]
+    assert isinstance(variant.details["native_bf16"], bool)
     assert variant.details["op_counts"]["before"]["Softmax"] == 2
     gate = variant.validation
     assert gate["passed"] and gate["accuracy"]["top1_drop"] <= 0.5
