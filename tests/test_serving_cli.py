@@ -181,3 +181,17 @@ def test_a_killed_serve_leaves_no_server_behind(repo):
     while _processes_mentioning(str(repo)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _processes_mentioning(str(repo)) == []
+
+
+def test_serve_on_a_taken_port_is_one_line(repo):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = ["serve", "--repo", str(repo), "--models", "test_vit", "--http-port", port, "--grpc-port", "0"]
+        result = runner.invoke(app, [*args, "--metrics-port", "0"])
+    assert result.exit_code == 1
+    assert f"failed to start HTTP service: Unavailable - Socket '127.0.0.1:{port}' already in use" in result.output
+    assert len(result.output.strip().splitlines()) == 1

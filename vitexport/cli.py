@@ -334,7 +334,7 @@ def serve(
                 typer.echo("ready (Ctrl-C to stop)")
                 while server.running:
                     time.sleep(0.5)
-                raise VitExportError(f"tritonserver stopped unexpectedly:\n{server.log_tail()}")
+                raise VitExportError(f"tritonserver stopped unexpectedly: {server.log_error()}")
         except KeyboardInterrupt:
             typer.echo("stopped")
         finally:
