@@ -33,6 +33,7 @@ from serving.repository import scan
 from vitexport.errors import ServingError
 
 SHM_DIR = Path("/dev/shm")
+_WORKDIR_PREFIX = "vitexport-triton-"
 _LOCAL_PLATFORMS = {"ensemble"}  # platforms this build serves without a backend library
 
 
@@ -115,6 +116,15 @@ def unavailable_reason(name: str, configs: dict[str, cfg.pb.ModelConfig], _seen:
     return None
 
 
+def _remove_orphaned_workdirs() -> None:
+    """Remove the work folders (backend links, log) of servers whose owner was killed before it could clean up;
+    the owner's pid is in the folder's name."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
+        pid = folder.name[len(_WORKDIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process (thread) that started Triton dies, even by SIGKILL, so that
     a killed `vitexport serve` leaves no server behind (Linux only; elsewhere stop() is the only guard)."""
@@ -170,7 +180,8 @@ class TritonServer:
         if self._proc is not None:
             raise ServingError("the server is already running")
         install = TritonInstall.find()
-        self._workdir = Path(tempfile.mkdtemp(prefix="vitexport-triton-"))
+        _remove_orphaned_workdirs()
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         backends = self._workdir / "backends"
         self._backend_dir(install, backends / "python")
         auto_ports = None in self._ports

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -181,6 +182,13 @@ def test_a_killed_serve_leaves_no_server_behind(repo):
     while _processes_mentioning(str(repo)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _processes_mentioning(str(repo)) == []
+    # Its work folder (backend links, log) is left behind; the next server start removes it.
+    from serving.server import _remove_orphaned_workdirs
+
+    leftovers = list(Path(tempfile.gettempdir()).glob(f"vitexport-triton-{proc.pid}-*"))
+    assert leftovers
+    _remove_orphaned_workdirs()
+    assert not any(p.exists() for p in leftovers)
 
 
 def test_serve_on_a_taken_port_is_one_line(repo):
