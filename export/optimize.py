@@ -22,7 +22,7 @@ from export.fusion import Fusion, attention_audit, fuse, op_counts
 from export.gate import ImageSet, check, evaluate, load_image_folder
 from export.quantize import QuantMethod, default_method, quantize_onnx
 from export.runners import load_runner
-from vitexport.artifacts import ModelArtifact
+from vitexport.artifacts import ModelArtifact, sidecar_path
 from vitexport.errors import ArtifactError, ExportError
 from vitexport.registry import get_spec
 
@@ -93,6 +93,8 @@ def optimize(
     if output.suffix != expected:
         raise ExportError(f"the {runtime.value} output must end in {expected}: {output}")
     output.parent.mkdir(parents=True, exist_ok=True)
+    # A sidecar left by an earlier run must not vouch for the file this run writes, should its gate fail.
+    sidecar_path(output).unlink(missing_ok=True)
 
     family = get_spec(artifact.model).family
     needs_calibration = precision is Precision.int8 and (
@@ -104,6 +106,12 @@ def optimize(
             raise ExportError(f"{runtime.value} int8 for {family} needs calibration images: give --calibration DIR")
         progress("loading calibration images")
         calib = load_image_folder(calibration, artifact.preprocess, limit=calibration_limit).images
+    eval_images = None
+    if validate and images is not None:
+        progress("loading images")
+        eval_images = load_image_folder(images, artifact.preprocess)
+    elif validate and calib is not None:
+        eval_images = ImageSet(calib, None)
 
     if runtime is Runtime.onnxruntime:
         details = _onnxruntime_variant(
@@ -129,11 +137,6 @@ def optimize(
     )
     if validate:
         progress("accuracy gate")
-        eval_images = None
-        if images is not None:
-            eval_images = load_image_folder(images, artifact.preprocess)
-        elif calib is not None:
-            eval_images = ImageSet(calib, None)
         report = gate(variant, artifact, eval_images)
         check(report)
         variant = variant.with_(validation=report.to_dict())
