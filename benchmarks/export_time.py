@@ -70,8 +70,9 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"export_time_{args.model}.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = "\n".join(f"| {k} | {v} |" for k, v in breakdown.items())
+    load = machine["load_average_at_start"]
     (RESULTS / f"export_time_{args.model}.md").write_text(
-        f"# `{result['command']}`\n\n{machine['cpu']}, {machine['cores']} cores, load {machine['load_average_at_start']}"
+        f"# `{result['command']}`\n\n{machine['cpu']}, {machine['cores']} cores, load {load}"
         f" at start; torch {machine['versions'].get('torch')}, onnxruntime {machine['versions'].get('onnxruntime')}\n\n"
         f"| wall time, median of {args.repeats} | min | peak RSS | target |\n|---|---|---|---|\n"
         f"| {result['wall_s']['median']} s | {result['wall_s']['min']} s | {result['peak_rss_mb']} MB | <= 15 s |\n\n"
