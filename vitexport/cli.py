@@ -414,12 +414,12 @@ def optimize(
     runtime: Annotated[str, typer.Option(help="onnxruntime or openvino.")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="fp32, fp16, bf16 (openvino) or int8.")] = "fp32",
     fuse_attention: Annotated[
-        str | None, typer.Option(help="ort, onnx (opset-23 Attention) or none [default: ort; onnx for fp16].")
+        str | None, typer.Option(help="ort, onnx (opset-23 Attention) or none (default: ort; onnx for fp16).")
     ] = None,
     calibration: Annotated[Path | None, typer.Option(help="Image folder for INT8 calibration.")] = None,
     images: Annotated[Path | None, typer.Option(help="Images for the gate; class subfolders add accuracy.")] = None,
     io_type: Annotated[str, typer.Option(help="fp16 graphs: fp32 or fp16 input and output.")] = "fp32",
-    quant_method: Annotated[str | None, typer.Option(help="ORT int8: dynamic or static [default: by family].")] = None,
+    quant_method: Annotated[str | None, typer.Option(help="ORT int8: dynamic or static (default: by family).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Weights, when MODEL is a registered name.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
