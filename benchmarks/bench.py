@@ -71,6 +71,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
     config.workdir.mkdir(parents=True, exist_ok=True)
     logs = config.workdir / "logs"
     logs.mkdir(exist_ok=True)
+    progress = _logged(progress, logs / "progress.log")
     machine = machine_info()
     loads = [os.getloadavg()[0]]
     peaks = _peaks(config, logs, progress) if config.gemm else {}
@@ -104,6 +105,19 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
     result["paper_table"] = paper_table(result)
     result["verdicts"] = verdicts(result)
     return result
+
+
+def _logged(progress: Callable[[str], None], log: Path) -> Callable[[str], None]:
+    """The progress callback, also appending timestamped lines to a log (a long run can be followed with tail -f;
+    the terminal spinner shows only the latest line)."""
+    import time
+
+    def report(message: str) -> None:
+        with log.open("a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.2f}  {message}\n")
+        progress(message)
+
+    return report
 
 
 def _canonical(name: str) -> str:

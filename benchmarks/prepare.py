@@ -3,6 +3,7 @@ work folder between runs: a variant is reused only when its sidecar exists, i.e.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,8 +80,7 @@ def prepare(
 
 
 def _variant(plain, runtime, precision, folder: Path, validate: bool, calibration: Path | None, progress) -> Path:
-    from export.fusion import Fusion
-    from export.optimize import default_fusion, default_output, optimize
+    from export.optimize import default_fusion, default_output
 
     output = default_output(plain.path, runtime, precision, default_fusion(runtime, precision))
     cached = _cached(output)
@@ -91,7 +91,20 @@ def _variant(plain, runtime, precision, folder: Path, validate: bool, calibratio
     calib = calibration
     if precision.value == "int8" and calib is None:
         calib = _calibration_folder(folder.parent, plain.preprocess.input_size)
-    variant = optimize(
+    # ORT's quantizer logs a pre-processing hint on the root logger at every call: not for the bench's output.
+    logging.disable(logging.WARNING)
+    try:
+        variant = _optimize(plain, runtime, precision, output, calib, validate)
+    finally:
+        logging.disable(logging.NOTSET)
+    return variant.path
+
+
+def _optimize(plain, runtime, precision, output: Path, calib: Path | None, validate: bool):
+    from export.fusion import Fusion
+    from export.optimize import default_fusion, optimize
+
+    return optimize(
         plain,
         runtime=runtime,
         precision=precision,
@@ -101,7 +114,6 @@ def _variant(plain, runtime, precision, folder: Path, validate: bool, calibratio
         validate=validate,
         output=output,
     )
-    return variant.path
 
 
 def _engine(plain, progress) -> Path:
