@@ -139,9 +139,10 @@ def classify(
     data = [_read(image) for image in images]
     model = model or _default_model(url, protocol)
     config = model_config(url, model, protocol=protocol)
-    if config.input and config.input[0].data_type == cfg.pb.TYPE_STRING:
-        return _classify_ensemble(url, model, config, data, protocol, top_k)
-    return _classify_pixels(url, model, config, data, protocol, top_k)
+    run = _classify_ensemble if config.input and config.input[0].data_type == cfg.pb.TYPE_STRING else _classify_pixels
+    # More images than the model's max batch go as several requests; a fixed-batch model takes one at a time.
+    step = config.max_batch_size or 1
+    return [r for i in range(0, len(data), step) for r in run(url, model, config, data[i : i + step], protocol, top_k)]
 
 
 def _read(image: str | Path | bytes) -> bytes:
@@ -186,6 +187,9 @@ def _classify_ensemble(url, model, config, data: list[bytes], protocol, top_k: i
 def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int) -> list[TopK]:
     from vitexport.preprocess import preprocess_image
 
+    if config.max_batch_size == 0 and config.input[0].dims[0] != 1:
+        # Triton's classification extension ranks a whole unbatched output tensor, not each row of it.
+        raise ServingError(f"{model} has a fixed batch of {config.input[0].dims[0]}; classify with its _image ensemble")
     raw = cfg.parameter(config, "vitexport_preprocess")
     if raw is None:
         raise ServingError(f"{model} has no vitexport_preprocess parameter; was it written by `vitexport repo`?")
@@ -204,7 +208,7 @@ def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int
         tensor.set_data_from_numpy(pixels)
         requested = module.InferRequestedOutput(output.name, class_count=num_classes)
         result = _call(f"{model} refused the request", client.infer, model, [tensor], outputs=[requested])
-    rows = result.as_numpy(output.name).reshape(len(data), num_classes)
+    rows = result.as_numpy(output.name).reshape(len(pixels), num_classes)
     results = []
     for row in rows:
         entries = [_text(x).split(":", 2) for x in row]  # "value:index[:label]", best first

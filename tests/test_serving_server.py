@@ -44,6 +44,8 @@ def exported(tmp_path_factory):
         checkpoint = root / f"{name}.pth"
         torch.save(model.state_dict(), checkpoint)
         out[name] = (model, export_onnx(name, root / f"{name}.onnx", checkpoint=checkpoint))
+    fixed = export_onnx("test_resnet", root / "fixed.onnx", checkpoint=root / "test_resnet.pth", batch_size=1)
+    out["test_resnet_fixed"] = (out["test_resnet"][0], fixed)
     return out
 
 
@@ -56,6 +58,7 @@ def server(exported, tmp_path_factory):
     add_model(repo, exported["test_resnet"][1], batching=Batching(8, (), 50_000))
     add_model(repo, exported["test_vit"][1], name="test_vit_ov", backend=Backend.python_openvino, ensemble=False)
     add_model(repo, exported["test_vit"][1], name="test_vit_ort", backend=Backend.onnxruntime, ensemble=False)
+    add_model(repo, exported["test_resnet_fixed"][1], name="test_resnet_fixed", ensemble=False)
     with TritonServer(repo, startup_timeout=150) as s:
         yield s
 
@@ -137,6 +140,17 @@ def test_classify_a_plain_classifier_with_local_preprocessing(server, protocol):
     for a, b in zip(plain, ensemble, strict=True):
         assert a.indices == b.indices and a.labels == b.labels
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_more_images_than_a_batch_and_fixed_batch_models(server):
+    images = [png(20 + i, (40 + i, 50)) for i in range(11)]  # over the max batch of 8: two requests
+    many = client.classify(server.endpoints.grpc, images, protocol="grpc", model="test_resnet_image")
+    one_by_one = [
+        client.classify(server.endpoints.grpc, [b], protocol="grpc", model="test_resnet_image")[0] for b in images
+    ]
+    assert [r.indices for r in many] == [r.indices for r in one_by_one]
+    fixed = client.classify(server.endpoints.http, images[:3], model="test_resnet_fixed")  # batch 1: 3 requests
+    assert [r.indices for r in fixed] == [r.indices for r in many[:3]]
 
 
 @pytest.mark.parametrize("name", ["test_vit", "test_vit_image", "test_vit_preprocess", "test_resnet"])
