@@ -219,7 +219,7 @@ def repo(
         ),
     ],
     repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
-    name: Annotated[str | None, typer.Option(help="Model name in the repository [default: the model's].")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the model's).")] = None,
     backend: Annotated[
         str | None,
         typer.Option(
@@ -227,11 +227,11 @@ def repo(
             "[default: by artifact: ONNX python-onnxruntime, OpenVINO IR python-openvino, engine tensorrt]."
         ),
     ] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Batch limit [default: 8; engines: profile max].")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Batch limit (default: 8; engines: profile max).")] = None,
     preferred_batch_size: Annotated[list[int] | None, typer.Option(help="Preferred batch size (repeatable).")] = None,
     queue_delay_us: Annotated[int, typer.Option(help="Longest wait to fill a batch, in microseconds.")] = 1000,
     instances: Annotated[int, typer.Option(help="Model instances (one Python stub process each).")] = 1,
-    version: Annotated[int | None, typer.Option(help="Version number [default: next free].")] = None,
+    version: Annotated[int | None, typer.Option(help="Version number (default: next free).")] = None,
     ensemble: Annotated[bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> top-k).")] = True,
     top_k: Annotated[int, typer.Option(help="Classes the image ensemble returns.")] = 5,
     ort_trt_fp16: Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")] = False,
@@ -344,9 +344,9 @@ def serve(
 @app.command()
 def infer(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    url: Annotated[str | None, typer.Option(help="Server [default: localhost:8000 (http), :8001 (grpc)].")] = None,
+    url: Annotated[str | None, typer.Option(help="Server (default: localhost:8000 (http), :8001 (grpc)).")] = None,
     protocol: Annotated[str, typer.Option(help="http or grpc.")] = "http",
-    model: Annotated[str | None, typer.Option(help="Served model [default: the one NAME_image ensemble].")] = None,
+    model: Annotated[str | None, typer.Option(help="Served model (default: the one NAME_image ensemble).")] = None,
     top_k: Annotated[int, typer.Option(help="Classes per image.")] = 5,
     as_json: JsonFlag = False,
 ) -> None:
