@@ -224,7 +224,7 @@ def repo(
         str | None,
         typer.Option(
             help="python-onnxruntime, python-openvino, onnxruntime, openvino or tensorrt "
-            "[default: by artifact: ONNX python-onnxruntime, OpenVINO IR python-openvino, engine tensorrt]."
+            "(default: by artifact: ONNX python-onnxruntime, OpenVINO IR python-openvino, engine tensorrt)."
         ),
     ] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Batch limit (default: 8; engines: profile max).")] = None,
