@@ -143,3 +143,17 @@ def test_backend_and_format_mismatches_are_refused():
         classifier(Backend.python_onnxruntime, instances=0)
     with pytest.raises(ServingError, match="top-k"):
         cfg.postprocess_config("p", num_classes=10, top_k=11, max_batch_size=8)
+
+
+def test_serving_stays_light():
+    """serving reads artifacts from disk: it never imports the export package or torch, and neither does the
+    preprocessing that runs inside Triton's Python stub."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, serving.config, serving.repository, serving.server, serving.client, vitexport.preprocess; "
+        "print(sorted(m for m in ('export', 'torch', 'onnxruntime', 'tritonclient.http') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
