@@ -163,7 +163,7 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
     gflop = 2 * spec.macs() / 1e9  # FLOPs = 2 x MACs, as the registry's MACs count matmuls and convolutions
     in_process = [b for b in config.backends if not b.served]
     served = [b for b in config.backends if b.served]
-    paths, skipped = prepare(
+    paths, skipped, ungated = prepare(
         spec.name, config.backends, config.workdir, validate=config.validate, progress=progress
     )  # served paths use the onnxruntime variant
     entries: dict[str, dict[str, Any]] = {}
@@ -193,6 +193,8 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
             entries[backend_name] = {
                 "status": "ok",
                 "peer": b.peer,
+                "gated": not b.peer and b not in ungated,
+                **({"gate_failure": ungated[b]} if b in ungated else {}),
                 "precision": precision,
                 "artifact": paths[b].name if b in paths else None,
                 "batches": batches,

@@ -1,5 +1,10 @@
 """The artifacts each backend runs, made by the pipeline's own stages (export, optimize, TensorRT) and cached in a
-work folder between runs: a variant is reused only when its sidecar exists, i.e. when it passed its gate."""
+work folder between runs: a variant is reused only when its sidecar exists, i.e. when it passed its gate.
+
+A variant that fails its accuracy gate is not one of our paths. It is still built without the gate (as
+`<name>-ungated.<ext>`, its sidecar holding the gate's verdict) and measured, labelled "ungated", so that the report
+shows what the gate costs; it never counts as our best gated path.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +43,9 @@ def prepare(
     validate: bool = True,
     calibration: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
-) -> tuple[dict[Backend, Path], dict[Backend, str]]:
-    """Model files by backend, and why the others cannot run (a failed gate, no GPU) as one line each."""
+) -> tuple[dict[Backend, Path], dict[Backend, str], dict[Backend, str]]:
+    """Model files by backend; why the others cannot run (no GPU, ...) as one line each; and the backends whose
+    model file is an ungated variant, with the gate's verdict."""
     from export.onnx import export_onnx
     from export.optimize import Precision, Runtime
     from vitexport.registry import get_spec
@@ -49,9 +55,10 @@ def prepare(
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[Backend, Path] = {}
     skipped: dict[Backend, str] = {}
+    ungated: dict[Backend, str] = {}
     needs_onnx = [b for b in backends if b not in (Backend.torch, Backend.torch_compile, Backend.timm)]
     if not needs_onnx:
-        return paths, skipped
+        return paths, skipped, ungated
     plain = _cached(folder / f"{spec.name}.onnx")
     if plain is None:
         progress(f"{spec.name}: exporting to ONNX")
@@ -68,24 +75,33 @@ def prepare(
         elif backend in variants or backend.served:
             runtime, precision = variants.get(backend, (Runtime.onnxruntime, Precision.fp32))
             try:
-                paths[backend] = _variant(plain, runtime, precision, folder, validate, calibration, progress)
+                paths[backend], failure = _variant(plain, runtime, precision, folder, validate, calibration, progress)
             except VitExportError as e:
-                skipped[backend] = f"{runtime.value} {precision.value} variant: {e}"
+                skipped[backend] = f"{runtime.value} {precision.value} variant: {str(e).splitlines()[0]}"
+                continue
+            if failure:
+                ungated[backend] = failure
         elif backend is Backend.tensorrt:
             try:
                 paths[backend] = _engine(plain, progress)
             except VitExportError as e:
                 skipped[backend] = str(e).splitlines()[0]
-    return paths, skipped
+    return paths, skipped, ungated
 
 
-def _variant(plain, runtime, precision, folder: Path, validate: bool, calibration: Path | None, progress) -> Path:
+def _variant(
+    plain, runtime, precision, folder: Path, validate: bool, calibration: Path | None, progress
+) -> tuple[Path, str | None]:
+    """The variant's file, and the gate's verdict when only an ungated variant could be made."""
     from export.optimize import default_fusion, default_output
+    from vitexport.errors import ValidationError
 
     output = default_output(plain.path, runtime, precision, default_fusion(runtime, precision))
-    cached = _cached(output)
-    if cached is not None:
-        return cached.path
+    fallback = output.with_name(output.stem + "-ungated" + output.suffix)
+    for path in (output, fallback):
+        cached = _cached(path)
+        if cached is not None:
+            return cached.path, cached.details.get("gate_failure")
     name = f"{plain.model}: {runtime.value} {precision.value}"
     progress(f"{name}: optimizing (and the accuracy gate)" if validate else f"{name}: optimizing")
     calib = calibration
@@ -94,10 +110,16 @@ def _variant(plain, runtime, precision, folder: Path, validate: bool, calibratio
     # ORT's quantizer logs a pre-processing hint on the root logger at every call: not for the bench's output.
     logging.disable(logging.WARNING)
     try:
-        variant = _optimize(plain, runtime, precision, output, calib, validate)
+        try:
+            return _optimize(plain, runtime, precision, output, calib, validate).path, None
+        except ValidationError as e:
+            failure = "failed its accuracy gate: " + str(e).splitlines()[0]
+        progress(f"{name}: {failure}; building it ungated")
+        variant = _optimize(plain, runtime, precision, fallback, calib, False)
+        variant.with_(details=variant.details | {"gate_failure": failure}).save()
+        return variant.path, failure
     finally:
         logging.disable(logging.NOTSET)
-    return variant.path
 
 
 def _optimize(plain, runtime, precision, output: Path, calib: Path | None, validate: bool):
