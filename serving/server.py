@@ -200,6 +200,9 @@ class TritonServer:
                 if "already in use" not in log or attempt == 2 or not auto_ports:
                     self._cleanup_workdir()
                     raise
+            except BaseException:  # Ctrl-C or SIGTERM while starting: __exit__ will not run, so stop here
+                self.stop()
+                raise
         raise AssertionError("unreachable")
 
     def _backend_dir(self, install: TritonInstall, target: Path) -> None:

@@ -203,3 +203,16 @@ def test_serve_on_a_taken_port_is_one_line(repo):
     assert result.exit_code == 1
     assert f"failed to start HTTP service: Unavailable - Socket '127.0.0.1:{port}' already in use" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_sigterm_while_starting_stops_the_server(repo):
+    command = [*VITEXPORT, "serve", "--repo", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    # tritonserver is up (its command line names the repository) but still loading the models.
+    while not [p for p in _processes_mentioning(str(repo)) if p != proc.pid]:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert _processes_mentioning(str(repo)) == []
