@@ -30,7 +30,7 @@ class BenchConfig:
     validate: bool = True  # export validation and the optimize stage's accuracy gate
     gemm: bool = True
     gemm_size: int = N
-    triton_host: str | None = None  # a running Triton serving the models by name; None: start one
+    triton_url: str | None = None  # HOST:HTTP_PORT:GRPC_PORT of a running Triton serving the models by name
     command: str = ""
 
     @classmethod
@@ -61,6 +61,10 @@ def check(config: BenchConfig) -> None:
         raise VitExportError(f"concurrency must be >= 1, got {list(config.served.concurrency)}")
     if s.windows < 1 or s.duration <= 0 or s.threads < 1:
         raise VitExportError("windows, duration and threads must be positive")
+    if config.triton_url:
+        from benchmarks.served import parse_triton_url
+
+        parse_triton_url(config.triton_url)
 
 
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -232,7 +236,7 @@ def _served(model, served, paths, skipped, config: BenchConfig, progress):
             config.workdir,
             protocols,
             config.served,
-            triton_host=config.triton_host,
+            triton_url=config.triton_url,
             served_name=model,
             progress=progress,
         )

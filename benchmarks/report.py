@@ -315,7 +315,10 @@ def plots(result: dict[str, Any], output: Path, prefix: str) -> dict[str, str]:
         ax.set_xlabel("batch size")
         ax.set_ylabel("img/s")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no in-process measurements", ha="center", va="center", transform=ax.transAxes)
     for ax in list(axes.flat)[len(models) :]:
         ax.axis("off")
     fig.suptitle("Throughput vs batch size (solid: ours, dashed: peers, dotted: ungated)", fontsize=11)

@@ -166,23 +166,32 @@ def load_generator(
     }
 
 
+def parse_triton_url(text: str) -> dict[str, str]:
+    """HOST:HTTP_PORT:GRPC_PORT -> {"http": HOST:HTTP_PORT, "grpc": HOST:GRPC_PORT}."""
+    rest, _, grpc = text.rpartition(":")
+    host, _, http = rest.rpartition(":")
+    if not (host and http.isdigit() and grpc.isdigit()):
+        raise ServingError(f"--triton-url takes HOST:HTTP_PORT:GRPC_PORT, e.g. localhost:8000:8001, not {text!r}")
+    return {"http": f"{host}:{http}", "grpc": f"{host}:{grpc}"}
+
+
 def serve_and_measure(
     artifact_path: Path,
     workdir: Path,
     protocols: Sequence[str],
     settings: ServedSettings,
     *,
-    triton_host: str | None = None,
+    triton_url: str | None = None,
     served_name: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, dict[int, dict[str, Any]]]:
-    """Results by protocol and concurrency. With `triton_host` a running server (HTTP on 8000, gRPC on 8001)
-    serving `served_name` is measured; otherwise a private server is started on a fresh repository."""
+    """Results by protocol and concurrency. With `triton_url` (HOST:HTTP_PORT:GRPC_PORT) a running server serving
+    `served_name` is measured; otherwise a private server is started on a fresh repository."""
     from vitexport.artifacts import load_artifact
 
     artifact = load_artifact(artifact_path)
-    if triton_host:
-        urls = {"http": f"{triton_host}:8000", "grpc": f"{triton_host}:8001"}
+    if triton_url:
+        urls = parse_triton_url(triton_url)
         return _measure(urls, served_name or artifact.model, artifact, protocols, settings, progress)
     from serving.config import Backend
     from serving.repository import add_model

@@ -88,6 +88,7 @@ def test_quick_writes_markdown_and_pngs(quick_run):
         (["test_vit", "--backends", "torch,cuda"], "--backends must be among"),
         (["test_vit", "--batch-sizes", "0,8"], "--batch-sizes takes positive integers"),
         (["test_vit", "--concurrency", "one"], "--concurrency takes comma-separated integers"),
+        (["test_vit", "--triton-url", "localhost:8000"], "--triton-url takes HOST:HTTP_PORT:GRPC_PORT"),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path):

@@ -565,8 +565,9 @@ def bench(
     workdir: Annotated[Path, typer.Option(help="Artifacts cache (exports, variants) and worker logs.")] = Path(
         "bench-work"
     ),
-    triton_host: Annotated[
-        str | None, typer.Option(help="Measure a running Triton (HTTP 8000, gRPC 8001) serving each MODEL by name.")
+    triton_url: Annotated[
+        str | None,
+        typer.Option(help="HOST:HTTP_PORT:GRPC_PORT of a running Triton serving each MODEL [default: start one]."),
     ] = None,
     gemm: Annotated[bool, typer.Option(help="Measure the GEMM peaks (fraction-of-peak columns need them).")] = True,
     as_json: JsonFlag = False,
@@ -605,7 +606,7 @@ def bench(
             sweep=replace(sweep, threads=threads),
             served=served,
             workdir=workdir,
-            triton_host=triton_host,
+            triton_url=triton_url,
             gemm=gemm,
             command="vitexport bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
         )
