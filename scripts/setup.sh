@@ -8,7 +8,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip
 # torch first and pinned: 2.13.0 is the CPU wheel on these machines; anything else pulls a multi-GB CUDA build.
 pip install "torch==2.13.0"
-pip install -e ".[dev,serve,cpu-opt]" "torch==2.13.0"
+pip install -e ".[dev,serve,cpu-opt,bench]" "torch==2.13.0"
 # Test-time references. timm's and transformers' layers import torchvision; its only torch-2.13 wheel is a CUDA
 # build, whose Python side works once tests/conftest.py declares two op schemas. --no-deps keeps CPU torch.
 pip install --no-deps "torchvision==0.28.0" "timm>=1.0,<2"
