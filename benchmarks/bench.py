@@ -26,7 +26,7 @@ class BenchConfig:
     backends: tuple[Backend, ...] = ALL_BACKENDS
     sweep: SweepSettings = field(default_factory=SweepSettings)
     served: ServedSettings = field(default_factory=ServedSettings)
-    workdir: Path = Path("bench-work")
+    workdir: Path = field(default_factory=lambda: default_workdir())
     validate: bool = True  # export validation and the optimize stage's accuracy gate
     gemm: bool = True
     gemm_size: int = N
@@ -45,6 +45,12 @@ class BenchConfig:
             "gemm_size": 1024,
         }
         return cls(models, **(base | changes))
+
+
+def default_workdir() -> Path:
+    """Exports and variants are kept between runs (making them costs minutes); outside the checkout."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "vitexport" / "bench"
 
 
 def check(config: BenchConfig) -> None:

@@ -38,7 +38,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_writes_valid_json(quick_run):
     results, _ = quick_run
-    data = json.loads((results / "bench.json").read_text())
+    data = json.loads((results / "bench-quick.json").read_text())
     assert data["machine"]["cores"] >= 1 and data["machine"]["versions"]["onnxruntime"]
     assert set(data["load_average"]) == {"start", "end", "max"}
     assert data["settings"]["batch_sizes"] == [1, 8]
@@ -67,18 +67,18 @@ def test_quick_writes_valid_json(quick_run):
 
 def test_quick_writes_markdown_and_pngs(quick_run):
     results, output = quick_run
-    md = (results / "bench.md").read_text()
+    md = (results / "bench-quick.md").read_text()
     assert "| model | backend | kind | precision | batch 1 | batch 8 |" in md
     assert "## The DeiT paper's throughput table" in md
     assert "| test_vit | triton-grpc | 2 |" in md
-    for png in ("bench_throughput.png", "bench_latency.png"):
+    for png in ("bench-quick_throughput.png", "bench-quick_latency.png"):
         assert f"]({png})" in md
         data = (results / png).read_bytes()
         assert data.startswith(PNG_MAGIC)
         import matplotlib.image
 
         assert matplotlib.image.imread(results / png).shape[0] > 100
-    assert str(results / "bench.json") in output
+    assert str(results / "bench-quick.json") in output
 
 
 @pytest.mark.parametrize(

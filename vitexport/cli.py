@@ -559,12 +559,13 @@ def bench(
     ] = None,
     windows: Annotated[int | None, typer.Option(help="Measured windows per point [default: 3].")] = None,
     quick: Annotated[bool, typer.Option(help="A short run (under 3 minutes for four models on 2 cores).")] = False,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the JSON, Markdown and PNGs.")] = Path(
-        "bench-results"
-    ),
-    workdir: Annotated[Path, typer.Option(help="Artifacts cache (exports, variants) and worker logs.")] = Path(
-        "bench-work"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for bench.json/.md/_*.png (--quick: bench-quick.*).")
+    ] = Path("benchmarks/results"),
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Artifacts cache (exports, variants) and worker logs [default: ~/.cache/vitexport/bench]."),
+    ] = None,
     triton_url: Annotated[
         str | None,
         typer.Option(help="HOST:HTTP_PORT:GRPC_PORT of a running Triton serving each MODEL [default: start one]."),
@@ -605,14 +606,14 @@ def bench(
             backends=chosen or config.backends,
             sweep=replace(sweep, threads=threads),
             served=served,
-            workdir=workdir,
+            workdir=workdir or config.workdir,
             triton_url=triton_url,
             gemm=gemm,
             command="vitexport bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
         )
         with progress_status(not as_json) as progress:
             result = run(config, progress)
-            paths = write(result, output)
+            paths = write(result, output, "bench-quick" if quick else "bench")
     if as_json:
         print_json(result)
         return
