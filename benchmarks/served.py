@@ -26,9 +26,6 @@ import numpy as np
 
 from vitexport.errors import ServingError
 
-# The wheel's perf_analyzer links these by their plain sonames; nvidia-pytriton ships them under hashed names.
-_PERF_ANALYZER_LIBS = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
-
 
 @dataclass(frozen=True)
 class ServedSettings:
@@ -53,18 +50,14 @@ def perf_analyzer() -> tuple[Path, dict[str, str]] | None:
         libs = TritonInstall.find().libs
     except ServingError:
         return None
-    folder = Path(tempfile.gettempdir()) / f"vitexport-perf-analyzer-libs-{os.getuid()}"
-    folder.mkdir(exist_ok=True)
-    for plain, prefix in _PERF_ANALYZER_LIBS.items():
-        hashed = sorted(libs.glob(f"{prefix}*"))
-        if not hashed:
-            return None
-        link = folder / plain
-        if not link.exists():
-            link.unlink(missing_ok=True)  # a dangling link from an uninstalled wheel
-            link.symlink_to(hashed[0])
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(folder), env.get("LD_LIBRARY_PATH", "")) if p)
+    # The lib links are the serving benchmark's setup (benchmarks/serving_throughput.py), in a folder of our own.
+    from benchmarks.serving_throughput import perf_analyzer_env
+
+    folder = Path(tempfile.gettempdir()) / f"vitexport-bench-perf-analyzer-{os.getuid()}-{os.getpid()}"
+    try:
+        env = perf_analyzer_env(libs, folder)
+    except (IndexError, OSError):  # the wheel lacks one of the libraries
+        return None
     return binary, env
 
 
