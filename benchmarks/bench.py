@@ -197,8 +197,10 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
             batches = {}
             for bs, m in measured[backend_name].items():
                 s = m.summary()
-                s["gflops"] = round(s["img_s"] * gflop, 1)
-                s["fraction_of_peak"] = round(s["gflops"] / peak[precision], 4) if precision in peak else None
+                s["gflops"] = _significant(s["img_s"] * gflop)
+                s["fraction_of_peak"] = (
+                    _significant(s["img_s"] * gflop / peak[precision]) if precision in peak else None
+                )
                 batches[str(bs)] = s
             entries[backend_name] = {
                 "status": "ok",
@@ -222,6 +224,11 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
         "served": served_results,
         "served_skipped": served_skipped,
     }
+
+
+def _significant(x: float, digits: int = 4) -> float:
+    """Rounded to significant digits: tiny test models do a few MFLOP per image, DeiT-B 35 GFLOP."""
+    return float(f"{x:.{digits}g}")
 
 
 def _mkdir(path: Path) -> bool:

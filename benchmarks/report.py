@@ -202,8 +202,8 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
             out.append(
                 f"| {name} | {backend} | {_kind(e)} | {e['precision']} | "
                 + " | ".join(cells)
-                + f" | {_fmt(first and first['latency_ms_p50'])} | {_fmt(last and last['gflops'])} | "
-                + ("–" if frac is None else f"{frac * 100:.0f}%")
+                + f" | {_fmt(first and first['latency_ms_p50'])} | {_fmt(last and last['gflops'], '.3g')} | "
+                + ("–" if frac is None else f"{frac * 100:.2g}%")
                 + " |"
             )
     out.append("")
