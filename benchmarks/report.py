@@ -260,6 +260,9 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
     skipped += [
         (n, b, reason) for n, mo in result["models"].items() for b, reason in mo.get("served_skipped", {}).items()
     ]
+    skipped += [
+        (n, b, e["note"]) for n, mo in result["models"].items() for b, e in mo["in_process"].items() if e.get("note")
+    ]
     failed_gate = [
         (n, b, e["gate_failure"])
         for n, mo in result["models"].items()

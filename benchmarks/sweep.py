@@ -30,6 +30,9 @@ class SweepSettings:
     duration: float = 2.0  # seconds per window (a window always holds at least one batch)
     warmup: float = 1.0  # seconds of warm-up per (backend, batch size), at least two batches
     threads: int = 2
+    # A backend whose batch takes longer (after warm-up) is not swept at this or larger batch sizes: it would take
+    # the run's time for a figure that only says "far too slow" (e.g. BF16 emulated on a CPU without BF16).
+    max_batch_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class Worker:
         child.close()
         self.precision: str | None = None
         self.error: str | None = None
+        self.limited: str | None = None  # why larger batch sizes were not measured
 
     def wait_ready(self, timeout: float = 900) -> bool:
         if not self.conn.poll(timeout):
@@ -195,9 +199,16 @@ def sweep(
     results: dict[str, dict[int, Measurement]] = {name: {} for name in pool}
     for bs in batch_sizes or settings.batch_sizes:
         for name, w in pool.items():
+            if w.limited:
+                continue
             progress(f"{label} batch {bs}: warming up {name}")
-            w.window(bs, img_size, settings.warmup, 2)  # torch.compile compiles here; one graph per batch size
-        names = [n for n, w in pool.items() if not w.error]
+            warm = w.window(bs, img_size, settings.warmup, 2)  # torch.compile compiles here; one graph per batch size
+            if warm is not None and warm.latencies_ms[-1] > settings.max_batch_seconds * 1e3:
+                w.limited = (
+                    f"not measured from batch {bs} on: {warm.latencies_ms[-1] / 1e3:.0f} s per batch "
+                    f"(over the {settings.max_batch_seconds:.0f} s limit)"
+                )
+        names = [n for n, w in pool.items() if not w.error and not w.limited]
         for k in range(settings.windows):
             # Rotate the order each round: no backend always runs right after the same neighbour.
             order = names[k % len(names) :] + names[: k % len(names)] if names else []
