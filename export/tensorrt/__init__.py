@@ -1,0 +1,110 @@
+"""ONNX -> TensorRT engine, for GPU hosts: one optimization profile on the batch axis, a timing cache, the engine
+inspector's layer information, a fusion audit over it, a trtexec line that reproduces the build, and a validation
+run against ONNX Runtime fp32.
+
+TensorRT 10 and 11 build differently, and the version is detected, not assumed:
+- TensorRT 11 networks are always strongly typed; the FP16/INT8 builder flags and precision constraints are gone,
+  so precision lives in the ONNX graph (the FP16 ONNX with FP32 LayerNorm, or an explicit Q/DQ ONNX, from
+  `export.optimize`).
+- TensorRT 10 builds an FP32 ONNX with BuilderFlag.FP16 (and INT8 for a Q/DQ graph), with LayerNorm and Softmax
+  layers constrained to FP32 (FP16 LayerNorm after attention overflows); an already-typed FP16 graph is built
+  strongly typed, as on 11.
+
+`tensorrt` is imported lazily, inside the functions that build: everything up to the CUDA call (profile, input graph
+choice, trtexec line, fusion audit) is plain Python and is tested on machines without a GPU.
+
+The stage is split by job: `settings` (precision, batch profile, limits, build errors), `environment` (TensorRT
+version and GPU probe), `plan` (graph choice, builder flags, trtexec line), `audit` (fusion audit of the layer
+information) and `build` (the TensorRT build, validation and the engine's sidecar). Import from here.
+"""
+
+from __future__ import annotations
+
+from export.tensorrt.audit import FusionAudit, audit_layer_info, expected_attention_blocks, tensor_precision
+from export.tensorrt.build import (
+    EngineDetails,
+    EnginePaths,
+    build_engine,
+    engine_artifact,
+    run_engine,
+    validate_engine,
+    validation_tolerance,
+)
+from export.tensorrt.environment import (
+    INSTALL_HINT,
+    SUPPORTED_MAJORS,
+    TensorRTEnvironment,
+    TensorRTUnavailable,
+    tensorrt_environment,
+    trt_major,
+)
+from export.tensorrt.plan import (
+    ATTENTION_OP_MIN_VERSION,
+    BuildMode,
+    BuildPlan,
+    check_profile_fits,
+    choose_build,
+    default_engine_path,
+    derive_graph,
+    fp32_onnx_name,
+    fp32_reference,
+    onnx_for_engine,
+    plan_build,
+    trtexec_command,
+    trtexec_script,
+)
+from export.tensorrt.settings import (
+    DEFAULT_OPT_LEVEL,
+    MAX_BATCH,
+    MAX_WORKSPACE_GIB,
+    OPT_LEVELS,
+    VALIDATION_MAX_BATCH,
+    BatchProfile,
+    BuildSettings,
+    EngineBuildError,
+    GraphPrecisionError,
+    Precision,
+)
+
+__all__ = [
+    "ATTENTION_OP_MIN_VERSION",
+    "DEFAULT_OPT_LEVEL",
+    "INSTALL_HINT",
+    "MAX_BATCH",
+    "MAX_WORKSPACE_GIB",
+    "OPT_LEVELS",
+    "SUPPORTED_MAJORS",
+    "VALIDATION_MAX_BATCH",
+    "BatchProfile",
+    "BuildMode",
+    "BuildPlan",
+    "BuildSettings",
+    "EngineBuildError",
+    "EngineDetails",
+    "EnginePaths",
+    "FusionAudit",
+    "GraphPrecisionError",
+    "Precision",
+    "TensorRTEnvironment",
+    "TensorRTUnavailable",
+    "audit_layer_info",
+    "build_engine",
+    "check_profile_fits",
+    "choose_build",
+    "default_engine_path",
+    "derive_graph",
+    "engine_artifact",
+    "expected_attention_blocks",
+    "fp32_onnx_name",
+    "fp32_reference",
+    "onnx_for_engine",
+    "plan_build",
+    "run_engine",
+    "tensor_precision",
+    "tensorrt_environment",
+    "trt_major",
+    "trtexec_command",
+    "trtexec_script",
+    "validate_engine",
+    "validation_tolerance",
+]

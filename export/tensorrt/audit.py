@@ -1,0 +1,142 @@
+"""The fusion audit over the engine inspector's layer information (LayerInformationFormat.JSON): fused attention
+and FP32 LayerNorm, each shortfall a warning. Plain Python, tested on saved layer information."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from export.tensorrt.settings import Precision
+from vitexport.errors import VitExportError
+
+# Fused attention kernels show up by name: Myelin's `_gemm_mha_v2_*` and `*fmha*` kernels, flash attention, and
+# TensorRT's IAttention layers (ONNX `Attention`, TensorRT >= 10.14).
+_FUSED_ATTENTION = re.compile(r"mha|flash_?att|fused_?att", re.IGNORECASE)
+_SOFTMAX = re.compile(r"softmax", re.IGNORECASE)
+_LAYERNORM = re.compile(r"layer_?norm|LayerNormalization", re.IGNORECASE)
+
+
+def _text(layer: dict[str, Any], *keys: str) -> str:
+    return " ".join(str(layer.get(k, "")) for k in keys)
+
+
+def tensor_precision(tensor: dict[str, Any]) -> str | None:
+    """fp32 / fp16 / bf16 / int8 of one layer input or output, None when the inspector did not say.
+
+    TensorRT 10 writes one "Format/Datatype" string ("Row major linear FP32 format", "Half", ...); TensorRT 11
+    splits it into "Format" and "DataType" ("Float", "Half", ...). Engines with dynamic shapes report
+    "N/A due to dynamic shapes" unless an execution context with set shapes is given to the inspector.
+    """
+    text = " ".join(str(tensor.get(k, "")) for k in ("DataType", "Format/Datatype", "Format")).lower()
+    for token, name in (("bf16", "bf16"), ("fp16", "fp16"), ("half", "fp16"), ("int8", "int8")):
+        if token in text:
+            return name
+    if "fp32" in text or "float" in text:
+        return "fp32"
+    return None
+
+
+@dataclass(frozen=True)
+class FusionAudit:
+    layers: int
+    detailed: bool  # False when the engine was not built with ProfilingVerbosity.DETAILED: nothing to audit
+    expected_attention: int  # attention blocks in the model (0 for ResNets)
+    fused_attention: int  # layers running a fused MHA kernel
+    unfused_softmax: int  # Softmax layers outside any fused attention kernel
+    layernorm_layers: int
+    layernorm_not_fp32: tuple[str, ...]  # LayerNorm layers with a non-FP32 input or output
+    layernorm_unknown: int  # LayerNorm layers whose tensor types the inspector did not report
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return not self.warnings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"passed": self.passed}
+
+
+def audit_layer_info(info: str | dict[str, Any], *, expected_attention: int, precision: Precision | str) -> FusionAudit:
+    """Check that attention ran as fused MHA kernels and LayerNorm in FP32; every shortfall becomes a warning.
+
+    Fused attention is only required of fp16/int8 engines: TensorRT's fused MHA kernels are reduced-precision ones,
+    so an fp32 engine is audited for LayerNorm only.
+    """
+    data = json.loads(info) if isinstance(info, str) else info
+    raw = data.get("Layers", [])
+    layers = [layer for layer in raw if isinstance(layer, dict)]
+    precision = Precision(precision)
+    if not layers:
+        warning = (
+            "the engine's layer information has no per-layer detail (built without ProfilingVerbosity.DETAILED): "
+            "fusion and LayerNorm precision cannot be audited"
+        )
+        return FusionAudit(len(raw), False, expected_attention, 0, 0, 0, (), 0, (warning,))
+
+    fused = [
+        la
+        for la in layers
+        # IAttention (from the ONNX Attention op) runs as one fused kernel unless marked decomposable.
+        if _FUSED_ATTENTION.search(_text(la, "Name", "LayerType", "TacticName"))
+        or str(la.get("LayerType", "")).lower() == "attention"
+    ]
+    fused_ids = {id(la) for la in fused}
+    softmax = [
+        la
+        for la in layers
+        if id(la) not in fused_ids and _SOFTMAX.search(_text(la, "Name", "LayerType", "ParameterType", "Metadata"))
+    ]
+    norms = [
+        la
+        for la in layers
+        if id(la) not in fused_ids
+        and (la.get("LayerType") == "Normalization" or _LAYERNORM.search(_text(la, "Name", "Metadata")))
+    ]
+    not_fp32, unknown = [], 0
+    for la in norms:
+        types = {tensor_precision(t) for t in [*la.get("Inputs", []), *la.get("Outputs", [])]}
+        if types - {None, "fp32"}:
+            not_fp32.append(str(la.get("Name", "?")))
+        elif types <= {None}:
+            unknown += 1
+
+    warnings = []
+    if precision is not Precision.fp32 and expected_attention:
+        if len(fused) < expected_attention:
+            warnings.append(
+                f"attention is not fused: {len(fused)} fused MHA kernels for {expected_attention} attention blocks"
+            )
+        if softmax:
+            warnings.append(
+                f"{len(softmax)} Softmax layers run outside fused attention (e.g. {softmax[0].get('Name')})"
+            )
+    if not_fp32:
+        warnings.append(f"{len(not_fp32)} LayerNorm layers are not FP32 (e.g. {not_fp32[0]})")
+    if unknown:
+        warnings.append(f"the precision of {unknown} LayerNorm layers is not reported by the inspector")
+    if expected_attention and not norms:
+        warnings.append("no LayerNorm layers found in the layer information: their precision cannot be checked")
+    return FusionAudit(
+        layers=len(layers),
+        detailed=True,
+        expected_attention=expected_attention,
+        fused_attention=len(fused),
+        unfused_softmax=len(softmax),
+        layernorm_layers=len(norms),
+        layernorm_not_fp32=tuple(not_fp32),
+        layernorm_unknown=unknown,
+        warnings=tuple(warnings),
+    )
+
+
+def expected_attention_blocks(model: str) -> int:
+    """Attention blocks of a registered model: its transformer depth, 0 for convolutional families."""
+    from vitexport.registry import get_spec
+
+    try:
+        spec = get_spec(model)
+    except VitExportError:
+        return 0  # a model this version does not know: audit LayerNorm only
+    return 0 if spec.family == "resnet" else int(getattr(spec.arch, "depth", 0))
