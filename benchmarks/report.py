@@ -199,10 +199,12 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
                 cells.append(f"{r['img_s']:.1f} ±{r['spread'] * 100:.0f}%" if r else "–")
             first, last = e["batches"].get(sizes[0]), e["batches"].get(big)
             frac = last.get("fraction_of_peak") if last else None
+            gflops = last["gflops"] if last else None
+            gflops_text = _fmt(gflops, ".0f" if (gflops or 0) >= 100 else ".3g")
             out.append(
                 f"| {name} | {backend} | {_kind(e)} | {e['precision']} | "
                 + " | ".join(cells)
-                + f" | {_fmt(first and first['latency_ms_p50'])} | {_fmt(last and last['gflops'], '.3g')} | "
+                + f" | {_fmt(first and first['latency_ms_p50'])} | {gflops_text} | "
                 + ("–" if frac is None else f"{frac * 100:.2g}%")
                 + " |"
             )
@@ -364,3 +366,16 @@ def write(result: dict[str, Any], output: Path, prefix: str = "bench") -> dict[s
     write_text_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
     write_text_atomic(paths["markdown"], markdown(result, pngs))
     return paths | {title: output / f for title, f in pngs.items()}
+
+
+def main() -> None:
+    """Re-render the Markdown and PNGs of a saved result without measuring again:
+    `python -m benchmarks.report benchmarks/results/bench.json`."""
+    import sys
+
+    source = Path(sys.argv[1])
+    write(json.loads(source.read_text()), source.parent, source.stem)
+
+
+if __name__ == "__main__":
+    main()
