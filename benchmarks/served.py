@@ -8,7 +8,6 @@ batch size), which is how a served model is used.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import os
 import shutil
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.serving_throughput import perf_analyzer_env, perf_analyzer_row
 from vitexport.errors import ServingError
 
 
@@ -51,7 +51,6 @@ def perf_analyzer() -> tuple[Path, dict[str, str]] | None:
     except ServingError:
         return None
     # The lib links are the serving benchmark's setup (benchmarks/serving_throughput.py), in a folder of our own.
-    from benchmarks.serving_throughput import perf_analyzer_env
 
     folder = Path(tempfile.gettempdir()) / f"vitexport-bench-perf-analyzer-{os.getuid()}-{os.getpid()}"
     try:
@@ -89,8 +88,7 @@ def run_perf_analyzer(
         if done.returncode != 0 or not report.is_file():
             tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
             raise ServingError(f"perf_analyzer failed ({done.returncode}): {tail[0]}")
-        row = next(csv.DictReader(report.open()))
-    us = {k: float(v) for k, v in row.items() if k and v and v.replace(".", "", 1).isdigit()}
+        us = perf_analyzer_row(report)
     return {
         "tool": "perf_analyzer",
         "img_s": round(us["Inferences/Second"], 3),

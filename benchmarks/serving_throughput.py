@@ -15,7 +15,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -23,10 +22,11 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.machine import machine_info
 
 RESULTS = Path(__file__).parent / "results"
 # perf_analyzer (tritonclient 2.51.0 wheel) links these by their plain sonames; nvidia-pytriton ships them hashed.
@@ -78,9 +78,7 @@ def perf_analyzer(url: str, model: str, concurrency: int, s: Settings, env: dict
             raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-300:]}")
         empty = dict.fromkeys(("p50_ms", "p90_ms", "p99_ms", "server_queue_ms", "server_compute_ms"))
         return {"img_s": round(statistics.median(passes), 2), **empty, "stable": False, "windows_img_s": passes}
-    with report.open() as f:
-        row = next(csv.DictReader(f))
-    us = {k: float(v) for k, v in row.items() if k and v and v.replace(".", "", 1).isdigit()}
+    us = perf_analyzer_row(report)
     return {
         "img_s": round(us["Inferences/Second"], 2),
         "p50_ms": round(us["p50 latency"] / 1e3, 2),
@@ -113,22 +111,18 @@ def in_process(onnx: Path, img_size: int, s: Settings) -> dict[int, float]:
 
 
 def machine() -> dict:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    versions = {}
-    for package in ("nvidia-pytriton", "tritonclient", "onnxruntime", "numpy", "torch"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "tritonserver": "2.51.0 (nvidia-pytriton wheel)",
-        "versions": versions,
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    """The shared machine record, plus the server build and the load average as this report shows it."""
+    info = machine_info()
+    info["tritonserver"] = "2.51.0 (nvidia-pytriton wheel)"
+    info["load_average_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def perf_analyzer_row(report: Path) -> dict[str, float]:
+    """perf_analyzer's CSV report (`-f`): its one data row, numeric columns only (latencies in microseconds)."""
+    with report.open() as f:
+        row = next(csv.DictReader(f))
+    return {k: float(v) for k, v in row.items() if k and v and v.replace(".", "", 1).isdigit()}
 
 
 def run(model: str, onnx: Path | None, s: Settings) -> dict:
