@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from export.onnx import export_onnx
 from serving import config as cfg
 from serving.repository import scan
+from vitexport.artifacts import load_artifact
 from vitexport.cli import app
 
 runner = CliRunner()
@@ -216,3 +219,35 @@ def test_sigterm_while_starting_stops_the_server(repo):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     assert _processes_mentioning(str(repo)) == []
+
+
+def test_repo_serves_the_fastest_gated_variant(tmp_path):
+    """Of several CPU variants of one model, `repo` times each here and writes the fastest that passed its gate."""
+    from export.optimize import Precision, Runtime, optimize
+
+    plain = export_onnx("test_vit", tmp_path / "v.onnx")
+    fp16 = optimize(plain, runtime=Runtime.onnxruntime, precision=Precision.fp16)
+    repo_dir = tmp_path / "repo"
+    result = runner.invoke(app, ["repo", str(plain.path), str(fp16.path), "--repo", str(repo_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    timed = out["timed"]
+    assert set(timed) == {str(plain.path), str(fp16.path)} and all(v > 0 for v in timed.values())
+    fastest = max(timed, key=timed.get)
+    served = load_artifact(Path(out["path"]) / "model.onnx")
+    assert served.precision == load_artifact(fastest).precision
+
+    ungated = tmp_path / "ungated.onnx"
+    shutil.copy(plain.path, ungated)
+    ungated.with_name("ungated.onnx.json").write_text(
+        json.dumps(plain.with_(path=ungated, validation={"passed": False}).to_dict())
+    )
+    result = runner.invoke(app, ["repo", str(plain.path), str(ungated), "--repo", str(repo_dir)])
+    assert result.exit_code == 1
+    assert "ungated.onnx has not passed its accuracy gate" in result.output
+
+
+def test_repo_names_a_missing_file_as_such(tmp_path):
+    result = runner.invoke(app, ["repo", str(tmp_path / "absent.onnx"), "--repo", str(tmp_path / "repo")])
+    assert result.exit_code == 1
+    assert f"error: no such file: {tmp_path / 'absent.onnx'}" in result.output

@@ -215,7 +215,8 @@ def repo(
         typer.Argument(
             metavar="MODEL_OR_ONNX...",
             help="A registered model (exported to ONNX first) or artifact files: ONNX, OpenVINO IR, or TensorRT "
-            "engines (several: one per GPU compute capability).",
+            "engines (several: one per GPU compute capability). Several CPU variants of one model: the fastest "
+            "that passed its accuracy gate is served, timed here.",
         ),
     ],
     repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
@@ -254,10 +255,20 @@ def repo(
             if Path(source).exists():
                 artifacts.append(load_artifact(source))
                 continue
+            if "/" in source or Path(source).suffix in (".onnx", ".xml", ".plan", ".json"):
+                raise VitExportError(f"no such file: {source}")  # meant a file, not a model name
             from export.onnx import export_onnx  # a model name: export it first (checked, validated)
 
             with progress_status(not as_json) as progress:
                 artifacts.append(export_onnx(source, Path(tmp) / f"{source}.onnx", progress=progress))
+        timings = []
+        if len(artifacts) > 1 and all(a.format != "tensorrt" for a in artifacts):
+            # Several CPU variants of one model: serve the fastest that passed its accuracy gate, timed here.
+            from export.select import rank_by_speed
+
+            with progress_status(not as_json) as progress:
+                timings = rank_by_speed(artifacts, batch=max_batch_size or Batching.max_batch_size, progress=progress)
+            artifacts = [timings[0].artifact]
         batching = None
         if max_batch_size is not None or preferred_batch_size or queue_delay_us != Batching.max_queue_delay_us:
             size = max_batch_size if max_batch_size is not None else Batching.max_batch_size
@@ -287,9 +298,13 @@ def repo(
                 "backend": added.backend.value,
                 "models": list(added.models),
                 "local": {m: reason is None for m, reason in notes.items()},
+                "timed": {str(t.artifact.path): round(t.img_s, 2) for t in timings},
             }
         )
         return
+    if timings:
+        rows = [[t.artifact.path.name, t.artifact.precision, f"{t.img_s:.1f}"] for t in timings]
+        print_table("fastest gated variant first (timed here)", ["variant", "precision", "img/s"], rows)
     rows = [[m, added.version, notes[m] or "yes"] for m in added.models]
     print_table(f"{repo_dir} ({added.backend.value})", ["model", "version", "serves on the local Triton"], rows)
     typer.echo(str(added.path))

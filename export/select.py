@@ -1,0 +1,63 @@
+"""Choose what to serve on a CPU: of several variants of one model, the fastest that passed its accuracy gate.
+
+The product serves the fastest gated path, whichever runtime it is on; the speed of a variant depends on this CPU's
+ISA (VNNI, BF16) so it is measured here, briefly and side by side, rather than assumed from the precision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from export.runners import load_runner
+from vitexport.artifacts import ModelArtifact
+from vitexport.errors import ArtifactError
+
+CPU_FORMATS = ("onnx", "openvino")
+
+
+@dataclass(frozen=True)
+class Timed:
+    artifact: ModelArtifact
+    img_s: float
+
+
+def gated(artifact: ModelArtifact) -> bool:
+    """A sidecar is written only after its checks pass; an old or hand-edited one must still say so."""
+    return bool(artifact.validation and artifact.validation.get("passed"))
+
+
+def rank_by_speed(
+    artifacts: Sequence[ModelArtifact],
+    *,
+    batch: int = 8,
+    seconds: float = 1.0,
+    threads: int | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[Timed]:
+    """Time each gated CPU variant at `batch` for about `seconds` (after one warm-up run); fastest first."""
+    models = {a.model for a in artifacts}
+    if len(models) > 1:
+        raise ArtifactError(f"variants of one model are needed to pick the fastest, got {', '.join(sorted(models))}")
+    for a in artifacts:
+        if a.format not in CPU_FORMATS:
+            raise ArtifactError(f"{a.path.name} is a {a.format} artifact; the fastest is picked among ONNX and IR")
+        if not gated(a):
+            raise ArtifactError(f"{a.path.name} has not passed its accuracy gate; run `vitexport validate` on it")
+    timed = []
+    for a in artifacts:
+        progress(f"timing {a.path.name}")
+        # Spinning off: ONNX Runtime's idle threads would otherwise slow the next variant timed in this process.
+        runner = load_runner(a, threads=threads, spinning=False)
+        size = a.preprocess.input_size
+        x = np.random.default_rng(0).standard_normal((a.batch_size or batch, 3, size, size), dtype=np.float32)
+        runner(x)  # warm-up: first-run allocations and kernel selection
+        runs, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds or runs == 0:
+            runner(x)
+            runs += 1
+        timed.append(Timed(a, runs * len(x) / elapsed))
+    return sorted(timed, key=lambda t: -t.img_s)
