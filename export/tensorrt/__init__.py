@@ -2,13 +2,7 @@
 inspector's layer information, a fusion audit over it, a trtexec line that reproduces the build, and a validation
 run against ONNX Runtime fp32.
 
-TensorRT 10 and 11 build differently, and the version is detected, not assumed:
-- TensorRT 11 networks are always strongly typed; the FP16/INT8 builder flags and precision constraints are gone,
-  so precision lives in the ONNX graph (the FP16 ONNX with FP32 LayerNorm, or an explicit Q/DQ ONNX, from
-  `export.optimize`).
-- TensorRT 10 builds an FP32 ONNX with BuilderFlag.FP16 (and INT8 for a Q/DQ graph), with LayerNorm and Softmax
-  layers constrained to FP32 (FP16 LayerNorm after attention overflows); an already-typed FP16 graph is built
-  strongly typed, as on 11.
+TensorRT 10 and 11 build differently and the version is detected, not assumed: `plan.py` says how.
 
 `tensorrt` is imported lazily, inside the functions that build: everything up to the CUDA call (profile, input graph
 choice, trtexec line, fusion audit) is plain Python and is tested on machines without a GPU.

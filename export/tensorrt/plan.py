@@ -5,9 +5,10 @@ TensorRT 10 and 11 build differently, and the version is detected, not assumed:
 - TensorRT 11 networks are always strongly typed; the FP16/INT8 builder flags and precision constraints are gone,
   so precision lives in the ONNX graph (the FP16 ONNX with FP32 LayerNorm, or an explicit Q/DQ ONNX, from
   `export.optimize`).
-- TensorRT 10 builds an FP32 ONNX with BuilderFlag.FP16 (and INT8 for a Q/DQ graph), with LayerNorm and Softmax
-  layers constrained to FP32 (FP16 LayerNorm after attention overflows); an already-typed FP16 graph is built
-  strongly typed, as on 11.
+- TensorRT 10 builds an FP32 ONNX with BuilderFlag.FP16 (and INT8 for a Q/DQ graph), with LayerNorm layers
+  constrained to FP32 (FP16 LayerNorm after attention overflows; Softmax too with `fp32_softmax`, off by default
+  because a pinned Softmax is reported to stop MHA fusion); an already-typed FP16 graph is built strongly typed,
+  as on 11.
 """
 
 from __future__ import annotations
