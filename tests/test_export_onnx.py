@@ -133,3 +133,5 @@ def test_missing_sidecar(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"")
     with pytest.raises(ArtifactError, match="no artifact sidecar"):
         load_artifact(tmp_path / "m.onnx")
+    with pytest.raises(ArtifactError, match="no such file"):
+        load_artifact(tmp_path / "absent.onnx")

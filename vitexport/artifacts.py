@@ -62,6 +62,8 @@ def load_artifact(path: str | Path) -> ModelArtifact:
     path = Path(path)
     sidecar = path if path.name.endswith(".json") else sidecar_path(path)
     if not sidecar.is_file():
+        if not path.exists():
+            raise ArtifactError(f"no such file: {path}")
         raise ArtifactError(f"no artifact sidecar {sidecar} (was {path} written by vitexport?)")
     try:
         d = json.loads(sidecar.read_text())

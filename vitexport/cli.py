@@ -245,22 +245,12 @@ def repo(
         from serving.config import Backend, Batching
         from serving.repository import add_model
         from serving.server import unavailable_reason
-        from vitexport.artifacts import load_artifact
 
         choices = [b.value for b in Backend]
         if backend is not None and backend not in choices:
             raise VitExportError(f"--backend must be one of {', '.join(choices)}, not {backend!r}")
-        artifacts = []
-        for source in sources:
-            if Path(source).exists():
-                artifacts.append(load_artifact(source))
-                continue
-            if "/" in source or Path(source).suffix in (".onnx", ".xml", ".plan", ".json"):
-                raise VitExportError(f"no such file: {source}")  # meant a file, not a model name
-            from export.onnx import export_onnx  # a model name: export it first (checked, validated)
-
-            with progress_status(not as_json) as progress:
-                artifacts.append(export_onnx(source, Path(tmp) / f"{source}.onnx", progress=progress))
+        with progress_status(not as_json) as progress:
+            artifacts = [_source_artifact(source, None, Path(tmp), progress) for source in sources]
         timings = []
         if len(artifacts) > 1 and all(a.format != "tensorrt" for a in artifacts):
             # Several CPU variants of one model: serve the fastest that passed its accuracy gate, timed here.
@@ -389,7 +379,7 @@ def _source_artifact(model: str, checkpoint: Path | None, folder: Path, progress
     from vitexport.artifacts import load_artifact
 
     path = Path(model)
-    if path.exists() or path.suffix in (".onnx", ".json", ".xml"):
+    if path.exists() or "/" in model or path.suffix in (".onnx", ".json", ".xml", ".plan"):  # a file, not a name
         if checkpoint is not None:
             raise VitExportError("--checkpoint applies to a registered model name, not to an ONNX file")
         return load_artifact(path)
