@@ -50,7 +50,7 @@ def to_fp16(model: onnx.ModelProto, *, io_type: IOType = IOType.fp32) -> onnx.Mo
             # max_finite_val: weights beyond FP16's range are clamped, not turned into inf. onnxconverter-common
             # rather than ORT's fork of it: ORT's appends its input Casts after their consumers, which onnx.checker
             # rejects.
-            return convert_float_to_float16(
+            half = convert_float_to_float16(
                 model,
                 keep_io_types=io_type is IOType.fp32,
                 op_block_list=list(KEEP_FP32_OPS),
@@ -59,3 +59,21 @@ def to_fp16(model: onnx.ModelProto, *, io_type: IOType = IOType.fp32) -> onnx.Mo
             )
         except Exception as e:
             raise ExportError(f"FP16 conversion failed: {str(e).splitlines()[0]}") from e
+    _pin_attention_softmax(half)
+    return half
+
+
+def _pin_attention_softmax(model: onnx.ModelProto) -> None:
+    """Make the standard `Attention` op (opset 23) compute its Softmax in FP32.
+
+    Attention's Softmax is inside the op, out of reach of the block list: with FP16 Q and K the spec computes it in
+    FP16. The op's `softmax_precision` attribute is the standard way to ask for FLOAT (ONNX Runtime's CPU kernel
+    accepts it). com.microsoft's fused ops have no such attribute and are left as they are.
+    """
+    import onnx
+
+    for node in model.graph.node:
+        if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
+            kept = [a for a in node.attribute if a.name != "softmax_precision"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, onnx.helper.make_attribute("softmax_precision", onnx.TensorProto.FLOAT)])

@@ -42,6 +42,12 @@ def test_precision_placement(source, fusion, tmp_path):
         assert all(types[i] == FLOAT for i in node.input if i), f"{node.op_type} {node.name} is not FP32"
     matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Attention")]
     assert matmuls and all(types[n.input[0]] == FLOAT16 for n in matmuls)
+    # The fused graph has no Softmax node for the loop above to check: Attention's own Softmax must be asked for FP32.
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    assert len(attention) == (2 if fusion is Fusion.onnx else 0)  # one per block of test_vit
+    for node in attention:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs.get("softmax_precision") == FLOAT, f"{node.name} computes its Softmax in FP16"
     weights = [t for t in model.graph.initializer if len(t.dims) == 2]
     assert weights and all(t.data_type == FLOAT16 for t in weights)
     # FP32 I/O by default: a drop-in replacement for the fp32 model.
