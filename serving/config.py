@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as pb
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError
@@ -20,6 +20,27 @@ IMAGE_INPUT = "image"  # the ensemble's encoded-image input
 PIXELS = "pixel_values"
 TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES = "labels", "scores", "indices"
 DEFAULT_TOP_K = 5
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2 as pb
+
+
+@functools.cache
+def model_config_pb2() -> ModuleType:
+    """Triton's ModelConfig protobuf module. Imported on first use: `tritonclient.grpc` takes ~0.2 s to import and
+    comes with the `serve` extra only, which `vitexport --help` and the export commands must not need."""
+    try:
+        from tritonclient.grpc import model_config_pb2 as module
+    except ImportError as e:
+        raise ServingError(f"Triton's client is not installed ({e}): pip install 'vitexport[serve]'") from None
+    return module
+
+
+def __getattr__(name: str):
+    # `cfg.pb` keeps working for callers (pb.ModelConfig, pb.TYPE_STRING) without importing tritonclient eagerly.
+    if name == "pb":
+        return model_config_pb2()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Backend(str, Enum):
@@ -102,8 +123,17 @@ def classifier_config(
         raise ServingError(
             f"backend {backend.value} serves {' or '.join(backend.formats)} models, not {artifact.format}"
         )
+    io_type = artifact.details.get("io_type", "fp32")
+    if io_type != "fp32":
+        # The preprocessing model, the top-k model and the client all exchange FP32 pixels and logits; a config
+        # declaring FP32 for an FP16-I/O graph would have every request fail at run time instead.
+        raise ServingError(
+            f"{artifact.path.name} takes and returns {io_type} tensors; served models exchange fp32: "
+            "optimize it with --io-type fp32 (the default)"
+        )
     if tensorrt_accelerator and backend is not Backend.onnxruntime:
         raise ServingError("the TensorRT execution accelerator is an option of the onnxruntime backend only")
+    pb = model_config_pb2()
     config = pb.ModelConfig(name=name)
     S = artifact.preprocess.input_size
     if artifact.batch_size is not None:
@@ -175,6 +205,7 @@ def tensorrt_batching(profile: dict[str, int], requested: Batching | None = None
 
 def preprocess_config(name: str, preprocess: PreprocessConfig, *, max_batch_size: int, instances: int = 1):
     """Encoded image bytes -> pixel_values, by vitexport.preprocess.preprocess_image in a Python-backend model."""
+    pb = model_config_pb2()
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     S = preprocess.input_size
     config.input.add(name=IMAGE_INPUT, data_type=pb.TYPE_STRING, dims=[1])
@@ -189,6 +220,7 @@ def postprocess_config(name: str, *, num_classes: int, top_k: int, max_batch_siz
     """Logits -> the top-k labels, softmax scores and class indices, in a Python-backend model."""
     if not 1 <= top_k <= num_classes:
         raise ServingError(f"top-k must be within 1..{num_classes}, got {top_k}")
+    pb = model_config_pb2()
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     config.input.add(name=logits, data_type=pb.TYPE_FP32, dims=[num_classes])
     config.output.add(name=TOP_K_LABELS, data_type=pb.TYPE_STRING, dims=[top_k])
@@ -208,6 +240,7 @@ def ensemble_config(
     postprocess: pb.ModelConfig,
 ) -> pb.ModelConfig:
     """image bytes -> preprocess -> classifier -> postprocess (top-k), as one model a client calls once."""
+    pb = model_config_pb2()
     logits = postprocess.parameters["logits"].string_value
     top_k = int(postprocess.parameters["top_k"].string_value)
     pixels = classifier.input[0].name
@@ -233,13 +266,17 @@ def ensemble_config(
 
 
 def render(config: pb.ModelConfig) -> str:
+    from google.protobuf import text_format
+
     return text_format.MessageToString(config)
 
 
 def parse(text: str, source: str = "config.pbtxt") -> pb.ModelConfig:
     """Parse config.pbtxt text the way Triton does; unknown fields or bad values raise ServingError."""
+    from google.protobuf import text_format
+
     try:
-        return text_format.Parse(text, pb.ModelConfig())
+        return text_format.Parse(text, model_config_pb2().ModelConfig())
     except text_format.ParseError as e:
         raise ServingError(f"{source} is not a valid Triton model config: {e}") from None
 

@@ -4,6 +4,7 @@ Set VITEXPORT_UPDATE_REFERENCES=1 to rewrite the references after an intended ch
 """
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,15 +146,36 @@ def test_backend_and_format_mismatches_are_refused():
         cfg.postprocess_config("p", num_classes=10, top_k=11, max_batch_size=8)
 
 
+def test_fp16_io_graphs_are_refused():
+    # Their config would declare FP32 tensors the graph does not take; fp16 graphs with fp32 I/O are served.
+    with pytest.raises(ServingError, match=r"m\.onnx takes and returns fp16 tensors.*--io-type fp32"):
+        classifier(Backend.python_onnxruntime, artifact(precision="fp16", details={"io_type": "fp16"}))
+    served = classifier(Backend.python_onnxruntime, artifact(precision="fp16", details={"io_type": "fp32"}))
+    assert served.input[0].data_type == cfg.pb.TYPE_FP32
+
+
 def test_serving_stays_light():
     """serving reads artifacts from disk: it never imports the export package or torch, and neither does the
     preprocessing that runs inside Triton's Python stub."""
     import subprocess
-    import sys
 
+    heavy = ("export", "torch", "onnxruntime", "tritonclient", "tritonclient.grpc", "tritonclient.http", "grpc")
     probe = (
         "import sys, serving.config, serving.repository, serving.server, serving.client, vitexport.preprocess; "
-        "print(sorted(m for m in ('export', 'torch', 'onnxruntime', 'tritonclient.http') if m in sys.modules))"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    # tritonclient (the `serve` extra, ~0.2 s to import) is loaded only when a config is built or parsed.
     assert out.strip() == "[]"
+
+
+def test_without_the_serve_extra_configs_fail_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # makes `from tritonclient.grpc import ...` fail
+    cfg.model_config_pb2.cache_clear()
+    try:
+        with pytest.raises(ServingError, match=r"pip install 'vitexport\[serve\]'"):
+            classifier(Backend.python_onnxruntime)
+        with pytest.raises(ServingError, match=r"pip install 'vitexport\[serve\]'"):
+            cfg.parse('name: "x"')
+    finally:
+        cfg.model_config_pb2.cache_clear()
