@@ -178,7 +178,8 @@ def _save(program, output: Path, *, external: bool) -> None:
         onnx.checker.check_model(str(output), full_check=True)
     except OSError as e:
         raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
-    except onnx.checker.ValidationError as e:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        # full_check's shape inference raises its own error type, not a subclass of ValidationError.
         raise ExportError(f"onnx.checker rejected the exported graph: {str(e).splitlines()[0]}") from None
 
 

@@ -129,6 +129,23 @@ def test_unwritable_output(tmp_path):
         export_onnx("test_vit", tmp_path)
 
 
+def test_shape_inference_failure_is_one_line(tmp_path, monkeypatch):
+    """full_check's shape inference raises InferenceError, which is no ValidationError: it must not escape."""
+    add = onnx.helper.make_node("Add", ["a", "b"], ["c"])
+    value = onnx.helper.make_tensor_value_info
+    FLOAT = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        [add], "g", [value("a", FLOAT, [2]), value("b", FLOAT, [3])], [value("c", FLOAT, [2])]
+    )
+    mismatched = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    real_check = onnx.checker.check_model
+    # The real checker, on a graph whose shapes disagree, in place of the exported one.
+    monkeypatch.setattr(onnx.checker, "check_model", lambda *_, **kw: real_check(mismatched, **kw))
+    with pytest.raises(ExportError, match=r"onnx.checker rejected the exported graph: .*Incompatible dimensions"):
+        export_onnx("test_vit", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx.json").exists()
+
+
 def test_missing_sidecar(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"")
     with pytest.raises(ArtifactError, match="no artifact sidecar"):
