@@ -52,6 +52,19 @@ def load_image_folder(folder: str | Path, cfg: PreprocessConfig, *, limit: int |
     return ImageSet(images, labels, classes)
 
 
+def hold_out(images: ImageSet, every: int) -> tuple[ImageSet, ImageSet]:
+    """(every `every`-th image, the rest): a gate set disjoint from the calibration set, drawn evenly over the sorted
+    folder so that every class of an ImageFolder keeps a share of both."""
+    held = np.zeros(len(images.images), dtype=bool)
+    held[::every] = True
+
+    def part(mask: np.ndarray) -> ImageSet:
+        labels = None if images.labels is None else images.labels[mask]
+        return ImageSet(images.images[mask], labels, images.classes)
+
+    return part(held), part(~held)
+
+
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 

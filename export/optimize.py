@@ -19,7 +19,7 @@ import numpy as np
 
 from export.fp16 import IOType, to_fp16
 from export.fusion import Fusion, attention_audit, fuse, op_counts
-from export.gate import ImageSet, check, evaluate, load_image_folder
+from export.gate import ImageSet, check, evaluate, hold_out, load_image_folder
 from export.quantize import QuantMethod, default_method, quantize_onnx
 from export.runners import load_runner
 from vitexport.artifacts import ModelArtifact, sidecar_path
@@ -28,6 +28,8 @@ from vitexport.registry import get_spec
 
 PROTOBUF_LIMIT = 2**31
 CALIBRATION_LIMIT = 300  # NNCF's default subset size: more images barely move the ranges and cost minutes
+HOLD_OUT_EVERY = 5  # without --images, one calibration image in five is kept back for the accuracy gate
+MIN_SPLIT = 10  # a smaller calibration folder is all used to calibrate
 
 
 class Runtime(str, Enum):
@@ -76,9 +78,13 @@ def optimize(
     """Write the variant and its sidecar; `details["op_counts"]` holds the op counts before and after.
 
     The gate compares the variant with the fp32 source on ONNX Runtime (itself validated against PyTorch at export)
-    on random inputs and on `images` (or else the calibration images); over budget it raises ValidationError and
-    writes no sidecar, so no later stage picks the variant up.
+    on random inputs and on `images` (or else images held out of the calibration folder); over budget it raises
+    ValidationError and writes no sidecar, so no later stage picks the variant up.
     """
+    if artifact.source is not None:
+        # A variant's graph is already rewritten (contrib ops, casts, Q/DQ): fusing or converting it again fails
+        # late, and its gate would compare it with another variant instead of with the exported model.
+        raise ArtifactError(f"{artifact.path.name} is already an optimized variant; optimize the ONNX it came from")
     if artifact.format != "onnx" or artifact.precision != "fp32":
         raise ArtifactError(
             f"optimize starts from an fp32 ONNX artifact; {artifact.path.name} is "
@@ -100,18 +106,11 @@ def optimize(
     needs_calibration = precision is Precision.int8 and (
         runtime is Runtime.openvino or (quant_method or default_method(family)) is QuantMethod.static
     )
-    calib = None
-    if needs_calibration:
-        if calibration is None:
-            raise ExportError(f"{runtime.value} int8 for {family} needs calibration images: give --calibration DIR")
-        progress("loading calibration images")
-        calib = load_image_folder(calibration, artifact.preprocess, limit=calibration_limit).images
-    eval_images = None
-    if validate and images is not None:
-        progress("loading images")
-        eval_images = load_image_folder(images, artifact.preprocess)
-    elif validate and calib is not None:
-        eval_images = ImageSet(calib, None)
+    if needs_calibration and calibration is None:
+        raise ExportError(f"{runtime.value} int8 for {family} needs calibration images: give --calibration DIR")
+    calib, eval_images, gate_images = _calibration_and_gate_images(
+        artifact, calibration, images, needs_calibration, validate, calibration_limit, progress
+    )
 
     if runtime is Runtime.onnxruntime:
         details = _onnxruntime_variant(
@@ -120,6 +119,8 @@ def optimize(
     else:
         details = _openvino_variant(artifact, output, precision, family, calib, progress)
 
+    if validate:
+        details["gate_images"] = gate_images
     variant = ModelArtifact(
         path=output,
         format="onnx" if runtime is Runtime.onnxruntime else "openvino",
@@ -142,6 +143,43 @@ def optimize(
         variant = variant.with_(validation=report.to_dict())
     variant.save()
     return variant
+
+
+def _calibration_and_gate_images(
+    artifact: ModelArtifact,
+    calibration: str | Path | None,
+    images: str | Path | None,
+    needs_calibration: bool,
+    validate: bool,
+    calibration_limit: int,
+    progress: Callable[[str], None],
+) -> tuple[np.ndarray | None, ImageSet | None, str]:
+    """The calibration images, the gate's images, and where the gate's images came from.
+
+    The gate never grades a variant on the images that set its quantization ranges: those agree best by
+    construction. Without --images, every HOLD_OUT_EVERY-th calibration image is held out for the gate (and more are
+    read, so the calibration keeps `calibration_limit`); a calibration folder too small to split leaves the gate its
+    random inputs. A method that calibrates nothing (ORT dynamic INT8) gates on all the calibration images.
+    """
+    preprocess = artifact.preprocess
+    if images is not None and validate:
+        progress("loading images")
+        gate_set = load_image_folder(images, preprocess)
+        source = f"--images ({len(gate_set.images)})"
+    else:
+        gate_set, source = None, "random inputs only"
+    if calibration is None or not (needs_calibration or (validate and gate_set is None)):
+        return None, gate_set, source
+    progress("loading calibration images")
+    split = validate and gate_set is None and needs_calibration
+    limit = calibration_limit * HOLD_OUT_EVERY // (HOLD_OUT_EVERY - 1) if split else calibration_limit
+    pool = load_image_folder(calibration, preprocess, limit=limit)
+    if not needs_calibration:
+        return None, pool, f"calibration folder, not used to calibrate ({len(pool.images)})"
+    if split and len(pool.images) >= MIN_SPLIT:
+        gate_set, pool = hold_out(pool, HOLD_OUT_EVERY)
+        source = f"held out of the calibration folder ({len(gate_set.images)})"
+    return pool.images, gate_set, source
 
 
 def gate(candidate: ModelArtifact, reference: ModelArtifact, images: ImageSet | None):
@@ -191,7 +229,7 @@ def _save_onnx(model, output: Path) -> None:
         else:
             onnx.save_model(model, str(output))
         onnx.checker.check_model(str(output), full_check=True)
-    except onnx.checker.ValidationError as e:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"onnx.checker rejected the optimized graph: {str(e).splitlines()[0]}") from None
     except (OSError, ValueError) as e:
         raise ExportError(f"cannot write {output}: {e}") from None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.gate import check, evaluate, load_image_folder
+from export.gate import check, evaluate, hold_out, load_image_folder
 from export.validate import TOLERANCES, Tolerance
 from vitexport.errors import ValidationError, VitExportError
 from vitexport.registry import PreprocessConfig
@@ -36,6 +36,15 @@ def test_image_folder_labels_by_sorted_class(folder):
     assert images.images.shape == (6, 3, 16, 16) and images.classes == ("cat", "dog")
     assert images.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert load_image_folder(folder, CFG, limit=2).labels.tolist() == [0, 1]  # spread over classes
+
+
+def test_hold_out_is_disjoint_and_keeps_every_class(folder):
+    images = load_image_folder(folder, CFG)
+    held, rest = hold_out(images, 3)
+    assert held.labels.tolist() == [0, 1] and rest.labels.tolist() == [0, 0, 1, 1]
+    assert len(held.images) + len(rest.images) == len(images.images)
+    together = np.concatenate([held.images, rest.images]).reshape(6, -1)
+    assert len(np.unique(together, axis=0)) == 6  # no image is in both parts
 
 
 def test_flat_folder_is_unlabelled(folder):

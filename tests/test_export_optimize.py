@@ -16,7 +16,7 @@ from export.optimize import Precision, Runtime, optimize
 from export.quantize import QuantMethod
 from vitexport.artifacts import load_artifact
 from vitexport.cli import app
-from vitexport.errors import ValidationError
+from vitexport.errors import ArtifactError, ValidationError
 
 runner = CliRunner()
 
@@ -163,6 +163,12 @@ def test_cli_validate_refuses_other_weights(digits, good_and_swapped, tmp_path):
 )
 def test_cli_optimize_rejects_bad_options(digits, args, message, tmp_path):
     _fails(runner.invoke(app, ["optimize", str(digits.onnx.path), *args]), message)
+
+
+def test_a_variant_is_not_a_source(good_and_swapped, tmp_path):
+    good, _ = good_and_swapped
+    with pytest.raises(ArtifactError, match="already an optimized variant"):
+        optimize(load_artifact(good), precision=Precision.fp32, output=tmp_path / "again.onnx")
 
 
 def test_cli_validate_needs_an_fp32_reference(digits, good_and_swapped):

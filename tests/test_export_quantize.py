@@ -36,6 +36,9 @@ def test_static_qdq_resnet_with_calibration(digits, tmp_path):
     variant = optimize(source, precision=Precision.int8, calibration=digits.train, output=tmp_path / "r8.onnx")
     counts = variant.details["op_counts"]["after"]
     assert variant.details["quantization"] == {"method": "static", "calibration_images": 300}
+    # Without --images the gate grades the variant on calibration images kept out of the calibration.
+    assert variant.details["gate_images"] == "held out of the calibration folder (75)"
+    assert len(variant.validation["images"]) == 1 and variant.validation["images"][0]["batch_size"] == 75
     assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > counts["QuantizeLinear"] / 2
     assert "BatchNormalization" not in counts  # folded into the convolutions before quantization
     assert variant.validation["passed"]
