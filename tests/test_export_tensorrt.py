@@ -247,7 +247,6 @@ def _trtexec(tmp_path, mode_args, fp32_layers=()):
         input_name="pixel_values",
         img_size=224,
         timing_cache=tmp_path / "engines" / "timing.cache",
-        layer_info=tmp_path / "engines" / "deit_fp16.plan.layers.json",
         fp32_layers=fp32_layers,
     )
 
@@ -264,11 +263,23 @@ def test_trtexec_tensorrt10_fp16_weakly_typed(tmp_path):
     assert "--memPoolSize=workspace:2048" in args
     assert "--builderOptimizationLevel=4" in args
     assert "--timingCacheFile=timing.cache" in args
-    assert "--profilingVerbosity=detailed" in args and "--exportLayerInfo=deit_fp16.plan.layers.json" in args
+    assert "--profilingVerbosity=detailed" in args and "--exportLayerInfo=deit_fp16.plan.trtexec.layers.json" in args
     assert "--fp16" in args and "--precisionConstraints=obey" in args
     assert "--layerPrecisions=/blocks.0/norm1/LayerNormalization:fp32,/norm/LayerNormalization:fp32" in args
     assert "--layerOutputTypes=/blocks.0/norm1/LayerNormalization:fp32,/norm/LayerNormalization:fp32" in args
     assert "--stronglyTyped" not in args
+
+
+def test_trtexec_replay_keeps_the_audited_layer_info(tmp_path):
+    # trtexec --skipInference exports layer information without an execution context: on a dynamic profile its
+    # formats read "N/A due to dynamic shapes". It must write beside, not over, the file vitexport audited.
+    args = _trtexec(tmp_path, (Precision.fp16, "10.13.3.9", False, FP16_WEAK, ("NORMALIZATION",)))
+    paths = EnginePaths(tmp_path / "engines" / "deit_fp16.plan")
+    exported = [a.split("=", 1)[1] for a in args if a.startswith("--exportLayerInfo=")]
+    assert "--skipInference" in args
+    assert exported == [paths.trtexec_layer_info.name] and paths.trtexec_layer_info != paths.layer_info
+    written = {a.split("=", 1)[1] for a in args if "=" in a and not a.startswith("--onnx=")}
+    assert paths.layer_info.name not in written and paths.sidecar.name not in written
 
 
 def test_trtexec_tensorrt10_strongly_typed(tmp_path):
@@ -370,10 +381,11 @@ def test_engine_details_refuse_other_artifacts(tmp_path):
 
 def test_paths_beside_the_engine(tmp_path):
     paths = EnginePaths(tmp_path / "m.plan")
-    assert [p.name for p in (paths.sidecar, paths.layer_info, paths.trtexec)] == [
+    assert [p.name for p in (paths.sidecar, paths.layer_info, paths.trtexec, paths.trtexec_layer_info)] == [
         "m.plan.json",
         "m.plan.layers.json",
         "m.plan.trtexec.sh",
+        "m.plan.trtexec.layers.json",
     ]
     assert default_engine_path(onnx_artifact(tmp_path), Precision.int8) == tmp_path / "test_vit_int8.plan"
 

@@ -45,6 +45,7 @@ from export.tensorrt.plan import (
     onnx_for_engine,
     plan_build,
     trtexec_command,
+    trtexec_layer_info,
     trtexec_script,
 )
 from export.tensorrt.settings import (
@@ -98,6 +99,7 @@ __all__ = [
     "tensorrt_environment",
     "trt_major",
     "trtexec_command",
+    "trtexec_layer_info",
     "trtexec_script",
     "validate_engine",
     "validation_tolerance",

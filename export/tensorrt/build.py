@@ -15,7 +15,14 @@ import numpy as np
 
 from export.tensorrt.audit import _LAYERNORM, audit_layer_info, expected_attention_blocks
 from export.tensorrt.environment import TensorRTEnvironment, tensorrt_environment
-from export.tensorrt.plan import check_profile_fits, fp32_reference, plan_build, trtexec_command, trtexec_script
+from export.tensorrt.plan import (
+    check_profile_fits,
+    fp32_reference,
+    plan_build,
+    trtexec_command,
+    trtexec_layer_info,
+    trtexec_script,
+)
 from export.tensorrt.settings import BatchProfile, BuildSettings, EngineBuildError, Precision
 from vitexport.artifacts import ModelArtifact, sidecar_path, write_text_atomic
 
@@ -82,6 +89,11 @@ class EnginePaths:
     @property
     def trtexec(self) -> Path:
         return self.engine.with_name(self.engine.name + ".trtexec.sh")
+
+    @property
+    def trtexec_layer_info(self) -> Path:
+        """Written only by a replay of the trtexec script, so that it never replaces `layer_info`."""
+        return trtexec_layer_info(self.engine)
 
 
 def engine_artifact(source: ModelArtifact, paths: EnginePaths, details: EngineDetails) -> ModelArtifact:
@@ -217,7 +229,6 @@ def build_engine(
             input_name=input_name,
             img_size=artifact.preprocess.input_size,
             timing_cache=timing_cache,
-            layer_info=paths.layer_info,
             fp32_layers=fp32_layers,
         )
         write_text_atomic(paths.trtexec, trtexec_script(args, tensorrt_version=env.tensorrt_version))

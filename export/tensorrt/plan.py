@@ -186,12 +186,12 @@ def trtexec_command(
     input_name: str,
     img_size: int,
     timing_cache: Path,
-    layer_info: Path,
     fp32_layers: Iterable[str] = (),
 ) -> list[str]:
     """The trtexec arguments that reproduce this build; paths are relative to the engine's folder.
 
-    `fp32_layers` are the network layers pinned to FP32 (weakly typed builds): trtexec takes them by name.
+    `fp32_layers` are the network layers pinned to FP32 (weakly typed builds): trtexec takes them by name. trtexec
+    exports its layer information to its own file (trtexec_layer_info), never to the one vitexport audited.
     """
     base = engine.parent
 
@@ -213,7 +213,10 @@ def trtexec_command(
         f"--builderOptimizationLevel={settings.opt_level}",
         f"--timingCacheFile={rel(timing_cache)}",
         "--profilingVerbosity=detailed",
-        f"--exportLayerInfo={rel(layer_info)}",
+        # With --skipInference trtexec prints the layer information without an execution context, so on a dynamic
+        # profile every tensor format reads "N/A due to dynamic shapes": a replay must not overwrite the file
+        # vitexport wrote (with the opt shapes set) and audited.
+        f"--exportLayerInfo={rel(trtexec_layer_info(engine))}",
         "--skipInference",
     ]
     if plan.strongly_typed and plan.major < 11:
@@ -225,6 +228,11 @@ def trtexec_command(
         args.append("--layerPrecisions=" + ",".join(f"{n}:fp32" for n in layers))
         args.append("--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in layers))
     return args
+
+
+def trtexec_layer_info(engine: Path) -> Path:
+    """Where the trtexec replay writes its layer information: beside the engine, apart from vitexport's."""
+    return engine.with_name(engine.name + ".trtexec.layers.json")
 
 
 def trtexec_script(args: list[str], *, tensorrt_version: str) -> str:
