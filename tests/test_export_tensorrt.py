@@ -435,6 +435,48 @@ def test_audit_warns_about_an_unfused_engine():
     assert "2 LayerNorm layers are not FP32" in text
 
 
+def _as_tensorrt11(info: dict) -> dict:
+    """TensorRT 10 layer information in TensorRT 11's schema: "Format/Datatype" split, "Bindings" -> "I/O Tensors"."""
+    names = {"FP16": "Half", "FP32": "Float"}
+
+    def tensor(t: dict) -> dict:
+        text = t.pop("Format/Datatype")
+        dtype = next(v for k, v in names.items() if k in text)
+        return t | {"Format": "Row major linear (kLINEAR)", "DataType": dtype}
+
+    layers = [
+        la | {"Inputs": [tensor(t) for t in la["Inputs"]], "Outputs": [tensor(t) for t in la["Outputs"]]}
+        for la in info["Layers"]
+    ]
+    return {"Layers": layers, "I/O Tensors": [{"Name": n} for n in info["Bindings"]]}
+
+
+@pytest.mark.parametrize("schema", ["tensorrt10", "tensorrt11"])
+def test_audit_counts_layernorm_fused_with_its_fp32_casts_as_fp32(schema):
+    # The fixture is written in the inspector's documented JSON format, not captured from a GPU (see its _comment):
+    # a strongly typed fp16 engine of export/fp16.py's graph, where Myelin fuses Cast(fp16->fp32) -> LayerNorm ->
+    # Cast(fp32->fp16) into one `__myl_Cast...Cast` kernel with Half I/O and FP32 maths.
+    info = json.loads(_layers("trt10_vit_fp16_strongly_typed.layers.json"))
+    if schema == "tensorrt11":
+        info = _as_tensorrt11(info)
+    audit = audit_layer_info(info, expected_attention=2, precision="fp16")
+    assert audit.passed, audit.warnings
+    assert audit.layernorm_layers == 5 and audit.layernorm_not_fp32 == () and audit.layernorm_fp32_behind_casts == 5
+    assert audit.fused_attention == 2 and audit.unfused_softmax == 0
+
+
+def test_audit_needs_the_graphs_casts_on_both_sides_of_layernorm():
+    info = json.loads(_layers("trt10_vit_fp16_strongly_typed.layers.json"))
+    norm = next(la for la in info["Layers"] if "/norm/LayerNormalization" in la["Metadata"])
+    # Only the input is cast back from the graph: the output side ran in FP16.
+    norm["Metadata"] = "[ONNX Layer: /norm/LayerNormalization_input_cast0]\x1f[ONNX Layer: /norm/LayerNormalization]"
+    audit = audit_layer_info(info, expected_attention=2, precision="fp16")
+    assert audit.layernorm_not_fp32 == (norm["Name"],) and audit.layernorm_fp32_behind_casts == 4
+    # Myelin's own casts (no ONNX Cast in the Metadata, weakly typed): an FP16 LayerNorm, as in the unfused sample.
+    unfused = audit_layer_info(_layers("trt10_vit_fp16_unfused.layers.json"), expected_attention=2, precision="fp16")
+    assert unfused.layernorm_fp32_behind_casts == 0 and len(unfused.layernorm_not_fp32) == 2
+
+
 def test_audit_counts_too_few_fused_kernels():
     info = json.loads(_layers("trt10_vit_fp16_fused.layers.json"))
     audit = audit_layer_info(info, expected_attention=12, precision="fp16")  # a 12-block model, 2 fused

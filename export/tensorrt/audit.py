@@ -16,6 +16,11 @@ from vitexport.errors import VitExportError
 _FUSED_ATTENTION = re.compile(r"mha|flash_?att|fused_?att", re.IGNORECASE)
 _SOFTMAX = re.compile(r"softmax", re.IGNORECASE)
 _LAYERNORM = re.compile(r"layer_?norm|LayerNormalization", re.IGNORECASE)
+# A Myelin kernel is named after the ops it fuses, in order: "__myl_" + ops + "_myl<graph>_<index>". Its Metadata
+# lists the ONNX nodes it implements, "[ONNX Layer: <node name>]" each (TensorRT's ONNX parser sets it).
+_MYELIN_KERNEL = re.compile(r"^__myl_(?P<ops>[A-Za-z]+?)_myl\d+_\d+$")
+_ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+_CAST_NODE = re.compile(r"cast", re.IGNORECASE)
 
 
 def _text(layer: dict[str, Any], *keys: str) -> str:
@@ -38,6 +43,25 @@ def tensor_precision(tensor: dict[str, Any]) -> str | None:
     return None
 
 
+def computes_in_fp32_behind_casts(layer: dict[str, Any]) -> bool:
+    """Whether a LayerNorm kernel with reduced-precision I/O is the graph's Cast -> LayerNorm -> Cast fused into one.
+
+    The strongly typed FP16 graph (export/fp16.py, the one TensorRT 11 builds) keeps LayerNormalization in FP32 between
+    ONNX Casts to FP32 and back. Myelin fuses the three into one kernel, `__myl_Cast...Cast`, whose input and output
+    are Half while its maths is FP32. Both ends must show: the kernel's ops begin and end with Cast, and its first and
+    last ONNX nodes are Casts of the graph. A strongly typed build keeps the graph's types, so those Casts are the
+    graph's FP32 ones. A weakly typed FP16 LayerNorm can also be named `__myl_Cast...Cast` (Myelin's own casts), but its
+    Metadata holds no ONNX Cast: it stays "not FP32".
+    """
+    kernel = _MYELIN_KERNEL.match(str(layer.get("Name", "")))
+    if kernel is None or not (kernel["ops"].startswith("Cast") and kernel["ops"].endswith("Cast")):
+        return False
+    nodes = _ONNX_LAYER.findall(str(layer.get("Metadata", "")))
+    # The node's own name, not its path: "/blocks.0/norm1/LayerNormalization_input_cast0", "/blocks.0/norm1/Cast".
+    casts = [bool(_CAST_NODE.search(n.rsplit("/", 1)[-1])) for n in nodes]
+    return len(nodes) >= 3 and casts[0] and casts[-1] and not all(casts)
+
+
 @dataclass(frozen=True)
 class FusionAudit:
     layers: int
@@ -49,6 +73,7 @@ class FusionAudit:
     layernorm_not_fp32: tuple[str, ...]  # LayerNorm layers with a non-FP32 input or output
     layernorm_unknown: int  # LayerNorm layers whose tensor types the inspector did not report
     warnings: tuple[str, ...] = ()
+    layernorm_fp32_behind_casts: int = 0  # of the FP32 ones: Half I/O, FP32 maths (computes_in_fp32_behind_casts)
 
     @property
     def passed(self) -> bool:
@@ -94,11 +119,14 @@ def audit_layer_info(info: str | dict[str, Any], *, expected_attention: int, pre
         if id(la) not in fused_ids
         and (la.get("LayerType") == "Normalization" or _LAYERNORM.search(_text(la, "Name", "Metadata")))
     ]
-    not_fp32, unknown = [], 0
+    not_fp32, unknown, behind_casts = [], 0, 0
     for la in norms:
         types = {tensor_precision(t) for t in [*la.get("Inputs", []), *la.get("Outputs", [])]}
         if types - {None, "fp32"}:
-            not_fp32.append(str(la.get("Name", "?")))
+            if computes_in_fp32_behind_casts(la):
+                behind_casts += 1
+            else:
+                not_fp32.append(str(la.get("Name", "?")))
         elif types <= {None}:
             unknown += 1
 
@@ -128,6 +156,7 @@ def audit_layer_info(info: str | dict[str, Any], *, expected_attention: int, pre
         layernorm_not_fp32=tuple(not_fp32),
         layernorm_unknown=unknown,
         warnings=tuple(warnings),
+        layernorm_fp32_behind_casts=behind_casts,
     )
 
 
