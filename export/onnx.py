@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 from export.validate import TOLERANCES, DriftReport, Tolerance, check, compare
-from vitexport import __version__
+from vitexport import __version__, weights
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ExportError
 from vitexport.registry import create_model, get_spec
-from vitexport.weights import sha256_file
 
 # Opset 18 is the default: the dynamo exporter's native opset (no version conversion), run by ONNX Runtime >= 1.14
 # and parsed by TensorRT >= 8.6 alike, and the graph onnxscript's ORT fusions match. Opset 23 adds the standard
@@ -80,10 +79,12 @@ def export_onnx(
     output = Path(output)
     _check_writable(output)
 
+    if pretrained and checkpoint is None:
+        # Downloaded here rather than inside create_model: the sidecar records the hash of the file actually loaded.
+        progress(f"downloading {spec.name}'s weights")
+        checkpoint = weights.download_pretrained(spec)
     progress(f"building {spec.name}")
-    model = create_model(
-        spec.name, checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, attention=attention
-    )
+    model = create_model(spec.name, checkpoint=checkpoint, img_size=img_size, attention=attention)
     exported: nn.Module = _ExportHeads(model) if heads is Heads.all else model
     output_names = ("logits", "logits_cls", "logits_dist") if heads is Heads.all else ("logits",)
 
@@ -94,7 +95,7 @@ def export_onnx(
     dynamic = None if batch_size else ({0: torch.export.Dim("batch", min=1, max=4096)},)
     program = _torch_export(exported, example, opset, output_names, dynamic)
 
-    sha = sha256_file(checkpoint) if checkpoint else None
+    sha = weights.sha256_file(checkpoint) if checkpoint else None
     program.model.metadata_props.update(
         {
             "vitexport.model": spec.name,

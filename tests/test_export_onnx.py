@@ -10,6 +10,7 @@ from export.validate import Tolerance
 from vitexport.artifacts import load_artifact
 from vitexport.errors import ArtifactError, ExportError, ValidationError
 from vitexport.registry import create_model
+from vitexport.weights import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +128,25 @@ def test_unwritable_output(tmp_path):
         export_onnx("test_vit", blocker / "sub" / "x.onnx")
     with pytest.raises(ExportError, match="is a directory"):
         export_onnx("test_vit", tmp_path)
+
+
+def test_pretrained_export_records_the_downloaded_checkpoint(tmp_path, monkeypatch):
+    weights = tmp_path / "hub" / "model.pth"
+    weights.parent.mkdir()
+    torch.save(create_model("test_vit").state_dict(), weights)
+    downloads = []
+
+    def download(spec):  # stands in for the Hub: test_vit has no published weights
+        downloads.append(spec.name)
+        return weights
+
+    monkeypatch.setattr("vitexport.weights.download_pretrained", download)
+    artifact = export_onnx("test_vit", tmp_path / "vit.onnx", pretrained=True)
+    assert downloads == ["test_vit"]
+    assert artifact.checkpoint_sha256 == sha256_file(weights)
+    assert load_artifact(artifact.path).checkpoint_sha256 == sha256_file(weights)
+    metadata = {p.key: p.value for p in onnx.load(artifact.path).metadata_props}
+    assert metadata["vitexport.checkpoint_sha256"] == sha256_file(weights)
 
 
 def test_shape_inference_failure_is_one_line(tmp_path, monkeypatch):
