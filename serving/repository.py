@@ -3,12 +3,16 @@ folders, plus the `<name>_image` ensemble (image bytes -> preprocessing -> class
 
 A version is staged in a hidden folder inside its model folder (same file system; Triton ignores non-numeric
 folders there) and renamed into place, so a server never sees half a version; an existing version is never
-replaced. Reads artifacts from disk: never imports the export package.
+replaced. config.pbtxt and labels.txt are staged with it and moved over the old ones only after that rename, and a
+failure anywhere takes back what this call wrote (the ensemble's parts too), so the models stay as they were.
+Reads artifacts from disk: never imports the export package.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -108,6 +112,11 @@ def add_model(
             raise ServingError(
                 f"backend {backend.value} serves {' or '.join(backend.formats)} models; {a.path} is {a.format}"
             )
+        if not passed_gate(a):
+            raise ServingError(
+                f"{a.path.name} has not passed its accuracy gate (its sidecar records no passed validation); "
+                "export, optimize or build it again with vitexport"
+            )
     files: dict[str, Path] = {}  # file name in the version folder -> source
     cc_files: dict[str, str] | None = None
     if backend is Backend.tensorrt:
@@ -172,10 +181,28 @@ def add_model(
             _check_compatible(part_dir, part)
             if version in versions(part_dir):
                 raise ServingError(f"{part_dir}/{version} already exists; choose another --version")
+    _check_ensembles(repo_dir, classifier, rewritten={part.name for _, part, *_ in parts})
 
-    for part_dir, part, part_files, part_labels in parts:
-        _write_model(part_dir, part, version, part_files, part_labels, first if part is classifier else None)
+    undo: list[_Undo] = []
+    try:
+        for part_dir, part, part_files, part_labels in parts:
+            undo.append(
+                _write_model(part_dir, part, version, part_files, part_labels, first if part is classifier else None)
+            )
+    except BaseException:
+        # All or nothing: an ensemble whose parts disagree (a new classifier, an old preprocessing) would not load.
+        for step in reversed(undo):
+            step.revert()
+        raise
     return AddedModel(name, version, model_dir / str(version), backend, tuple(p[1].name for p in parts))
+
+
+def passed_gate(artifact: ModelArtifact) -> bool:
+    """Whether the sidecar records a passed accuracy gate. Every vitexport stage writes its sidecar only after its
+    checks pass (export and engines against their fp32 reference, optimized variants against the fp32 ONNX), but a
+    sidecar from a run that skipped validation, an older vitexport or a hand edit must still say so. The rule is
+    export.select.gated's; serving never imports export."""
+    return bool(artifact.validation and artifact.validation.get("passed"))
 
 
 def _engine_profile(engine: ModelArtifact) -> dict[str, int]:
@@ -218,6 +245,24 @@ def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig) -> None:
             raise ServingError(f"{model_dir.name} in the repository has a different {key}; choose another --name")
 
 
+def _check_ensembles(repo_dir: Path, classifier: cfg.pb.ModelConfig, *, rewritten: set[str]) -> None:
+    """Triton refuses an ensemble that batches more than one of its steps: a smaller max batch size for the
+    classifier would stop the ensembles already built on it (and not written again now) from loading."""
+    for model_dir in sorted(repo_dir.iterdir()):
+        if model_dir.name in rewritten or not (model_dir / "config.pbtxt").is_file():
+            continue
+        try:
+            config = cfg.read_config(model_dir)
+        except ServingError:  # another model's broken config is for the server to report, not a reason to stop here
+            continue
+        steps = {step.model_name for step in config.ensemble_scheduling.step}
+        if classifier.name in steps and config.max_batch_size > classifier.max_batch_size:
+            raise ServingError(
+                f"the ensemble {model_dir.name} in the repository batches up to {config.max_batch_size}: give "
+                f"{classifier.name} --max-batch-size {config.max_batch_size} or more, or write the ensemble again"
+            )
+
+
 def _next_version(model_dir: Path, version: int | None) -> int:
     existing = versions(model_dir)
     if version is None:
@@ -229,6 +274,25 @@ def _next_version(model_dir: Path, version: int | None) -> int:
     return version
 
 
+@dataclass(frozen=True)
+class _Undo:
+    """How to take back one written model: its new version folder, and the files beside it as they were."""
+
+    version_dir: Path
+    previous: dict[Path, str | None]  # config.pbtxt / labels.txt -> former text (None: there was none)
+
+    def revert(self) -> None:
+        shutil.rmtree(self.version_dir, ignore_errors=True)
+        for path, text in self.previous.items():
+            with contextlib.suppress(OSError):
+                if text is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    write_text_atomic(path, text)
+        with contextlib.suppress(OSError):  # a model folder the call created, empty again (rmdir refuses otherwise)
+            self.version_dir.parent.rmdir()
+
+
 def _write_model(
     model_dir: Path,
     config: cfg.pb.ModelConfig,
@@ -236,30 +300,58 @@ def _write_model(
     files: dict[str, Path],
     labels: str | None,
     artifact: ModelArtifact | None,
-) -> None:
+) -> _Undo:
+    """Stage the version folder, config.pbtxt and labels.txt in one hidden folder, rename the version into place,
+    then move the config and labels over the old ones: until the version exists, the model is untouched."""
     text = cfg.render(config)
     cfg.parse(text, f"{config.name}/config.pbtxt")  # what we write must read back
+    created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    target = model_dir / str(version)
+    # Config last: it is what makes a polling server (re)load the model with the new settings.
+    beside = ({model_dir / cfg.LABELS_FILE: labels} if labels is not None else {}) | {model_dir / "config.pbtxt": text}
+    undo = _Undo(target, {path: _read_text(path) for path in beside})
+    renamed = False
     try:
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server running as another user
-        for target, source in files.items():
-            shutil.copyfile(source, staging / target)
+        staged = staging / "version"
+        staged.mkdir()
+        staged.chmod(0o755)  # explicit: a server running as another user must be able to read the version
+        for name, source in files.items():
+            shutil.copyfile(source, staged / name)
         if artifact is not None:
             # The copied model file gets its own sidecar: the version folder is itself a loadable artifact.
             model_file = next(iter(files))
             sidecar = artifact.to_dict() | {"path": model_file}
-            write_text_atomic(staging / f"{model_file}.json", json.dumps(sidecar, indent=2) + "\n")
-        if labels is not None:
-            write_text_atomic(model_dir / cfg.LABELS_FILE, labels)
-        write_text_atomic(model_dir / "config.pbtxt", text)
-        target = model_dir / str(version)
+            write_text_atomic(staged / f"{model_file}.json", json.dumps(sidecar, indent=2) + "\n")
+        for path, content in beside.items():
+            write_text_atomic(staging / path.name, content)
         if target.exists():  # a concurrent writer got there first
             raise ServingError(f"{target} already exists; versions are never overwritten")
         # rename(2) refuses a non-empty target, so even a racing writer cannot replace a finished version.
-        staging.rename(target)
-    except OSError as e:
-        raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from None
+        staged.rename(target)
+        renamed = True
+        for path in beside:
+            os.replace(staging / path.name, path)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if renamed:
+            undo.revert()
+        elif created:  # nothing of the model was visible yet: leave no empty folder behind either
+            with contextlib.suppress(OSError):
+                model_dir.rmdir()
+        if isinstance(e, OSError):
+            raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from None
+        raise
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    return undo
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ServingError(f"cannot read {path}: {e.strerror or e}") from None

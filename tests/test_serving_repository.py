@@ -21,7 +21,7 @@ def make_artifact(tmp_path: Path, fmt="onnx", name="test_vit", file="model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"placeholder " + file.encode())
     artifact = ModelArtifact(path=path, format=fmt, model=spec.name, preprocess=spec.preprocess, num_classes=1000)
-    artifact = artifact.with_(**changes)
+    artifact = artifact.with_(**({"validation": {"passed": True}} | changes))
     artifact.save()
     return load_artifact(path)  # through the sidecar, as the CLI gets it
 
@@ -76,6 +76,73 @@ def test_a_failed_write_leaves_no_version_and_no_staging(tmp_path, monkeypatch):
         add_model(repo, artifact, ensemble=False)
     assert repository.versions(repo / "test_vit") == []
     assert not list(repo.rglob(".staging-*"))
+
+
+def _snapshot(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_ensemble_part_takes_back_the_whole_version(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    add_model(repo, make_artifact(tmp_path))
+    before = _snapshot(repo)
+    real_copy = shutil.copyfile
+
+    def fail_on_preprocessing(src, dst):
+        if Path(dst).name == "model.py" and Path(src).name == "preprocess_model.py":
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(repository.shutil, "copyfile", fail_on_preprocessing)
+    with pytest.raises(ServingError, match="No space left"):
+        add_model(repo, make_artifact(tmp_path, file="v2.onnx"), instances=2)
+    # The classifier's version 2 (written first) and its new config are gone again: the ensemble's parts agree.
+    assert _snapshot(repo) == before
+    assert not list(repo.rglob(".staging-*"))
+
+
+def test_config_and_labels_change_only_once_the_version_exists(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    add_model(repo, make_artifact(tmp_path), ensemble=False)
+    before = _snapshot(repo)
+    real_rename = Path.rename
+
+    def rename_fails(self, target):
+        if Path(target).name.isdigit():
+            raise OSError(122, "Disk quota exceeded")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename_fails)
+    with pytest.raises(ServingError, match="Disk quota exceeded"):
+        add_model(repo, make_artifact(tmp_path, file="v2.onnx"), instances=3, ensemble=False)
+    assert _snapshot(repo) == before  # config.pbtxt still says one instance, and describes version 1 only
+    with pytest.raises(ServingError, match="Disk quota exceeded"):
+        add_model(repo, make_artifact(tmp_path), name="fresh", ensemble=False)
+    assert not (repo / "fresh").exists()  # no config.pbtxt without a version, not even an empty model folder
+
+
+def test_artifacts_that_did_not_pass_their_gate_are_refused(tmp_path):
+    for validation in (None, {"passed": False}, {"reports": []}):
+        artifact = make_artifact(tmp_path, file="ungated.onnx", validation=validation)
+        with pytest.raises(ServingError, match=r"ungated\.onnx has not passed its accuracy gate"):
+            add_model(tmp_path / "repo", artifact)
+    assert not (tmp_path / "repo" / "test_vit").exists()
+    engine = make_artifact(tmp_path, "tensorrt", file="e.plan", details={"profile": {"min": 1, "opt": 4, "max": 8}})
+    unchecked = make_artifact(tmp_path, "tensorrt", file="u.plan", validation=None, details=engine.details)
+    with pytest.raises(ServingError, match=r"u\.plan has not passed"):
+        add_model(tmp_path / "repo", unchecked, ensemble=False)
+    assert add_model(tmp_path / "repo", engine, ensemble=False).version == 1
+
+
+def test_a_smaller_max_batch_must_not_break_the_existing_ensemble(tmp_path):
+    repo = tmp_path / "repo"
+    add_model(repo, make_artifact(tmp_path), batching=Batching(8))
+    with pytest.raises(ServingError, match="ensemble test_vit_image in the repository batches up to 8"):
+        add_model(repo, make_artifact(tmp_path), batching=Batching(4), ensemble=False)
+    assert repository.versions(repo / "test_vit") == [1]
+    add_model(repo, make_artifact(tmp_path), batching=Batching(16), ensemble=False)  # larger is fine
+    added = add_model(repo, make_artifact(tmp_path), batching=Batching(4))  # the ensemble is written with it
+    assert {n: c.max_batch_size for n, c in scan(repo).items()} == dict.fromkeys(added.models, 4)
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "/etc/x", ".hidden", "..", "a..b", "", "x" * 101, "sp ace"])
