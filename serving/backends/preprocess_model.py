@@ -23,8 +23,13 @@ class TritonPythonModel:
             images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()  # (B, 1) object array of bytes
             try:
                 pixels = np.stack([preprocess_image(bytes(row[0]), self.cfg) for row in images])
-            except VitExportError as e:  # undecodable bytes fail this request only
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e))))
+            except Exception as e:
+                # Any failure (undecodable bytes, Pillow's DecompressionBombError, ...) fails this request only:
+                # raised out of execute, it would fail every request Triton batched with it.
+                message = (
+                    str(e) if isinstance(e, VitExportError) else f"cannot preprocess image: {type(e).__name__}: {e}"
+                )
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, pixels)]))
         return responses

@@ -1,0 +1,90 @@
+"""The Python-backend model files without a server: a stand-in for `triton_python_backend_utils` (which exists only
+inside Triton's stub) is enough to drive `execute` with several requests, as dynamic batching hands them over."""
+
+import importlib.util
+import io
+import json
+import struct
+import sys
+import types
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.backends import PREPROCESS_MODEL
+from vitexport.registry import get_spec
+
+
+def bomb_png(side: int = 20_000) -> bytes:
+    """A PNG header that claims side x side pixels: Pillow refuses it (DecompressionBombError) before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def png(seed: int) -> bytes:
+    pixels = (np.random.default_rng(seed).random((40, 50, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class _Tensor:
+    def __init__(self, name: str, array: np.ndarray):
+        self.name, self.array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class _Response:
+    def __init__(self, output_tensors, error=None):
+        self.output_tensors, self.error = output_tensors, error
+
+
+class _Error:
+    def __init__(self, message: str):
+        self.text = message
+
+
+@pytest.fixture
+def backend_utils(monkeypatch):
+    utils = types.ModuleType("triton_python_backend_utils")
+    utils.Tensor, utils.InferenceResponse, utils.TritonError = _Tensor, _Response, _Error
+    utils.get_input_tensor_by_name = lambda request, name: request[name]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
+    return utils
+
+
+def load_model(path, config: dict):
+    spec = importlib.util.spec_from_file_location(f"_backend_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": "", "model_version": "1"})
+    return model
+
+
+def test_preprocessing_fails_only_the_request_that_holds_a_bad_image(backend_utils):
+    preprocess = get_spec("test_vit").preprocess
+    config = {
+        "parameters": {"preprocess": {"string_value": json.dumps(preprocess.to_dict())}},
+        "output": [{"name": "pixel_values"}],
+    }
+    model = load_model(PREPROCESS_MODEL, config)
+
+    def request(*images: bytes):
+        return {"image": _Tensor("image", np.array([[b] for b in images], dtype=np.object_))}
+
+    # Four requests batched together: good, a decompression bomb, undecodable bytes, good (two images).
+    responses = model.execute([request(png(0)), request(bomb_png()), request(b"not an image"), request(png(1), png(2))])
+    assert [r.error is None for r in responses] == [True, False, False, True]
+    assert "DecompressionBombError" in responses[1].error.text and "400000000 pixels" in responses[1].error.text
+    assert responses[2].error.text.startswith("cannot decode image")
+    assert responses[0].output_tensors[0].array.shape == (1, 3, 64, 64)
+    assert responses[3].output_tensors[0].array.shape == (2, 3, 64, 64)
