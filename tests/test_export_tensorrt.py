@@ -8,8 +8,10 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -407,6 +409,200 @@ def test_validation_uses_the_accuracy_gate_budget():
     assert fp16 == TOLERANCES.get("fp16", fp16)
     assert validation_tolerance(Precision.fp32) == fp16  # TF32 matmuls: the fp16 budget, not the fp32 one
     assert fp16.max_abs > TOLERANCES["fp32"].max_abs
+
+
+# --- build steps against the TensorRT API ----------------------------------------------------------------------
+# TensorRT cannot run here (no GPU): these stand-ins implement only the calls and documented return values
+# (IBuilderConfig.create_timing_cache/set_timing_cache, ITensor.dtype, IExecutionContext.set_input_shape/
+# set_tensor_address -> bool) that the step under test makes.
+
+
+class FakeConfig:
+    def __init__(self, accepts: bool = True, create_fails: type[Exception] | None = None, returns_none=False):
+        self.accepts, self.create_fails, self.returns_none = accepts, create_fails, returns_none
+        self.cache = None
+
+    def create_timing_cache(self, blob: bytes):
+        if blob and self.create_fails:
+            raise self.create_fails("Serialized timing cache is corrupted or incompatible")
+        return None if blob and self.returns_none else {"blob": blob}
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False  # another GPU's timings must not be used
+        ok = self.accepts or not cache["blob"]
+        self.cache = cache if ok else self.cache
+        return ok
+
+
+def test_timing_cache_is_reused_when_usable(tmp_path):
+    from export.tensorrt.build import use_timing_cache
+
+    config, path = FakeConfig(), tmp_path / "timing.cache"
+    assert use_timing_cache(config, path) is None and config.cache == {"blob": b""}  # no file yet: empty
+    path.write_bytes(b"cache")
+    assert use_timing_cache(config, path) is None and config.cache == {"blob": b"cache"}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [FakeConfig(accepts=False), FakeConfig(create_fails=RuntimeError), FakeConfig(returns_none=True)],
+    ids=["refused", "raises", "none"],
+)
+def test_an_unusable_timing_cache_falls_back_to_an_empty_one(tmp_path, config):
+    from export.tensorrt.build import use_timing_cache
+
+    path = tmp_path / "timing.cache"
+    path.write_bytes(b"from TensorRT 10.8")
+    warning = use_timing_cache(config, path)
+    assert config.cache == {"blob": b""}
+    assert warning.startswith(f"timing cache {path} was not usable") and "empty one" in warning
+    assert "\n" not in warning
+
+
+def test_build_warnings_round_trip_through_the_sidecar(tmp_path):
+    source = onnx_artifact(tmp_path)
+    details = replace(_details(), build_warnings=("timing cache timing.cache was not usable (x); ...",))
+    artifact = engine_artifact(source, EnginePaths(tmp_path / "e.plan"), details)
+    artifact.path.write_bytes(b"plan")
+    artifact.save()
+    assert EngineDetails.from_artifact(load_artifact(artifact.path)) == details
+    # Sidecars written before the field existed still load.
+    legacy = artifact.with_(details={k: v for k, v in artifact.details.items() if k != "build_warnings"})
+    assert EngineDetails.from_artifact(legacy).build_warnings == ()
+
+
+class FakeTensor:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class FakeLayer:
+    def __init__(self, name, type_, dtypes):
+        self.name, self.type, self.outputs = name, type_, [FakeTensor(d) for d in dtypes]
+        self.num_outputs = len(dtypes)
+        self.precision, self.output_types = None, {}
+
+    def get_output(self, j):
+        return self.outputs[j]
+
+    def set_output_type(self, j, dtype):
+        if self.outputs[j].dtype not in (FakeTrt.float32, FakeTrt.float16):
+            raise AssertionError("TensorRT fails the build: a float output type on an integer tensor")
+        self.output_types[j] = dtype
+
+
+class FakeTrt:
+    float32, float16, int32, int64 = "float32", "float16", "int32", "int64"
+
+    class LayerType:
+        NORMALIZATION, SOFTMAX, SHAPE, ELEMENTWISE, REDUCE = "norm", "softmax", "shape", "eltwise", "reduce"
+
+
+class FakeNetwork:
+    def __init__(self, layers):
+        self.layers = layers
+        self.num_layers = len(layers)
+
+    def get_layer(self, i):
+        return self.layers[i]
+
+
+def test_pinning_leaves_integer_layers_alone():
+    from export.tensorrt.build import _pin_fp32
+
+    t, lt = FakeTrt, FakeTrt.LayerType
+    layers = [
+        FakeLayer("/blocks.0/norm1/LayerNormalization", lt.NORMALIZATION, [t.float32]),
+        # A decomposed LayerNorm: the name matches its shape arithmetic too.
+        FakeLayer("/blocks.0/norm1/layer_norm/Shape", lt.SHAPE, [t.int64]),
+        FakeLayer("/blocks.0/norm1/layer_norm/ReduceMean", lt.REDUCE, [t.float32]),
+        FakeLayer("/blocks.0/attn/Softmax", lt.SOFTMAX, [t.float32]),
+        FakeLayer("/blocks.0/Add", lt.ELEMENTWISE, [t.float32]),
+    ]
+    pinned = _pin_fp32(FakeTrt, FakeNetwork(layers), ("NORMALIZATION",))
+    assert pinned == ["/blocks.0/norm1/LayerNormalization", "/blocks.0/norm1/layer_norm/ReduceMean"]
+    assert layers[1].precision is None and layers[1].output_types == {}
+    assert layers[0].precision == t.float32 and layers[0].output_types == {0: t.float32}
+    assert layers[3].precision is None  # Softmax only with fp32_softmax
+    assert "/blocks.0/attn/Softmax" in _pin_fp32(FakeTrt, FakeNetwork(layers), ("NORMALIZATION", "SOFTMAX"))
+
+
+class FakeContext:
+    def __init__(self, shape_ok=True, address_ok=True):
+        self.shape_ok, self.address_ok = shape_ok, address_ok
+
+    def set_input_shape(self, name, shape) -> bool:
+        return self.shape_ok
+
+    def set_tensor_address(self, name, ptr) -> bool:
+        return self.address_ok
+
+    def get_tensor_shape(self, name):
+        return (1, 10)
+
+    def execute_async_v3(self, stream) -> bool:
+        return True
+
+
+class FakeEngine:
+    num_io_tensors = 2
+
+    def __init__(self, context):
+        self.context = context
+
+    def create_execution_context(self):
+        return self.context
+
+    def get_tensor_dtype(self, name):
+        return "float32"
+
+    def get_tensor_name(self, i):
+        return ("pixel_values", "logits")[i]
+
+    def get_tensor_mode(self, name):
+        return "input" if name == "pixel_values" else "output"
+
+
+class FakeRuntimeTrt:
+    class TensorIOMode:
+        INPUT = "input"
+
+    @staticmethod
+    def nptype(dtype):
+        return np.float32
+
+
+class FakeDevice:
+    stream = 0
+
+    def upload(self, array):
+        return 1
+
+    def alloc(self, nbytes):
+        return 2
+
+    def synchronize(self):
+        pass
+
+    def download(self, ptr, shape, dtype):
+        return np.zeros(shape, dtype)
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        (FakeContext(shape_ok=False), r"refused input shape 1x3x64x64 for 'pixel_values'"),
+        (FakeContext(address_ok=False), r"refused the device buffer of tensor '(pixel_values|logits)'"),
+        (None, "could not create an execution context"),
+    ],
+)
+def test_run_engine_checks_what_tensorrt_returns(context, message):
+    from export.tensorrt import run_engine
+
+    x = {"pixel_values": np.zeros((1, 3, 64, 64), np.float32)}
+    with pytest.raises(EngineBuildError, match=message):
+        run_engine(FakeRuntimeTrt, FakeEngine(context), FakeDevice(), x)
+    assert run_engine(FakeRuntimeTrt, FakeEngine(FakeContext()), FakeDevice(), x)["logits"].shape == (1, 10)
 
 
 # --- the fusion audit --------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ class EngineDetails:
     fp32_layers: tuple[str, ...] = ()
     fusion_audit: dict[str, Any] | None = None
     build_seconds: float | None = None
+    build_warnings: tuple[str, ...] = ()  # what went wrong without failing the build (e.g. an unusable timing cache)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -58,6 +59,7 @@ class EngineDetails:
         d["precision"] = self.precision.value
         d["builder_flags"] = list(self.builder_flags)
         d["fp32_layers"] = list(self.fp32_layers)
+        d["build_warnings"] = list(self.build_warnings)
         return d
 
     @classmethod
@@ -69,6 +71,7 @@ class EngineDetails:
         d["precision"] = Precision(d["precision"])
         d["builder_flags"] = tuple(d["builder_flags"])
         d["fp32_layers"] = tuple(d.get("fp32_layers", ()))
+        d["build_warnings"] = tuple(d.get("build_warnings", ()))
         return cls(**d)
 
 
@@ -192,12 +195,8 @@ def build_engine(
     profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
 
-    cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        # A cache from another GPU or TensorRT version is refused; start a fresh one rather than fail the build.
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    cache_warning = use_timing_cache(config, timing_cache)
+    build_warnings = (cache_warning,) if cache_warning else ()
 
     progress(f"building the {plan.precision.value} engine with TensorRT {env.tensorrt_version} on {env.gpu_name}")
     started = time.perf_counter()
@@ -207,6 +206,7 @@ def build_engine(
         raise EngineBuildError("TensorRT failed to build the engine; its log above says why")
     plan_bytes = bytes(serialized)
     _write_bytes_atomic(paths.engine, plan_bytes)
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)  # --timing-cache may name a folder not made yet
     _write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
 
     from export.cuda import DeviceSession
@@ -248,6 +248,7 @@ def build_engine(
             trtexec=paths.trtexec.name,
             timing_cache=os.path.relpath(timing_cache, paths.engine.parent),
             fp32_layers=tuple(fp32_layers),
+            build_warnings=build_warnings,
             fusion_audit=audit.to_dict(),
             build_seconds=round(seconds, 1),
         )
@@ -260,17 +261,49 @@ def build_engine(
     return result
 
 
+def use_timing_cache(config: Any, path: Path) -> str | None:
+    """Give the builder the timing cache at `path`, or an empty one; a warning for the sidecar when `path` was unusable.
+
+    A cache written by another TensorRT version or GPU is refused: create_timing_cache may return None or raise, and
+    set_timing_cache returns False. Starting empty costs build time, not correctness, so it does not fail the build.
+    """
+    blob = path.read_bytes() if path.is_file() else b""
+    reason = None
+    try:
+        cache = config.create_timing_cache(blob)
+    except Exception as e:  # the bindings raise whatever the C++ side reports (RuntimeError, TypeError...)
+        cache, reason = None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return None
+    if not blob:
+        raise EngineBuildError("TensorRT could not create an empty timing cache; its log above says why")
+    empty = config.create_timing_cache(b"")
+    if empty is None or not config.set_timing_cache(empty, ignore_mismatch=False):
+        raise EngineBuildError("TensorRT could not create an empty timing cache; its log above says why")
+    why = reason or "written by another TensorRT version or GPU?"
+    return f"timing cache {path} was not usable ({why}); built with an empty one, which replaces it"
+
+
 def _pin_fp32(trt: Any, network: Any, layer_types: tuple[str, ...]) -> list[str]:
-    """Constrain LayerNorm/Softmax layers (and decomposed LayerNorm ops, by name) to FP32; return their names."""
+    """Constrain LayerNorm/Softmax layers (and decomposed LayerNorm ops, by name) to FP32; return their names.
+
+    Only floating-point outputs are pinned: the name pattern also matches the shape and index layers of a decomposed
+    LayerNorm, and set_output_type(float32) on an Int32/Int64 output fails the build under OBEY_PRECISION_CONSTRAINTS.
+    A matched layer without a floating-point output is left alone.
+    """
     if not layer_types:
         return []
     types = {getattr(trt.LayerType, t) for t in layer_types}
+    floats = (trt.float32, trt.float16)
     pinned = []
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         if layer.type in types or _LAYERNORM.search(layer.name):
+            outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in floats]
+            if not outputs:
+                continue
             layer.precision = trt.float32
-            for j in range(layer.num_outputs):
+            for j in outputs:
                 layer.set_output_type(j, trt.float32)
             pinned.append(layer.name)
     return pinned
@@ -278,8 +311,8 @@ def _pin_fp32(trt: Any, network: Any, layer_types: tuple[str, ...]) -> list[str]
 
 def _layer_information(trt: Any, engine: Any, input_name: str, opt_shape: tuple[int, ...]) -> str:
     """The inspector's JSON for the whole engine, with shapes set so that tensor formats are reported."""
-    context = engine.create_execution_context()
-    context.set_input_shape(input_name, opt_shape)
+    context = _execution_context(engine)
+    _set_input_shape(context, input_name, opt_shape)
     inspector = engine.create_engine_inspector()
     # `execution_context` in TensorRT 10/11; `context` in older bindings.
     attribute = "execution_context" if hasattr(inspector, "execution_context") else "context"
@@ -288,13 +321,27 @@ def _layer_information(trt: Any, engine: Any, input_name: str, opt_shape: tuple[
     return json.dumps(json.loads(info), indent=1)  # normalised, so the file diffs well between builds
 
 
+def _execution_context(engine: Any) -> Any:
+    context = engine.create_execution_context()
+    if context is None:  # e.g. not enough device memory for the engine's activations
+        raise EngineBuildError("TensorRT could not create an execution context; its log above says why")
+    return context
+
+
+def _set_input_shape(context: Any, name: str, shape: tuple[int, ...]) -> None:
+    # False when the shape lies outside the engine's optimization profile (or the name is not an input).
+    if not context.set_input_shape(name, tuple(shape)):
+        dims = "x".join(map(str, shape))
+        raise EngineBuildError(f"TensorRT refused input shape {dims} for {name!r}: outside the engine's profile?")
+
+
 def run_engine(trt: Any, engine: Any, device: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One inference with the name-based tensor API (TensorRT 10/11): set shapes and addresses, enqueueV3."""
-    context = engine.create_execution_context()
+    context = _execution_context(engine)
     addresses = {}
     for name, array in inputs.items():
         dtype = trt.nptype(engine.get_tensor_dtype(name))
-        context.set_input_shape(name, array.shape)
+        _set_input_shape(context, name, array.shape)
         addresses[name] = device.upload(array.astype(dtype))
     outputs = {}
     for i in range(engine.num_io_tensors):
@@ -306,7 +353,8 @@ def run_engine(trt: Any, engine: Any, device: Any, inputs: dict[str, np.ndarray]
         addresses[name] = device.alloc(int(np.prod(shape)) * dtype.itemsize)
         outputs[name] = (shape, dtype)
     for name, ptr in addresses.items():
-        context.set_tensor_address(name, ptr)
+        if not context.set_tensor_address(name, ptr):
+            raise EngineBuildError(f"TensorRT refused the device buffer of tensor {name!r}; its log above says why")
     if not context.execute_async_v3(device.stream):
         raise EngineBuildError("TensorRT failed to run the engine")
     device.synchronize()
