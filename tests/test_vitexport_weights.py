@@ -167,9 +167,17 @@ def test_pos_embed_resampling_keeps_prefix_and_smooth_grid():
         resample_pos_embed(pos[:, :100], 2 + 24 * 24, num_prefix_tokens=2)
 
 
-def test_pretrained_fails_clearly_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match=r"cannot download timm/deit_tiny_patch16_224\.fb_in1k.*--checkpoint"):
+def test_pretrained_fails_clearly_offline(monkeypatch, tmp_path):
+    hub = pytest.importorskip("huggingface_hub.constants")
+    # huggingface_hub reads HF_HUB_OFFLINE from the environment once, at import: setting the variable here would be
+    # ignored and the download would try the network (and fail slowly, or succeed on a connected machine). Its
+    # constants are read at call time. An empty cache keeps a previously downloaded copy from being found.
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(
+        CheckpointError, match=r"cannot download timm/deit_tiny_patch16_224\.fb_in1k.*--checkpoint"
+    ) as e:
         create_model("deit_tiny", pretrained=True)
+    assert len(str(e.value).splitlines()) == 1 and str(e.value).endswith("may be offline: pass --checkpoint PATH")
     with pytest.raises(CheckpointError, match="no published weights"):
         create_model("test_vit", pretrained=True)
