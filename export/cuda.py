@@ -15,13 +15,19 @@ from types import TracebackType
 
 import numpy as np
 
+from vitexport.errors import VitExportError
+
 _LIBRARY = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75  # cuda.h CUdevice_attribute
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
 CUDA_SUCCESS = 0
 
 
-class CudaUnavailable(Exception):
+class CudaError(VitExportError):
+    """A CUDA driver call failed (out of memory, a lost device...): one line naming the call and CUDA's error name."""
+
+
+class CudaUnavailable(CudaError):
     """No driver library, or the driver found no usable GPU. The message says which, in a few words."""
 
 
@@ -80,7 +86,7 @@ class _Driver:
     def call(self, name: str, *args: object) -> None:
         result = getattr(self.lib, name)(*args)
         if result != CUDA_SUCCESS:
-            raise CudaUnavailable(f"{name} failed with {self.error_name(result)}")
+            raise CudaError(f"CUDA call {name} failed with {self.error_name(result)}")
 
     def error_name(self, result: int) -> str:
         text = ctypes.c_char_p()
@@ -141,11 +147,16 @@ class DeviceSession:
     def __enter__(self) -> DeviceSession:
         d = driver()
         d.call("cuDevicePrimaryCtxRetain", ctypes.byref(self._context), self.index)
-        d.call("cuCtxSetCurrent", self._context)
-        d.call("cuStreamCreate", ctypes.byref(self._stream), 0)
+        try:
+            d.call("cuCtxSetCurrent", self._context)
+            d.call("cuStreamCreate", ctypes.byref(self._stream), 0)
+        except CudaError:
+            self.__exit__()  # __exit__ is not called when __enter__ raises: release the retained context here
+            raise
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        # Cleanup reports nothing: a failure here would hide the error that ended the session, if any.
         d = driver()
         d.lib.cuCtxSynchronize()
         for ptr in self._buffers:
@@ -153,6 +164,7 @@ class DeviceSession:
         self._buffers.clear()
         if self._stream:
             d.lib.cuStreamDestroy_v2(self._stream)
+            self._stream = ctypes.c_void_p()
         d.lib.cuDevicePrimaryCtxRelease_v2(self.index)
 
     @property

@@ -605,6 +605,63 @@ def test_run_engine_checks_what_tensorrt_returns(context, message):
     assert run_engine(FakeRuntimeTrt, FakeEngine(FakeContext()), FakeDevice(), x)["logits"].shape == (1, 10)
 
 
+class FakeCudaLib:
+    """The driver calls DeviceSession makes, each returning CUDA_SUCCESS (0) unless named in `failing`."""
+
+    def __init__(self, failing: dict[str, int]):
+        self.failing, self.calls = failing, []
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append(name)
+            return self.failing.get(name, 0)
+
+        return call
+
+    def cuGetErrorName(self, result, text):
+        text._obj.value = b"CUDA_ERROR_OUT_OF_MEMORY" if result == 2 else b"CUDA_ERROR_UNKNOWN"
+        return 0
+
+
+def _fake_driver(monkeypatch, failing):
+    from export import cuda
+
+    d = object.__new__(cuda._Driver)
+    d.lib = FakeCudaLib(failing)
+    monkeypatch.setattr(cuda, "_driver", d)
+    return d.lib
+
+
+@pytest.mark.parametrize("failing", ["cuMemAlloc_v2", "cuStreamCreate"])
+def test_cuda_failures_in_the_device_session_are_one_line_errors(monkeypatch, failing):
+    from export.cuda import CudaError, DeviceSession
+    from vitexport.errors import VitExportError
+
+    lib = _fake_driver(monkeypatch, {failing: 2})
+    with pytest.raises(CudaError) as e, DeviceSession() as device:
+        device.alloc(1024)
+    assert isinstance(e.value, VitExportError)  # the CLI prints it as one red line, exit 1
+    assert str(e.value) == f"CUDA call {failing} failed with CUDA_ERROR_OUT_OF_MEMORY"
+    assert lib.calls.count("cuDevicePrimaryCtxRelease_v2") == 1  # the context is released either way
+
+
+def test_cli_prints_a_cuda_failure_as_one_line(monkeypatch):
+    import export.tensorrt as tensorrt
+    from export.cuda import CudaError
+
+    def fail(*args, **kwargs):
+        raise CudaError("CUDA call cuMemAlloc_v2 failed with CUDA_ERROR_OUT_OF_MEMORY")
+
+    env = tensorrt.TensorRTEnvironment("10.13.3.9", "NVIDIA L4", "8.9", "12.4")  # as if there were a GPU
+    monkeypatch.setattr(tensorrt, "tensorrt_environment", lambda: env)
+    monkeypatch.setattr(tensorrt, "onnx_for_engine", lambda *a, **k: None)
+    monkeypatch.setattr(tensorrt, "default_engine_path", lambda *a: Path("x.plan"))
+    monkeypatch.setattr(tensorrt, "build_engine", fail)
+    result = runner.invoke(app, ["trt", "test_vit"])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: CUDA call cuMemAlloc_v2 failed with CUDA_ERROR_OUT_OF_MEMORY"
+
+
 # --- the fusion audit --------------------------------------------------------------------------------------------
 
 

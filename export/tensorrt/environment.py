@@ -39,7 +39,7 @@ class TensorRTEnvironment:
 
 def tensorrt_environment(gpu: int = 0) -> TensorRTEnvironment:
     """TensorRT's version and the GPU's name and compute capability; one-line TensorRTUnavailable otherwise."""
-    from export.cuda import CudaUnavailable, probe_gpu
+    from export.cuda import CudaError, probe_gpu
 
     missing = []
     version = None
@@ -53,7 +53,7 @@ def tensorrt_environment(gpu: int = 0) -> TensorRTEnvironment:
         missing.append(f"TensorRT's libraries do not load ({str(e).splitlines()[0]})")
     try:
         info = probe_gpu(gpu)
-    except CudaUnavailable as e:
+    except CudaError as e:  # no driver or GPU (CudaUnavailable), or a failed query of the GPU
         missing.append(str(e))
         info = None
     if missing or version is None or info is None:
