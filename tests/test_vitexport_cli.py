@@ -1,15 +1,18 @@
 import json
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from export.onnx import ort_session
+from export.onnx import export_onnx, ort_session
 from vitexport.cli import app
+from vitexport.registry import create_model
 
 runner = CliRunner()
 VITEXPORT = [sys.executable, "-m", "vitexport.cli"]
@@ -94,3 +97,71 @@ def test_deit_small_from_a_timm_state_dict_matches_timm(timm, tmp_path):
             expected = reference(x).numpy()
         (got,) = session.run(None, {"pixel_values": x.numpy()})
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def vit_onnx(tmp_path_factory):
+    """An fp32 test_vit export whose sidecar knows its checkpoint's hash."""
+    folder = tmp_path_factory.mktemp("validate")
+    torch.save(create_model("test_vit").state_dict(), folder / "vit.pth")
+    return export_onnx("test_vit", folder / "vit.onnx", checkpoint=folder / "vit.pth", validate=False)
+
+
+def _described_as(artifact, path, **changes):
+    """A copy of the artifact's graph whose sidecar describes it with `changes`."""
+    shutil.copy(artifact.path, path)
+    artifact.with_(path=path, **changes).save()
+    return path
+
+
+def _one_line_failure(result, message: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": "test_deit"}, "model test_deit vs test_vit"),
+        ({"input_size": 96}, "input size 96 vs 64"),
+        (
+            {"output_names": ("logits", "logits_cls", "logits_dist")},
+            "outputs logits, logits_cls, logits_dist vs logits",
+        ),
+        ({"checkpoint_sha256": "0" * 64}, "checkpoint sha256 000000000000... vs"),
+    ],
+)
+def test_validate_refuses_a_reference_of_another_model(vit_onnx, tmp_path, changes, message):
+    if "input_size" in changes:
+        changes = {"preprocess": replace(vit_onnx.preprocess, input_size=changes["input_size"])}
+    reference = _described_as(vit_onnx, tmp_path / "ref.onnx", **changes)
+    result = runner.invoke(app, ["validate", str(vit_onnx.path), "--reference", str(reference)])
+    _one_line_failure(result, f"{reference} is not the model {vit_onnx.path} was derived from: {message}")
+
+
+def test_validate_compares_checkpoints_only_when_both_sides_know_them(vit_onnx, tmp_path):
+    reference = _described_as(vit_onnx, tmp_path / "ref.onnx", checkpoint_sha256=None)
+    result = runner.invoke(app, ["validate", str(vit_onnx.path), "--reference", str(reference), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["passed"]
+
+
+def test_validate_against_an_openvino_reference(vit_onnx, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from export.optimize import Precision, Runtime, optimize
+
+    reference = optimize(vit_onnx, runtime=Runtime.openvino, precision=Precision.fp32, output=tmp_path / "ref.xml")
+    result = runner.invoke(app, ["validate", str(vit_onnx.path), "--reference", str(reference.path)])
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path)  # a relative name without a folder: still a file, not a registered model
+    result = runner.invoke(app, ["validate", str(vit_onnx.path), "--reference", "absent.xml"])
+    _one_line_failure(result, "error: no such file: absent.xml")
+
+
+def test_validate_refuses_a_pytorch_reference_of_another_input_size(vit_onnx, tmp_path):
+    candidate = _described_as(vit_onnx, tmp_path / "v96.onnx", preprocess=replace(vit_onnx.preprocess, input_size=96))
+    checkpoint = vit_onnx.path.with_name("vit.pth")
+    result = runner.invoke(
+        app, ["validate", str(candidate), "--reference", "test_vit", "--checkpoint", str(checkpoint)]
+    )
+    _one_line_failure(result, "takes 96px inputs, test_vit 64px: give its fp32 ONNX export as --reference")

@@ -496,16 +496,39 @@ def validate(
         budget = precision or cand.precision
         if budget not in TOLERANCES:
             raise VitExportError(f"--precision must be one of {', '.join(TOLERANCES)}, not {budget!r}")
-        if Path(reference).exists() or Path(reference).suffix in (".onnx", ".json"):
+        ref_path = Path(reference)
+        # A path-like reference is a file even when missing: "no such file", not "unknown model 'x.xml'".
+        if ref_path.exists() or "/" in reference or ref_path.suffix in (".onnx", ".json", ".xml", ".plan"):
             if checkpoint is not None:
                 raise VitExportError("--checkpoint applies to a registered --reference model, not to a file")
             ref_artifact = load_artifact(reference)
             if ref_artifact.precision != "fp32":
                 raise VitExportError(f"the reference must be fp32; {reference} is {ref_artifact.precision}")
+            # Comparing two different models would report drift (or pass on chance agreement), not an error: refuse.
+            pairs = [
+                ("model", ref_artifact.model, cand.model),
+                ("input size", ref_artifact.preprocess.input_size, cand.preprocess.input_size),
+                ("outputs", ", ".join(ref_artifact.output_names), ", ".join(cand.output_names)),
+            ]
+            mismatches = [f"{what} {r} vs {c}" for what, r, c in pairs if r != c]
+            ref_sha, cand_sha = ref_artifact.checkpoint_sha256, cand.checkpoint_sha256
+            if ref_sha and cand_sha and ref_sha != cand_sha:  # compared only when both know it (not random weights)
+                mismatches.append(f"checkpoint sha256 {ref_sha[:12]}... vs {cand_sha[:12]}...")
+            if mismatches:
+                raise VitExportError(
+                    f"{reference} is not the model {candidate} was derived from: " + "; ".join(mismatches)
+                )
             ref_run = load_runner(ref_artifact, spinning=False)
         else:
-            if get_spec(reference).name != get_spec(cand.model).name:
+            spec = get_spec(reference)
+            if spec.name != get_spec(cand.model).name:
                 raise VitExportError(f"{candidate} is a {cand.model}, not a {reference}")
+            if spec.img_size != cand.preprocess.input_size:
+                # The PyTorch reference is built at the registered size; the candidate's export resampled it.
+                raise VitExportError(
+                    f"{candidate} takes {cand.preprocess.input_size}px inputs, {spec.name} {spec.img_size}px: "
+                    "give its fp32 ONNX export as --reference"
+                )
             if checkpoint is None:
                 # Random weights differ at every build, so a weightless model cannot be a reference.
                 raise VitExportError("a registered --reference model needs --checkpoint with the candidate's weights")
