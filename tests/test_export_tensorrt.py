@@ -402,6 +402,111 @@ def test_fp32_reference_walks_the_source_chain(tmp_path):
         fp32_reference(orphan)
 
 
+def test_validation_rules_per_precision():
+    from export.tensorrt import QDQ_ENGINE_TOLERANCE, VALIDATION_RULES
+
+    assert set(VALIDATION_RULES) == set(Precision)
+    assert VALIDATION_RULES[Precision.fp16].reference == VALIDATION_RULES[Precision.fp32].reference == "fp32"
+    # int8: gated against the Q/DQ graph it was built from; fp32 drift is reported only, as the accuracy gate does.
+    assert VALIDATION_RULES[Precision.int8].reference == "source"
+    assert validation_tolerance(Precision.int8) == QDQ_ENGINE_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def qdq(exported, tmp_path_factory):
+    """A calibrated static Q/DQ graph of test_vit, as `vitexport optimize --quant-method static` makes it. Calibrated
+    on low-contrast images, so that Gaussian inputs are clipped as real INT8 engines clip them."""
+    from export.quantize import QuantMethod, quantize_onnx
+
+    path = tmp_path_factory.mktemp("qdq") / "test_vit_int8.onnx"
+    calibration = np.random.default_rng(1).uniform(-0.05, 0.05, (8, 3, 64, 64)).astype(np.float32)
+    quantize_onnx(
+        exported.path, path, method=QuantMethod.static, input_name=exported.input_name, calibration=calibration
+    )
+    artifact = exported.with_(
+        path=path,
+        precision="int8",
+        source=os.path.relpath(exported.sidecar, path.parent),
+        details={"quantization": {"method": "static", "calibration_images": 8}},
+        validation=None,
+    )
+    artifact.save()
+    return artifact
+
+
+def _ort_runner(artifact: ModelArtifact):
+    """ONNX Runtime running `artifact` where the TensorRT engine would run (no GPU here)."""
+    from export.onnx import ort_session
+
+    session = ort_session(artifact.path)
+    return lambda x: dict(zip(artifact.output_names, session.run(None, {artifact.input_name: x}), strict=True))
+
+
+def test_int8_engine_is_gated_against_its_qdq_graph(qdq, exported):
+    from export.tensorrt import compare_with_onnx, validation_references
+    from export.validate import TOLERANCES
+    from vitexport.errors import ValidationError
+
+    settings = BuildSettings(precision=Precision.int8, profile=BatchProfile(1, 4, 8))
+    references = validation_references(qdq, Precision.int8)
+    assert references.gate == qdq and references.fp32.path.resolve() == exported.path.resolve()
+    # An engine that computes what the Q/DQ graph computes passes, although it is far from fp32 on Gaussian inputs:
+    # gating it against fp32 with the int8 budget, as before, failed every calibrated INT8 engine.
+    validation = compare_with_onnx(_ort_runner(qdq), qdq, references, settings)
+    assert validation["passed"] and validation["reference"] == "test_vit_int8.onnx"
+    assert {r["batch_size"] for r in validation["reports"]} == {1, 4, 8}
+    assert all(r["cosine"] > 0.9999 for r in validation["reports"])
+    assert validation["fp32_reference"] == exported.path.name and len(validation["fp32_drift"]) == 3
+    assert min(r["cosine"] for r in validation["fp32_drift"]) < TOLERANCES["int8"].min_cosine  # reported, not gated
+    # An engine that does not compute the Q/DQ graph (here: the fp32 graph) fails, naming the graph.
+    with pytest.raises(
+        ValidationError, match=r"int8 engine differs from test_vit_int8\.onnx on ONNX Runtime: .*cosine"
+    ):
+        compare_with_onnx(_ort_runner(exported), qdq, references, settings)
+
+
+def test_fp16_engine_is_gated_against_fp32(exported):
+    from export.tensorrt import compare_with_onnx, validation_references
+
+    settings = BuildSettings(precision=Precision.fp16, profile=BatchProfile(1, 1, 2))
+    references = validation_references(exported, Precision.fp16)
+    assert references.gate == exported and references.fp32 is None
+    validation = compare_with_onnx(_ort_runner(exported), exported, references, settings)
+    assert validation["reference"] == "test_vit.onnx" and "fp32_drift" not in validation
+
+
+def test_cli_shows_what_gated_the_engine_and_build_warnings(monkeypatch, tmp_path):
+    import export.tensorrt as tensorrt
+
+    report = {"output": "logits", "batch_size": 1, "max_abs": 0.1, "cosine": 0.9999, "top1_agreement": 1.0}
+    audit = audit_layer_info(_layers("trt10_vit_fp16_fused.layers.json"), expected_attention=2, precision="int8")
+    details = replace(
+        _details(),
+        precision=Precision.int8,
+        fusion_audit=audit.to_dict(),
+        build_warnings=("timing cache t was not usable (x)",),
+    )
+    engine = engine_artifact(onnx_artifact(tmp_path), EnginePaths(tmp_path / "e.plan"), details).with_(
+        validation={
+            "passed": True,
+            "reference": "test_vit_int8.onnx",
+            "reports": [report],
+            "fp32_reference": "test_vit.onnx",
+            "fp32_drift": [report | {"cosine": 0.41}],
+        }
+    )
+    env = tensorrt.TensorRTEnvironment("10.13.3.9", "NVIDIA L4", "8.9", "12.4")
+    monkeypatch.setattr(tensorrt, "tensorrt_environment", lambda: env)
+    monkeypatch.setattr(tensorrt, "onnx_for_engine", lambda *a, **k: None)
+    monkeypatch.setattr(tensorrt, "default_engine_path", lambda *a: tmp_path / "e.plan")
+    monkeypatch.setattr(tensorrt, "build_engine", lambda *a, **k: engine)
+    result = runner.invoke(app, ["trt", "test_vit", "--precision", "int8"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "WARNING (build): timing cache t was not usable (x)" in result.stderr
+    assert "TensorRT vs test_vit_int8.onnx on ONNX Runtime (gated)" in result.stdout
+    assert "TensorRT vs test_vit.onnx (reported, not gated)" in result.stdout and "0.410000" in result.stdout
+
+
 def test_validation_uses_the_accuracy_gate_budget():
     from export.validate import TOLERANCES
 

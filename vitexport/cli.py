@@ -187,6 +187,8 @@ def trt(
     audit = artifact.details["fusion_audit"]
     for warning in audit["warnings"]:
         typer.secho(f"WARNING (fusion audit): {warning}", fg="yellow", bold=True, err=True)
+    for warning in artifact.details.get("build_warnings", []):
+        typer.secho(f"WARNING (build): {warning}", fg="yellow", bold=True, err=True)
     if as_json:
         print_json(artifact.to_dict() | {"path": str(artifact.path), "sidecar": str(artifact.sidecar)})
         return
@@ -200,11 +202,17 @@ def trt(
         ["precision", "profile", "fused MHA", "unfused Softmax", "LayerNorm not FP32", "build s"],
         [row],
     )
-    rows = [
-        [r["output"], r["batch_size"], f"{r['max_abs']:.2e}", f"{r['cosine']:.6f}", f"{r['top1_agreement']:.2f}"]
-        for r in artifact.validation["reports"]
-    ]
-    print_table("TensorRT vs ONNX Runtime fp32", ["output", "batch", "max abs diff", "cosine", "top-1 agreement"], rows)
+    validation = artifact.validation
+    columns = ["output", "batch", "max abs diff", "cosine", "top-1 agreement"]
+    tables = [(f"TensorRT vs {validation['reference']} on ONNX Runtime (gated)", validation["reports"])]
+    if "fp32_drift" in validation:  # int8: gated against its Q/DQ graph; drift from fp32 is information
+        tables.append((f"TensorRT vs {validation['fp32_reference']} (reported, not gated)", validation["fp32_drift"]))
+    for title, reports in tables:
+        rows = [
+            [r["output"], r["batch_size"], f"{r['max_abs']:.2e}", f"{r['cosine']:.6f}", f"{r['top1_agreement']:.2f}"]
+            for r in reports
+        ]
+        print_table(title, columns, rows)
     typer.echo(str(artifact.path))
 
 

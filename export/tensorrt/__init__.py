@@ -16,12 +16,18 @@ from __future__ import annotations
 
 from export.tensorrt.audit import FusionAudit, audit_layer_info, expected_attention_blocks, tensor_precision
 from export.tensorrt.build import (
+    QDQ_ENGINE_TOLERANCE,
+    VALIDATION_RULES,
     EngineDetails,
     EnginePaths,
+    ValidationReferences,
+    ValidationRule,
     build_engine,
+    compare_with_onnx,
     engine_artifact,
     run_engine,
     validate_engine,
+    validation_references,
     validation_tolerance,
 )
 from export.tensorrt.environment import (
@@ -68,8 +74,10 @@ __all__ = [
     "MAX_BATCH",
     "MAX_WORKSPACE_GIB",
     "OPT_LEVELS",
+    "QDQ_ENGINE_TOLERANCE",
     "SUPPORTED_MAJORS",
     "VALIDATION_MAX_BATCH",
+    "VALIDATION_RULES",
     "BatchProfile",
     "BuildMode",
     "BuildPlan",
@@ -82,10 +90,13 @@ __all__ = [
     "Precision",
     "TensorRTEnvironment",
     "TensorRTUnavailable",
+    "ValidationReferences",
+    "ValidationRule",
     "audit_layer_info",
     "build_engine",
     "check_profile_fits",
     "choose_build",
+    "compare_with_onnx",
     "default_engine_path",
     "derive_graph",
     "engine_artifact",
@@ -102,5 +113,6 @@ __all__ = [
     "trtexec_layer_info",
     "trtexec_script",
     "validate_engine",
+    "validation_references",
     "validation_tolerance",
 ]
