@@ -22,6 +22,10 @@ from serving import config as cfg
 from vitexport.errors import ServingError, VitExportError
 from vitexport.registry import PreprocessConfig
 
+# Seconds to wait for a connection and for each reply: long enough for a large batch on a busy CPU server, short
+# enough that a server that accepted the connection but hangs does not hang the client forever.
+DEFAULT_TIMEOUT = 60.0
+
 
 class Protocol(str, Enum):
     http = "http"
@@ -51,74 +55,109 @@ class TopK:
         return {"labels": list(self.labels), "scores": list(self.scores), "indices": list(self.indices)}
 
 
-def connect(url: str, protocol: Protocol | str = Protocol.http) -> tuple[Any, Any]:
+def connect(url: str, protocol: Protocol | str = Protocol.http, *, timeout: float = DEFAULT_TIMEOUT) -> tuple[Any, Any]:
     """A tritonclient InferenceServerClient for the protocol, and its module (for InferInput). Close it when done
-    (or use `connection`): an idle open connection makes the server wait its whole exit timeout when it stops."""
+    (or use `connection`): an idle open connection makes the server wait its whole exit timeout when it stops.
+
+    The HTTP client gets `timeout` for connecting and for each reply; gRPC takes it per call (`call_options`)."""
     protocol = parse_protocol(protocol)
     url = re.sub(r"^https?://", "", url)
-    if protocol is Protocol.http:
-        import tritonclient.http as module
-    else:
-        import tritonclient.grpc as module
     try:
-        return module.InferenceServerClient(url=url), module
+        if protocol is Protocol.http:
+            import tritonclient.http as module
+
+            options = {"connection_timeout": timeout, "network_timeout": timeout}
+        else:
+            import tritonclient.grpc as module
+
+            options = {}
+    except ImportError as e:
+        raise ServingError(f"Triton's client is not installed ({e}): pip install 'vitexport[serve]'") from None
+    try:
+        return module.InferenceServerClient(url=url, **options), module
     except Exception as e:  # tritonclient raises plain exceptions for malformed URLs
         raise ServingError(f"cannot connect to {url}: {e}") from None
 
 
 @contextlib.contextmanager
-def connection(url: str, protocol: Protocol | str = Protocol.http) -> Iterator[tuple[Any, Any]]:
+def connection(
+    url: str, protocol: Protocol | str = Protocol.http, *, timeout: float = DEFAULT_TIMEOUT
+) -> Iterator[tuple[Any, Any]]:
     """`connect`, closed on exit."""
-    client, module = connect(url, protocol)
+    client, module = connect(url, protocol, timeout=timeout)
     try:
         yield client, module
     finally:
         client.close()
 
 
-def _call(what: str, fn, *args, **kwargs):
-    """Run a tritonclient call, turning its errors into one-line ServingErrors."""
+def call_options(protocol: Protocol | str, timeout: float) -> dict[str, float]:
+    """Keyword arguments that bound one gRPC call to `timeout` seconds (HTTP clients carry theirs from `connect`)."""
+    return {"client_timeout": timeout} if parse_protocol(protocol) is Protocol.grpc else {}
+
+
+def _call(what: str, timeout: float, fn, *args, **kwargs):
+    """Run a tritonclient call, turning its errors (a timeout included) into one-line ServingErrors."""
     from tritonclient.utils import InferenceServerException
 
     try:
         return fn(*args, **kwargs)
     except InferenceServerException as e:
+        if str(e.status()).endswith("DEADLINE_EXCEEDED"):
+            raise ServingError(f"{what}: no reply within {timeout:g} s") from None
         raise ServingError(f"{what}: {e.message() or e}") from None
+    except TimeoutError:
+        raise ServingError(f"{what}: no reply within {timeout:g} s") from None
     except (ConnectionError, OSError) as e:
         raise ServingError(f"{what}: {e}") from None
 
 
-def model_config(url: str, model: str, *, protocol: Protocol | str = Protocol.http) -> cfg.pb.ModelConfig:
+def model_config(
+    url: str, model: str, *, protocol: Protocol | str = Protocol.http, timeout: float = DEFAULT_TIMEOUT
+) -> cfg.pb.ModelConfig:
     """The config Triton serves for a model, as a ModelConfig message whichever the protocol."""
     from google.protobuf import json_format
 
-    with connection(url, protocol) as (client, _):
-        data = _call(f"cannot read {model}'s config from {url}", client.get_model_config, model)
+    with connection(url, protocol, timeout=timeout) as (client, _):
+        what = f"cannot read {model}'s config from {url}"
+        data = _call(what, timeout, client.get_model_config, model, **call_options(protocol, timeout))
     if Protocol(protocol) is Protocol.grpc:
         return data.config
     return json_format.ParseDict(data, cfg.pb.ModelConfig(), ignore_unknown_fields=True)
 
 
-def ready_models(url: str, *, protocol: Protocol | str = Protocol.http) -> list[str]:
-    with connection(url, protocol) as (client, _):
-        index = _call(f"cannot reach Triton at {url}", client.get_model_repository_index)
+def ready_models(url: str, *, protocol: Protocol | str = Protocol.http, timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+    with connection(url, protocol, timeout=timeout) as (client, _):
+        what = f"cannot reach Triton at {url}"
+        index = _call(what, timeout, client.get_model_repository_index, **call_options(protocol, timeout))
     if Protocol(protocol) is Protocol.grpc:
         return [m.name for m in index.models if m.state == "READY"]
     return [m["name"] for m in index if m.get("state") == "READY"]
 
 
-def infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, protocol=Protocol.http):
+def infer(
+    url: str,
+    model: str,
+    inputs: dict[str, np.ndarray],
+    outputs: Sequence[str],
+    *,
+    protocol: Protocol | str = Protocol.http,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[np.ndarray]:
     """One inference request with numpy inputs (object arrays for strings); returns the named outputs."""
     from tritonclient.utils import np_to_triton_dtype
 
-    with connection(url, protocol) as (client, module):
+    with connection(url, protocol, timeout=timeout) as (client, module):
         tensors = []
         for name, array in inputs.items():
             tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         requested = [module.InferRequestedOutput(name) for name in outputs]
-        result = _call(f"{model} refused the request", client.infer, model, tensors, outputs=requested)
+        options = call_options(protocol, timeout)
+        result = _call(
+            f"{model} refused the request", timeout, client.infer, model, tensors, outputs=requested, **options
+        )
     return [result.as_numpy(name) for name in outputs]
 
 
@@ -129,20 +168,28 @@ def classify(
     protocol: Protocol | str = Protocol.http,
     model: str | None = None,
     top_k: int = cfg.DEFAULT_TOP_K,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> list[TopK]:
-    """Top-k classes for each image (file paths or encoded bytes), in one batched request."""
+    """Top-k classes for each image (file paths or encoded bytes), in one batched request; each call to the server
+    waits at most `timeout` seconds."""
     protocol = parse_protocol(protocol)
     if not images:
         raise ServingError("no images given")
     if top_k < 1:
         raise ServingError(f"top-k must be >= 1, got {top_k}")
+    if not timeout > 0:
+        raise ServingError(f"timeout must be > 0 seconds, got {timeout}")
     data = [_read(image) for image in images]
-    model = model or _default_model(url, protocol)
-    config = model_config(url, model, protocol=protocol)
+    model = model or _default_model(url, protocol, timeout)
+    config = model_config(url, model, protocol=protocol, timeout=timeout)
     run = _classify_ensemble if config.input and config.input[0].data_type == cfg.pb.TYPE_STRING else _classify_pixels
     # More images than the model's max batch go as several requests; a fixed-batch model takes one at a time.
     step = config.max_batch_size or 1
-    return [r for i in range(0, len(data), step) for r in run(url, model, config, data[i : i + step], protocol, top_k)]
+    return [
+        r
+        for i in range(0, len(data), step)
+        for r in run(url, model, config, data[i : i + step], protocol, top_k, timeout)
+    ]
 
 
 def _read(image: str | Path | bytes) -> bytes:
@@ -154,15 +201,15 @@ def _read(image: str | Path | bytes) -> bytes:
         raise ServingError(f"cannot read image {image}: {e.strerror or e}") from None
 
 
-def _default_model(url: str, protocol: Protocol) -> str:
-    ready = ready_models(url, protocol=protocol)
+def _default_model(url: str, protocol: Protocol, timeout: float) -> str:
+    ready = ready_models(url, protocol=protocol, timeout=timeout)
     ensembles = [m for m in ready if m.endswith("_image")]
     if len(ensembles) == 1:
         return ensembles[0]
     raise ServingError(f"give --model; the server has {', '.join(ready) or 'no ready models'}")
 
 
-def _classify_ensemble(url, model, config, data: list[bytes], protocol, top_k: int) -> list[TopK]:
+def _classify_ensemble(url, model, config, data: list[bytes], protocol, top_k: int, timeout: float) -> list[TopK]:
     served_k = config.output[0].dims[-1] if config.output else 0
     if top_k > served_k:
         raise ServingError(f"{model} returns the top {served_k}; ask for --top-k {served_k} or fewer")
@@ -173,6 +220,7 @@ def _classify_ensemble(url, model, config, data: list[bytes], protocol, top_k: i
         {cfg.IMAGE_INPUT: images},
         [cfg.TOP_K_LABELS, cfg.TOP_K_SCORES, cfg.TOP_K_INDICES],
         protocol=protocol,
+        timeout=timeout,
     )
     return [
         TopK(
@@ -184,7 +232,7 @@ def _classify_ensemble(url, model, config, data: list[bytes], protocol, top_k: i
     ]
 
 
-def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int) -> list[TopK]:
+def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int, timeout: float) -> list[TopK]:
     from vitexport.preprocess import preprocess_image
 
     if config.max_batch_size == 0 and config.input[0].dims[0] != 1:
@@ -203,11 +251,13 @@ def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int
     if top_k > num_classes:
         raise ServingError(f"{model} has {num_classes} classes; ask for --top-k {num_classes} or fewer")
     # All classes through the classification extension: labels and logits in one reply, softmax computed here.
-    with connection(url, protocol) as (client, module):
+    with connection(url, protocol, timeout=timeout) as (client, module):
         tensor = module.InferInput(config.input[0].name, list(pixels.shape), "FP32")
         tensor.set_data_from_numpy(pixels)
         requested = module.InferRequestedOutput(output.name, class_count=num_classes)
-        result = _call(f"{model} refused the request", client.infer, model, [tensor], outputs=[requested])
+        options = call_options(protocol, timeout)
+        what = f"{model} refused the request"
+        result = _call(what, timeout, client.infer, model, [tensor], outputs=[requested], **options)
     rows = result.as_numpy(output.name).reshape(len(pixels), num_classes)
     results = []
     for row in rows:

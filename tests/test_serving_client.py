@@ -1,6 +1,11 @@
 """Client errors that need no server: each is one ServingError line, never a tritonclient traceback. The client
 against a live server is tested in test_serving_server.py."""
 
+import socket
+import threading
+import time
+
+import numpy as np
 import pytest
 
 from serving import client
@@ -25,6 +30,31 @@ def test_an_unreachable_server_is_one_line(closed_port, protocol, tmp_path):
         client.classify(closed_port, [image], protocol=protocol, model="m")
 
 
+@pytest.fixture
+def silent_server():
+    """Accepts connections and never answers: a hung server, which a client without timeouts would wait on forever."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        accepted = []
+        threading.Thread(target=lambda: [accepted.append(listener.accept()) for _ in range(16)], daemon=True).start()
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+        for conn, _ in accepted:
+            conn.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_hung_server_times_out_in_one_line(silent_server, protocol):
+    started = time.monotonic()
+    with pytest.raises(ServingError, match=r"cannot read m's config from .*: no reply within 0\.5 s"):
+        client.classify(silent_server, [b"x"], protocol=protocol, model="m", timeout=0.5)
+    with pytest.raises(ServingError, match=r"cannot reach Triton at .*: no reply within 0\.5 s"):
+        client.classify(silent_server, [b"x"], protocol=protocol, timeout=0.5)
+    with pytest.raises(ServingError, match=r"m refused the request: no reply within 0\.5 s"):
+        client.infer(silent_server, "m", {"x": np.zeros((1, 2), np.float32)}, ["y"], protocol=protocol, timeout=0.5)
+    assert time.monotonic() - started < 10
+
+
 def test_bad_arguments(closed_port, tmp_path):
     with pytest.raises(ServingError, match="protocol must be http or grpc"):
         client.classify(closed_port, [b"x"], protocol="ftp")
@@ -32,6 +62,8 @@ def test_bad_arguments(closed_port, tmp_path):
         client.classify(closed_port, [])
     with pytest.raises(ServingError, match="top-k must be >= 1"):
         client.classify(closed_port, [b"x"], top_k=0)
+    with pytest.raises(ServingError, match="timeout must be > 0"):
+        client.classify(closed_port, [b"x"], timeout=0)
     with pytest.raises(ServingError, match="cannot read image"):
         client.classify(closed_port, [tmp_path / "missing.jpg"])
 

@@ -361,6 +361,7 @@ def infer(
     protocol: Annotated[str, typer.Option(help="http or grpc.")] = "http",
     model: Annotated[str | None, typer.Option(help="Served model (default: the one NAME_image ensemble).")] = None,
     top_k: Annotated[int, typer.Option(help="Classes per image.")] = 5,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server at each step.")] = 60.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Classify images on a running Triton server and print labels and scores."""
@@ -369,7 +370,8 @@ def infer(
 
         if protocol not in Protocol.__members__:
             raise VitExportError(f"--protocol must be http or grpc, not {protocol!r}")
-        results = classify(url or Protocol(protocol).default_url, images, protocol=protocol, model=model, top_k=top_k)
+        server = url or Protocol(protocol).default_url
+        results = classify(server, images, protocol=protocol, model=model, top_k=top_k, timeout=timeout)
     if as_json:
         print_json([{"image": str(path)} | r.to_dict() for path, r in zip(images, results, strict=True)])
         return
