@@ -301,20 +301,26 @@ class TritonServer:
     def stop(self, *, keep_workdir: bool = False) -> None:
         """SIGTERM (Triton unloads its models and the stubs exit), then SIGKILL whatever is left of the group."""
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
+        # Nested finally blocks: a second Ctrl-C (or SIGTERM) while Triton shuts down cuts the wait short but must
+        # not skip the kill and the cleanup after it; the interrupt propagates once they are done.
+        try:
+            if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=20)
-            # The stubs share the server's process group (its own session): nothing of it may outlive us.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        for region in SHM_DIR.glob(f"{self._shm_prefix}*"):
-            region.unlink(missing_ok=True)
-        if not keep_workdir:
-            self._cleanup_workdir()
+        finally:
+            try:
+                if proc is not None:
+                    # The stubs share the server's process group (its own session): nothing of it may outlive us.
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=10)
+            finally:
+                for region in SHM_DIR.glob(f"{self._shm_prefix}*"):
+                    region.unlink(missing_ok=True)
+                if not keep_workdir:
+                    self._cleanup_workdir()
 
     def _cleanup_workdir(self) -> None:
         if self._workdir is not None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_serving_backends import bomb_png
 
 from export.onnx import ort_session
 from export.validate import TOLERANCES, compare
@@ -197,14 +198,38 @@ def test_dynamic_batching_merges_concurrent_requests(server):
     assert executions_after - executions_before < 16
 
 
+# Each bad request with Triton's own reason (the server's check, or the preprocessing model's error through the
+# ensemble), not just the client's prefix, which a connection failure would carry too.
 BAD_REQUESTS = {
-    "wrong shape": ("test_vit", {"pixel_values": np.zeros((1, 3, 32, 32), np.float32)}, ["logits"]),
-    "wrong dtype": ("test_vit", {"pixel_values": np.zeros((1, 3, 64, 64), np.float64)}, ["logits"]),
-    "batch over the maximum": ("test_vit", {"pixel_values": np.zeros((9, 3, 64, 64), np.float32)}, ["logits"]),
+    "wrong shape": (
+        "test_vit",
+        {"pixel_values": np.zeros((1, 3, 32, 32), np.float32)},
+        ["logits"],
+        r"unexpected shape for input 'pixel_values' for model 'test_vit'\. Expected \[-1,3,64,64\], got \[1,3,32,32\]",
+    ),
+    "wrong dtype": (
+        "test_vit",
+        {"pixel_values": np.zeros((1, 3, 64, 64), np.float64)},
+        ["logits"],
+        r"input 'pixel_values' data-type is 'FP64', but model 'test_vit' expects 'FP32'",
+    ),
+    "batch over the maximum": (
+        "test_vit",
+        {"pixel_values": np.zeros((9, 3, 64, 64), np.float32)},
+        ["logits"],
+        r"batch-size must be <= 8 for 'test_vit'",
+    ),
     "undecodable image bytes": (
         "test_vit_image",
         {"image": np.array([[b"not an image at all"]], dtype=np.object_)},
         ["labels"],
+        r"in ensemble 'test_vit_image', cannot decode image: cannot identify image file",
+    ),
+    "decompression bomb": (
+        "test_vit_image",
+        {"image": np.array([[bomb_png()]], dtype=np.object_)},
+        ["labels"],
+        r"in ensemble 'test_vit_image', cannot preprocess image: DecompressionBombError: Image size \(400000000",
     ),
 }
 
@@ -212,8 +237,8 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
 def test_bad_requests_get_an_error_and_the_server_stays_ready(server, case, protocol):
-    model, inputs, outputs = BAD_REQUESTS[case]
-    with pytest.raises(ServingError, match="refused the request"):
+    model, inputs, outputs, reason = BAD_REQUESTS[case]
+    with pytest.raises(ServingError, match=f"^{model} refused the request: .*{reason}"):
         client.infer(url(server, protocol), model, inputs, outputs, protocol=protocol)
     assert server.is_ready()
     good = client.classify(url(server, protocol), [png(9)], protocol=protocol, model="test_vit_image", top_k=1)
@@ -252,6 +277,47 @@ def test_stop_leaves_no_stub_processes_and_no_shared_memory(server):
         assert regions, "the Python backend should have created its shared-memory region"
     assert _group_members(pgid) == []
     assert list(client_shm(small)) == []
+
+
+def test_a_second_interrupt_while_stopping_still_kills_and_cleans_up(tmp_path, monkeypatch):
+    """Ctrl-C twice: the second one lands in the wait for Triton's orderly exit."""
+    import signal
+    import subprocess
+
+    from serving import server as server_module
+
+    class StillStopping:
+        pid = 424242
+        waits = 0
+
+        def poll(self):
+            return None
+
+        def send_signal(self, signum):
+            self.signal = signum
+
+        def wait(self, timeout=None):
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt  # the second Ctrl-C
+            raise subprocess.TimeoutExpired("tritonserver", timeout)
+
+    killed = []
+    monkeypatch.setattr(server_module.os, "killpg", lambda pgid, signum: killed.append((pgid, signum)))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    s = TritonServer(repo)
+    s._proc, s._workdir = StillStopping(), tmp_path / "workdir"
+    s._workdir.mkdir()
+    region = server_module.SHM_DIR / f"{s._shm_prefix}test"
+    region.write_bytes(b"")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            s.stop()
+    finally:
+        region.unlink(missing_ok=True)
+    assert killed == [(424242, signal.SIGKILL)]
+    assert not region.exists() and not (tmp_path / "workdir").exists()
 
 
 def client_shm(server):
