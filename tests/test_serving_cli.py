@@ -165,6 +165,41 @@ def test_infer_without_a_server_is_one_line(tmp_path):
     assert result.exit_code == 1 and "cannot reach Triton" in result.output
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_infer_gives_up_on_a_hung_server(tmp_path, protocol):
+    import socket
+
+    image = _jpeg(tmp_path / "a.jpg", 0)
+    with socket.socket() as hung:  # the kernel accepts connections for it; nothing ever answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        url = f"127.0.0.1:{hung.getsockname()[1]}"
+        args = ["infer", str(image), "--url", url, "--protocol", protocol, "--timeout", "0.5"]
+        started = time.monotonic()
+        result = runner.invoke(app, args)
+    assert result.exit_code == 1 and time.monotonic() - started < 10
+    assert f"cannot reach Triton at {url}: no reply within 0.5 s" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_without_the_serve_extra_commands_fail_in_one_line(repo, tmp_path, monkeypatch):
+    for module in ("tritonclient.grpc", "tritonclient.http"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if tritonclient were not installed
+    cfg.model_config_pb2.cache_clear()
+    try:
+        artifact = repo / "test_vit" / "1" / "model.onnx"
+        results = [
+            runner.invoke(app, ["repo", str(artifact), "--repo", str(tmp_path / "r")]),
+            runner.invoke(app, ["infer", str(_jpeg(tmp_path / "a.jpg", 0)), "--url", "127.0.0.1:1"]),
+        ]
+    finally:
+        cfg.model_config_pb2.cache_clear()
+    for result in results:
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "pip install 'vitexport[serve]'" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
 def test_a_killed_serve_leaves_no_server_behind(repo):
     """SIGKILL gives `serve` no chance to clean up: Triton is tied to it by PR_SET_PDEATHSIG and stops itself."""
     command = [*VITEXPORT, "serve", "--repo", str(repo), "--models", "test_vit", "--http-port", "0"]
@@ -245,6 +280,10 @@ def test_repo_serves_the_fastest_gated_variant(tmp_path):
     result = runner.invoke(app, ["repo", str(plain.path), str(ungated), "--repo", str(repo_dir)])
     assert result.exit_code == 1
     assert "ungated.onnx has not passed its accuracy gate" in result.output
+    # Alone, it is not timed against anything, but its gate is still checked.
+    result = runner.invoke(app, ["repo", str(ungated), "--repo", str(repo_dir), "--name", "alone"])
+    assert result.exit_code == 1 and "ungated.onnx has not passed its accuracy gate" in result.output
+    assert not (repo_dir / "alone").exists()
 
 
 def test_repo_names_a_missing_file_as_such(tmp_path):
