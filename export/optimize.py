@@ -20,6 +20,7 @@ import numpy as np
 from export.fp16 import IOType, to_fp16
 from export.fusion import Fusion, attention_audit, fuse, op_counts
 from export.gate import ImageSet, check, evaluate, hold_out, load_image_folder
+from export.openvino import int8_recipes
 from export.quantize import QuantMethod, default_method, quantize_onnx
 from export.runners import load_runner
 from vitexport.artifacts import ModelArtifact, sidecar_path
@@ -112,35 +113,50 @@ def optimize(
         artifact, calibration, images, needs_calibration, validate, calibration_limit, progress
     )
 
-    if runtime is Runtime.onnxruntime:
-        details = _onnxruntime_variant(
-            artifact, output, precision, fusion, io_type, quant_method, family, calib, progress
-        )
-    else:
-        details = _openvino_variant(artifact, output, precision, family, calib, progress)
-
-    if validate:
-        details["gate_images"] = gate_images
-    variant = ModelArtifact(
-        path=output,
-        format="onnx" if runtime is Runtime.onnxruntime else "openvino",
-        model=artifact.model,
-        preprocess=artifact.preprocess,
-        num_classes=artifact.num_classes,
-        input_name=artifact.input_name,
-        output_names=artifact.output_names,
-        batch_size=artifact.batch_size,
-        precision=precision.value,
-        opset=details.pop("opset", None),
-        checkpoint_sha256=artifact.checkpoint_sha256,
-        source=artifact.sidecar.name if artifact.sidecar.parent == output.parent else str(artifact.sidecar),
-        details=details,
+    # OpenVINO INT8 has more than one recipe; the first whose variant passes the gate is kept (without the gate,
+    # the first). Every other runtime and precision has one way to build it.
+    recipes = (
+        int8_recipes(transformer=family != "resnet")
+        if (runtime, precision) == (Runtime.openvino, Precision.int8)
+        else (None,)
     )
-    if validate:
+    rejected: list[dict[str, Any]] = []
+    for i, recipe in enumerate(recipes):
+        if runtime is Runtime.onnxruntime:
+            details = _onnxruntime_variant(
+                artifact, output, precision, fusion, io_type, quant_method, family, calib, progress
+            )
+        else:
+            details = _openvino_variant(artifact, output, precision, family, calib, recipe, progress)
+        if validate:
+            details["gate_images"] = gate_images
+        if rejected:
+            details["rejected_recipes"] = rejected
+        variant = ModelArtifact(
+            path=output,
+            format="onnx" if runtime is Runtime.onnxruntime else "openvino",
+            model=artifact.model,
+            preprocess=artifact.preprocess,
+            num_classes=artifact.num_classes,
+            input_name=artifact.input_name,
+            output_names=artifact.output_names,
+            batch_size=artifact.batch_size,
+            precision=precision.value,
+            opset=details.pop("opset", None),
+            checkpoint_sha256=artifact.checkpoint_sha256,
+            source=artifact.sidecar.name if artifact.sidecar.parent == output.parent else str(artifact.sidecar),
+            details=details,
+        )
+        if not validate:
+            break
         progress("accuracy gate")
         report = gate(variant, artifact, eval_images)
-        check(report)
-        variant = variant.with_(validation=report.to_dict())
+        if report.passed or i == len(recipes) - 1:
+            check(report)  # the last recipe over budget: one error, no sidecar
+            variant = variant.with_(validation=report.to_dict())
+            break
+        progress(f"recipe {recipe.name} over budget; trying {recipes[i + 1].name}")
+        rejected.append({"recipe": recipe.name, "failures": report.failures})
     variant.save()
     return variant
 
@@ -285,6 +301,7 @@ def _openvino_variant(
     precision: Precision,
     family: str,
     calib: np.ndarray | None,
+    recipe,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     from export import openvino as ovx
@@ -294,9 +311,9 @@ def _openvino_variant(
     model = ovx.convert_onnx(artifact.path)
     details: dict[str, Any] = {"runtime": "openvino", "fuse_attention": "none"}
     if precision is Precision.int8:
-        progress("NNCF post-training quantization")
-        model = ovx.quantize_int8(model, calib, transformer=family != "resnet", input_name=artifact.input_name)
-        details["quantization"] = {"method": "nncf-ptq", "calibration_images": len(calib)}
+        progress(f"NNCF post-training quantization ({recipe.name})")
+        model = ovx.quantize_int8(model, calib, recipe, input_name=artifact.input_name)
+        details["quantization"] = {"method": "nncf-ptq", "recipe": recipe.name, "calibration_images": len(calib)}
     ovx.save_ir(model, output)
     after: dict[str, int] = {}
     for op in model.get_ordered_ops():

@@ -50,7 +50,9 @@ def test_nncf_int8_ir(digits, tmp_path):
         output=tmp_path / "int8.xml",
     )
     assert variant.details["op_counts"]["after"]["FakeQuantize"] > 0
-    assert variant.details["quantization"] == {"method": "nncf-ptq", "calibration_images": 300}
+    quantization = {"method": "nncf-ptq", "recipe": "transformer", "calibration_images": 300}
+    assert variant.details["quantization"] == quantization  # NNCF's recommended recipe passed: no other tried
+    assert "rejected_recipes" not in variant.details
     assert variant.validation["passed"] and variant.validation["accuracy"]["top1_drop"] <= 1.0
     logits = load_runner(variant)(np.zeros((3, 3, 64, 64), np.float32))[0]
     assert logits.shape == (3, 10)

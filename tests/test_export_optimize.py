@@ -78,6 +78,7 @@ def test_cli_optimize_a_registered_model(tmp_path):
 def test_gate_rejects_int8_calibrated_on_a_black_image(digits, black_image, runtime, tmp_path):
     out = tmp_path / ("bad.xml" if runtime is Runtime.openvino else "bad.onnx")
     out.with_name(out.name + ".json").write_text("{}")  # a stale sidecar of an earlier run
+    steps: list[str] = []
     with pytest.raises(ValidationError, match=r"top-1 accuracy .* drop"):
         optimize(
             digits.onnx,
@@ -87,8 +88,11 @@ def test_gate_rejects_int8_calibrated_on_a_black_image(digits, black_image, runt
             calibration=black_image,
             images=digits.test,
             output=out,
+            progress=steps.append,
         )
     assert not out.with_name(out.name + ".json").exists()  # no sidecar: no later stage picks the variant up
+    if runtime is Runtime.openvino:  # NNCF's second recipe was tried before giving up
+        assert "recipe transformer over budget; trying transformer-no-smoothquant" in steps
 
 
 def test_cli_optimize_over_budget_exits_1(digits, black_image, tmp_path):
