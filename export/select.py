@@ -46,7 +46,7 @@ def rank_by_speed(
         if a.format not in CPU_FORMATS:
             raise ArtifactError(f"{a.path.name} is a {a.format} artifact; the fastest is picked among ONNX and IR")
         if not gated(a):
-            raise ArtifactError(f"{a.path.name} has not passed its accuracy gate; run `vitexport validate` on it")
+            raise ArtifactError(f"{a.path.name} has not passed its accuracy gate; optimize it again with vitexport")
     timed = []
     for a in artifacts:
         progress(f"timing {a.path.name}")
