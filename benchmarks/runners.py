@@ -172,7 +172,7 @@ def _ov_precision(ov_type: str) -> str:
 
 def _tensorrt_runner(spec: RunnerSpec) -> Runner:
     from export.cuda import DeviceSession
-    from export.tensorrt import run_engine, tensorrt_environment
+    from export.tensorrt import EngineRunner, tensorrt_environment
     from vitexport.artifacts import load_artifact
 
     tensorrt_environment()  # raises the one-line reason where there is no TensorRT or GPU
@@ -183,9 +183,10 @@ def _tensorrt_runner(spec: RunnerSpec) -> Runner:
     device = DeviceSession().__enter__()  # lives as long as the worker process
     engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(artifact.path.read_bytes())
     name = artifact.output_names[0]
+    run = EngineRunner(trt, engine, device)  # one context and reused buffers across the timed calls
 
     def infer(batch: np.ndarray) -> np.ndarray:
-        return run_engine(trt, engine, device, {artifact.input_name: batch})[name]
+        return run({artifact.input_name: batch})[name]
 
     return _Callable(spec.backend.value, artifact.precision, infer)
 

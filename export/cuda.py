@@ -177,11 +177,20 @@ class DeviceSession:
         self._buffers.append(ptr.value)
         return ptr.value
 
+    def free(self, ptr: int) -> None:
+        self._buffers.remove(ptr)
+        driver().call("cuMemFree_v2", ptr)
+
     def upload(self, array: np.ndarray) -> int:
         array = np.ascontiguousarray(array)
         ptr = self.alloc(array.nbytes)
-        driver().call("cuMemcpyHtoD_v2", ptr, array.ctypes.data, array.nbytes)
+        self.copy_in(ptr, array)
         return ptr
+
+    def copy_in(self, ptr: int, array: np.ndarray) -> None:
+        """Host to device, into a buffer of at least array.nbytes."""
+        array = np.ascontiguousarray(array)
+        driver().call("cuMemcpyHtoD_v2", ptr, array.ctypes.data, array.nbytes)
 
     def download(self, ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         out = np.empty(shape, dtype=dtype)

@@ -635,15 +635,17 @@ def test_pinning_leaves_integer_layers_alone():
 class FakeContext:
     def __init__(self, shape_ok=True, address_ok=True):
         self.shape_ok, self.address_ok = shape_ok, address_ok
+        self.batch = 1
 
     def set_input_shape(self, name, shape) -> bool:
+        self.batch = shape[0]
         return self.shape_ok
 
     def set_tensor_address(self, name, ptr) -> bool:
         return self.address_ok
 
     def get_tensor_shape(self, name):
-        return (1, 10)
+        return (self.batch, 10)
 
     def execute_async_v3(self, stream) -> bool:
         return True
@@ -654,8 +656,10 @@ class FakeEngine:
 
     def __init__(self, context):
         self.context = context
+        self.contexts_created = 0
 
     def create_execution_context(self):
+        self.contexts_created += 1
         return self.context
 
     def get_tensor_dtype(self, name):
@@ -686,6 +690,9 @@ class FakeDevice:
     def alloc(self, nbytes):
         return 2
 
+    def copy_in(self, ptr, array):
+        pass
+
     def synchronize(self):
         pass
 
@@ -708,6 +715,38 @@ def test_run_engine_checks_what_tensorrt_returns(context, message):
     with pytest.raises(EngineBuildError, match=message):
         run_engine(FakeRuntimeTrt, FakeEngine(context), FakeDevice(), x)
     assert run_engine(FakeRuntimeTrt, FakeEngine(FakeContext()), FakeDevice(), x)["logits"].shape == (1, 10)
+
+
+class CountingDevice(FakeDevice):
+    """Hands out numbered buffers and remembers what was allocated, freed and copied in."""
+
+    def __init__(self):
+        self.allocated, self.freed, self.copied = [], [], []
+
+    def alloc(self, nbytes):
+        self.allocated.append(nbytes)
+        return len(self.allocated)
+
+    def free(self, ptr):
+        self.freed.append(ptr)
+
+    def copy_in(self, ptr, array):
+        self.copied.append((ptr, array.nbytes))
+
+
+def test_engine_runner_keeps_its_context_and_buffers_across_calls():
+    from export.tensorrt import EngineRunner
+
+    device, engine = CountingDevice(), FakeEngine(FakeContext())
+    run = EngineRunner(FakeRuntimeTrt, engine, device)
+    x1 = {"pixel_values": np.zeros((1, 3, 64, 64), np.float32)}
+    for _ in range(3):
+        assert run(x1)["logits"].shape == (1, 10)
+    assert engine.contexts_created == 1
+    assert len(device.allocated) == 2 and not device.freed  # one input and one output buffer, reused
+    run({"pixel_values": np.zeros((4, 3, 64, 64), np.float32)})  # a larger batch: both buffers grow once
+    assert device.freed == [1, 2] and len(device.allocated) == 4
+    assert device.copied[-1] == (3, 4 * 3 * 64 * 64 * 4)  # the batch went into the new input buffer
 
 
 class FakeCudaLib:

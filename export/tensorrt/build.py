@@ -380,28 +380,52 @@ def _set_input_shape(context: Any, name: str, shape: tuple[int, ...]) -> None:
 
 def run_engine(trt: Any, engine: Any, device: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One inference with the name-based tensor API (TensorRT 10/11): set shapes and addresses, enqueueV3."""
-    context = _execution_context(engine)
-    addresses = {}
-    for name, array in inputs.items():
-        dtype = trt.nptype(engine.get_tensor_dtype(name))
-        _set_input_shape(context, name, array.shape)
-        addresses[name] = device.upload(array.astype(dtype))
-    outputs = {}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            continue
-        shape = tuple(context.get_tensor_shape(name))
-        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-        addresses[name] = device.alloc(int(np.prod(shape)) * dtype.itemsize)
-        outputs[name] = (shape, dtype)
-    for name, ptr in addresses.items():
-        if not context.set_tensor_address(name, ptr):
-            raise EngineBuildError(f"TensorRT refused the device buffer of tensor {name!r}; its log above says why")
-    if not context.execute_async_v3(device.stream):
-        raise EngineBuildError("TensorRT failed to run the engine")
-    device.synchronize()
-    return {name: device.download(addresses[name], shape, dtype) for name, (shape, dtype) in outputs.items()}
+    return EngineRunner(trt, engine, device)(inputs)
+
+
+class EngineRunner:
+    """Inference on one engine, called many times (the benchmark's TensorRT runner): the execution context and the
+    device buffers are kept between calls, and a buffer is re-allocated only when a larger batch needs more room, so
+    a call costs the copies and the kernels, not a context and allocations."""
+
+    def __init__(self, trt: Any, engine: Any, device: Any):
+        self.trt, self.engine, self.device = trt, engine, device
+        self.context = _execution_context(engine)
+        self.buffers: dict[str, tuple[int, int]] = {}  # tensor name -> (device pointer, capacity in bytes)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, capacity = self.buffers.get(name, (0, -1))
+        if nbytes > capacity:
+            if capacity >= 0:
+                self.device.free(ptr)
+            ptr = self.device.alloc(nbytes)
+            self.buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        trt, engine, context, device = self.trt, self.engine, self.context, self.device
+        addresses = {}
+        for name, array in inputs.items():
+            array = np.ascontiguousarray(array.astype(trt.nptype(engine.get_tensor_dtype(name)), copy=False))
+            _set_input_shape(context, name, array.shape)
+            addresses[name] = self._buffer(name, array.nbytes)
+            device.copy_in(addresses[name], array)
+        outputs = {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                continue
+            shape = tuple(context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            addresses[name] = self._buffer(name, int(np.prod(shape)) * dtype.itemsize)
+            outputs[name] = (shape, dtype)
+        for name, ptr in addresses.items():
+            if not context.set_tensor_address(name, ptr):
+                raise EngineBuildError(f"TensorRT refused the device buffer of tensor {name!r}; its log above says why")
+        if not context.execute_async_v3(device.stream):
+            raise EngineBuildError("TensorRT failed to run the engine")
+        device.synchronize()
+        return {name: device.download(addresses[name], shape, dtype) for name, (shape, dtype) in outputs.items()}
 
 
 def validate_engine(
@@ -416,8 +440,10 @@ def validate_engine(
 ) -> dict[str, Any]:
     """Run the engine at the profile's small batch sizes and check it as VALIDATION_RULES says (compare_with_onnx)."""
 
+    runner = EngineRunner(trt, engine, device)
+
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        return run_engine(trt, engine, device, {artifact.input_name: x})
+        return runner({artifact.input_name: x})
 
     return compare_with_onnx(run, artifact, references, settings, seed=seed)
 
