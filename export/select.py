@@ -25,11 +25,6 @@ class Timed:
     img_s: float
 
 
-def gated(artifact: ModelArtifact) -> bool:
-    """A sidecar is written only after its checks pass; an old or hand-edited one must still say so."""
-    return bool(artifact.validation and artifact.validation.get("passed"))
-
-
 def rank_by_speed(
     artifacts: Sequence[ModelArtifact],
     *,
@@ -45,7 +40,7 @@ def rank_by_speed(
     for a in artifacts:
         if a.format not in CPU_FORMATS:
             raise ArtifactError(f"{a.path.name} is a {a.format} artifact; the fastest is picked among ONNX and IR")
-        if not gated(a):
+        if not a.passed_gate:
             raise ArtifactError(f"{a.path.name} has not passed its accuracy gate; optimize it again with vitexport")
     timed = []
     for a in artifacts:

@@ -114,7 +114,7 @@ def add_model(
             raise ServingError(
                 f"backend {backend.value} serves {' or '.join(backend.formats)} models; {a.path} is {a.format}"
             )
-        if require_gate and not passed_gate(a):
+        if require_gate and not a.passed_gate:
             raise ServingError(
                 f"{a.path.name} has not passed its accuracy gate (its sidecar records no passed validation); "
                 "export, optimize or build it again with vitexport"
@@ -197,14 +197,6 @@ def add_model(
             step.revert()
         raise
     return AddedModel(name, version, model_dir / str(version), backend, tuple(p[1].name for p in parts))
-
-
-def passed_gate(artifact: ModelArtifact) -> bool:
-    """Whether the sidecar records a passed accuracy gate. Every vitexport stage writes its sidecar only after its
-    checks pass (export and engines against their fp32 reference, optimized variants against the fp32 ONNX), but a
-    sidecar from a run that skipped validation, an older vitexport or a hand edit must still say so. The rule is
-    export.select.gated's; serving never imports export."""
-    return bool(artifact.validation and artifact.validation.get("passed"))
 
 
 def _engine_profile(engine: ModelArtifact) -> dict[str, int]:

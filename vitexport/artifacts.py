@@ -37,6 +37,13 @@ class ModelArtifact:
     def sidecar(self) -> Path:
         return sidecar_path(self.path)
 
+    @property
+    def passed_gate(self) -> bool:
+        """Whether the sidecar records a passed check against the fp32 reference. Every stage writes its sidecar only
+        after its checks pass, but a sidecar from a run that skipped validation, an older vitexport or a hand edit
+        must still say so before the artifact is served or ranked."""
+        return bool(self.validation and self.validation.get("passed"))
+
     def with_(self, **changes: Any) -> ModelArtifact:
         return replace(self, **changes)
 
