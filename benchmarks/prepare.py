@@ -16,17 +16,26 @@ from benchmarks.runners import Backend
 from vitexport.errors import VitExportError
 
 CALIBRATION_IMAGES = 32  # enough for min-max ranges of a speed benchmark; NNCF's default 300 costs minutes here
+GATE_IMAGES = 64  # real images every variant is gated on, none of them a calibration image
 
 
-def _calibration_folder(workdir: Path, size: int) -> Path:
-    """Real images (scikit-learn's digits, upsampled) for INT8 calibration where ImageNet cannot be downloaded."""
+def _digits_folders(workdir: Path, size: int) -> tuple[Path, Path]:
+    """Real images (scikit-learn's digits, upsampled) where ImageNet cannot be downloaded: an ImageFolder of the first
+    CALIBRATION_IMAGES for INT8 calibration, and a flat folder of the next GATE_IMAGES for every variant's gate.
+    The gate's folder is unlabelled on purpose: a random-weight model's accuracy on digit labels means nothing, its
+    agreement with the fp32 model on real images does (on Gaussian noise alone a DeiT-B's top two logits tie)."""
+    from PIL import Image
+
     from export.digits import load_digits_images, write_image_folder
 
-    folder = workdir / f"calibration_{size}"
-    if not folder.is_dir():
+    calibration, gate = workdir / f"calibration_{size}", workdir / f"gate_{size}"
+    if not (calibration.is_dir() and gate.is_dir()):
         images, labels = load_digits_images(size)
-        write_image_folder(folder, images[:CALIBRATION_IMAGES], labels[:CALIBRATION_IMAGES])
-    return folder
+        write_image_folder(calibration, images[:CALIBRATION_IMAGES], labels[:CALIBRATION_IMAGES])
+        gate.mkdir(exist_ok=True)
+        for i in range(CALIBRATION_IMAGES, CALIBRATION_IMAGES + GATE_IMAGES):
+            Image.fromarray(images[i]).save(gate / f"digit_{i:04d}.png")
+    return calibration, gate
 
 
 def _cached(path: Path):
@@ -104,25 +113,24 @@ def _variant(
             return cached.path, cached.details.get("gate_failure")
     name = f"{plain.model}: {runtime.value} {precision.value}"
     progress(f"{name}: optimizing (and the accuracy gate)" if validate else f"{name}: optimizing")
-    calib = calibration
-    if precision.value == "int8" and calib is None:
-        calib = _calibration_folder(folder.parent, plain.preprocess.input_size)
+    default_calibration, gate_images = _digits_folders(folder.parent, plain.preprocess.input_size)
+    calib = (calibration or default_calibration) if precision.value == "int8" else None
     # ORT's quantizer logs a pre-processing hint on the root logger at every call: not for the bench's output.
     logging.disable(logging.WARNING)
     try:
         try:
-            return _optimize(plain, runtime, precision, output, calib, validate).path, None
+            return _optimize(plain, runtime, precision, output, calib, gate_images, validate).path, None
         except ValidationError as e:
             failure = "failed its accuracy gate: " + str(e).splitlines()[0]
         progress(f"{name}: {failure}; building it ungated")
-        variant = _optimize(plain, runtime, precision, fallback, calib, False)
+        variant = _optimize(plain, runtime, precision, fallback, calib, gate_images, False)
         variant.with_(details=variant.details | {"gate_failure": failure}).save()
         return variant.path, failure
     finally:
         logging.disable(logging.NOTSET)
 
 
-def _optimize(plain, runtime, precision, output: Path, calib: Path | None, validate: bool):
+def _optimize(plain, runtime, precision, output: Path, calib: Path | None, images: Path, validate: bool):
     from export.fusion import Fusion
     from export.optimize import default_fusion, optimize
 
@@ -133,6 +141,7 @@ def _optimize(plain, runtime, precision, output: Path, calib: Path | None, valid
         fuse_attention=default_fusion(runtime, precision) if runtime.value == "onnxruntime" else Fusion.none,
         calibration=calib,
         calibration_limit=CALIBRATION_IMAGES,
+        images=images,
         validate=validate,
         output=output,
     )
