@@ -205,7 +205,9 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
                 f"| {name} | {backend} | {_kind(e)} | {e['precision']} | "
                 + " | ".join(cells)
                 + f" | {_fmt(first and first['latency_ms_p50'])} | {gflops_text} | "
-                + ("–" if frac is None else f"{frac * 100:.2g}%")
+                # Two significant digits for the tiny test models' small fractions; whole percent from 10% up
+                # (".2g" would print 105% as "1e+02%").
+                + ("–" if frac is None else f"{frac * 100:.2g}%" if frac < 0.1 else f"{frac * 100:.0f}%")
                 + " |"
             )
     out.append("")
