@@ -181,12 +181,6 @@ class DeviceSession:
         self._buffers.remove(ptr)
         driver().call("cuMemFree_v2", ptr)
 
-    def upload(self, array: np.ndarray) -> int:
-        array = np.ascontiguousarray(array)
-        ptr = self.alloc(array.nbytes)
-        self.copy_in(ptr, array)
-        return ptr
-
     def copy_in(self, ptr: int, array: np.ndarray) -> None:
         """Host to device, into a buffer of at least array.nbytes."""
         array = np.ascontiguousarray(array)

@@ -312,17 +312,21 @@ def use_timing_cache(config: Any, path: Path) -> str | None:
     """
     blob = path.read_bytes() if path.is_file() else b""
     reason = None
+    if blob:
+        try:
+            cache = config.create_timing_cache(blob)
+        except Exception as e:  # the bindings raise whatever the C++ side reports (RuntimeError, TypeError...)
+            cache, reason = None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return None
     try:
-        cache = config.create_timing_cache(blob)
-    except Exception as e:  # the bindings raise whatever the C++ side reports (RuntimeError, TypeError...)
-        cache, reason = None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
-        return None
-    if not blob:
-        raise EngineBuildError("TensorRT could not create an empty timing cache; its log above says why")
-    empty = config.create_timing_cache(b"")
+        empty = config.create_timing_cache(b"")
+    except Exception:
+        empty = None
     if empty is None or not config.set_timing_cache(empty, ignore_mismatch=False):
         raise EngineBuildError("TensorRT could not create an empty timing cache; its log above says why")
+    if not blob:
+        return None
     why = reason or "written by another TensorRT version or GPU?"
     return f"timing cache {path} was not usable ({why}); built with an empty one, which replaces it"
 
