@@ -84,8 +84,8 @@ def compare(output: str, reference: np.ndarray, candidate: np.ndarray) -> DriftR
     )
 
 
-def check(reports: list[DriftReport], tol: Tolerance) -> None:
-    """Raise one ValidationError listing every failed check."""
+def check(reports: list[DriftReport], tol: Tolerance, *, what: str = "validation failed") -> None:
+    """Raise one ValidationError, `what` followed by every failed check."""
     failures = [f for r in reports for f in r.failures(tol)]
     if failures:
-        raise ValidationError("validation failed: " + "; ".join(failures))
+        raise ValidationError(f"{what}: " + "; ".join(failures))
