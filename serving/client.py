@@ -62,17 +62,12 @@ def connect(url: str, protocol: Protocol | str = Protocol.http, *, timeout: floa
     The HTTP client gets `timeout` for connecting and for each reply; gRPC takes it per call (`call_options`)."""
     protocol = parse_protocol(protocol)
     url = re.sub(r"^https?://", "", url)
-    try:
-        if protocol is Protocol.http:
-            import tritonclient.http as module
-
-            options = {"connection_timeout": timeout, "network_timeout": timeout}
-        else:
-            import tritonclient.grpc as module
-
-            options = {}
-    except ImportError as e:
-        raise ServingError(f"Triton's client is not installed ({e}): pip install 'vitexport[serve]'") from None
+    if protocol is Protocol.http:
+        module = cfg.import_tritonclient("tritonclient.http")
+        options = {"connection_timeout": timeout, "network_timeout": timeout}
+    else:
+        module = cfg.import_tritonclient("tritonclient.grpc")
+        options = {}
     try:
         return module.InferenceServerClient(url=url, **options), module
     except Exception as e:  # tritonclient raises plain exceptions for malformed URLs

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 from dataclasses import dataclass
 from enum import Enum
@@ -25,15 +26,20 @@ if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2 as pb
 
 
+def import_tritonclient(module: str) -> ModuleType:
+    """A tritonclient module, or one line saying how to install it: it comes with the `serve` extra only."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ServingError(f"Triton's client is not installed ({e}): pip install 'vitexport[serve]'") from None
+
+
 @functools.cache
 def model_config_pb2() -> ModuleType:
     """Triton's ModelConfig protobuf module. Imported on first use: `tritonclient.grpc` takes ~0.2 s to import and
     comes with the `serve` extra only, which `vitexport --help` and the export commands must not need."""
-    try:
-        from tritonclient.grpc import model_config_pb2 as module
-    except ImportError as e:
-        raise ServingError(f"Triton's client is not installed ({e}): pip install 'vitexport[serve]'") from None
-    return module
+    import_tritonclient("tritonclient.grpc")  # as `from tritonclient.grpc import ...`: the package first
+    return import_tritonclient("tritonclient.grpc.model_config_pb2")
 
 
 def __getattr__(name: str):
