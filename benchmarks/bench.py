@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gemm import GEMMS, GemmSpec, N, peak_table
-from benchmarks.runners import ALL_BACKENDS, QUICK_BACKENDS, Backend, RunnerSpec
-from benchmarks.served import ServedSettings
-from benchmarks.sweep import SweepSettings, sweep, workers
+from vitexport.bench.gemm import GEMMS, GemmSpec, N, peak_table
+from vitexport.bench.runners import ALL_BACKENDS, QUICK_BACKENDS, Backend, RunnerSpec
+from vitexport.bench.served import ServedSettings
+from vitexport.bench.sweep import SweepSettings, sweep, workers
+
 from vitexport.errors import VitExportError
 
 QUICK_SWEEP = SweepSettings(batch_sizes=(1, 8), windows=3, duration=0.4, warmup=0.2)
@@ -54,7 +55,7 @@ def default_workdir() -> Path:
 
 
 def check(config: BenchConfig) -> None:
-    from vitexport.registry import get_spec
+    from vitexport.models import get_spec
 
     if not config.models:
         raise VitExportError("give at least one model")
@@ -68,14 +69,14 @@ def check(config: BenchConfig) -> None:
     if s.windows < 1 or s.duration <= 0 or s.threads < 1:
         raise VitExportError("windows, duration and threads must be positive")
     if config.triton_url:
-        from benchmarks.served import parse_triton_url
+        from vitexport.bench.served import parse_triton_url
 
         parse_triton_url(config.triton_url)
 
 
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Measure everything the config asks for; backends that cannot run here are recorded with the reason."""
-    from benchmarks.machine import machine_info
+    from vitexport.bench.machine import machine_info
 
     check(config)
     config.workdir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +111,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         "peak_gflops": peak,
         "models": models,
     }
-    from benchmarks.report import paper_table, verdicts
+    from vitexport.bench.report import paper_table, verdicts
 
     result["paper_table"] = paper_table(result)
     result["verdicts"] = verdicts(result)
@@ -131,7 +132,7 @@ def _logged(progress: Callable[[str], None], log: Path) -> Callable[[str], None]
 
 
 def _canonical(name: str) -> str:
-    from vitexport.registry import get_spec
+    from vitexport.models import get_spec
 
     return get_spec(name).name
 
@@ -166,8 +167,9 @@ def _peaks(config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
 
 
 def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], progress) -> dict[str, Any]:
-    from benchmarks.prepare import prepare
-    from vitexport.registry import get_spec
+    from vitexport.bench.prepare import prepare
+
+    from vitexport.models import get_spec
 
     spec = get_spec(name)
     gflop = 2 * spec.macs() / 1e9  # FLOPs = 2 x MACs, as the registry's MACs count matmuls and convolutions
@@ -237,7 +239,7 @@ def _no_native_bf16() -> str | None:
     instructions OpenVINO still honours the hint, emulated: measured here about 20x slower than f32 (DeiT-S, 4.9 s
     per image), which would take the whole run's time for one figure; the GEMM peaks show the emulated rate."""
     try:
-        from export.openvino import cpu_capabilities
+        from vitexport.export.openvino import cpu_capabilities
 
         capabilities = cpu_capabilities()
     except Exception:
@@ -258,7 +260,7 @@ def _mkdir(path: Path) -> bool:
 
 
 def _served(model, served, paths, skipped, config: BenchConfig, progress):
-    from benchmarks.served import serve_and_measure
+    from vitexport.bench.served import serve_and_measure
 
     protocols = [b.value.removeprefix("triton-") for b in served]
     source = paths.get(served[0])

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.runners import Backend
+from vitexport.bench.runners import Backend
+
 from vitexport.errors import VitExportError
 
 CALIBRATION_IMAGES = 32  # enough for min-max ranges of a speed benchmark; NNCF's default 300 costs minutes here
@@ -25,8 +26,7 @@ def _digits_folders(workdir: Path, size: int) -> tuple[Path, Path]:
     The gate's folder is unlabelled on purpose: a random-weight model's accuracy on digit labels means nothing, its
     agreement with the fp32 model on real images does (on Gaussian noise alone a DeiT-B's top two logits tie)."""
     from PIL import Image
-
-    from export.digits import load_digits_images, write_image_folder
+    from vitexport.bench.digits import load_digits_images, write_image_folder
 
     calibration, gate = workdir / f"calibration_{size}", workdir / f"gate_{size}"
     if not (calibration.is_dir() and gate.is_dir()):
@@ -55,9 +55,10 @@ def prepare(
 ) -> tuple[dict[Backend, Path], dict[Backend, str], dict[Backend, str]]:
     """Model files by backend; why the others cannot run (no GPU, ...) as one line each; and the backends whose
     model file is an ungated variant, with the gate's verdict."""
-    from export.onnx import export_onnx
-    from export.optimize import Precision, Runtime
-    from vitexport.registry import get_spec
+    from vitexport.export.onnx import export_onnx
+    from vitexport.export.optimize import Precision, Runtime
+
+    from vitexport.models import get_spec
 
     spec = get_spec(model)
     folder = workdir / spec.name
@@ -102,7 +103,8 @@ def _variant(
     plain, runtime, precision, folder: Path, validate: bool, calibration: Path | None, progress
 ) -> tuple[Path, str | None]:
     """The variant's file, and the gate's verdict when only an ungated variant could be made."""
-    from export.optimize import default_fusion, default_output
+    from vitexport.export.optimize import default_fusion, default_output
+
     from vitexport.errors import ValidationError
 
     output = default_output(plain.path, runtime, precision, default_fusion(runtime, precision))
@@ -131,8 +133,8 @@ def _variant(
 
 
 def _optimize(plain, runtime, precision, output: Path, calib: Path | None, images: Path, validate: bool):
-    from export.fusion import Fusion
-    from export.optimize import default_fusion, optimize
+    from vitexport.export.fusion import Fusion
+    from vitexport.export.optimize import default_fusion, optimize
 
     return optimize(
         plain,
@@ -148,7 +150,7 @@ def _optimize(plain, runtime, precision, output: Path, calib: Path | None, image
 
 
 def _engine(plain, progress) -> Path:
-    from export.tensorrt import (
+    from vitexport.export.tensorrt import (
         BatchProfile,
         BuildSettings,
         Precision,

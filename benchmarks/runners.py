@@ -99,7 +99,7 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
     import torch
 
     from vitexport.errors import VitExportError
-    from vitexport.registry import create_model, get_spec
+    from vitexport.models import create_model, get_spec
 
     torch.set_num_threads(spec.threads)
     torch.manual_seed(0)
@@ -132,7 +132,8 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
 
 
 def _artifact_runner(spec: RunnerSpec, runtime: str) -> Runner:
-    from export.runners import load_runner
+    from vitexport.export.runners import load_runner
+
     from vitexport.artifacts import load_artifact
 
     assert spec.artifact is not None
@@ -141,8 +142,7 @@ def _artifact_runner(spec: RunnerSpec, runtime: str) -> Runner:
     if spec.backend is Backend.openvino_plain:
         # OpenVINO's own defaults, as a user who hands it the plain ONNX gets them (no precision hint).
         import openvino.properties.hint as hints
-
-        from export.openvino import compile_ir
+        from vitexport.export.openvino import compile_ir
 
         compiled = compile_ir(artifact.path, "int8", spec.threads)  # "int8": the mapping that sets no hint
         precision = _ov_precision(str(compiled.get_property(hints.inference_precision).get_type_name()))
@@ -156,7 +156,7 @@ def _artifact_runner(spec: RunnerSpec, runtime: str) -> Runner:
     # ORT's idle spinning would slow the other workers between our windows: off, as in the Triton classifier.
     run = load_runner(artifact, threads=spec.threads, spinning=False)
     if runtime == "openvino" and precision == "bf16":
-        from export.openvino import execution_precision
+        from vitexport.export.openvino import execution_precision
 
         precision = _ov_precision(execution_precision(artifact.path, "bf16"))
 
@@ -171,8 +171,9 @@ def _ov_precision(ov_type: str) -> str:
 
 
 def _tensorrt_runner(spec: RunnerSpec) -> Runner:
-    from export.cuda import DeviceSession
-    from export.tensorrt import EngineRunner, tensorrt_environment
+    from vitexport.export.cuda import DeviceSession
+    from vitexport.export.tensorrt import EngineRunner, tensorrt_environment
+
     from vitexport.artifacts import load_artifact
 
     tensorrt_environment()  # raises the one-line reason where there is no TensorRT or GPU

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from vitexport.bench.serving_throughput import perf_analyzer_env, perf_analyzer_row
 
-from benchmarks.serving_throughput import perf_analyzer_env, perf_analyzer_row
 from vitexport.errors import ServingError
 
 
@@ -45,7 +45,7 @@ def perf_analyzer() -> tuple[Path, dict[str, str]] | None:
             return None
         binary = Path(found)
     try:
-        from serving.server import TritonInstall
+        from vitexport.serving.server import TritonInstall
 
         libs = TritonInstall.find().libs
     except ServingError:
@@ -112,7 +112,7 @@ def load_generator(
 ) -> dict[str, Any]:
     """perf_analyzer's measurement without it: `concurrency` threads, each with its own client, sending one
     request after another; a warm-up, then `windows` windows; the median window's throughput."""
-    from serving.client import connect
+    from vitexport.serving.client import connect
 
     x = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size), dtype=np.float32)
     stop = threading.Event()
@@ -184,9 +184,9 @@ def serve_and_measure(
     if triton_url:
         urls = parse_triton_url(triton_url)
         return _measure(urls, served_name or artifact.model, artifact, protocols, settings, progress)
-    from serving.config import Backend
-    from serving.repository import add_model
-    from serving.server import TritonServer
+    from vitexport.serving.config import Backend
+    from vitexport.serving.repository import add_model
+    from vitexport.serving.server import TritonServer
 
     repo = Path(tempfile.mkdtemp(prefix="repo-", dir=workdir))
     try:

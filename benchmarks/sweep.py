@@ -91,7 +91,7 @@ def _worker(conn, spec, log: str | None) -> None:
             return
         _, batch_size, img_size, seconds, min_batches = message
         if batch_size not in inputs:
-            from benchmarks.runners import random_batch
+            from vitexport.bench.runners import random_batch
 
             inputs = {batch_size: random_batch(batch_size, img_size)}  # one batch size at a time: bounded memory
         x = inputs[batch_size]
@@ -111,7 +111,7 @@ def _worker(conn, spec, log: str | None) -> None:
 
 
 def _build(spec):
-    from benchmarks.runners import build_runner
+    from vitexport.bench.runners import build_runner
 
     return build_runner(spec)
 

@@ -1,5 +1,5 @@
 """The accuracy gate: an optimized variant against its fp32 reference, on random inputs and real images, and on a
-labelled ImageFolder-style directory also top-1/top-5 accuracy. Budgets come from export.validate.TOLERANCES;
+labelled ImageFolder-style directory also top-1/top-5 accuracy. Budgets come from vitexport.export.validate.TOLERANCES;
 every failed check is collected into one ValidationError.
 """
 
@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, compare
 
-from export.validate import TOLERANCES, DriftReport, Tolerance, compare
 from vitexport.errors import ValidationError, VitExportError
-from vitexport.registry import PreprocessConfig
+from vitexport.preprocess import PreprocessConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 RANDOM_BATCHES = (1, 4)
@@ -179,9 +179,9 @@ def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) 
 def torch_reference(name: str, checkpoint: str | Path, output_names: tuple[str, ...] = ("logits",)) -> Run:
     """The fp32 PyTorch model as a reference runner, on the same weights the candidate was exported from."""
     import torch
+    from vitexport.export.onnx import _ExportHeads
 
-    from export.onnx import _ExportHeads
-    from vitexport.registry import create_model
+    from vitexport.models import create_model
 
     model = create_model(name, checkpoint=str(checkpoint))
     if len(output_names) == 3:  # `--heads all`: average, class head, distillation head

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check, compare
 
-from export.validate import TOLERANCES, DriftReport, Tolerance, check, compare
 from vitexport import __version__, weights
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ExportError
-from vitexport.registry import create_model, get_spec
+from vitexport.models import create_model, get_spec
 
 # Opset 18 is the default: the dynamo exporter's native opset (no version conversion), run by ONNX Runtime >= 1.14
 # and parsed by TensorRT >= 8.6 alike, and the graph onnxscript's ORT fusions match. Opset 23 adds the standard

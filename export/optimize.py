@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from vitexport.export.fp16 import IOType, to_fp16
+from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
+from vitexport.export.gate import ImageSet, check, evaluate, hold_out, load_image_folder
+from vitexport.export.openvino import int8_recipes
+from vitexport.export.quantize import QuantMethod, default_method, quantize_onnx
+from vitexport.export.runners import load_runner
 
-from export.fp16 import IOType, to_fp16
-from export.fusion import Fusion, attention_audit, fuse, op_counts
-from export.gate import ImageSet, check, evaluate, hold_out, load_image_folder
-from export.openvino import int8_recipes
-from export.quantize import QuantMethod, default_method, quantize_onnx
-from export.runners import load_runner
 from vitexport.artifacts import ModelArtifact, sidecar_path
 from vitexport.errors import ArtifactError, ExportError
-from vitexport.registry import get_spec
+from vitexport.models import get_spec
 
 PROTOBUF_LIMIT = 2**31
 CALIBRATION_LIMIT = 300  # NNCF's default subset size: more images barely move the ranges and cost minutes
@@ -304,7 +304,7 @@ def _openvino_variant(
     recipe,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    from export import openvino as ovx
+    from vitexport.export import openvino as ovx
 
     before = op_counts(_load(artifact.path))
     progress("converting to OpenVINO IR")

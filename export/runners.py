@@ -56,7 +56,7 @@ def _onnxruntime(artifact: ModelArtifact, threads: int | None, spinning: bool) -
 
 
 def _openvino(artifact: ModelArtifact, threads: int | None) -> Runner:
-    from export.openvino import compile_ir
+    from vitexport.export.openvino import compile_ir
 
     compiled = compile_ir(Path(artifact.path), artifact.precision, threads)
     request = compiled.create_infer_request()

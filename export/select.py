@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from vitexport.export.runners import load_runner
 
-from export.runners import load_runner
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ArtifactError
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError
-from vitexport.registry import PreprocessConfig
+from vitexport.preprocess import PreprocessConfig
 
 LABELS_FILE = "labels.txt"
 IMAGE_INPUT = "image"  # the ensemble's encoded-image input

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving import config as cfg
-from serving.backends import CLASSIFIER_MODEL, POSTPROCESS_MODEL, PREPROCESS_MODEL
-from serving.config import Backend, Batching
+from vitexport.serving import config as cfg
+from vitexport.serving.backends import CLASSIFIER_MODEL, POSTPROCESS_MODEL, PREPROCESS_MODEL
+from vitexport.serving.config import Backend, Batching
+
 from vitexport.artifacts import ModelArtifact, write_text_atomic
 from vitexport.errors import ServingError
 

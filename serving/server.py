@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving import config as cfg
-from serving.repository import scan
+from vitexport.serving import config as cfg
+from vitexport.serving.repository import scan
+
 from vitexport.errors import ServingError
 
 SHM_DIR = Path("/dev/shm")

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from vitexport.bench.digits import load_digits_images, split, train, write_image_folder
+from vitexport.export.onnx import export_onnx
 
-from export.digits import load_digits_images, split, train, write_image_folder
-from export.onnx import export_onnx
 from vitexport.artifacts import ModelArtifact
-from vitexport.registry import get_spec
+from vitexport.models import get_spec
 
 MODEL = "test_vit_digits"
 EPOCHS = 20

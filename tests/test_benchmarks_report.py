@@ -3,7 +3,7 @@ to beat it, and the DeiT-paper table's ratios. The figures are inputs here, not 
 
 from __future__ import annotations
 
-from benchmarks.report import markdown, paper_table, verdicts
+from vitexport.bench.report import markdown, paper_table, verdicts
 
 
 def _entry(rate: float, *, peer: bool, gated: bool = True) -> dict:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from vitexport.export.fp16 import KEEP_FP32_OPS, IOType, to_fp16
+from vitexport.export.fusion import Fusion
+from vitexport.export.onnx import export_onnx, ort_session
+from vitexport.export.optimize import Precision, optimize
+from vitexport.export.validate import TOLERANCES
 
-from export.fp16 import KEEP_FP32_OPS, IOType, to_fp16
-from export.fusion import Fusion
-from export.onnx import export_onnx, ort_session
-from export.optimize import Precision, optimize
-from export.validate import TOLERANCES
 from vitexport.errors import ExportError
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16

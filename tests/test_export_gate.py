@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from vitexport.export.gate import check, evaluate, hold_out, load_image_folder
+from vitexport.export.validate import TOLERANCES, Tolerance
 
-from export.gate import check, evaluate, hold_out, load_image_folder
-from export.validate import TOLERANCES, Tolerance
 from vitexport.errors import ValidationError, VitExportError
-from vitexport.registry import PreprocessConfig
+from vitexport.preprocess import PreprocessConfig
 
 CFG = PreprocessConfig(16, crop_pct=1.0, interpolation="bilinear")
 W = np.random.default_rng(1).standard_normal((3 * 16 * 16, 10)).astype(np.float32)

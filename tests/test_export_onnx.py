@@ -4,12 +4,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from vitexport.export.onnx import DEFAULT_OPSET, Heads, export_onnx, ort_session, validate_onnx
+from vitexport.export.validate import Tolerance
 
-from export.onnx import DEFAULT_OPSET, Heads, export_onnx, ort_session, validate_onnx
-from export.validate import Tolerance
 from vitexport.artifacts import load_artifact
 from vitexport.errors import ArtifactError, ExportError, ValidationError
-from vitexport.registry import create_model
+from vitexport.models import create_model
 from vitexport.weights import sha256_file
 
 
@@ -102,7 +102,7 @@ def test_validation_fails_on_drift(deit_export):
 
 
 def _heads(model):
-    from export.onnx import _ExportHeads
+    from vitexport.export.onnx import _ExportHeads
 
     return _ExportHeads(model)
 

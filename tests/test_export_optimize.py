@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import pytest
 from typer.testing import CliRunner
+from vitexport.export.optimize import Precision, Runtime, optimize
+from vitexport.export.quantize import QuantMethod
 
-from export.optimize import Precision, Runtime, optimize
-from export.quantize import QuantMethod
 from vitexport.artifacts import load_artifact
 from vitexport.cli import app
 from vitexport.errors import ArtifactError, ValidationError

@@ -6,11 +6,11 @@ from __future__ import annotations
 import _digits
 import onnx
 import pytest
+from vitexport.export.fusion import Fusion
+from vitexport.export.onnx import export_onnx
+from vitexport.export.optimize import Precision, Runtime, optimize
+from vitexport.export.quantize import QuantMethod
 
-from export.fusion import Fusion
-from export.onnx import export_onnx
-from export.optimize import Precision, Runtime, optimize
-from export.quantize import QuantMethod
 from vitexport.errors import ExportError
 
 

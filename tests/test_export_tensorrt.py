@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-
-from export.tensorrt import (
+from vitexport.export.tensorrt import (
     BatchProfile,
     BuildPlan,
     BuildSettings,
@@ -40,10 +39,11 @@ from export.tensorrt import (
     trtexec_script,
     validation_tolerance,
 )
+
 from vitexport.artifacts import ModelArtifact, load_artifact
 from vitexport.cli import app
 from vitexport.errors import UnknownModelError
-from vitexport.registry import get_spec
+from vitexport.models import get_spec
 
 DATA = Path(__file__).parent / "data"
 runner = CliRunner()
@@ -82,7 +82,7 @@ def onnx_artifact(tmp_path: Path, name: str = "test_vit.onnx", precision: str = 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from export.onnx import export_onnx
+    from vitexport.export.onnx import export_onnx
 
     return export_onnx("test_vit", tmp_path_factory.mktemp("onnx") / "test_vit.onnx")
 
@@ -403,7 +403,7 @@ def test_fp32_reference_walks_the_source_chain(tmp_path):
 
 
 def test_validation_rules_per_precision():
-    from export.tensorrt import QDQ_ENGINE_TOLERANCE, VALIDATION_RULES
+    from vitexport.export.tensorrt import QDQ_ENGINE_TOLERANCE, VALIDATION_RULES
 
     assert set(VALIDATION_RULES) == set(Precision)
     assert VALIDATION_RULES[Precision.fp16].reference == VALIDATION_RULES[Precision.fp32].reference == "fp32"
@@ -416,7 +416,7 @@ def test_validation_rules_per_precision():
 def qdq(exported, tmp_path_factory):
     """A calibrated static Q/DQ graph of test_vit, as `vitexport optimize --quant-method static` makes it. Calibrated
     on low-contrast images, so that Gaussian inputs are clipped as real INT8 engines clip them."""
-    from export.quantize import QuantMethod, quantize_onnx
+    from vitexport.export.quantize import QuantMethod, quantize_onnx
 
     path = tmp_path_factory.mktemp("qdq") / "test_vit_int8.onnx"
     calibration = np.random.default_rng(1).uniform(-0.05, 0.05, (8, 3, 64, 64)).astype(np.float32)
@@ -436,15 +436,16 @@ def qdq(exported, tmp_path_factory):
 
 def _ort_runner(artifact: ModelArtifact):
     """ONNX Runtime running `artifact` where the TensorRT engine would run (no GPU here)."""
-    from export.onnx import ort_session
+    from vitexport.export.onnx import ort_session
 
     session = ort_session(artifact.path)
     return lambda x: dict(zip(artifact.output_names, session.run(None, {artifact.input_name: x}), strict=True))
 
 
 def test_int8_engine_is_gated_against_its_qdq_graph(qdq, exported):
-    from export.tensorrt import compare_with_onnx, validation_references
-    from export.validate import TOLERANCES
+    from vitexport.export.tensorrt import compare_with_onnx, validation_references
+    from vitexport.export.validate import TOLERANCES
+
     from vitexport.errors import ValidationError
 
     settings = BuildSettings(precision=Precision.int8, profile=BatchProfile(1, 4, 8))
@@ -466,7 +467,7 @@ def test_int8_engine_is_gated_against_its_qdq_graph(qdq, exported):
 
 
 def test_fp16_engine_is_gated_against_fp32(exported):
-    from export.tensorrt import compare_with_onnx, validation_references
+    from vitexport.export.tensorrt import compare_with_onnx, validation_references
 
     settings = BuildSettings(precision=Precision.fp16, profile=BatchProfile(1, 1, 2))
     references = validation_references(exported, Precision.fp16)
@@ -476,7 +477,7 @@ def test_fp16_engine_is_gated_against_fp32(exported):
 
 
 def test_cli_shows_what_gated_the_engine_and_build_warnings(monkeypatch, tmp_path):
-    import export.tensorrt as tensorrt
+    import vitexport.export.tensorrt as tensorrt
 
     report = {"output": "logits", "batch_size": 1, "max_abs": 0.1, "cosine": 0.9999, "top1_agreement": 1.0}
     audit = audit_layer_info(_layers("trt10_vit_fp16_fused.layers.json"), expected_attention=2, precision="int8")
@@ -508,7 +509,7 @@ def test_cli_shows_what_gated_the_engine_and_build_warnings(monkeypatch, tmp_pat
 
 
 def test_validation_uses_the_accuracy_gate_budget():
-    from export.validate import TOLERANCES
+    from vitexport.export.validate import TOLERANCES
 
     fp16 = validation_tolerance(Precision.fp16)
     assert fp16 == TOLERANCES.get("fp16", fp16)
@@ -540,7 +541,7 @@ class FakeConfig:
 
 
 def test_timing_cache_is_reused_when_usable(tmp_path):
-    from export.tensorrt.build import use_timing_cache
+    from vitexport.export.tensorrt.build import use_timing_cache
 
     config, path = FakeConfig(), tmp_path / "timing.cache"
     assert use_timing_cache(config, path) is None and config.cache == {"blob": b""}  # no file yet: empty
@@ -554,7 +555,7 @@ def test_timing_cache_is_reused_when_usable(tmp_path):
     ids=["refused", "raises", "none"],
 )
 def test_an_unusable_timing_cache_falls_back_to_an_empty_one(tmp_path, config):
-    from export.tensorrt.build import use_timing_cache
+    from vitexport.export.tensorrt.build import use_timing_cache
 
     path = tmp_path / "timing.cache"
     path.write_bytes(b"from TensorRT 10.8")
@@ -613,7 +614,7 @@ class FakeNetwork:
 
 
 def test_pinning_leaves_integer_layers_alone():
-    from export.tensorrt.build import _pin_fp32
+    from vitexport.export.tensorrt.build import _pin_fp32
 
     t, lt = FakeTrt, FakeTrt.LayerType
     layers = [
@@ -709,7 +710,7 @@ class FakeDevice:
     ],
 )
 def test_run_engine_checks_what_tensorrt_returns(context, message):
-    from export.tensorrt import run_engine
+    from vitexport.export.tensorrt import run_engine
 
     x = {"pixel_values": np.zeros((1, 3, 64, 64), np.float32)}
     with pytest.raises(EngineBuildError, match=message):
@@ -735,7 +736,7 @@ class CountingDevice(FakeDevice):
 
 
 def test_engine_runner_keeps_its_context_and_buffers_across_calls():
-    from export.tensorrt import EngineRunner
+    from vitexport.export.tensorrt import EngineRunner
 
     device, engine = CountingDevice(), FakeEngine(FakeContext())
     run = EngineRunner(FakeRuntimeTrt, engine, device)
@@ -768,7 +769,7 @@ class FakeCudaLib:
 
 
 def _fake_driver(monkeypatch, failing):
-    from export import cuda
+    from vitexport.export import cuda
 
     d = object.__new__(cuda._Driver)
     d.lib = FakeCudaLib(failing)
@@ -778,7 +779,8 @@ def _fake_driver(monkeypatch, failing):
 
 @pytest.mark.parametrize("failing", ["cuMemAlloc_v2", "cuStreamCreate"])
 def test_cuda_failures_in_the_device_session_are_one_line_errors(monkeypatch, failing):
-    from export.cuda import CudaError, DeviceSession
+    from vitexport.export.cuda import CudaError, DeviceSession
+
     from vitexport.errors import VitExportError
 
     lib = _fake_driver(monkeypatch, {failing: 2})
@@ -790,8 +792,8 @@ def test_cuda_failures_in_the_device_session_are_one_line_errors(monkeypatch, fa
 
 
 def test_cli_prints_a_cuda_failure_as_one_line(monkeypatch):
-    import export.tensorrt as tensorrt
-    from export.cuda import CudaError
+    import vitexport.export.tensorrt as tensorrt
+    from vitexport.export.cuda import CudaError
 
     def fail(*args, **kwargs):
         raise CudaError("CUDA call cuMemAlloc_v2 failed with CUDA_ERROR_OUT_OF_MEMORY")
@@ -1043,7 +1045,7 @@ def test_cli_rejects_bad_options_before_looking_for_a_gpu(args, message):
 @needs_gpu
 @pytest.mark.parametrize("precision", [Precision.fp32, Precision.fp16])
 def test_build_a_real_engine(exported, tmp_path, precision):
-    from export.tensorrt import build_engine
+    from vitexport.export.tensorrt import build_engine
 
     settings = BuildSettings(precision=precision, profile=BatchProfile(1, 4, 8), workspace_gib=1)
     source = onnx_for_engine(exported.path, settings, ENV.tensorrt_version)  # the FP16 graph on TensorRT 11

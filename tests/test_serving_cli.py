@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
+from vitexport.export.onnx import export_onnx
+from vitexport.serving import config as cfg
+from vitexport.serving.repository import scan
 
-from export.onnx import export_onnx
-from serving import config as cfg
-from serving.repository import scan
 from vitexport.artifacts import load_artifact
 from vitexport.cli import app
 
@@ -221,7 +221,7 @@ def test_a_killed_serve_leaves_no_server_behind(repo):
         time.sleep(0.5)
     assert _processes_mentioning(str(repo)) == []
     # Its work folder (backend links, log) is left behind; the next server start removes it.
-    from serving.server import _remove_orphaned_workdirs
+    from vitexport.serving.server import _remove_orphaned_workdirs
 
     leftovers = list(Path(tempfile.gettempdir()).glob(f"vitexport-triton-{proc.pid}-*"))
     assert leftovers
@@ -258,7 +258,7 @@ def test_sigterm_while_starting_stops_the_server(repo):
 
 def test_repo_serves_the_fastest_gated_variant(tmp_path):
     """Of several CPU variants of one model, `repo` times each here and writes the fastest that passed its gate."""
-    from export.optimize import Precision, Runtime, optimize
+    from vitexport.export.optimize import Precision, Runtime, optimize
 
     plain = export_onnx("test_vit", tmp_path / "v.onnx")
     fp16 = optimize(plain, runtime=Runtime.onnxruntime, precision=Precision.fp16)

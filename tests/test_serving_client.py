@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from vitexport.serving import client
+from vitexport.serving.client import Protocol, TopK
+from vitexport.serving.server import free_ports
 
-from serving import client
-from serving.client import Protocol, TopK
-from serving.server import free_ports
 from vitexport.errors import ServingError
 
 

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from vitexport.serving import config as cfg
+from vitexport.serving.config import Backend, Batching
 
-from serving import config as cfg
-from serving.config import Backend, Batching
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError
-from vitexport.registry import get_spec
+from vitexport.models import get_spec
 
 REFERENCES = Path(__file__).parent / "data" / "serving"
 UPDATE = os.environ.get("VITEXPORT_UPDATE_REFERENCES") == "1"

@@ -5,14 +5,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from vitexport.serving import config as cfg
+from vitexport.serving import repository
+from vitexport.serving.config import Backend, Batching
+from vitexport.serving.repository import add_model, check_name, scan
 
-from serving import config as cfg
-from serving import repository
-from serving.config import Backend, Batching
-from serving.repository import add_model, check_name, scan
 from vitexport.artifacts import ModelArtifact, load_artifact
 from vitexport.errors import ServingError
-from vitexport.registry import get_spec
+from vitexport.models import get_spec
 
 
 def make_artifact(tmp_path: Path, fmt="onnx", name="test_vit", file="model.onnx", **changes) -> ModelArtifact:

@@ -15,17 +15,17 @@ import pytest
 import torch
 from PIL import Image
 from test_serving_backends import bomb_png
+from vitexport.export.onnx import ort_session
+from vitexport.export.validate import TOLERANCES, compare
+from vitexport.serving import client
+from vitexport.serving import config as cfg
+from vitexport.serving.config import Backend, Batching
+from vitexport.serving.repository import add_model
+from vitexport.serving.server import TritonServer
 
-from export.onnx import ort_session
-from export.validate import TOLERANCES, compare
-from serving import client
-from serving import config as cfg
-from serving.config import Backend, Batching
-from serving.repository import add_model
-from serving.server import TritonServer
 from vitexport.errors import ServingError
+from vitexport.models import create_model, get_spec
 from vitexport.preprocess import preprocess_image
-from vitexport.registry import create_model, get_spec
 
 MODELS = ("test_vit", "test_deit_distilled", "test_resnet")
 PROTOCOLS = ("http", "grpc")
@@ -35,7 +35,7 @@ HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Each tiny model with seeded random weights, exported through a checkpoint so PyTorch and ONNX agree."""
-    from export.onnx import export_onnx
+    from vitexport.export.onnx import export_onnx
 
     root = tmp_path_factory.mktemp("serving_exports")
     out = {}
@@ -284,7 +284,7 @@ def test_a_second_interrupt_while_stopping_still_kills_and_cleans_up(tmp_path, m
     import signal
     import subprocess
 
-    from serving import server as server_module
+    from vitexport.serving import server as server_module
 
     class StillStopping:
         pid = 424242
@@ -321,7 +321,7 @@ def test_a_second_interrupt_while_stopping_still_kills_and_cleans_up(tmp_path, m
 
 
 def client_shm(server):
-    from serving.server import SHM_DIR
+    from vitexport.serving.server import SHM_DIR
 
     return SHM_DIR.glob(f"{server._shm_prefix}*")
 

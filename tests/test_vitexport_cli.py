@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+from vitexport.export.onnx import export_onnx, ort_session
 
-from export.onnx import export_onnx, ort_session
 from vitexport.cli import app
-from vitexport.registry import create_model
+from vitexport.models import create_model
 
 runner = CliRunner()
 VITEXPORT = [sys.executable, "-m", "vitexport.cli"]
@@ -148,7 +148,7 @@ def test_validate_compares_checkpoints_only_when_both_sides_know_them(vit_onnx, 
 
 def test_validate_against_an_openvino_reference(vit_onnx, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
-    from export.optimize import Precision, Runtime, optimize
+    from vitexport.export.optimize import Precision, Runtime, optimize
 
     reference = optimize(vit_onnx, runtime=Runtime.openvino, precision=Precision.fp32, output=tmp_path / "ref.xml")
     result = runner.invoke(app, ["validate", str(vit_onnx.path), "--reference", str(reference.path)])

@@ -3,7 +3,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitexport.errors import UnknownModelError
-from vitexport.registry import create_model, get_spec, list_models
+from vitexport.models import create_model, get_spec, list_models
 
 ALL = list_models(include_test=True)
 

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from vitexport.errors import CheckpointError
-from vitexport.registry import create_model, get_spec
+from vitexport.models import create_model, get_spec
 from vitexport.weights import load_state_dict, resample_pos_embed
 
 PARITY_ATOL = 1e-5

@@ -12,7 +12,7 @@ from typing import Any
 
 from vitexport import __version__
 from vitexport.errors import ArtifactError
-from vitexport.registry import PreprocessConfig
+from vitexport.preprocess import PreprocessConfig
 
 
 @dataclass(frozen=True)

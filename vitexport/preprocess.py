@@ -1,4 +1,5 @@
-"""Image preprocessing that follows a model's registry config, in numpy and Pillow only.
+"""Image preprocessing: a model's config (registered with the model, recorded in every artifact) and the one function
+that applies it, in numpy and Pillow only.
 
 The CLI, the accuracy gate and the Triton ensemble's preprocessing model all call this one function, so a
 served model sees exactly the pixels the reference saw.
@@ -8,12 +9,48 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vitexport.errors import VitExportError
-from vitexport.registry import PreprocessConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the ViT (AugReg) checkpoints normalise to [-1, 1]
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes the model's input: resize the short side to input_size / crop_pct, center crop."""
+
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        return cls(
+            input_size=int(d["input_size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            crop_pct=float(d["crop_pct"]),
+            interpolation=str(d["interpolation"]),
+        )
 
 
 def _resample(name: str) -> int:

@@ -1,5 +1,9 @@
 """The model registry: canonical names, short aliases, preprocessing and cost of every variant.
 
+The bottom of the model stack, as timm orders it: this module imports nothing above it. Each family module in
+`vitexport.models` registers its variants when imported, and `vitexport.models` imports every family, so look
+models up through `vitexport.models` (`get_spec`, `list_models`, `create_model`), which guarantees they are there.
+
 Like timm's registry, each variant keeps its pretrained preprocessing config beside its registration; unlike
 timm, a variant is data (a frozen `ModelSpec` holding its family's config), so its parameter count and MACs are
 known without building it.
@@ -13,44 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from vitexport.errors import UnknownModelError
+from vitexport.preprocess import PreprocessConfig
 
 if TYPE_CHECKING:
     from torch import nn
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the ViT (AugReg) checkpoints normalise to [-1, 1]
-INCEPTION_STD = (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How an image becomes the model's input: resize the short side to input_size / crop_pct, center crop."""
-
-    input_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_size": self.input_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "crop_pct": self.crop_pct,
-            "interpolation": self.interpolation,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        return cls(
-            input_size=int(d["input_size"]),
-            mean=tuple(d["mean"]),
-            std=tuple(d["std"]),
-            crop_pct=float(d["crop_pct"]),
-            interpolation=str(d["interpolation"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -121,43 +91,15 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def _load_families() -> None:
-    # Importing a family module registers its variants; done lazily so `import vitexport` stays light.
-    if not _REGISTRY:
-        from vitexport.models import deit, resnet, vit  # noqa: F401
-
-
 def list_models(*, include_test: bool = False) -> list[ModelSpec]:
-    _load_families()
     return [s for s in _REGISTRY.values() if include_test or not s.for_tests]
 
 
 def get_spec(name: str) -> ModelSpec:
     """The spec for a canonical name or alias; unknown names get close-name suggestions."""
-    _load_families()
     canonical = _ALIASES.get(name, name)
     if canonical in _REGISTRY:
         return _REGISTRY[canonical]
     close = difflib.get_close_matches(name, [*_REGISTRY, *_ALIASES], n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `vitexport models` lists them"
     raise UnknownModelError(f"unknown model {name!r}{hint}")
-
-
-def create_model(
-    name: str,
-    *,
-    checkpoint: str | None = None,
-    pretrained: bool = False,
-    img_size: int | None = None,
-    attention: str = "sdpa",
-) -> nn.Module:
-    """Build a registered model in eval mode, with weights from a checkpoint file or timm's hub weights."""
-    from vitexport import weights
-
-    spec = get_spec(name).with_img_size(img_size)
-    model = spec.build(attention=attention) if spec.family != "resnet" else spec.build()
-    if checkpoint is not None:
-        weights.load_checkpoint(model, checkpoint)
-    elif pretrained:
-        weights.load_checkpoint(model, weights.download_pretrained(spec))
-    return model.eval()

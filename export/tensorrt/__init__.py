@@ -14,8 +14,8 @@ information) and `build` (the TensorRT build, validation and the engine's sideca
 
 from __future__ import annotations
 
-from export.tensorrt.audit import FusionAudit, audit_layer_info, expected_attention_blocks, tensor_precision
-from export.tensorrt.build import (
+from vitexport.export.tensorrt.audit import FusionAudit, audit_layer_info, expected_attention_blocks, tensor_precision
+from vitexport.export.tensorrt.build import (
     QDQ_ENGINE_TOLERANCE,
     VALIDATION_RULES,
     EngineDetails,
@@ -31,7 +31,7 @@ from export.tensorrt.build import (
     validation_references,
     validation_tolerance,
 )
-from export.tensorrt.environment import (
+from vitexport.export.tensorrt.environment import (
     INSTALL_HINT,
     SUPPORTED_MAJORS,
     TensorRTEnvironment,
@@ -39,7 +39,7 @@ from export.tensorrt.environment import (
     tensorrt_environment,
     trt_major,
 )
-from export.tensorrt.plan import (
+from vitexport.export.tensorrt.plan import (
     ATTENTION_OP_MIN_VERSION,
     BuildMode,
     BuildPlan,
@@ -55,7 +55,7 @@ from export.tensorrt.plan import (
     trtexec_layer_info,
     trtexec_script,
 )
-from export.tensorrt.settings import (
+from vitexport.export.tensorrt.settings import (
     DEFAULT_OPT_LEVEL,
     MAX_BATCH,
     MAX_WORKSPACE_GIB,

@@ -8,7 +8,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from export.tensorrt.settings import Precision
+from vitexport.export.tensorrt.settings import Precision
+
 from vitexport.errors import VitExportError
 
 # Fused attention kernels show up by name: Myelin's `_gemm_mha_v2_*` and `*fmha*` kernels, flash attention, and
@@ -162,7 +163,7 @@ def audit_layer_info(info: str | dict[str, Any], *, expected_attention: int, pre
 
 def expected_attention_blocks(model: str) -> int:
     """Attention blocks of a registered model: its transformer depth, 0 for convolutional families."""
-    from vitexport.registry import get_spec
+    from vitexport.models import get_spec
 
     try:
         spec = get_spec(model)

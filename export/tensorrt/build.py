@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from export.tensorrt.audit import _LAYERNORM, audit_layer_info, expected_attention_blocks
-from export.tensorrt.environment import TensorRTEnvironment, tensorrt_environment
-from export.tensorrt.plan import (
+from vitexport.export.tensorrt.audit import _LAYERNORM, audit_layer_info, expected_attention_blocks
+from vitexport.export.tensorrt.environment import TensorRTEnvironment, tensorrt_environment
+from vitexport.export.tensorrt.plan import (
     check_profile_fits,
     fp32_reference,
     plan_build,
@@ -23,8 +22,9 @@ from export.tensorrt.plan import (
     trtexec_layer_info,
     trtexec_script,
 )
-from export.tensorrt.settings import BatchProfile, BuildSettings, EngineBuildError, Precision
-from export.validate import TOLERANCES, DriftReport, Tolerance, check, compare
+from vitexport.export.tensorrt.settings import BatchProfile, BuildSettings, EngineBuildError, Precision
+from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check, compare
+
 from vitexport.artifacts import ModelArtifact, sidecar_path, write_text_atomic
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def build_engine(
     timing_cache.parent.mkdir(parents=True, exist_ok=True)  # --timing-cache may name a folder not made yet
     _write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
 
-    from export.cuda import DeviceSession
+    from vitexport.export.cuda import DeviceSession
 
     with DeviceSession() as device:
         runtime = trt.Runtime(logger)
@@ -461,7 +461,7 @@ def compare_with_onnx(
 ) -> dict[str, Any]:
     """Compare an engine's outputs (`run`) with ONNX Runtime on random inputs; raise ValidationError on any failed
     check against the gating reference, and return the sidecar's `validation` (with fp32 drift when only reported)."""
-    from export.onnx import ort_session
+    from vitexport.export.onnx import ort_session
 
     rule = VALIDATION_RULES[settings.precision]
     gate_session = ort_session(references.gate.path)

@@ -39,7 +39,7 @@ class TensorRTEnvironment:
 
 def tensorrt_environment(gpu: int = 0) -> TensorRTEnvironment:
     """TensorRT's version and the GPU's name and compute capability; one-line TensorRTUnavailable otherwise."""
-    from export.cuda import CudaError, probe_gpu
+    from vitexport.export.cuda import CudaError, probe_gpu
 
     missing = []
     version = None

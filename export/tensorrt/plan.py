@@ -20,8 +20,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from export.tensorrt.environment import SUPPORTED_MAJORS, TensorRTUnavailable, trt_major
-from export.tensorrt.settings import BatchProfile, BuildSettings, EngineBuildError, GraphPrecisionError, Precision
+from vitexport.export.tensorrt.environment import SUPPORTED_MAJORS, TensorRTUnavailable, trt_major
+from vitexport.export.tensorrt.settings import (
+    BatchProfile,
+    BuildSettings,
+    EngineBuildError,
+    GraphPrecisionError,
+    Precision,
+)
+
 from vitexport.artifacts import ModelArtifact, load_artifact, sidecar_path
 from vitexport.errors import VitExportError
 
@@ -157,7 +164,7 @@ def derive_graph(
 
     Only fp16 is derived automatically: an int8 Q/DQ graph needs calibration images, which only the user has.
     """
-    from export import optimize as opt
+    from vitexport.export import optimize as opt
 
     if precision is not Precision.fp16 or artifact.precision != "fp32":
         raise GraphPrecisionError(
@@ -263,7 +270,7 @@ def onnx_for_engine(
     When the engine needs the FP16 graph (fp16 on strongly typed TensorRT 11) and the input is fp32, the graph is
     derived through the optimize stage. Anything else that cannot be built fails before a long export starts.
     """
-    from vitexport.registry import get_spec
+    from vitexport.models import get_spec
 
     path = Path(model_or_onnx)
     if path.suffix in (".onnx", ".json") or path.exists():
@@ -275,7 +282,7 @@ def onnx_for_engine(
     else:
         spec = get_spec(str(model_or_onnx))  # unknown names fail here, with suggestions
         _derivable(settings, tensorrt_version)  # int8 from a model name: say so now, not after the export
-        from export.onnx import export_onnx
+        from vitexport.export.onnx import export_onnx
 
         artifact = export_onnx(spec.name, workdir / f"{spec.name}.onnx", img_size=img_size, progress=progress)
     try:

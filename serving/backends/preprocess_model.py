@@ -7,8 +7,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vitexport.errors import VitExportError
-from vitexport.preprocess import preprocess_image
-from vitexport.registry import PreprocessConfig
+from vitexport.preprocess import PreprocessConfig, preprocess_image
 
 
 class TritonPythonModel:

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from vitexport.models.vit import SIZES, VisionTransformer, ViTConfig
-from vitexport.registry import ModelSpec, PreprocessConfig, register
+from vitexport.preprocess import PreprocessConfig
+from vitexport.registry import ModelSpec, register
 
 
 class DistilledVisionTransformer(VisionTransformer):
@@ -38,35 +39,40 @@ def build_deit(cfg: ViTConfig, *, img_size: int, attention: str = "sdpa") -> Vis
     return VisionTransformer(cfg, img_size, attention)
 
 
-def _register_deit() -> None:
-    # The official DeiT checkpoints: ImageNet mean/std, bicubic, crop 0.875 at 224 and 1.0 at 384.
-    variants = [(size, img) for size in ("tiny", "small", "base") for img in (224,)] + [("base", 384)]
-    for distilled in (False, True):
-        for size, img in variants:
-            dim, depth, heads = SIZES[size]
-            kind = "_distilled" if distilled else ""
-            name = f"deit_{size}{kind}_patch16_{img}"
-            register(
-                ModelSpec(
-                    name=name,
-                    family="deit",
-                    arch=ViTConfig(16, dim, depth, heads, distilled=distilled),
-                    preprocess=PreprocessConfig(img, crop_pct=0.875 if img == 224 else 1.0),
-                    builder=build_deit,
-                    hub_id=f"{name}.fb_in1k",
-                    aliases=(f"deit_{size}{kind}" + ("" if img == 224 else f"_{img}"),),
-                )
-            )
+# name, alias, size, input size, distilled. The official DeiT checkpoints: ImageNet mean/std, bicubic, crop 0.875
+# at 224 and 1.0 at 384; timm hosts them all as NAME.fb_in1k.
+VARIANTS = [
+    ("deit_tiny_patch16_224", "deit_tiny", "tiny", 224, False),
+    ("deit_small_patch16_224", "deit_small", "small", 224, False),
+    ("deit_base_patch16_224", "deit_base", "base", 224, False),
+    ("deit_base_patch16_384", "deit_base_384", "base", 384, False),
+    ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled", "tiny", 224, True),
+    ("deit_small_distilled_patch16_224", "deit_small_distilled", "small", 224, True),
+    ("deit_base_distilled_patch16_224", "deit_base_distilled", "base", 224, True),
+    ("deit_base_distilled_patch16_384", "deit_base_distilled_384", "base", 384, True),
+]
+
+for name, alias, size, img, distilled in VARIANTS:
+    dim, depth, heads = SIZES[size]
     register(
         ModelSpec(
-            name="test_deit_distilled",
+            name=name,
             family="deit",
-            arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2, distilled=True),
-            preprocess=PreprocessConfig(64),
+            arch=ViTConfig(16, dim, depth, heads, distilled=distilled),
+            preprocess=PreprocessConfig(img, crop_pct=0.875 if img == 224 else 1.0),
             builder=build_deit,
-            for_tests=True,
+            hub_id=f"{name}.fb_in1k",
+            aliases=(alias,),
         )
     )
 
-
-_register_deit()
+register(
+    ModelSpec(
+        name="test_deit_distilled",
+        family="deit",
+        arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2, distilled=True),
+        preprocess=PreprocessConfig(64),
+        builder=build_deit,
+        for_tests=True,
+    )
+)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vitexport.registry import ModelSpec, PreprocessConfig, register
+from vitexport.preprocess import PreprocessConfig
+from vitexport.registry import ModelSpec, register
 
 
 @dataclass(frozen=True)
@@ -135,42 +136,40 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))  # -> (B, num_classes)
 
 
-def build_resnet(cfg: ResNetConfig, *, img_size: int) -> ResNet:
-    return ResNet(cfg)  # convolutional: any input size works
+def build_resnet(cfg: ResNetConfig, *, img_size: int, attention: str = "sdpa") -> ResNet:
+    # Convolutional: any input size works, and there is no attention to choose an implementation for.
+    return ResNet(cfg)
 
 
-DEPTHS = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-}
+# name, block, blocks per stage. torchvision's evaluation transform: bilinear resize to 256, center crop 224;
+# timm hosts torchvision's weights as NAME.tv_in1k.
+VARIANTS = [
+    ("resnet18", "basic", (2, 2, 2, 2)),
+    ("resnet34", "basic", (3, 4, 6, 3)),
+    ("resnet50", "bottleneck", (3, 4, 6, 3)),
+    ("resnet101", "bottleneck", (3, 4, 23, 3)),
+    ("resnet152", "bottleneck", (3, 8, 36, 3)),
+]
 
-
-def _register_resnet() -> None:
-    # torchvision's evaluation transform: bilinear resize to 256, center crop 224.
-    for depth, (block, layers) in DEPTHS.items():
-        register(
-            ModelSpec(
-                name=f"resnet{depth}",
-                family="resnet",
-                arch=ResNetConfig(block, layers),
-                preprocess=PreprocessConfig(224, crop_pct=0.875, interpolation="bilinear"),
-                builder=build_resnet,
-                hub_id=f"resnet{depth}.tv_in1k",
-            )
-        )
+for name, block, layers in VARIANTS:
     register(
         ModelSpec(
-            name="test_resnet",
+            name=name,
             family="resnet",
-            arch=ResNetConfig("bottleneck", (1, 1, 1, 1), width=8),
-            preprocess=PreprocessConfig(64, interpolation="bilinear"),
+            arch=ResNetConfig(block, layers),
+            preprocess=PreprocessConfig(224, crop_pct=0.875, interpolation="bilinear"),
             builder=build_resnet,
-            for_tests=True,
+            hub_id=f"{name}.tv_in1k",
         )
     )
 
-
-_register_resnet()
+register(
+    ModelSpec(
+        name="test_resnet",
+        family="resnet",
+        arch=ResNetConfig("bottleneck", (1, 1, 1, 1), width=8),
+        preprocess=PreprocessConfig(64, interpolation="bilinear"),
+        builder=build_resnet,
+        for_tests=True,
+    )
+)

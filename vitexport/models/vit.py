@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from vitexport.models.layers import Block, PatchEmbed
-from vitexport.registry import INCEPTION_MEAN, INCEPTION_STD, ModelSpec, PreprocessConfig, register
+from vitexport.preprocess import INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
+from vitexport.registry import ModelSpec, register
 
 
 @dataclass(frozen=True)
@@ -82,49 +83,56 @@ SIZES = {  # width, depth, heads (ViT paper Table 1; tiny and small from DeiT)
 }
 
 
-def _register_vit() -> None:
-    # AugReg checkpoints: inception mean/std; 224 models crop 0.9, 384 models see the whole image.
-    for size, (dim, depth, heads) in SIZES.items():
-        for patch, img in ((16, 224), (16, 384), (32, 224), (32, 384)):
-            if patch == 32 and size in ("tiny", "small"):
-                continue
-            name = f"vit_{size}_patch{patch}_{img}"
-            alias = f"vit_{size}" + ("" if patch == 16 else f"_{patch}") + ("" if img == 224 else f"_{img}")
-            has_weights = not (size == "large" and patch == 32 and img == 224)
-            tag = "orig_in21k_ft_in1k" if size == "large" and patch == 32 else "augreg_in21k_ft_in1k"
-            register(
-                ModelSpec(
-                    name=name,
-                    family="vit",
-                    arch=ViTConfig(patch, dim, depth, heads),
-                    preprocess=PreprocessConfig(img, INCEPTION_MEAN, INCEPTION_STD, 0.9 if img == 224 else 1.0),
-                    builder=build_vit,
-                    hub_id=f"{name}.{tag}" if has_weights else None,
-                    aliases=(alias,),
-                )
-            )
-    # A tiny config for fast tests: a 4x4 grid of 16-pixel patches, width 64, two blocks.
+# name, alias, size, patch, input size, timm's weights tag (None: timm has no weights). The AugReg checkpoints
+# normalise to [-1, 1] (inception mean/std); 224 models crop 0.9, 384 models see the whole image.
+VARIANTS = [
+    ("vit_tiny_patch16_224", "vit_tiny", "tiny", 16, 224, "augreg_in21k_ft_in1k"),
+    ("vit_tiny_patch16_384", "vit_tiny_384", "tiny", 16, 384, "augreg_in21k_ft_in1k"),
+    ("vit_small_patch16_224", "vit_small", "small", 16, 224, "augreg_in21k_ft_in1k"),
+    ("vit_small_patch16_384", "vit_small_384", "small", 16, 384, "augreg_in21k_ft_in1k"),
+    ("vit_base_patch16_224", "vit_base", "base", 16, 224, "augreg_in21k_ft_in1k"),
+    ("vit_base_patch16_384", "vit_base_384", "base", 16, 384, "augreg_in21k_ft_in1k"),
+    ("vit_base_patch32_224", "vit_base_32", "base", 32, 224, "augreg_in21k_ft_in1k"),
+    ("vit_base_patch32_384", "vit_base_32_384", "base", 32, 384, "augreg_in21k_ft_in1k"),
+    ("vit_large_patch16_224", "vit_large", "large", 16, 224, "augreg_in21k_ft_in1k"),
+    ("vit_large_patch16_384", "vit_large_384", "large", 16, 384, "augreg_in21k_ft_in1k"),
+    ("vit_large_patch32_224", "vit_large_32", "large", 32, 224, None),
+    ("vit_large_patch32_384", "vit_large_32_384", "large", 32, 384, "orig_in21k_ft_in1k"),
+]
+
+for name, alias, size, patch, img, tag in VARIANTS:
+    dim, depth, heads = SIZES[size]
     register(
         ModelSpec(
-            name="test_vit",
+            name=name,
             family="vit",
-            arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2),
-            preprocess=PreprocessConfig(64, INCEPTION_MEAN, INCEPTION_STD, 0.9),
+            arch=ViTConfig(patch, dim, depth, heads),
+            preprocess=PreprocessConfig(img, INCEPTION_MEAN, INCEPTION_STD, 0.9 if img == 224 else 1.0),
             builder=build_vit,
-            for_tests=True,
-        )
-    )
-    # Ten classes and no crop: the accuracy gate's tests train it on scikit-learn's digits (export/digits.py).
-    register(
-        ModelSpec(
-            name="test_vit_digits",
-            family="vit",
-            arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2, num_classes=10),
-            preprocess=PreprocessConfig(64, INCEPTION_MEAN, INCEPTION_STD, 1.0),
-            builder=build_vit,
-            for_tests=True,
+            hub_id=f"{name}.{tag}" if tag else None,
+            aliases=(alias,),
         )
     )
 
-
-_register_vit()
+# A tiny config for fast tests: a 4x4 grid of 16-pixel patches, width 64, two blocks.
+register(
+    ModelSpec(
+        name="test_vit",
+        family="vit",
+        arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2),
+        preprocess=PreprocessConfig(64, INCEPTION_MEAN, INCEPTION_STD, 0.9),
+        builder=build_vit,
+        for_tests=True,
+    )
+)
+# Ten classes and no crop: the accuracy gate's tests train it on scikit-learn's digits (benchmarks/digits.py).
+register(
+    ModelSpec(
+        name="test_vit_digits",
+        family="vit",
+        arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2, num_classes=10),
+        preprocess=PreprocessConfig(64, INCEPTION_MEAN, INCEPTION_STD, 1.0),
+        builder=build_vit,
+        for_tests=True,
+    )
+)

@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from benchmarks.machine import machine_info
+from vitexport.bench.machine import machine_info
 
 RESULTS = Path(__file__).parent / "results"
 # perf_analyzer (tritonclient 2.51.0 wheel) links these by their plain sonames; nvidia-pytriton ships them hashed.
@@ -126,16 +125,17 @@ def perf_analyzer_row(report: Path) -> dict[str, float]:
 
 
 def run(model: str, onnx: Path | None, s: Settings) -> dict:
-    from serving.config import Batching
-    from serving.repository import add_model
-    from serving.server import TritonInstall, TritonServer
+    from vitexport.serving.config import Batching
+    from vitexport.serving.repository import add_model
+    from vitexport.serving.server import TritonInstall, TritonServer
+
     from vitexport.artifacts import load_artifact
 
     info = machine()
     with tempfile.TemporaryDirectory(prefix="vitexport-bench-serving-") as tmp:
         tmp = Path(tmp)
         if onnx is None:
-            from export.onnx import export_onnx
+            from vitexport.export.onnx import export_onnx
 
             onnx = export_onnx(model, tmp / f"{model}.onnx").path
         artifact = load_artifact(onnx)

@@ -66,11 +66,11 @@ VARIANTS = (
 def worker_build(model: str, work: Path, images: Path, calibration: Path, checkpoint: str | None) -> dict:
     """Export `model` (seeded random weights, or a checkpoint), build every variant, run the gate on each."""
     import torch
+    from vitexport.export.fusion import Fusion
+    from vitexport.export.gate import load_image_folder
+    from vitexport.export.onnx import export_onnx
+    from vitexport.export.optimize import Precision, Runtime, gate, optimize
 
-    from export.fusion import Fusion
-    from export.gate import load_image_folder
-    from export.onnx import export_onnx
-    from export.optimize import Precision, Runtime, gate, optimize
     from vitexport.errors import ValidationError
 
     torch.manual_seed(0)
@@ -114,7 +114,8 @@ def worker_build(model: str, work: Path, images: Path, calibration: Path, checkp
 
 
 def worker_time(sidecar: str, batch: int, threads: int, duration: float) -> dict:
-    from export.runners import load_runner
+    from vitexport.export.runners import load_runner
+
     from vitexport.artifacts import load_artifact
 
     artifact = load_artifact(sidecar)
@@ -241,8 +242,7 @@ def _write_images(folder: Path, calibration: Path, digits_root: Path) -> None:
     digits' train/test split as ImageFolders for the labelled check."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
-
-    from export.digits import load_digits_images, split, write_image_folder
+    from vitexport.bench.digits import load_digits_images, split, write_image_folder
 
     images, labels = load_digits_images(64)
     train_idx, test_idx = split(len(labels))
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
 
         # The labelled check: a tiny ViT trained on the digits, every variant's top-1 on the held-out split.
         print("labelled check (digits)", file=sys.stderr)
-        from export.digits import train
+        from vitexport.bench.digits import train
 
         checkpoint = tmp / "digits.pt"
         trained_top1 = train(checkpoint, model=DIGITS_MODEL)
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _macs(model: str) -> int:
-    from vitexport.registry import get_spec
+    from vitexport.models import get_spec
 
     return get_spec(model).macs()
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import machine_info
+from vitexport.bench.machine import machine_info
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,7 +36,7 @@ def stage_breakdown(model: str, out_dir: Path) -> dict[str, float]:
     code = f"""
 import json, sys, time
 t0 = time.perf_counter(); marks = []
-from export.onnx import export_onnx
+from vitexport.export.onnx import export_onnx
 marks.append(("imports", time.perf_counter()))
 export_onnx({model!r}, {str(out_dir / "breakdown.onnx")!r}, progress=lambda m: marks.append((m, time.perf_counter())))
 marks.append(("done", time.perf_counter()))

@@ -51,8 +51,8 @@ def train(checkpoint: Path, *, model: str = "test_vit_digits", epochs: int = 20)
     import torch
     from PIL import Image
 
+    from vitexport.models import get_spec
     from vitexport.preprocess import preprocess_image
-    from vitexport.registry import get_spec
 
     spec = get_spec(model)
     images, labels = load_digits_images(spec.img_size)
@@ -70,7 +70,7 @@ def train(checkpoint: Path, *, model: str = "test_vit_digits", epochs: int = 20)
 def _train(name: str, epochs: int, x, y, checkpoint: Path) -> float:
     import torch
 
-    from vitexport.registry import create_model
+    from vitexport.models import create_model
 
     train_idx, test_idx = split(len(y))
     torch.manual_seed(0)

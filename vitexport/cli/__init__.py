@@ -74,7 +74,7 @@ def models(
     include_test: Annotated[bool, typer.Option("--include-test", help="Also list the tiny test configs.")] = False,
 ) -> None:
     """List the registered models with their preprocessing, parameter count and MACs."""
-    from vitexport.registry import list_models
+    from vitexport.models import list_models
 
     specs = [s for s in list_models(include_test=include_test) if family in (None, s.family)]
     if as_json:
@@ -110,7 +110,7 @@ def onnx(
 ) -> None:
     """Export a model to ONNX (dynamic batch), check the graph and validate it on ONNX Runtime against PyTorch."""
     with user_errors():
-        from export.onnx import DEFAULT_OPSET, Heads, export_onnx
+        from vitexport.export.onnx import DEFAULT_OPSET, Heads, export_onnx
 
         if heads not in Heads.__members__:
             raise VitExportError(f"--heads must be avg or all, not {heads!r}")
@@ -158,7 +158,7 @@ def trt(
 ) -> None:
     """Build a TensorRT engine on a GPU host: layer info, fusion audit, validation against ONNX Runtime fp32."""
     with user_errors():
-        from export.tensorrt import (
+        from vitexport.export.tensorrt import (
             BatchProfile,
             BuildSettings,
             Precision,
@@ -250,9 +250,9 @@ def repo(
     import tempfile
 
     with user_errors(), tempfile.TemporaryDirectory(prefix="vitexport-repo-") as tmp:
-        from serving.config import Backend, Batching
-        from serving.repository import add_model
-        from serving.server import unavailable_reason
+        from vitexport.serving.config import Backend, Batching
+        from vitexport.serving.repository import add_model
+        from vitexport.serving.server import unavailable_reason
 
         choices = [b.value for b in Backend]
         if backend is not None and backend not in choices:
@@ -262,7 +262,7 @@ def repo(
         timings = []
         if len(artifacts) > 1 and all(a.format != "tensorrt" for a in artifacts):
             # Several CPU variants of one model: serve the fastest that passed its accuracy gate, timed here.
-            from export.select import rank_by_speed
+            from vitexport.export.select import rank_by_speed
 
             with progress_status(not as_json) as progress:
                 timings = rank_by_speed(artifacts, batch=max_batch_size or Batching.max_batch_size, progress=progress)
@@ -283,7 +283,7 @@ def repo(
             top_k=top_k,
             tensorrt_accelerator=ort_trt_fp16,
         )
-        from serving.repository import scan
+        from vitexport.serving.repository import scan
 
         configs = scan(repo_dir)
         notes = {m: unavailable_reason(m, configs) for m in added.models}
@@ -325,7 +325,7 @@ def serve(
         raise KeyboardInterrupt
 
     with user_errors():
-        from serving.server import TritonServer
+        from vitexport.serving.server import TritonServer
 
         names = [n for item in models or [] for n in item.split(",") if n]
         server = TritonServer(
@@ -366,7 +366,7 @@ def infer(
 ) -> None:
     """Classify images on a running Triton server and print labels and scores."""
     with user_errors():
-        from serving.client import Protocol, classify
+        from vitexport.serving.client import Protocol, classify
 
         if protocol not in Protocol.__members__:
             raise VitExportError(f"--protocol must be http or grpc, not {protocol!r}")
@@ -385,8 +385,8 @@ def infer(
 
 def _source_artifact(model: str, checkpoint: Path | None, folder: Path, progress) -> Any:
     """MODEL_OR_ONNX: an artifact's model file or sidecar, or a registered model to export to fp32 ONNX first."""
-    from export.onnx import export_onnx
     from vitexport.artifacts import load_artifact
+    from vitexport.export.onnx import export_onnx
 
     path = Path(model)
     if path.exists() or "/" in model or path.suffix in (".onnx", ".json", ".xml", ".plan"):  # a file, not a name
@@ -440,11 +440,11 @@ def optimize(
 ) -> None:
     """Write an optimized variant (fused attention, FP16, BF16, INT8) that passes the accuracy gate; print op counts."""
     with user_errors():
-        from export.fp16 import IOType
-        from export.fusion import Fusion
-        from export.optimize import Precision, Runtime
-        from export.optimize import optimize as optimize_stage
-        from export.quantize import QuantMethod
+        from vitexport.export.fp16 import IOType
+        from vitexport.export.fusion import Fusion
+        from vitexport.export.optimize import Precision, Runtime
+        from vitexport.export.optimize import optimize as optimize_stage
+        from vitexport.export.quantize import QuantMethod
 
         choices = [
             ("--runtime", runtime, Runtime),
@@ -494,12 +494,12 @@ def validate(
 ) -> None:
     """Drift and accuracy of a variant against its fp32 reference; exit 1 if it is over its precision's budget."""
     with user_errors():
-        from export.gate import evaluate, load_image_folder, torch_reference
-        from export.runners import load_runner
-        from export.validate import TOLERANCES
         from vitexport.artifacts import load_artifact
         from vitexport.errors import ValidationError
-        from vitexport.registry import get_spec
+        from vitexport.export.gate import evaluate, load_image_folder, torch_reference
+        from vitexport.export.runners import load_runner
+        from vitexport.export.validate import TOLERANCES
+        from vitexport.models import get_spec
         from vitexport.weights import sha256_file
 
         cand = load_artifact(candidate)
@@ -616,9 +616,9 @@ def bench(
     with user_errors():
         from dataclasses import replace
 
-        from benchmarks.bench import BenchConfig, run
-        from benchmarks.report import write
-        from benchmarks.runners import Backend
+        from vitexport.bench.bench import BenchConfig, run
+        from vitexport.bench.report import write
+        from vitexport.bench.runners import Backend
 
         chosen = None
         if backends is not None:

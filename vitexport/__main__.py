@@ -1,0 +1,5 @@
+"""`python -m vitexport`: the `vitexport` command."""
+
+from vitexport.cli import main
+
+main()
