@@ -26,7 +26,7 @@ def assert_same_logits(ours, reference, img_size, batch=2):
 def test_parity_with_timm(timm, name):
     reference = timm.create_model(name, pretrained=False).eval()
     ours = create_model(name)
-    load_state_dict(ours, reference.state_dict(), source="timm")
+    load_state_dict(ours, reference.state_dict(), "timm", get_spec(name).checkpoint_filter)
     assert_same_logits(ours, reference, get_spec(name).img_size)
 
 
@@ -40,7 +40,7 @@ def test_parity_with_timm_at_another_input_size(timm):
     sd_256 = dict(sd, pos_embed=timm.layers.resample_abs_pos_embed(sd["pos_embed"], (16, 16), num_prefix_tokens=1))
     reference_256.load_state_dict(sd_256)
     ours = create_model("deit_tiny", img_size=256)
-    load_state_dict(ours, sd)
+    load_state_dict(ours, sd, checkpoint_filter=get_spec("deit_tiny").checkpoint_filter)
     assert_same_logits(ours, reference_256, 256)
 
 
@@ -62,7 +62,7 @@ def test_parity_with_hugging_face_vit(transformers):
     spec = get_spec("test_vit")
     reference = transformers.ViTForImageClassification(_hf_config(transformers, "ViTConfig", spec)).eval()
     ours = create_model("test_vit")
-    load_state_dict(ours, reference.state_dict(), source="transformers")
+    load_state_dict(ours, reference.state_dict(), "transformers", spec.checkpoint_filter)
     assert_same_logits(ours, lambda x: reference(pixel_values=x).logits, spec.img_size)
 
 
@@ -71,7 +71,7 @@ def test_parity_with_hugging_face_distilled_deit(transformers):
     config = _hf_config(transformers, "DeiTConfig", spec)
     reference = transformers.DeiTForImageClassificationWithTeacher(config).eval()
     ours = create_model("test_deit_distilled")
-    load_state_dict(ours, reference.state_dict(), source="transformers")
+    load_state_dict(ours, reference.state_dict(), "transformers", spec.checkpoint_filter)
     assert_same_logits(ours, lambda x: reference(pixel_values=x).logits, spec.img_size)
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():

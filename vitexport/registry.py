@@ -35,6 +35,8 @@ class ModelSpec:
     hub_id: str | None = None  # timm's Hugging Face Hub weights, for --pretrained
     aliases: tuple[str, ...] = ()
     for_tests: bool = False
+    # Remaps foreign checkpoint layouts onto this model (timm's checkpoint_filter_fn); None: timm's names only.
+    checkpoint_filter: Callable[[dict, nn.Module], dict] | None = field(default=None, repr=False, compare=False)
 
     @property
     def img_size(self) -> int:

@@ -3,7 +3,7 @@
 Importing this package imports every family, and each family registers its variants (timm's order: the registry
 below knows nothing of the families). Look models up here, not in `vitexport.registry`, so they are registered.
 A new family is one module here that registers its variants, one import below, and its checkpoint filter in
-`vitexport.weights`.
+`vitexport/weights/` (named by its ModelSpec).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def create_model(
     spec = get_spec(name).with_img_size(img_size)
     model = spec.build(attention=attention)
     if checkpoint is not None:
-        weights.load_checkpoint(model, checkpoint)
+        weights.load_checkpoint(model, checkpoint, spec.checkpoint_filter)
     elif pretrained:
-        weights.load_checkpoint(model, weights.download_pretrained(spec))
+        weights.load_checkpoint(model, weights.download_pretrained(spec), spec.checkpoint_filter)
     return model.eval()

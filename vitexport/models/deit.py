@@ -9,6 +9,7 @@ from torch import nn
 from vitexport.models.vit import SIZES, VisionTransformer, ViTConfig
 from vitexport.preprocess import PreprocessConfig
 from vitexport.registry import ModelSpec, register
+from vitexport.weights.vit import checkpoint_filter
 
 
 class DistilledVisionTransformer(VisionTransformer):
@@ -61,6 +62,7 @@ for name, alias, size, img, distilled in VARIANTS:
             arch=ViTConfig(16, dim, depth, heads, distilled=distilled),
             preprocess=PreprocessConfig(img, crop_pct=0.875 if img == 224 else 1.0),
             builder=build_deit,
+            checkpoint_filter=checkpoint_filter,
             hub_id=f"{name}.fb_in1k",
             aliases=(alias,),
         )
@@ -73,6 +75,7 @@ register(
         arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2, distilled=True),
         preprocess=PreprocessConfig(64),
         builder=build_deit,
+        checkpoint_filter=checkpoint_filter,
         for_tests=True,
     )
 )

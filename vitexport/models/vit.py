@@ -10,6 +10,7 @@ from torch import nn
 from vitexport.models.layers import Block, PatchEmbed
 from vitexport.preprocess import INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
 from vitexport.registry import ModelSpec, register
+from vitexport.weights.vit import checkpoint_filter
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ for name, alias, size, patch, img, tag in VARIANTS:
             arch=ViTConfig(patch, dim, depth, heads),
             preprocess=PreprocessConfig(img, INCEPTION_MEAN, INCEPTION_STD, 0.9 if img == 224 else 1.0),
             builder=build_vit,
+            checkpoint_filter=checkpoint_filter,
             hub_id=f"{name}.{tag}" if tag else None,
             aliases=(alias,),
         )
@@ -122,6 +124,7 @@ register(
         arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2),
         preprocess=PreprocessConfig(64, INCEPTION_MEAN, INCEPTION_STD, 0.9),
         builder=build_vit,
+        checkpoint_filter=checkpoint_filter,
         for_tests=True,
     )
 )
@@ -133,6 +136,7 @@ register(
         arch=ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2, num_classes=10),
         preprocess=PreprocessConfig(64, INCEPTION_MEAN, INCEPTION_STD, 1.0),
         builder=build_vit,
+        checkpoint_filter=checkpoint_filter,
         for_tests=True,
     )
 )

@@ -1,14 +1,16 @@
-"""Loading checkpoints into our models: timm state dicts (.pth/.safetensors), the official DeiT releases and
-Hugging Face transformers naming, with position embeddings resampled to the model's input size.
+"""Loading checkpoints into our models: reading .pth/.safetensors safely, unwrapping training wrappers, strict
+loading with one readable error, and timm's hub weights.
 
-Like timm's `checkpoint_filter_fn`, `filter_state_dict` unwraps and remaps a state dict, one branch per format.
+Each family remaps foreign layouts (official releases, Hugging Face naming, another input size) with its own
+checkpoint filter, one module here per family (`vitexport.weights.vit`), like timm's `checkpoint_filter_fn`;
+its ModelSpec names it, and `vitexport.models.create_model` passes it in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,6 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitexport.errors import CheckpointError
+
+# A family's remapping of foreign layouts onto its model: (unwrapped state dict, model) -> state dict.
+CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -44,7 +49,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _unwrap(sd: dict) -> dict[str, torch.Tensor]:
+def unwrap(sd: dict) -> dict[str, torch.Tensor]:
     # The official DeiT releases save {"model": state_dict, ...}; training scripts save {"state_dict": ...}.
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(sd.get(key), dict):
@@ -54,55 +59,6 @@ def _unwrap(sd: dict) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-
-
-# Hub checkpoints (transformers 4 naming) and transformers 5 modules (`layers.N.attention.o_proj`, `mlp.fc1`).
-_HF_BLOCK = {
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-}
-_HF_TOP = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.distillation_token": "dist_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-}
-_HF_LAYER = r"(?:encoder\.layer|layers)\.(\d+)"
-_HF_QKV = "query|key|value|q_proj|k_proj|v_proj"
-_HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
-
-
-def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers' ViTForImageClassification / DeiTForImageClassificationWithTeacher naming -> timm's."""
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in sd.items():
-        head, _, rest = key.partition(".")
-        if head in _HF_HEADS:  # classifier.weight -> head.weight
-            out[f"{_HF_HEADS[head]}.{rest}"] = value
-            continue
-        key = re.sub(r"^(vit|deit)\.", "", key)
-        if key in _HF_TOP:
-            out[_HF_TOP[key]] = value
-        elif m := re.match(rf"{_HF_LAYER}\.attention\.(?:attention\.)?({_HF_QKV})\.(weight|bias)$", key):
-            qkv.setdefault((m[1], m[3]), {})[m[2][0]] = value  # first letter: q, k or v
-        elif m := re.match(rf"{_HF_LAYER}\.(.+)\.(weight|bias)$", key):
-            out[f"blocks.{m[1]}.{_HF_BLOCK.get(m[2], m[2])}.{m[3]}"] = value
-        elif not key.startswith("pooler."):  # the pooler is unused by the classification heads
-            out[key] = value
-    for (layer, kind), parts in qkv.items():
-        # HF keeps separate Q, K, V projections; timm fuses them into one (3D, D) qkv matrix, in that order.
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"layer {layer} has only {sorted(parts)} of its query/key/value {kind}s")
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, num_tokens: int, num_prefix_tokens: int) -> torch.Tensor:
@@ -119,28 +75,19 @@ def resample_pos_embed(pos_embed: torch.Tensor, num_tokens: int, num_prefix_toke
     return torch.cat([prefix, grid], dim=1)
 
 
-def filter_state_dict(sd: dict, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map any supported checkpoint layout onto `model`'s parameter names and shapes."""
-    sd = _unwrap(sd)
-    if any(re.match(r"(vit|deit)\.embeddings\.|embeddings\.patch_embeddings\.", k) for k in sd):
-        sd = _from_hugging_face(sd)
-    target = model.state_dict()
-    pos = sd.get("pos_embed")
-    if pos is not None and "pos_embed" in target and pos.shape != target["pos_embed"].shape:
-        num_prefix = 2 if "dist_token" in target else 1
-        if pos.shape[-1] == target["pos_embed"].shape[-1]:  # same width: a different input size, not a wrong model
-            sd["pos_embed"] = resample_pos_embed(pos, target["pos_embed"].shape[1], num_prefix)
-    return sd
-
-
 def _names(keys: list[str], limit: int = 4) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def load_state_dict(model: nn.Module, sd: dict, source: str = "checkpoint") -> None:
-    """Load strictly; on mismatch raise one readable error naming missing, unexpected and mis-shaped keys."""
-    sd = filter_state_dict(sd, model)
+def load_state_dict(
+    model: nn.Module, sd: dict, source: str = "checkpoint", checkpoint_filter: CheckpointFilter | None = None
+) -> None:
+    """Unwrap, remap with the family's filter, then load strictly; on mismatch raise one readable error naming
+    missing, unexpected and mis-shaped keys."""
+    sd = unwrap(sd)
+    if checkpoint_filter is not None:
+        sd = checkpoint_filter(sd, model)
     target = model.state_dict()
     missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in target]
@@ -157,8 +104,8 @@ def load_state_dict(model: nn.Module, sd: dict, source: str = "checkpoint") -> N
     model.load_state_dict(sd, strict=False)  # strictness checked above, num_batches_tracked may be absent
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    load_state_dict(model, read_state_dict(path), source=f"checkpoint {Path(path).name}")
+def load_checkpoint(model: nn.Module, path: str | Path, checkpoint_filter: CheckpointFilter | None = None) -> None:
+    load_state_dict(model, read_state_dict(path), f"checkpoint {Path(path).name}", checkpoint_filter)
 
 
 def download_pretrained(spec) -> Path:
