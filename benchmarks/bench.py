@@ -1,21 +1,20 @@
 """`vitexport bench`: the GEMM peaks, every model's in-process sweep (ours and the peers, side by side) and its
-served path through Triton, in one run, into one result dict (see benchmarks.report for what is written)."""
+served path through Triton, in one run, into one result dict (see vitexport.bench.report for what is written)."""
 
 from __future__ import annotations
 
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vitexport.bench.gemm import GEMMS, GemmSpec, N, peak_table
-from vitexport.bench.runners import ALL_BACKENDS, QUICK_BACKENDS, Backend, RunnerSpec
+from vitexport.bench.runners import ALL_BACKENDS, QUICK_BACKENDS, BenchBackend, RunnerSpec
 from vitexport.bench.served import ServedSettings
 from vitexport.bench.sweep import SweepSettings, sweep, workers
-
-from vitexport.errors import VitExportError
+from vitexport.errors import VitExportError, first_line
 
 QUICK_SWEEP = SweepSettings(batch_sizes=(1, 8), windows=3, duration=0.4, warmup=0.2)
 QUICK_SERVED = ServedSettings(concurrency=(1, 4), window_ms=500, max_trials=5, stability=25)
@@ -24,7 +23,7 @@ QUICK_SERVED = ServedSettings(concurrency=(1, 4), window_ms=500, max_trials=5, s
 @dataclass(frozen=True)
 class BenchConfig:
     models: tuple[str, ...]
-    backends: tuple[Backend, ...] = ALL_BACKENDS
+    backends: tuple[BenchBackend, ...] = ALL_BACKENDS
     sweep: SweepSettings = field(default_factory=SweepSettings)
     served: ServedSettings = field(default_factory=ServedSettings)
     workdir: Path = field(default_factory=lambda: default_workdir())
@@ -47,6 +46,31 @@ class BenchConfig:
         }
         return cls(models, **(base | changes))
 
+    @classmethod
+    def from_options(
+        cls,
+        models: tuple[str, ...],
+        *,
+        quick: bool = False,
+        backends: tuple[BenchBackend, ...] | None = None,
+        batch_sizes: tuple[int, ...] | None = None,
+        concurrency: tuple[int, ...] | None = None,
+        threads: int = 2,
+        duration: float | None = None,
+        windows: int | None = None,
+        **changes: Any,
+    ) -> BenchConfig:
+        """The defaults of a full or --quick run, with what the user set over them (None: the default)."""
+        config = cls.quick(models) if quick else cls(models)
+        sweep = replace(
+            config.sweep,
+            threads=threads,
+            **{k: v for k, v in (("batch_sizes", batch_sizes), ("duration", duration), ("windows", windows)) if v},
+        )
+        served = replace(config.served, threads=threads, **({"concurrency": concurrency} if concurrency else {}))
+        kept = {k: v for k, v in changes.items() if v is not None}
+        return replace(config, backends=backends or config.backends, sweep=sweep, served=served, **kept)
+
 
 def default_workdir() -> Path:
     """Exports and variants are kept between runs (making them costs minutes); outside the checkout."""
@@ -54,7 +78,7 @@ def default_workdir() -> Path:
     return Path(cache) / "vitexport" / "bench"
 
 
-def check(config: BenchConfig) -> None:
+def check_config(config: BenchConfig) -> None:
     from vitexport.models import get_spec
 
     if not config.models:
@@ -78,7 +102,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
     """Measure everything the config asks for; backends that cannot run here are recorded with the reason."""
     from vitexport.bench.machine import machine_info
 
-    check(config)
+    check_config(config)
     config.workdir.mkdir(parents=True, exist_ok=True)
     logs = config.workdir / "logs"
     logs.mkdir(exist_ok=True)
@@ -168,20 +192,19 @@ def _peaks(config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
 
 def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], progress) -> dict[str, Any]:
     from vitexport.bench.prepare import prepare
-
     from vitexport.models import get_spec
 
     spec = get_spec(name)
     gflop = 2 * spec.macs() / 1e9  # FLOPs = 2 x MACs, as the registry's MACs count matmuls and convolutions
     in_process = [b for b in config.backends if not b.served]
     served = [b for b in config.backends if b.served]
-    no_bf16 = _no_native_bf16() if Backend.openvino_bf16 in in_process else None
-    wanted = [b for b in config.backends if not (no_bf16 and b is Backend.openvino_bf16)]
+    no_bf16 = _no_native_bf16() if BenchBackend.openvino_bf16 in in_process else None
+    wanted = [b for b in config.backends if not (no_bf16 and b is BenchBackend.openvino_bf16)]
     paths, skipped, ungated = prepare(
         spec.name, wanted, config.workdir, validate=config.validate, progress=progress
     )  # served paths use the onnxruntime variant
     if no_bf16:
-        skipped[Backend.openvino_bf16] = no_bf16
+        skipped[BenchBackend.openvino_bf16] = no_bf16
     entries: dict[str, dict[str, Any]] = {}
     runnable = {}
     for b in in_process:
@@ -195,7 +218,7 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
             w.wait_ready()
         measured = sweep(pool, config.sweep, spec.img_size, progress, spec.name)
         for backend_name, w in pool.items():
-            b = Backend(backend_name)
+            b = BenchBackend(backend_name)
             if backend_name not in measured or not measured[backend_name]:
                 reason = w.error or w.limited or "not measured"
                 entries[backend_name] = {"status": "failed", "reason": reason, "peer": b.peer}
@@ -277,5 +300,5 @@ def _served(model, served, paths, skipped, config: BenchConfig, progress):
             progress=progress,
         )
     except VitExportError as e:
-        return {}, {b.value: str(e).splitlines()[0] for b in served}
+        return {}, {b.value: first_line(e) for b in served}
     return {f"triton-{p}": {str(c): r for c, r in pts.items()} for p, pts in results.items()}, {}

@@ -75,12 +75,9 @@ def _matmul_onnx(b: np.ndarray, path: Path) -> None:
 
 
 def _onnxruntime(path: Path, a: np.ndarray, threads: int) -> _Gemm:
-    import onnxruntime as ort
+    from vitexport.ort import ort_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as for the models
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads=threads, spinning=False)  # as for the models
     return _Gemm("onnxruntime", "fp32", lambda: session.run(None, {"a": a})[0])
 
 

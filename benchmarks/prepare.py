@@ -12,9 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from vitexport.bench.runners import Backend
-
-from vitexport.errors import VitExportError
+from vitexport.bench.runners import BenchBackend
+from vitexport.errors import VitExportError, first_line
 
 CALIBRATION_IMAGES = 32  # enough for min-max ranges of a speed benchmark; NNCF's default 300 costs minutes here
 GATE_IMAGES = 64  # real images every variant is gated on, none of them a calibration image
@@ -26,6 +25,7 @@ def _digits_folders(workdir: Path, size: int) -> tuple[Path, Path]:
     The gate's folder is unlabelled on purpose: a random-weight model's accuracy on digit labels means nothing, its
     agreement with the fp32 model on real images does (on Gaussian noise alone a DeiT-B's top two logits tie)."""
     from PIL import Image
+
     from vitexport.bench.digits import load_digits_images, write_image_folder
 
     calibration, gate = workdir / f"calibration_{size}", workdir / f"gate_{size}"
@@ -46,27 +46,26 @@ def _cached(path: Path):
 
 def prepare(
     model: str,
-    backends: list[Backend],
+    backends: list[BenchBackend],
     workdir: Path,
     *,
     validate: bool = True,
     calibration: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
-) -> tuple[dict[Backend, Path], dict[Backend, str], dict[Backend, str]]:
+) -> tuple[dict[BenchBackend, Path], dict[BenchBackend, str], dict[BenchBackend, str]]:
     """Model files by backend; why the others cannot run (no GPU, ...) as one line each; and the backends whose
     model file is an ungated variant, with the gate's verdict."""
     from vitexport.export.onnx import export_onnx
     from vitexport.export.optimize import Precision, Runtime
-
     from vitexport.models import get_spec
 
     spec = get_spec(model)
     folder = workdir / spec.name
     folder.mkdir(parents=True, exist_ok=True)
-    paths: dict[Backend, Path] = {}
-    skipped: dict[Backend, str] = {}
-    ungated: dict[Backend, str] = {}
-    needs_onnx = [b for b in backends if b not in (Backend.torch, Backend.torch_compile, Backend.timm)]
+    paths: dict[BenchBackend, Path] = {}
+    skipped: dict[BenchBackend, str] = {}
+    ungated: dict[BenchBackend, str] = {}
+    needs_onnx = [b for b in backends if b not in (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm)]
     if not needs_onnx:
         return paths, skipped, ungated
     plain = _cached(folder / f"{spec.name}.onnx")
@@ -74,28 +73,28 @@ def prepare(
         progress(f"{spec.name}: exporting to ONNX")
         plain = export_onnx(spec.name, folder / f"{spec.name}.onnx", validate=validate)
     variants = {
-        Backend.onnxruntime: (Runtime.onnxruntime, Precision.fp32),
-        Backend.onnxruntime_int8: (Runtime.onnxruntime, Precision.int8),
-        Backend.openvino_bf16: (Runtime.openvino, Precision.bf16),
-        Backend.openvino_int8: (Runtime.openvino, Precision.int8),
+        BenchBackend.onnxruntime: (Runtime.onnxruntime, Precision.fp32),
+        BenchBackend.onnxruntime_int8: (Runtime.onnxruntime, Precision.int8),
+        BenchBackend.openvino_bf16: (Runtime.openvino, Precision.bf16),
+        BenchBackend.openvino_int8: (Runtime.openvino, Precision.int8),
     }
     for backend in needs_onnx:
-        if backend in (Backend.onnxruntime_plain, Backend.openvino_plain):
+        if backend in (BenchBackend.onnxruntime_plain, BenchBackend.openvino_plain):
             paths[backend] = plain.path
         elif backend in variants or backend.served:
             runtime, precision = variants.get(backend, (Runtime.onnxruntime, Precision.fp32))
             try:
                 paths[backend], failure = _variant(plain, runtime, precision, folder, validate, calibration, progress)
             except VitExportError as e:
-                skipped[backend] = f"{runtime.value} {precision.value} variant: {str(e).splitlines()[0]}"
+                skipped[backend] = f"{runtime.value} {precision.value} variant: {first_line(e)}"
                 continue
             if failure:
                 ungated[backend] = failure
-        elif backend is Backend.tensorrt:
+        elif backend is BenchBackend.tensorrt:
             try:
                 paths[backend] = _engine(plain, progress)
             except VitExportError as e:
-                skipped[backend] = str(e).splitlines()[0]
+                skipped[backend] = first_line(e)
     return paths, skipped, ungated
 
 
@@ -103,16 +102,15 @@ def _variant(
     plain, runtime, precision, folder: Path, validate: bool, calibration: Path | None, progress
 ) -> tuple[Path, str | None]:
     """The variant's file, and the gate's verdict when only an ungated variant could be made."""
-    from vitexport.export.optimize import default_fusion, default_output
-
     from vitexport.errors import ValidationError
+    from vitexport.export.optimize import default_fusion, default_output
 
     output = default_output(plain.path, runtime, precision, default_fusion(runtime, precision))
     fallback = output.with_name(output.stem + "-ungated" + output.suffix)
     for path in (output, fallback):
         cached = _cached(path)
         if cached is not None:
-            return cached.path, cached.details.get("gate_failure")
+            return cached.path, cached.gate_failure
     name = f"{plain.model}: {runtime.value} {precision.value}"
     progress(f"{name}: optimizing (and the accuracy gate)" if validate else f"{name}: optimizing")
     default_calibration, gate_images = _digits_folders(folder.parent, plain.preprocess.input_size)
@@ -123,10 +121,10 @@ def _variant(
         try:
             return _optimize(plain, runtime, precision, output, calib, gate_images, validate).path, None
         except ValidationError as e:
-            failure = "failed its accuracy gate: " + str(e).splitlines()[0]
+            failure = "failed its accuracy gate: " + first_line(e)
         progress(f"{name}: {failure}; building it ungated")
         variant = _optimize(plain, runtime, precision, fallback, calib, gate_images, False)
-        variant.with_(details=variant.details | {"gate_failure": failure}).save()
+        variant.with_(gate_failure=failure).save()
         return variant.path, failure
     finally:
         logging.disable(logging.NOTSET)
@@ -150,21 +148,9 @@ def _optimize(plain, runtime, precision, output: Path, calib: Path | None, image
 
 
 def _engine(plain, progress) -> Path:
-    from vitexport.export.tensorrt import (
-        BatchProfile,
-        BuildSettings,
-        Precision,
-        build_engine,
-        default_engine_path,
-        onnx_for_engine,
-        tensorrt_environment,
-    )
+    from vitexport.artifacts import Precision
+    from vitexport.export.tensorrt import BatchProfile, BuildSettings, engine_for
 
-    env = tensorrt_environment()  # no TensorRT or no GPU: the one-line reason, recorded as the skip
+    # No TensorRT or no GPU: the one-line reason, recorded as the skip.
     settings = BuildSettings(precision=Precision.fp16, profile=BatchProfile.parse("1:8:32"))
-    source = onnx_for_engine(str(plain.path), settings, env.tensorrt_version, progress=progress)
-    output = default_engine_path(source, settings.precision)
-    cached = _cached(output)
-    if cached is not None:
-        return cached.path
-    return build_engine(source, output, settings, environment=env, progress=progress).path
+    return engine_for(str(plain.path), settings, reuse=_cached, progress=progress).path

@@ -360,19 +360,19 @@ def plots(result: dict[str, Any], output: Path, prefix: str) -> dict[str, str]:
 
 def write(result: dict[str, Any], output: Path, prefix: str = "bench") -> dict[str, Path]:
     """JSON, Markdown and PNGs into `output`; returns their paths."""
-    from vitexport.artifacts import write_text_atomic
+    from vitexport.fileio import write_atomic
 
     output.mkdir(parents=True, exist_ok=True)
     pngs = plots(result, output, prefix)
     paths = {"json": output / f"{prefix}.json", "markdown": output / f"{prefix}.md"}
-    write_text_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
-    write_text_atomic(paths["markdown"], markdown(result, pngs))
+    write_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
+    write_atomic(paths["markdown"], markdown(result, pngs))
     return paths | {title: output / f for title, f in pngs.items()}
 
 
 def main() -> None:
     """Re-render the Markdown and PNGs of a saved result without measuring again:
-    `python -m benchmarks.report benchmarks/results/bench.json`."""
+    `python -m vitexport.bench.report benchmarks/results/bench.json`."""
     import sys
 
     source = Path(sys.argv[1])

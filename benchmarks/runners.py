@@ -2,8 +2,8 @@
 
 Our gated paths (the optimize stage's variants, which passed the accuracy gate) and the peers they must beat are
 all built here from a picklable `RunnerSpec`, so that a worker process can build its own runner: each runtime is
-measured in its own process (ARCHITECTURE.md "Benchmark hygiene": ORT's spinning threads and torch's OpenMP
-threads slow whatever shares their process).
+measured in its own process (docs/benchmarks.md, "Hygiene": ORT's spinning threads and torch's OpenMP threads
+slow whatever shares their process).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 
-class Backend(str, Enum):
+class BenchBackend(str, Enum):
     torch = "torch"  # peer: our PyTorch model, eager
     torch_compile = "torch-compile"  # peer: the same under torch.compile (inductor)
     timm = "timm"  # peer: timm's model of the same name, eager
@@ -36,22 +36,40 @@ class Backend(str, Enum):
 
     @property
     def served(self) -> bool:
-        return self in (Backend.triton_grpc, Backend.triton_http)
+        return self in (BenchBackend.triton_grpc, BenchBackend.triton_http)
 
     @property
     def precision(self) -> str:
         """The nominal compute precision; OpenVINO reports what it really ran in (bf16 falls back to f32 on CPUs
         without BF16 instructions), and the worker overrides this with it."""
-        if self in (Backend.onnxruntime_int8, Backend.openvino_int8):
+        if self in (BenchBackend.onnxruntime_int8, BenchBackend.openvino_int8):
             return "int8"
-        if self is Backend.openvino_bf16:
+        if self is BenchBackend.openvino_bf16:
             return "bf16"
         return "fp32"
 
+    @classmethod
+    def parse_list(cls, text: str) -> tuple[BenchBackend, ...]:
+        """`--backends torch,openvino-int8`: each named once, in the order given."""
+        from vitexport.errors import VitExportError
 
-PEERS = (Backend.torch, Backend.torch_compile, Backend.timm, Backend.onnxruntime_plain, Backend.openvino_plain)
-ALL_BACKENDS = tuple(Backend)
-QUICK_BACKENDS = (Backend.torch, Backend.onnxruntime_plain)
+        names = [b.strip() for b in text.split(",") if b.strip()]
+        valid = [b.value for b in cls]
+        bad = [b for b in names if b not in valid]
+        if bad or not names:
+            raise VitExportError(f"--backends must be among {', '.join(valid)}, not {', '.join(bad) or 'nothing'}")
+        return tuple(cls(b) for b in dict.fromkeys(names))
+
+
+PEERS = (
+    BenchBackend.torch,
+    BenchBackend.torch_compile,
+    BenchBackend.timm,
+    BenchBackend.onnxruntime_plain,
+    BenchBackend.openvino_plain,
+)
+ALL_BACKENDS = tuple(BenchBackend)
+QUICK_BACKENDS = (BenchBackend.torch, BenchBackend.onnxruntime_plain)
 
 
 class Runner(Protocol):
@@ -67,7 +85,7 @@ class Runner(Protocol):
 class RunnerSpec:
     """Everything a worker process needs to build a runner (picklable: no modules, no sessions)."""
 
-    backend: Backend
+    backend: BenchBackend
     model: str
     threads: int
     artifact: Path | None = None  # the model file (ONNX, IR, plan) for the runtime backends
@@ -86,11 +104,11 @@ class _Callable:
 def build_runner(spec: RunnerSpec) -> Runner:
     """Build the runner in this process; raise VitExportError (one line) when the backend cannot run here."""
     b = spec.backend
-    if b in (Backend.torch, Backend.torch_compile, Backend.timm):
+    if b in (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm):
         return _torch_runner(spec)
-    if b is Backend.tensorrt:
+    if b is BenchBackend.tensorrt:
         return _tensorrt_runner(spec)
-    if b in (Backend.onnxruntime, Backend.onnxruntime_plain, Backend.onnxruntime_int8):
+    if b in (BenchBackend.onnxruntime, BenchBackend.onnxruntime_plain, BenchBackend.onnxruntime_int8):
         return _artifact_runner(spec, "onnxruntime")
     return _artifact_runner(spec, "openvino")
 
@@ -103,7 +121,7 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
 
     torch.set_num_threads(spec.threads)
     torch.manual_seed(0)
-    if spec.backend is Backend.timm:
+    if spec.backend is BenchBackend.timm:
         from vitexport._timm_compat import import_timm
 
         timm = import_timm()
@@ -115,7 +133,7 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
         model = timm.create_model(name, pretrained=False).eval()
     else:
         model = create_model(spec.model)
-    if spec.backend is Backend.torch_compile:
+    if spec.backend is BenchBackend.torch_compile:
         import torch._inductor.config as inductor
 
         # Measured: ResNet-50 gains nothing without freezing (weights folded as constants, conv+bn fused), and
@@ -132,16 +150,16 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
 
 
 def _artifact_runner(spec: RunnerSpec, runtime: str) -> Runner:
-    from vitexport.export.runners import load_runner
-
     from vitexport.artifacts import load_artifact
+    from vitexport.export.runners import load_runner
 
     assert spec.artifact is not None
     artifact = load_artifact(spec.artifact)
     precision = spec.backend.precision
-    if spec.backend is Backend.openvino_plain:
+    if spec.backend is BenchBackend.openvino_plain:
         # OpenVINO's own defaults, as a user who hands it the plain ONNX gets them (no precision hint).
         import openvino.properties.hint as hints
+
         from vitexport.export.openvino import compile_ir
 
         compiled = compile_ir(artifact.path, "int8", spec.threads)  # "int8": the mapping that sets no hint
@@ -171,10 +189,9 @@ def _ov_precision(ov_type: str) -> str:
 
 
 def _tensorrt_runner(spec: RunnerSpec) -> Runner:
+    from vitexport.artifacts import load_artifact
     from vitexport.export.cuda import DeviceSession
     from vitexport.export.tensorrt import EngineRunner, tensorrt_environment
-
-    from vitexport.artifacts import load_artifact
 
     tensorrt_environment()  # raises the one-line reason where there is no TensorRT or GPU
     import tensorrt as trt

@@ -12,7 +12,6 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vitexport.bench.serving_throughput import perf_analyzer_env, perf_analyzer_row
 
-from vitexport.errors import ServingError
+from vitexport.bench.perf_analyzer import find_perf_analyzer, measure
+from vitexport.errors import ServingError, first_line
 
 
 @dataclass(frozen=True)
@@ -34,70 +33,6 @@ class ServedSettings:
     stability: int = 15  # percent
     max_trials: int = 8
     threads: int = 2  # the served model's intra-op threads
-
-
-def perf_analyzer() -> tuple[Path, dict[str, str]] | None:
-    """The perf_analyzer binary and the environment it runs in, or None where it is not installed."""
-    binary = Path(sys.executable).parent / "perf_analyzer"
-    if not binary.is_file():
-        found = shutil.which("perf_analyzer")
-        if not found:
-            return None
-        binary = Path(found)
-    try:
-        from vitexport.serving.server import TritonInstall
-
-        libs = TritonInstall.find().libs
-    except ServingError:
-        return None
-    # The lib links are the serving benchmark's setup (benchmarks/serving_throughput.py), in a folder of our own.
-
-    folder = Path(tempfile.gettempdir()) / f"vitexport-bench-perf-analyzer-{os.getuid()}-{os.getpid()}"
-    try:
-        env = perf_analyzer_env(libs, folder)
-    except (IndexError, OSError):  # the wheel lacks one of the libraries
-        return None
-    return binary, env
-
-
-def run_perf_analyzer(
-    tool: tuple[Path, dict[str, str]], url: str, model: str, protocol: str, concurrency: int, s: ServedSettings
-) -> dict[str, Any]:
-    binary, env = tool
-    with tempfile.TemporaryDirectory(prefix="vitexport-pa-") as tmp:
-        report = Path(tmp) / "report.csv"
-        command = [
-            str(binary),
-            "-m",
-            model,
-            "-u",
-            url,
-            "-i",
-            protocol,
-            "-b",
-            "1",
-            f"--concurrency-range={concurrency}:{concurrency}",
-            "--measurement-mode=time_windows",
-            f"--measurement-interval={s.window_ms}",
-            f"--stability-percentage={s.stability}",
-            f"--max-trials={s.max_trials}",
-            "-f",
-            str(report),
-        ]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0 or not report.is_file():
-            tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
-            raise ServingError(f"perf_analyzer failed ({done.returncode}): {tail[0]}")
-        us = perf_analyzer_row(report)
-    return {
-        "tool": "perf_analyzer",
-        "img_s": round(us["Inferences/Second"], 3),
-        "latency_ms_p50": round(us["p50 latency"] / 1e3, 3),
-        "latency_ms_p90": round(us["p90 latency"] / 1e3, 3),
-        "latency_ms_p99": round(us["p99 latency"] / 1e3, 3),
-        "server_queue_ms": round(us.get("Server Queue", 0) / 1e3, 3),
-        "server_compute_ms": round(us.get("Server Compute Infer", 0) / 1e3, 3),
-    }
 
 
 def load_generator(
@@ -128,7 +63,7 @@ def load_generator(
             try:
                 client.infer(model, [tensor])
             except Exception as e:
-                errors.append(str(e).splitlines()[0])
+                errors.append(first_line(e))
                 return
             latencies[i].append((time.perf_counter() - t, time.perf_counter()))
 
@@ -184,7 +119,7 @@ def serve_and_measure(
     if triton_url:
         urls = parse_triton_url(triton_url)
         return _measure(urls, served_name or artifact.model, artifact, protocols, settings, progress)
-    from vitexport.serving.config import Backend
+    from vitexport.serving.config import ServingBackend
     from vitexport.serving.repository import add_model
     from vitexport.serving.server import TritonServer
 
@@ -192,7 +127,7 @@ def serve_and_measure(
     try:
         name = "classifier"
         add_model(
-            repo, artifact, backend=Backend.python_onnxruntime, name=name, ensemble=False,
+            repo, artifact, backend=ServingBackend.python_onnxruntime, name=name, ensemble=False,
             intra_op_threads=settings.threads, require_gate=False,  # the report labels ungated variants
         )  # fmt: skip
         progress(f"{artifact.model}: starting Triton")
@@ -205,7 +140,7 @@ def serve_and_measure(
 
 
 def _measure(urls, name, artifact, protocols, settings, progress) -> dict[str, dict[int, dict[str, Any]]]:
-    tool = perf_analyzer()
+    tool = find_perf_analyzer()
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for protocol in protocols:
         results[protocol] = {}
@@ -214,9 +149,21 @@ def _measure(urls, name, artifact, protocols, settings, progress) -> dict[str, d
             point = None
             if tool is not None:
                 try:
-                    point = run_perf_analyzer(tool, urls[protocol], name, protocol, c, settings)
+                    point = measure(
+                        tool,
+                        urls[protocol],
+                        name,
+                        protocol=protocol,
+                        concurrency=c,
+                        window_ms=settings.window_ms,
+                        stability_percent=settings.stability,
+                        max_trials=settings.max_trials,
+                        timeout_s=600,
+                    )
+                    if not point["stable"]:  # the load generator measures what perf_analyzer could not settle
+                        raise ServingError("its measurement windows never agreed within the stability bound")
                 except (ServingError, subprocess.TimeoutExpired, StopIteration, KeyError) as e:
-                    note = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    note = first_line(e)
                     point = None
                     fallback_reason = f"perf_analyzer: {note}"
             if point is None:

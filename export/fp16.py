@@ -11,7 +11,7 @@ import warnings
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from vitexport.errors import ExportError
+from vitexport.errors import ExportError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -58,7 +58,7 @@ def to_fp16(model: onnx.ModelProto, *, io_type: IOType = IOType.fp32) -> onnx.Mo
                 min_positive_val=5.96e-08,
             )
         except Exception as e:
-            raise ExportError(f"FP16 conversion failed: {str(e).splitlines()[0]}") from e
+            raise ExportError(f"FP16 conversion failed: {first_line(e)}") from e
     _pin_attention_softmax(half)
     return half
 

@@ -17,7 +17,7 @@ from collections import Counter
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from vitexport.errors import ExportError
+from vitexport.errors import ExportError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -73,7 +73,7 @@ def _fuse_ort(model: ir.Model) -> dict[str, int]:
     try:
         _, counts = optimize_for_ort(model)
     except Exception as e:  # the rewriter raises assorted errors on graphs it cannot analyse
-        raise ExportError(f"onnxscript's ORT fusion failed: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"onnxscript's ORT fusion failed: {first_line(e)}") from e
     return counts
 
 
@@ -99,7 +99,7 @@ def _fuse_onnx(model: ir.Model) -> dict[str, int]:
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"ONNX Attention fusion failed: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"ONNX Attention fusion failed: {first_line(e)}") from e
     return {"sdpa": sdpa, "attention": attention}
 
 

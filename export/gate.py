@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, compare
 
+from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ValidationError, VitExportError
+from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, compare
 from vitexport.preprocess import PreprocessConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
@@ -151,7 +152,7 @@ def evaluate(
     return GateReport(precision, tol, random_reports, image_reports, accuracy, failures)
 
 
-def check(report: GateReport) -> None:
+def check_gate(report: GateReport) -> None:
     if report.failures:
         raise ValidationError(f"{report.precision} variant over budget: " + "; ".join(report.failures))
 
@@ -179,8 +180,8 @@ def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) 
 def torch_reference(name: str, checkpoint: str | Path, output_names: tuple[str, ...] = ("logits",)) -> Run:
     """The fp32 PyTorch model as a reference runner, on the same weights the candidate was exported from."""
     import torch
-    from vitexport.export.onnx import _ExportHeads
 
+    from vitexport.export.onnx import _ExportHeads
     from vitexport.models import create_model
 
     model = create_model(name, checkpoint=str(checkpoint))
@@ -193,3 +194,50 @@ def torch_reference(name: str, checkpoint: str | Path, output_names: tuple[str, 
         return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
     return run
+
+
+def reference_for(candidate: ModelArtifact, reference: str, checkpoint: str | Path | None = None) -> Run:
+    """The fp32 reference `candidate` is graded against: an fp32 artifact file, or a registered model built on the
+    candidate's checkpoint. Comparing two different models would report drift (or pass on chance agreement) instead
+    of an error, so a reference of another model, size, outputs or checkpoint is refused."""
+    from vitexport.artifacts import load_artifact
+    from vitexport.export.onnx import looks_like_a_file
+    from vitexport.export.runners import load_runner
+    from vitexport.models import get_spec
+    from vitexport.weights import sha256_file
+
+    if looks_like_a_file(reference):
+        if checkpoint is not None:
+            raise VitExportError("--checkpoint applies to a registered --reference model, not to a file")
+        ref = load_artifact(reference)
+        if ref.precision != "fp32":
+            raise VitExportError(f"the reference must be fp32; {reference} is {ref.precision}")
+        pairs = [
+            ("model", ref.model, candidate.model),
+            ("input size", ref.preprocess.input_size, candidate.preprocess.input_size),
+            ("outputs", ", ".join(ref.output_names), ", ".join(candidate.output_names)),
+        ]
+        mismatches = [f"{what} {r} vs {c}" for what, r, c in pairs if r != c]
+        ref_sha, cand_sha = ref.checkpoint_sha256, candidate.checkpoint_sha256
+        if ref_sha and cand_sha and ref_sha != cand_sha:  # compared only when both know it (not random weights)
+            mismatches.append(f"checkpoint sha256 {ref_sha[:12]}... vs {cand_sha[:12]}...")
+        if mismatches:
+            raise VitExportError(
+                f"{reference} is not the model {candidate.path} was derived from: " + "; ".join(mismatches)
+            )
+        return load_runner(ref, spinning=False)
+    spec = get_spec(reference)
+    if spec.name != get_spec(candidate.model).name:
+        raise VitExportError(f"{candidate.path} is a {candidate.model}, not a {reference}")
+    if spec.img_size != candidate.preprocess.input_size:
+        # The PyTorch reference is built at the registered size; the candidate's export resampled it.
+        raise VitExportError(
+            f"{candidate.path} takes {candidate.preprocess.input_size}px inputs, {spec.name} {spec.img_size}px: "
+            "give its fp32 ONNX export as --reference"
+        )
+    if checkpoint is None:
+        # Random weights differ at every build, so a weightless model cannot be a reference.
+        raise VitExportError("a registered --reference model needs --checkpoint with the candidate's weights")
+    if candidate.checkpoint_sha256 and sha256_file(checkpoint) != candidate.checkpoint_sha256:
+        raise VitExportError(f"{checkpoint} is not the checkpoint {candidate.path} was exported from")
+    return torch_reference(reference, checkpoint, candidate.output_names)

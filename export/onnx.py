@@ -9,18 +9,19 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check, compare
 
 from vitexport import __version__, weights
 from vitexport.artifacts import ModelArtifact
-from vitexport.errors import ExportError
+from vitexport.errors import ExportError, first_line
+from vitexport.export.options import Heads
+from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check_drift, compare
 from vitexport.models import create_model, get_spec
+from vitexport.ort import ort_session
 
 # Opset 18 is the default: the dynamo exporter's native opset (no version conversion), run by ONNX Runtime >= 1.14
 # and parsed by TensorRT >= 8.6 alike, and the graph onnxscript's ORT fusions match. Opset 23 adds the standard
@@ -29,11 +30,6 @@ DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
 PROTOBUF_LIMIT = 2**31  # a single ONNX protobuf cannot exceed 2 GB: larger models keep weights in external data
 VALIDATION_BATCHES = (1, 4)
-
-
-class Heads(str, Enum):
-    avg = "avg"  # DeiT's test-time average of the class and distillation heads
-    all = "all"  # also `logits_cls` and `logits_dist`
 
 
 class _ExportHeads(nn.Module):
@@ -128,6 +124,29 @@ def export_onnx(
     return artifact
 
 
+def looks_like_a_file(model_or_file: str) -> bool:
+    """A path-like argument is a file even when it is missing: "no such file", not "unknown model 'x.onnx'"."""
+    path = Path(model_or_file)
+    return path.exists() or "/" in model_or_file or path.suffix in (".onnx", ".json", ".xml", ".plan")
+
+
+def export_or_load(
+    model_or_file: str,
+    folder: Path,
+    *,
+    checkpoint: str | Path | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ModelArtifact:
+    """MODEL_OR_ONNX: an artifact's model file or sidecar, or a registered model exported to fp32 ONNX in `folder`."""
+    from vitexport.artifacts import load_artifact
+
+    if looks_like_a_file(model_or_file):
+        if checkpoint is not None:
+            raise ExportError("--checkpoint applies to a registered model name, not to an ONNX file")
+        return load_artifact(model_or_file)
+    return export_onnx(model_or_file, folder / f"{model_or_file}.onnx", checkpoint=checkpoint, progress=progress)
+
+
 def _check_writable(output: Path) -> None:
     parent = output.parent if str(output.parent) else Path(".")
     if output.is_dir():
@@ -158,7 +177,7 @@ def _torch_export(model, example, opset, output_names, dynamic_shapes):
                 optimize=True,
             )
         except Exception as e:
-            raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from e
+            raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
     produced = program.model.opset_imports.get("", None)
     if produced != opset:
         raise ExportError(f"the exporter produced opset {produced}, not {opset}")
@@ -181,16 +200,7 @@ def _save(program, output: Path, *, external: bool) -> None:
         raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         # full_check's shape inference raises its own error type, not a subclass of ValidationError.
-        raise ExportError(f"onnx.checker rejected the exported graph: {str(e).splitlines()[0]}") from None
-
-
-def ort_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        raise ExportError(f"onnx.checker rejected the exported graph: {first_line(e)}") from None
 
 
 def validate_onnx(
@@ -214,5 +224,5 @@ def validate_onnx(
         got = session.run(list(artifact.output_names), {artifact.input_name: x.numpy()})
         for name, e, g in zip(artifact.output_names, expected, got, strict=True):
             reports.append(compare(name, e.numpy(), np.asarray(g)))
-    check(reports, tolerance)
+    check_drift(reports, tolerance)
     return reports

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitexport.errors import ExportError
+from vitexport.errors import ExportError, first_line
 
 # The hint's values, by our precision names. INT8 sets none: the plugin then runs the ops NNCF left in floating
 # point in BF16 where the CPU has it (OpenVINO's default there) and in FP32 elsewhere.
@@ -57,7 +57,7 @@ def convert_onnx(source: Path) -> object:
     try:
         return ov.convert_model(str(source))
     except Exception as e:
-        raise ExportError(f"OpenVINO could not convert {source.name}: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"OpenVINO could not convert {source.name}: {first_line(e)}") from e
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def quantize_int8(model, calibration: np.ndarray, recipe: Int8Recipe, *, input_n
                 advanced_parameters=advanced,
             )
     except Exception as e:
-        raise ExportError(f"NNCF quantization failed: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"NNCF quantization failed: {first_line(e)}") from e
 
 
 def save_ir(model, output: Path) -> None:
@@ -118,7 +118,7 @@ def save_ir(model, output: Path) -> None:
     try:
         ov.save_model(model, str(output), compress_to_fp16=False)
     except Exception as e:
-        raise ExportError(f"cannot write {output}: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"cannot write {output}: {first_line(e)}") from e
 
 
 def compile_ir(path: Path, precision: str, threads: int | None = None):
@@ -135,4 +135,4 @@ def compile_ir(path: Path, precision: str, threads: int | None = None):
     try:
         return ov.Core().compile_model(str(path), "CPU", config)
     except Exception as e:
-        raise ExportError(f"OpenVINO could not compile {path.name}: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"OpenVINO could not compile {path.name}: {first_line(e)}") from e

@@ -11,38 +11,26 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vitexport.artifacts import ModelArtifact, Precision, sidecar_path
+from vitexport.errors import ArtifactError, ExportError, first_line
 from vitexport.export.fp16 import IOType, to_fp16
 from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
-from vitexport.export.gate import ImageSet, check, evaluate, hold_out, load_image_folder
+from vitexport.export.gate import ImageSet, check_gate, evaluate, hold_out, load_image_folder
+from vitexport.export.onnx import PROTOBUF_LIMIT
 from vitexport.export.openvino import int8_recipes
+from vitexport.export.options import Runtime
 from vitexport.export.quantize import QuantMethod, default_method, quantize_onnx
 from vitexport.export.runners import load_runner
-
-from vitexport.artifacts import ModelArtifact, sidecar_path
-from vitexport.errors import ArtifactError, ExportError
 from vitexport.models import get_spec
 
-PROTOBUF_LIMIT = 2**31
 CALIBRATION_LIMIT = 300  # NNCF's default subset size: more images barely move the ranges and cost minutes
 HOLD_OUT_EVERY = 5  # without --images, one calibration image in five is kept back for the accuracy gate
 MIN_SPLIT = 10  # a smaller calibration folder is all used to calibrate
-
-
-class Runtime(str, Enum):
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-    int8 = "int8"
 
 
 def default_fusion(runtime: Runtime, precision: Precision) -> Fusion:
@@ -143,6 +131,9 @@ def optimize(
             batch_size=artifact.batch_size,
             precision=precision.value,
             opset=details.pop("opset", None),
+            fuse_attention=details.pop("fuse_attention"),
+            io_type=details.pop("io_type", Precision.fp32),
+            quant_method=details.get("quantization", {}).get("method"),
             checkpoint_sha256=artifact.checkpoint_sha256,
             source=artifact.sidecar.name if artifact.sidecar.parent == output.parent else str(artifact.sidecar),
             details=details,
@@ -152,7 +143,7 @@ def optimize(
         progress("accuracy gate")
         report = gate(variant, artifact, eval_images)
         if report.passed or i == len(recipes) - 1:
-            check(report)  # the last recipe over budget: one error, no sidecar
+            check_gate(report)  # the last recipe over budget: one error, no sidecar
             variant = variant.with_(validation=report.to_dict())
             break
         progress(f"recipe {recipe.name} over budget; trying {recipes[i + 1].name}")
@@ -231,7 +222,7 @@ def _load(path: Path):
     try:
         return onnx.load(str(path))
     except Exception as e:
-        raise ArtifactError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        raise ArtifactError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def _save_onnx(model, output: Path) -> None:
@@ -246,7 +237,7 @@ def _save_onnx(model, output: Path) -> None:
             onnx.save_model(model, str(output))
         onnx.checker.check_model(str(output), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"onnx.checker rejected the optimized graph: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"onnx.checker rejected the optimized graph: {first_line(e)}") from None
     except (OSError, ValueError) as e:
         raise ExportError(f"cannot write {output}: {e}") from None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitexport.errors import ExportError
+from vitexport.errors import ExportError, first_line
 
 
 class QuantMethod(str, Enum):
@@ -84,4 +84,4 @@ def quantize_onnx(
         except ExportError:
             raise
         except Exception as e:  # onnxruntime.quantization raises bare exceptions of many types
-            raise ExportError(f"INT8 quantization ({method.value}) failed: {str(e).splitlines()[0]}") from e
+            raise ExportError(f"INT8 quantization ({method.value}) failed: {first_line(e)}") from e

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vitexport.artifacts import ModelArtifact
-from vitexport.errors import ArtifactError
+from vitexport.errors import ArtifactError, first_line
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,12 @@ def load_runner(artifact: ModelArtifact, *, threads: int | None = None, spinning
 
 
 def _onnxruntime(artifact: ModelArtifact, threads: int | None, spinning: bool) -> Runner:
-    import onnxruntime as ort
+    from vitexport.ort import ort_session
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(str(artifact.path), options, providers=["CPUExecutionProvider"])
+        session = ort_session(artifact.path, threads=threads, spinning=spinning)
     except Exception as e:
-        raise ArtifactError(f"ONNX Runtime cannot load {artifact.path.name}: {str(e).splitlines()[0]}") from None
+        raise ArtifactError(f"ONNX Runtime cannot load {artifact.path.name}: {first_line(e)}") from None
     in_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
     names = list(artifact.output_names)
 

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from vitexport.export.runners import load_runner
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ArtifactError
+from vitexport.export.runners import load_runner
 
 CPU_FORMATS = ("onnx", "openvino")
 

@@ -84,7 +84,7 @@ def compare(output: str, reference: np.ndarray, candidate: np.ndarray) -> DriftR
     )
 
 
-def check(reports: list[DriftReport], tol: Tolerance, *, what: str = "validation failed") -> None:
+def check_drift(reports: list[DriftReport], tol: Tolerance, *, what: str = "validation failed") -> None:
     """Raise one ValidationError, `what` followed by every failed check."""
     failures = [f for r in reports for f in r.failures(tol)]
     if failures:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vitexport.serving import config as cfg
 
 from vitexport.errors import ServingError, VitExportError
 from vitexport.preprocess import PreprocessConfig
+from vitexport.serving import config as cfg
 
 # Seconds to wait for a connection and for each reply: long enough for a large batch on a busy CPU server, short
 # enough that a server that accepted the connection but hangs does not hang the client forever.

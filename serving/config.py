@@ -49,7 +49,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class Backend(str, Enum):
+class ServingBackend(str, Enum):
     python_onnxruntime = "python-onnxruntime"  # Python backend + ONNX Runtime CPU: serves on the local Triton
     python_openvino = "python-openvino"  # Python backend + OpenVINO CPU: serves locally where openvino is installed
     onnxruntime = "onnxruntime"  # Triton's ONNX Runtime backend: the official containers only
@@ -60,15 +60,15 @@ class Backend(str, Enum):
     def formats(self) -> tuple[str, ...]:
         """The artifact formats this backend can serve."""
         return {
-            Backend.python_onnxruntime: ("onnx",),
-            Backend.python_openvino: ("onnx", "openvino"),
-            Backend.onnxruntime: ("onnx",),
-            Backend.openvino: ("openvino", "onnx"),
-            Backend.tensorrt: ("tensorrt",),
+            ServingBackend.python_onnxruntime: ("onnx",),
+            ServingBackend.python_openvino: ("onnx", "openvino"),
+            ServingBackend.onnxruntime: ("onnx",),
+            ServingBackend.openvino: ("openvino", "onnx"),
+            ServingBackend.tensorrt: ("tensorrt",),
         }[self]
 
     @classmethod
-    def for_format(cls, fmt: str) -> Backend:
+    def for_format(cls, fmt: str) -> ServingBackend:
         """The default backend for an artifact format: the one that serves it on the local Triton where possible."""
         return {"onnx": cls.python_onnxruntime, "openvino": cls.python_openvino, "tensorrt": cls.tensorrt}.get(
             fmt, cls.python_onnxruntime
@@ -77,7 +77,7 @@ class Backend(str, Enum):
     @property
     def runtime(self) -> str | None:
         """The library a Python-backend model imports (None: not a Python-backend model)."""
-        return {Backend.python_onnxruntime: "onnxruntime", Backend.python_openvino: "openvino"}.get(self)
+        return {ServingBackend.python_onnxruntime: "onnxruntime", ServingBackend.python_openvino: "openvino"}.get(self)
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,21 @@ class Batching:
             raise ServingError(f"preferred batch sizes {bad} are outside 1..{self.max_batch_size} (the max batch size)")
 
 
+def batching_from_options(
+    max_batch_size: int | None, preferred_batch_sizes: tuple[int, ...] = (), max_queue_delay_us: int | None = None
+) -> Batching | None:
+    """The batching the user asked for, or None for each backend's default (an engine's comes from its profile)."""
+    if (
+        max_batch_size is None
+        and not preferred_batch_sizes
+        and max_queue_delay_us in (None, Batching.max_queue_delay_us)
+    ):
+        return None
+    size = max_batch_size if max_batch_size is not None else Batching.max_batch_size
+    delay = Batching.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us
+    return Batching(size, tuple(preferred_batch_sizes), delay)
+
+
 def _string_parameters(config: pb.ModelConfig, values: dict[str, str]) -> None:
     for key, value in values.items():
         config.parameters[key].string_value = value
@@ -113,7 +128,7 @@ def classifier_config(
     name: str,
     artifact: ModelArtifact,
     *,
-    backend: Backend,
+    backend: ServingBackend,
     batching: Batching,
     instances: int = 1,
     model_filename: str,
@@ -129,7 +144,7 @@ def classifier_config(
         raise ServingError(
             f"backend {backend.value} serves {' or '.join(backend.formats)} models, not {artifact.format}"
         )
-    io_type = artifact.details.get("io_type", "fp32")
+    io_type = artifact.io_type
     if io_type != "fp32":
         # The preprocessing model, the top-k model and the client all exchange FP32 pixels and logits; a config
         # declaring FP32 for an FP16-I/O graph would have every request fail at run time instead.
@@ -137,7 +152,7 @@ def classifier_config(
             f"{artifact.path.name} takes and returns {io_type} tensors; served models exchange fp32: "
             "optimize it with --io-type fp32 (the default)"
         )
-    if tensorrt_accelerator and backend is not Backend.onnxruntime:
+    if tensorrt_accelerator and backend is not ServingBackend.onnxruntime:
         raise ServingError("the TensorRT execution accelerator is an option of the onnxruntime backend only")
     pb = model_config_pb2()
     config = pb.ModelConfig(name=name)
@@ -155,7 +170,7 @@ def classifier_config(
         out = config.output.add(name=output, data_type=pb.TYPE_FP32, dims=[*output_prefix, artifact.num_classes])
         if labels:
             out.label_filename = labels
-    on_gpu = backend in (Backend.onnxruntime, Backend.tensorrt)
+    on_gpu = backend in (ServingBackend.onnxruntime, ServingBackend.tensorrt)
     config.instance_group.add(
         count=instances, kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU
     )
@@ -172,17 +187,17 @@ def classifier_config(
                 "precision": artifact.precision,
             },
         )
-    elif backend is Backend.onnxruntime:
+    elif backend is ServingBackend.onnxruntime:
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = model_filename
         if tensorrt_accelerator:
             accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
             accelerator.parameters["precision_mode"] = "FP16"
             accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
-    elif backend is Backend.openvino:
+    elif backend is ServingBackend.openvino:
         config.backend = "openvino"
         config.default_model_filename = model_filename
-    elif backend is Backend.tensorrt:
+    elif backend is ServingBackend.tensorrt:
         config.platform = "tensorrt_plan"
         if cc_model_filenames:
             for cc, filename in sorted(cc_model_filenames.items()):

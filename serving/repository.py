@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vitexport.artifacts import ModelArtifact
+from vitexport.errors import ServingError
+from vitexport.fileio import write_atomic
 from vitexport.serving import config as cfg
 from vitexport.serving.backends import CLASSIFIER_MODEL, POSTPROCESS_MODEL, PREPROCESS_MODEL
-from vitexport.serving.config import Backend, Batching
-
-from vitexport.artifacts import ModelArtifact, write_text_atomic
-from vitexport.errors import ServingError
+from vitexport.serving.config import Batching, ServingBackend
 
 LABELS_SOURCE = Path(__file__).parent / "labels" / "imagenet1k.txt"
 # Triton model names become folder names and URL path segments: keep them to a safe, non-hidden alphabet.
@@ -38,7 +38,7 @@ class AddedModel:
     name: str
     version: int
     path: Path  # the classifier's version folder
-    backend: Backend
+    backend: ServingBackend
     models: tuple[str, ...] = field(default=())  # every model written: classifier, then the ensemble's parts
 
 
@@ -77,7 +77,7 @@ def add_model(
     repo_dir: str | Path,
     artifact: ModelArtifact | Sequence[ModelArtifact],
     *,
-    backend: Backend | None = None,
+    backend: ServingBackend | None = None,
     name: str | None = None,
     batching: Batching | None = None,
     instances: int = 1,
@@ -101,7 +101,7 @@ def add_model(
     if not artifacts:
         raise ServingError("no model artifact given")
     first = artifacts[0]
-    backend = backend or Backend.for_format(first.format)
+    backend = backend or ServingBackend.for_format(first.format)
     repo_dir = Path(repo_dir)
     name = first.model if name is None else name
     model_dir = check_name(repo_dir, name)
@@ -122,14 +122,14 @@ def add_model(
             )
     files: dict[str, Path] = {}  # file name in the version folder -> source
     cc_files: dict[str, str] | None = None
-    if backend is Backend.tensorrt:
+    if backend is ServingBackend.tensorrt:
         if first.batch_size is None:  # a fixed-batch engine is served unbatched, with the batch in its dims
             batching = cfg.tensorrt_batching(_engine_profile(first), batching)
         if len(artifacts) > 1:
             cc_files = {}
             for engine in artifacts:
                 _same_model(first, engine)
-                cc = str(engine.details.get("compute_capability") or "")
+                cc = engine.compute_capability or ""
                 if not cc or cc in cc_files:
                     raise ServingError(f"engines need distinct compute capabilities; {engine.path} has {cc or 'none'}")
                 cc_files[cc] = f"model.{cc}.plan"
@@ -138,7 +138,7 @@ def add_model(
         raise ServingError("several artifacts are only accepted for --backend tensorrt (one engine per GPU)")
     batching = batching or Batching()
     model_filename = MODEL_FILENAMES.get(first.format, first.path.name)
-    if first.format == "onnx" and backend is Backend.openvino:
+    if first.format == "onnx" and backend is ServingBackend.openvino:
         model_filename = "model.onnx"
     if not cc_files:
         files[model_filename] = first.path
@@ -201,10 +201,9 @@ def add_model(
 
 
 def _engine_profile(engine: ModelArtifact) -> dict[str, int]:
-    profile = engine.details.get("profile")
-    if not isinstance(profile, dict) or not {"min", "opt", "max"} <= profile.keys():
-        raise ServingError(f"{engine.sidecar} has no optimization profile (details.profile with min, opt and max)")
-    return profile
+    if engine.batch_profile is None:
+        raise ServingError(f"{engine.sidecar} has no optimization profile (batch_profile: min, opt and max)")
+    return dict(zip(("min", "opt", "max"), engine.batch_profile, strict=True))
 
 
 def _same_model(a: ModelArtifact, b: ModelArtifact) -> None:
@@ -283,7 +282,7 @@ class _Undo:
                 if text is None:
                     path.unlink(missing_ok=True)
                 else:
-                    write_text_atomic(path, text)
+                    write_atomic(path, text)
         with contextlib.suppress(OSError):  # a model folder the call created, empty again (rmdir refuses otherwise)
             self.version_dir.parent.rmdir()
 
@@ -318,9 +317,9 @@ def _write_model(
             # The copied model file gets its own sidecar: the version folder is itself a loadable artifact.
             model_file = next(iter(files))
             sidecar = artifact.to_dict() | {"path": model_file}
-            write_text_atomic(staged / f"{model_file}.json", json.dumps(sidecar, indent=2) + "\n")
+            write_atomic(staged / f"{model_file}.json", json.dumps(sidecar, indent=2) + "\n")
         for path, content in beside.items():
-            write_text_atomic(staging / path.name, content)
+            write_atomic(staging / path.name, content)
         if target.exists():  # a concurrent writer got there first
             raise ServingError(f"{target} already exists; versions are never overwritten")
         # rename(2) refuses a non-empty target, so even a racing writer cannot replace a finished version.

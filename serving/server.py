@@ -1,6 +1,6 @@
 """A real Triton Inference Server (2.51, from the nvidia-pytriton wheel) on a vitexport model repository.
 
-`TritonServer` assembles what the wheel's `tritonserver` needs to run our own repository (ARCHITECTURE.md §3): a
+`TritonServer` assembles what the wheel's `tritonserver` needs to run our own repository: a
 backend folder holding the Python backend and the stub for this interpreter, LD_LIBRARY_PATH with this
 interpreter's LIBDIR and the wheel's bundled libraries, and this venv's bin first on PATH so that the stubs
 import the same packages. It loads only the models whose backend runs here (explicit model control), waits
@@ -28,10 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitexport.errors import ServingError
 from vitexport.serving import config as cfg
 from vitexport.serving.repository import scan
-
-from vitexport.errors import ServingError
 
 SHM_DIR = Path("/dev/shm")
 _WORKDIR_PREFIX = "vitexport-triton-"

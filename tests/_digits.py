@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from vitexport.bench.digits import load_digits_images, split, train, write_image_folder
-from vitexport.export.onnx import export_onnx
 
 from vitexport.artifacts import ModelArtifact
+from vitexport.bench.digits import load_digits_images, split, train, write_image_folder
+from vitexport.export.onnx import export_onnx
 from vitexport.models import get_spec
 
 MODEL = "test_vit_digits"

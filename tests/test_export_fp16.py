@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from vitexport.export.fp16 import KEEP_FP32_OPS, IOType, to_fp16
-from vitexport.export.fusion import Fusion
-from vitexport.export.onnx import export_onnx, ort_session
-from vitexport.export.optimize import Precision, optimize
-from vitexport.export.validate import TOLERANCES
 
 from vitexport.errors import ExportError
+from vitexport.export.fp16 import KEEP_FP32_OPS, IOType, to_fp16
+from vitexport.export.fusion import Fusion
+from vitexport.export.onnx import export_onnx
+from vitexport.export.optimize import Precision, optimize
+from vitexport.export.validate import TOLERANCES
+from vitexport.ort import ort_session
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

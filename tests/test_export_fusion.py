@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
-from vitexport.export.onnx import export_onnx, ort_session
-from vitexport.export.optimize import Precision, Runtime, optimize
 
 from vitexport.errors import ExportError
+from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
+from vitexport.export.onnx import export_onnx
+from vitexport.export.optimize import Precision, Runtime, optimize
 from vitexport.models import get_spec
+from vitexport.ort import ort_session
 
 
 @pytest.fixture(scope="module", params=["test_vit", "test_deit_distilled"])

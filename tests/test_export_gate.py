@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from vitexport.export.gate import check, evaluate, hold_out, load_image_folder
-from vitexport.export.validate import TOLERANCES, Tolerance
 
 from vitexport.errors import ValidationError, VitExportError
+from vitexport.export.gate import check_gate, evaluate, hold_out, load_image_folder
+from vitexport.export.validate import TOLERANCES, Tolerance
 from vitexport.preprocess import PreprocessConfig
 
 CFG = PreprocessConfig(16, crop_pct=1.0, interpolation="bilinear")
@@ -62,7 +62,7 @@ def test_identical_runner_passes_fp32_with_accuracy(folder):
     report = evaluate(linear, linear, precision="fp32", input_size=16, images=images)
     assert report.passed and report.accuracy.top1_drop == 0
     assert report.accuracy.reference_top1 == report.accuracy.candidate_top1
-    check(report)
+    check_gate(report)
 
 
 def test_noise_beyond_budget_fails_every_check(folder):
@@ -75,7 +75,7 @@ def test_noise_beyond_budget_fails_every_check(folder):
     assert not report.passed
     assert any("max abs" in f for f in report.failures) and any("cosine" in f for f in report.failures)
     with pytest.raises(ValidationError, match="fp16 variant over budget"):
-        check(report)
+        check_gate(report)
 
 
 def test_accuracy_drop_alone_fails(folder):

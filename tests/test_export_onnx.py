@@ -4,12 +4,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from vitexport.export.onnx import DEFAULT_OPSET, Heads, export_onnx, ort_session, validate_onnx
-from vitexport.export.validate import Tolerance
 
 from vitexport.artifacts import load_artifact
 from vitexport.errors import ArtifactError, ExportError, ValidationError
+from vitexport.export.onnx import DEFAULT_OPSET, Heads, export_onnx, validate_onnx
+from vitexport.export.validate import Tolerance
 from vitexport.models import create_model
+from vitexport.ort import ort_session
 from vitexport.weights import sha256_file
 
 

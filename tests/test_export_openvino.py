@@ -6,11 +6,11 @@ from __future__ import annotations
 import _digits
 import numpy as np
 import pytest
-from vitexport.export.optimize import Precision, Runtime, optimize
-from vitexport.export.runners import load_runner
 
 from vitexport.artifacts import load_artifact
 from vitexport.errors import ExportError
+from vitexport.export.optimize import Precision, Runtime, optimize
+from vitexport.export.runners import load_runner
 
 pytest.importorskip("openvino")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import _digits
 import onnx
 import pytest
+
+from vitexport.errors import ExportError
 from vitexport.export.fusion import Fusion
 from vitexport.export.onnx import export_onnx
 from vitexport.export.optimize import Precision, Runtime, optimize
 from vitexport.export.quantize import QuantMethod
-
-from vitexport.errors import ExportError
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+
+from vitexport.artifacts import ModelArtifact, load_artifact
+from vitexport.cli import app
+from vitexport.errors import UnknownModelError
 from vitexport.export.tensorrt import (
     BatchProfile,
     BuildPlan,
@@ -39,10 +43,6 @@ from vitexport.export.tensorrt import (
     trtexec_script,
     validation_tolerance,
 )
-
-from vitexport.artifacts import ModelArtifact, load_artifact
-from vitexport.cli import app
-from vitexport.errors import UnknownModelError
 from vitexport.models import get_spec
 
 DATA = Path(__file__).parent / "data"
@@ -210,21 +210,22 @@ def test_plan_names_the_file_and_the_command(tmp_path):
 
 
 def test_plan_refuses_graphs_the_parser_cannot_read(tmp_path):
-    contrib = onnx_artifact(tmp_path, "ort.onnx", details={"fuse_attention": "ort"})
+    contrib = onnx_artifact(tmp_path, "ort.onnx", fuse_attention="ort")
     with pytest.raises(EngineBuildError, match="contrib ops"):
         plan_build(contrib, Precision.fp32, "11.4.0")
     dynamic = onnx_artifact(
         tmp_path,
         "dyn.onnx",
         precision="int8",
-        details={"fuse_attention": "none", "quantization": {"method": "dynamic"}},
+        fuse_attention="none",
+        quant_method="dynamic",
     )
     with pytest.raises(GraphPrecisionError, match=r"dynamically quantized, not explicit Q/DQ.*--quant-method static"):
         plan_build(dynamic, Precision.int8, "11.4.0")
-    static = onnx_artifact(tmp_path, "qdq.onnx", precision="int8", details={"quantization": {"method": "static"}})
+    static = onnx_artifact(tmp_path, "qdq.onnx", precision="int8", quant_method="static")
     assert plan_build(static, Precision.int8, "11.4.0").strongly_typed
     # The standard ONNX Attention op (optimize's fp16 default) is parsed from TensorRT 10.14 on.
-    attention = onnx_artifact(tmp_path, "att.onnx", precision="fp16", details={"fuse_attention": "onnx"})
+    attention = onnx_artifact(tmp_path, "att.onnx", precision="fp16", fuse_attention="onnx")
     with pytest.raises(EngineBuildError, match="--precision fp16 --fuse-attention none"):
         plan_build(attention, Precision.fp16, "10.13.3.9")
     assert plan_build(attention, Precision.fp16, "10.14.1.48").strongly_typed
@@ -405,7 +406,7 @@ def test_fp32_reference_walks_the_source_chain(tmp_path):
 def test_validation_rules_per_precision():
     from vitexport.export.tensorrt import QDQ_ENGINE_TOLERANCE, VALIDATION_RULES
 
-    assert set(VALIDATION_RULES) == set(Precision)
+    assert set(VALIDATION_RULES) == set(Precision) - {Precision.bf16}  # TensorRT builds no BF16 here
     assert VALIDATION_RULES[Precision.fp16].reference == VALIDATION_RULES[Precision.fp32].reference == "fp32"
     # int8: gated against the Q/DQ graph it was built from; fp32 drift is reported only, as the accuracy gate does.
     assert VALIDATION_RULES[Precision.int8].reference == "source"
@@ -427,6 +428,7 @@ def qdq(exported, tmp_path_factory):
         path=path,
         precision="int8",
         source=os.path.relpath(exported.sidecar, path.parent),
+        quant_method="static",
         details={"quantization": {"method": "static", "calibration_images": 8}},
         validation=None,
     )
@@ -436,17 +438,16 @@ def qdq(exported, tmp_path_factory):
 
 def _ort_runner(artifact: ModelArtifact):
     """ONNX Runtime running `artifact` where the TensorRT engine would run (no GPU here)."""
-    from vitexport.export.onnx import ort_session
+    from vitexport.ort import ort_session
 
     session = ort_session(artifact.path)
     return lambda x: dict(zip(artifact.output_names, session.run(None, {artifact.input_name: x}), strict=True))
 
 
 def test_int8_engine_is_gated_against_its_qdq_graph(qdq, exported):
+    from vitexport.errors import ValidationError
     from vitexport.export.tensorrt import compare_with_onnx, validation_references
     from vitexport.export.validate import TOLERANCES
-
-    from vitexport.errors import ValidationError
 
     settings = BuildSettings(precision=Precision.int8, profile=BatchProfile(1, 4, 8))
     references = validation_references(qdq, Precision.int8)
@@ -497,10 +498,10 @@ def test_cli_shows_what_gated_the_engine_and_build_warnings(monkeypatch, tmp_pat
         }
     )
     env = tensorrt.TensorRTEnvironment("10.13.3.9", "NVIDIA L4", "8.9", "12.4")
-    monkeypatch.setattr(tensorrt, "tensorrt_environment", lambda: env)
-    monkeypatch.setattr(tensorrt, "onnx_for_engine", lambda *a, **k: None)
-    monkeypatch.setattr(tensorrt, "default_engine_path", lambda *a: tmp_path / "e.plan")
-    monkeypatch.setattr(tensorrt, "build_engine", lambda *a, **k: engine)
+    monkeypatch.setattr(tensorrt.build, "tensorrt_environment", lambda: env)
+    monkeypatch.setattr(tensorrt.build, "onnx_for_engine", lambda *a, **k: None)
+    monkeypatch.setattr(tensorrt.build, "default_engine_path", lambda *a: tmp_path / "e.plan")
+    monkeypatch.setattr(tensorrt.build, "build_engine", lambda *a, **k: engine)
     result = runner.invoke(app, ["trt", "test_vit", "--precision", "int8"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "WARNING (build): timing cache t was not usable (x)" in result.stderr
@@ -779,9 +780,8 @@ def _fake_driver(monkeypatch, failing):
 
 @pytest.mark.parametrize("failing", ["cuMemAlloc_v2", "cuStreamCreate"])
 def test_cuda_failures_in_the_device_session_are_one_line_errors(monkeypatch, failing):
-    from vitexport.export.cuda import CudaError, DeviceSession
-
     from vitexport.errors import VitExportError
+    from vitexport.export.cuda import CudaError, DeviceSession
 
     lib = _fake_driver(monkeypatch, {failing: 2})
     with pytest.raises(CudaError) as e, DeviceSession() as device:
@@ -799,10 +799,10 @@ def test_cli_prints_a_cuda_failure_as_one_line(monkeypatch):
         raise CudaError("CUDA call cuMemAlloc_v2 failed with CUDA_ERROR_OUT_OF_MEMORY")
 
     env = tensorrt.TensorRTEnvironment("10.13.3.9", "NVIDIA L4", "8.9", "12.4")  # as if there were a GPU
-    monkeypatch.setattr(tensorrt, "tensorrt_environment", lambda: env)
-    monkeypatch.setattr(tensorrt, "onnx_for_engine", lambda *a, **k: None)
-    monkeypatch.setattr(tensorrt, "default_engine_path", lambda *a: Path("x.plan"))
-    monkeypatch.setattr(tensorrt, "build_engine", fail)
+    monkeypatch.setattr(tensorrt.build, "tensorrt_environment", lambda: env)
+    monkeypatch.setattr(tensorrt.build, "onnx_for_engine", lambda *a, **k: None)
+    monkeypatch.setattr(tensorrt.build, "default_engine_path", lambda *a: Path("x.plan"))
+    monkeypatch.setattr(tensorrt.build, "build_engine", fail)
     result = runner.invoke(app, ["trt", "test_vit"])
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: CUDA call cuMemAlloc_v2 failed with CUDA_ERROR_OUT_OF_MEMORY"

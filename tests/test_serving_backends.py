@@ -12,9 +12,9 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from vitexport.serving.backends import PREPROCESS_MODEL
 
 from vitexport.models import get_spec
+from vitexport.serving.backends import PREPROCESS_MODEL
 
 
 def bomb_png(side: int = 20_000) -> bytes:

@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
+
+from vitexport.errors import ServingError
 from vitexport.serving import client
 from vitexport.serving.client import Protocol, TopK
 from vitexport.serving.server import free_ports
-
-from vitexport.errors import ServingError
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from vitexport.serving import config as cfg
-from vitexport.serving.config import Backend, Batching
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError
 from vitexport.models import get_spec
+from vitexport.serving import config as cfg
+from vitexport.serving.config import Batching, ServingBackend
 
 REFERENCES = Path(__file__).parent / "data" / "serving"
 UPDATE = os.environ.get("VITEXPORT_UPDATE_REFERENCES") == "1"
@@ -25,7 +25,12 @@ def artifact(fmt="onnx", **changes) -> ModelArtifact:
     return a.with_(**changes)
 
 
-ENGINE = artifact("tensorrt", details={"profile": {"min": 1, "opt": 8, "max": 32}, "compute_capability": "8.9"})
+ENGINE = artifact(
+    "tensorrt",
+    batch_profile=(1, 8, 32),
+    compute_capability="8.9",
+    details={"profile": {"min": 1, "opt": 8, "max": 32}, "compute_capability": "8.9"},
+)
 
 
 def classifier(backend, a=None, **kw):
@@ -34,37 +39,37 @@ def classifier(backend, a=None, **kw):
 
 
 def _ensemble():
-    c = classifier(Backend.python_onnxruntime)
+    c = classifier(ServingBackend.python_onnxruntime)
     pre = cfg.preprocess_config("vit_preprocess", get_spec("test_vit").preprocess, max_batch_size=8)
     post = cfg.postprocess_config("vit_postprocess", num_classes=1000, top_k=5, max_batch_size=8)
     return cfg.ensemble_config("vit_image", classifier=c, preprocess=pre, postprocess=post)
 
 
 CASES = {
-    "python_onnxruntime": lambda: classifier(Backend.python_onnxruntime, instances=2, intra_op_threads=2),
-    "python_openvino": lambda: classifier(Backend.python_openvino),
-    "onnxruntime_trt_fp16": lambda: classifier(Backend.onnxruntime, tensorrt_accelerator=True),
+    "python_onnxruntime": lambda: classifier(ServingBackend.python_onnxruntime, instances=2, intra_op_threads=2),
+    "python_openvino": lambda: classifier(ServingBackend.python_openvino),
+    "onnxruntime_trt_fp16": lambda: classifier(ServingBackend.onnxruntime, tensorrt_accelerator=True),
     "openvino": lambda: cfg.classifier_config(
-        "vit", artifact("openvino"), backend=Backend.openvino, batching=Batching(), model_filename="model.xml"
+        "vit", artifact("openvino"), backend=ServingBackend.openvino, batching=Batching(), model_filename="model.xml"
     ),
     "tensorrt": lambda: cfg.classifier_config(
         "vit",
         ENGINE,
-        backend=Backend.tensorrt,
+        backend=ServingBackend.tensorrt,
         batching=cfg.tensorrt_batching(ENGINE.details["profile"]),
         model_filename="model.plan",
     ),
     "tensorrt_multi_cc": lambda: cfg.classifier_config(
         "vit",
         ENGINE,
-        backend=Backend.tensorrt,
+        backend=ServingBackend.tensorrt,
         batching=cfg.tensorrt_batching(ENGINE.details["profile"]),
         model_filename="model.plan",
         cc_model_filenames={"8.9": "model.8.9.plan", "8.0": "model.8.0.plan"},
     ),
-    "fixed_batch": lambda: classifier(Backend.python_onnxruntime, artifact(batch_size=4)),
+    "fixed_batch": lambda: classifier(ServingBackend.python_onnxruntime, artifact(batch_size=4)),
     "distilled_all_heads": lambda: classifier(
-        Backend.python_onnxruntime, artifact(output_names=("logits", "logits_cls", "logits_dist"))
+        ServingBackend.python_onnxruntime, artifact(output_names=("logits", "logits_cls", "logits_dist"))
     ),
     "preprocess": lambda: cfg.preprocess_config("vit_preprocess", get_spec("test_resnet").preprocess, max_batch_size=8),
     "postprocess": lambda: cfg.postprocess_config("vit_postprocess", num_classes=1000, top_k=5, max_batch_size=8),
@@ -137,11 +142,11 @@ def test_tensorrt_batching_follows_the_profile():
 
 def test_backend_and_format_mismatches_are_refused():
     with pytest.raises(ServingError, match="serves tensorrt models, not onnx"):
-        classifier(Backend.tensorrt)
+        classifier(ServingBackend.tensorrt)
     with pytest.raises(ServingError, match="onnxruntime backend only"):
-        classifier(Backend.python_onnxruntime, tensorrt_accelerator=True)
+        classifier(ServingBackend.python_onnxruntime, tensorrt_accelerator=True)
     with pytest.raises(ServingError, match="instance count"):
-        classifier(Backend.python_onnxruntime, instances=0)
+        classifier(ServingBackend.python_onnxruntime, instances=0)
     with pytest.raises(ServingError, match="top-k"):
         cfg.postprocess_config("p", num_classes=10, top_k=11, max_batch_size=8)
 
@@ -149,8 +154,8 @@ def test_backend_and_format_mismatches_are_refused():
 def test_fp16_io_graphs_are_refused():
     # Their config would declare FP32 tensors the graph does not take; fp16 graphs with fp32 I/O are served.
     with pytest.raises(ServingError, match=r"m\.onnx takes and returns fp16 tensors.*--io-type fp32"):
-        classifier(Backend.python_onnxruntime, artifact(precision="fp16", details={"io_type": "fp16"}))
-    served = classifier(Backend.python_onnxruntime, artifact(precision="fp16", details={"io_type": "fp32"}))
+        classifier(ServingBackend.python_onnxruntime, artifact(precision="fp16", io_type="fp16"))
+    served = classifier(ServingBackend.python_onnxruntime, artifact(precision="fp16", io_type="fp32"))
     assert served.input[0].data_type == cfg.pb.TYPE_FP32
 
 
@@ -174,7 +179,7 @@ def test_without_the_serve_extra_configs_fail_in_one_line(monkeypatch):
     cfg.model_config_pb2.cache_clear()
     try:
         with pytest.raises(ServingError, match=r"pip install 'vitexport\[serve\]'"):
-            classifier(Backend.python_onnxruntime)
+            classifier(ServingBackend.python_onnxruntime)
         with pytest.raises(ServingError, match=r"pip install 'vitexport\[serve\]'"):
             cfg.parse('name: "x"')
     finally:

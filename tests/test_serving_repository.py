@@ -5,14 +5,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from vitexport.serving import config as cfg
-from vitexport.serving import repository
-from vitexport.serving.config import Backend, Batching
-from vitexport.serving.repository import add_model, check_name, scan
 
 from vitexport.artifacts import ModelArtifact, load_artifact
 from vitexport.errors import ServingError
 from vitexport.models import get_spec
+from vitexport.serving import config as cfg
+from vitexport.serving import repository
+from vitexport.serving.config import Batching, ServingBackend
+from vitexport.serving.repository import add_model, check_name, scan
 
 
 def make_artifact(tmp_path: Path, fmt="onnx", name="test_vit", file="model.onnx", **changes) -> ModelArtifact:
@@ -127,8 +127,8 @@ def test_artifacts_that_did_not_pass_their_gate_are_refused(tmp_path):
         with pytest.raises(ServingError, match=r"ungated\.onnx has not passed its accuracy gate"):
             add_model(tmp_path / "repo", artifact)
     assert not (tmp_path / "repo" / "test_vit").exists()
-    engine = make_artifact(tmp_path, "tensorrt", file="e.plan", details={"profile": {"min": 1, "opt": 4, "max": 8}})
-    unchecked = make_artifact(tmp_path, "tensorrt", file="u.plan", validation=None, details=engine.details)
+    engine = make_artifact(tmp_path, "tensorrt", file="e.plan", batch_profile=(1, 4, 8))
+    unchecked = make_artifact(tmp_path, "tensorrt", file="u.plan", validation=None, batch_profile=(1, 4, 8))
     with pytest.raises(ServingError, match=r"u\.plan has not passed"):
         add_model(tmp_path / "repo", unchecked, ensemble=False)
     assert add_model(tmp_path / "repo", engine, ensemble=False).version == 1
@@ -168,7 +168,7 @@ def test_a_new_version_cannot_change_what_the_model_is(tmp_path):
     repo = tmp_path / "repo"
     add_model(repo, make_artifact(tmp_path), ensemble=False)
     with pytest.raises(ServingError, match=r"different (platform|backend)"):
-        add_model(repo, make_artifact(tmp_path), backend=Backend.onnxruntime, ensemble=False)
+        add_model(repo, make_artifact(tmp_path), backend=ServingBackend.onnxruntime, ensemble=False)
     with pytest.raises(ServingError, match="different output"):
         add_model(repo, make_artifact(tmp_path, file="r.onnx", num_classes=10), ensemble=False)
     assert repository.versions(repo / "test_vit") == [1]
@@ -184,31 +184,33 @@ def test_onnx_external_data_travels_with_the_model(tmp_path):
 def test_tensorrt_engines_one_per_compute_capability(tmp_path):
     profile = {"min": 1, "opt": 4, "max": 16}
     engines = [
-        make_artifact(tmp_path, "tensorrt", file=f"e{cc}.plan", details={"profile": profile, "compute_capability": cc})
+        make_artifact(
+            tmp_path, "tensorrt", file=f"e{cc}.plan", batch_profile=tuple(profile.values()), compute_capability=cc
+        )
         for cc in ("8.0", "8.9")
     ]
-    added = add_model(tmp_path / "repo", engines, backend=Backend.tensorrt, ensemble=False)
+    added = add_model(tmp_path / "repo", engines, backend=ServingBackend.tensorrt, ensemble=False)
     config = cfg.read_config(tmp_path / "repo" / "test_vit")
     assert config.max_batch_size == 16 and list(config.dynamic_batching.preferred_batch_size) == [4, 16]
     assert dict(config.cc_model_filenames) == {"8.0": "model.8.0.plan", "8.9": "model.8.9.plan"}
     assert (added.path / "model.8.9.plan").read_bytes() == b"placeholder e8.9.plan"
-    single = add_model(tmp_path / "repo", engines[0], backend=Backend.tensorrt, name="one", ensemble=False)
+    single = add_model(tmp_path / "repo", engines[0], backend=ServingBackend.tensorrt, name="one", ensemble=False)
     assert (single.path / "model.plan").exists()
     with pytest.raises(ServingError, match="distinct compute capabilities"):
-        add_model(tmp_path / "repo", [engines[0], engines[0]], backend=Backend.tensorrt, name="dup")
+        add_model(tmp_path / "repo", [engines[0], engines[0]], backend=ServingBackend.tensorrt, name="dup")
     with pytest.raises(ServingError, match="only accepted for --backend tensorrt"):
         add_model(tmp_path / "repo", [make_artifact(tmp_path)] * 2, name="two")
     no_profile = make_artifact(tmp_path, "tensorrt", file="x.plan")
     with pytest.raises(ServingError, match="optimization profile"):
-        add_model(tmp_path / "repo", no_profile, backend=Backend.tensorrt, name="np")
+        add_model(tmp_path / "repo", no_profile, backend=ServingBackend.tensorrt, name="np")
 
 
 def test_openvino_ir_needs_its_weights(tmp_path):
     ir = make_artifact(tmp_path, "openvino", file="m.xml")
     with pytest.raises(ServingError, match="no weights file"):
-        add_model(tmp_path / "repo", ir, backend=Backend.openvino, ensemble=False)
+        add_model(tmp_path / "repo", ir, backend=ServingBackend.openvino, ensemble=False)
     ir.path.with_suffix(".bin").write_bytes(b"w")
-    added = add_model(tmp_path / "repo", ir, backend=Backend.openvino, ensemble=False)
+    added = add_model(tmp_path / "repo", ir, backend=ServingBackend.openvino, ensemble=False)
     assert sorted(p.name for p in added.path.iterdir()) == ["model.bin", "model.xml", "model.xml.json"]
 
 
@@ -217,9 +219,12 @@ def test_the_default_backend_follows_the_artifact(tmp_path):
     ir.path.with_suffix(".bin").write_bytes(b"w")
     added = add_model(tmp_path / "repo", ir, name="ov", ensemble=False)
     config = cfg.read_config(added.path.parent)
-    assert added.backend is Backend.python_openvino and cfg.parameter(config, "runtime") == "openvino"
+    assert added.backend is ServingBackend.python_openvino and cfg.parameter(config, "runtime") == "openvino"
     assert cfg.parameter(config, "precision") == "bf16"  # becomes OpenVINO's inference precision hint
-    assert add_model(tmp_path / "repo", make_artifact(tmp_path), ensemble=False).backend is Backend.python_onnxruntime
+    assert (
+        add_model(tmp_path / "repo", make_artifact(tmp_path), ensemble=False).backend
+        is ServingBackend.python_onnxruntime
+    )
 
 
 def test_non_imagenet_heads_get_index_labels(tmp_path):

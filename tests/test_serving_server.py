@@ -15,17 +15,17 @@ import pytest
 import torch
 from PIL import Image
 from test_serving_backends import bomb_png
-from vitexport.export.onnx import ort_session
-from vitexport.export.validate import TOLERANCES, compare
-from vitexport.serving import client
-from vitexport.serving import config as cfg
-from vitexport.serving.config import Backend, Batching
-from vitexport.serving.repository import add_model
-from vitexport.serving.server import TritonServer
 
 from vitexport.errors import ServingError
+from vitexport.export.validate import TOLERANCES, compare
 from vitexport.models import create_model, get_spec
+from vitexport.ort import ort_session
 from vitexport.preprocess import preprocess_image
+from vitexport.serving import client
+from vitexport.serving import config as cfg
+from vitexport.serving.config import Batching, ServingBackend
+from vitexport.serving.repository import add_model
+from vitexport.serving.server import TritonServer
 
 MODELS = ("test_vit", "test_deit_distilled", "test_resnet")
 PROTOCOLS = ("http", "grpc")
@@ -57,8 +57,8 @@ def server(exported, tmp_path_factory):
     add_model(repo, exported["test_deit_distilled"][1], ensemble=False)
     # A long queue delay makes the dynamic batching test deterministic: concurrent requests wait for each other.
     add_model(repo, exported["test_resnet"][1], batching=Batching(8, (), 50_000))
-    add_model(repo, exported["test_vit"][1], name="test_vit_ov", backend=Backend.python_openvino, ensemble=False)
-    add_model(repo, exported["test_vit"][1], name="test_vit_ort", backend=Backend.onnxruntime, ensemble=False)
+    add_model(repo, exported["test_vit"][1], name="test_vit_ov", backend=ServingBackend.python_openvino, ensemble=False)
+    add_model(repo, exported["test_vit"][1], name="test_vit_ort", backend=ServingBackend.onnxruntime, ensemble=False)
     add_model(repo, exported["test_resnet_fixed"][1], name="test_resnet_fixed", ensemble=False)
     with TritonServer(repo, startup_timeout=150) as s:
         yield s

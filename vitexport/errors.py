@@ -27,3 +27,10 @@ class ArtifactError(VitExportError):
 
 class ServingError(VitExportError):
     """A Triton repository, server or client problem: bad repository name, unreachable server, refused request."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none: libraries (onnx, OpenVINO,
+    TensorRT, torch) raise messages of many lines, and a user gets one."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

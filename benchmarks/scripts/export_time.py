@@ -1,7 +1,7 @@
 """Wall time and peak RSS of `vitexport onnx MODEL` (export, checker, ONNX Runtime validation), and where the
 time goes. Target from the foundation issue: deit_base <= 15 s on 2 cores, validation included.
 
-    .venv/bin/python -m benchmarks.export_time [--model deit_base] [--repeats 3]
+    .venv/bin/python benchmarks/scripts/export_time.py [--model deit_base] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vitexport.bench.machine import machine_info
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def cli_run(model: str, out_dir: Path) -> float:

@@ -2,10 +2,10 @@
 drift from fp32 on real images beside their speed, a labelled accuracy check on a tiny ViT trained on scikit-learn's
 digits, and the machine's fp32/bf16 GEMM peaks, all in one run.
 
-Hygiene (shared/ARCHITECTURE.md "Benchmark hygiene"): every build, every timed variant and every GEMM peak runs in
+Hygiene (docs/benchmarks.md, "Hygiene"): every build, every timed variant and every GEMM peak runs in
 its own process, so no runtime's spinning threads or OpenMP pool slows another; warm-up first, medians reported.
 
-    .venv/bin/python benchmarks/optimize_variants.py --duration 3
+    .venv/bin/python benchmarks/scripts/optimize_variants.py --duration 3
     # -> benchmarks/results/optimize_variants.json and .md
 
 ImageNet weights cannot be downloaded here, so the large models have seeded random weights: their figures are
@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from vitexport.errors import first_line
+
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("deit_small", "deit_base", "resnet50")
 GEMM_KINDS = ("openvino-f32", "openvino-bf16", "onnxruntime-f32", "torch-f32", "torch-bf16")
 GEMM_N = 2048
@@ -66,12 +68,12 @@ VARIANTS = (
 def worker_build(model: str, work: Path, images: Path, calibration: Path, checkpoint: str | None) -> dict:
     """Export `model` (seeded random weights, or a checkpoint), build every variant, run the gate on each."""
     import torch
+
+    from vitexport.errors import ValidationError
     from vitexport.export.fusion import Fusion
     from vitexport.export.gate import load_image_folder
     from vitexport.export.onnx import export_onnx
     from vitexport.export.optimize import Precision, Runtime, gate, optimize
-
-    from vitexport.errors import ValidationError
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -108,15 +110,14 @@ def worker_build(model: str, work: Path, images: Path, calibration: Path, checkp
             entry["build_s"] = time.perf_counter() - t0
             entry |= {"sidecar": str(artifact.sidecar), "gate": report, "details": artifact.details}
         except Exception as e:  # a variant that cannot be built is a result too
-            entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            entry["error"] = f"{type(e).__name__}: {first_line(e)}"
         results["variants"][v.key] = entry
     return results
 
 
 def worker_time(sidecar: str, batch: int, threads: int, duration: float) -> dict:
-    from vitexport.export.runners import load_runner
-
     from vitexport.artifacts import load_artifact
+    from vitexport.export.runners import load_runner
 
     artifact = load_artifact(sidecar)
     t0 = time.perf_counter()
@@ -167,7 +168,8 @@ def worker_gemm(kind: str, threads: int, duration: float) -> dict:
         actual = str(compiled.get_property(hints.inference_precision).get_type_name())
     elif runtime == "onnxruntime":
         import onnx
-        import onnxruntime as ort
+
+        from vitexport.ort import ort_session
 
         graph = onnx.helper.make_graph(
             [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])],
@@ -176,13 +178,8 @@ def worker_gemm(kind: str, threads: int, duration: float) -> dict:
             [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [n, n])],
             [onnx.numpy_helper.from_array(b, "b")],
         )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(
-            onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]).SerializeToString(),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+        session = ort_session(model.SerializeToString(), threads=threads)
 
         def step():
             session.run(None, {"a": a})
@@ -242,6 +239,7 @@ def _write_images(folder: Path, calibration: Path, digits_root: Path) -> None:
     digits' train/test split as ImageFolders for the labelled check."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
+
     from vitexport.bench.digits import load_digits_images, split, write_image_folder
 
     images, labels = load_digits_images(64)
@@ -404,7 +402,7 @@ def render_markdown(r: dict) -> str:
     out = [
         "# Optimized variants: speed and accuracy",
         "",
-        f"Run {r['date']} by `benchmarks/optimize_variants.py`; {s['threads']} threads, batches "
+        f"Run {r['date']} by `benchmarks/scripts/optimize_variants.py`; {s['threads']} threads, batches "
         f"{', '.join(map(str, s['batches']))}, {s['duration_s']:g} s timed per variant and batch (median latency), "
         f"each build, variant and GEMM in its own process. Wall time {s.get('wall_s', 0) / 60:.1f} min; load "
         f"average {s['load_average']['start'][0]:.2f} at start, {s['load_average']['end'][0]:.2f} at end.",

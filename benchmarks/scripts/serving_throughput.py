@@ -1,7 +1,7 @@
 """Triton-served throughput (gRPC, perf_analyzer at several concurrencies) against in-process ONNX Runtime on the
 same ONNX file with the same thread count. A benchmark, not a test: run it on a quiet machine.
 
-    .venv/bin/python -m benchmarks.serving_throughput deit_small --note "CPU shared with 3 other jobs"
+    .venv/bin/python benchmarks/scripts/serving_throughput.py deit_small --note "CPU shared with 3 other jobs"
 
 Served requests carry one image each; Triton's dynamic batching merges concurrent ones, so concurrency C is
 compared with in-process ONNX Runtime at batch C (what the server's batching can at best turn C requests into).
@@ -12,24 +12,20 @@ Writes `benchmarks/results/serving_throughput_<model>.json` and `.md`.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from vitexport.bench.machine import machine_info
 
-RESULTS = Path(__file__).parent / "results"
-# perf_analyzer (tritonclient 2.51.0 wheel) links these by their plain sonames; nvidia-pytriton ships them hashed.
-_LIBS = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
+from vitexport.bench.machine import machine_info
+from vitexport.bench.perf_analyzer import PerfAnalyzer, find_perf_analyzer, measure
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 @dataclass(frozen=True)
@@ -46,57 +42,23 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
 
-def perf_analyzer_env(libs: Path, folder: Path) -> dict[str, str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    for plain, prefix in _LIBS.items():
-        (folder / plain).unlink(missing_ok=True)
-        (folder / plain).symlink_to(sorted(libs.glob(f"{prefix}*"))[0])
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(folder), env.get("LD_LIBRARY_PATH", "")) if p)
-    return env
-
-
-def perf_analyzer(url: str, model: str, concurrency: int, s: Settings, env: dict[str, str], tmp: Path) -> dict:
-    report = tmp / f"pa_{concurrency}.csv"
-    command = [
-        str(Path(sys.executable).parent / "perf_analyzer"),
-        *("-m", model, "-u", url, "-i", "grpc", "-b", "1"),
-        f"--concurrency-range={concurrency}:{concurrency}",
-        f"--measurement-interval={s.window_ms}",
-        f"--stability-percentage={s.stability_percent}",
-        f"--max-trials={s.max_trials}",
-        *("-f", str(report)),
-        "-v",  # per-window throughput, kept when the windows never stabilise
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    if not report.exists():
-        # No CSV when the windows never agree within the stability bound (a busy machine): keep the windows'
-        # median throughput from the verbose log, marked unstable, rather than nothing.
-        passes = [float(x) for x in re.findall(r"Pass \[\d+\] throughput: ([0-9.]+) infer/sec", done.stdout)]
-        if not passes:
-            raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-300:]}")
-        empty = dict.fromkeys(("p50_ms", "p90_ms", "p99_ms", "server_queue_ms", "server_compute_ms"))
-        return {"img_s": round(statistics.median(passes), 2), **empty, "stable": False, "windows_img_s": passes}
-    us = perf_analyzer_row(report)
-    return {
-        "img_s": round(us["Inferences/Second"], 2),
-        "p50_ms": round(us["p50 latency"] / 1e3, 2),
-        "p90_ms": round(us["p90 latency"] / 1e3, 2),
-        "p99_ms": round(us["p99 latency"] / 1e3, 2),
-        "server_queue_ms": round(us.get("Server Queue", 0) / 1e3, 2),
-        "server_compute_ms": round(us.get("Server Compute Infer", 0) / 1e3, 2),
-        "stable": True,
-    }
+def perf_analyzer(url: str, model: str, concurrency: int, s: Settings, tool: PerfAnalyzer) -> dict:
+    return measure(
+        tool,
+        url,
+        model,
+        concurrency=concurrency,
+        window_ms=s.window_ms,
+        stability_percent=s.stability_percent,
+        max_trials=s.max_trials,
+    )
 
 
 def in_process(onnx: Path, img_size: int, s: Settings) -> dict[int, float]:
     """Images per second of ONNX Runtime in this process at batch = each concurrency, after a warm-up."""
-    import onnxruntime as ort
+    from vitexport.ort import ort_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = s.threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the served model runs
-    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+    session = ort_session(onnx, threads=s.threads, spinning=False)  # as the served model runs
     rates = {}
     for batch in s.concurrency:
         x = np.random.default_rng(0).standard_normal((batch, 3, img_size, img_size), dtype=np.float32)
@@ -117,19 +79,11 @@ def machine() -> dict:
     return info
 
 
-def perf_analyzer_row(report: Path) -> dict[str, float]:
-    """perf_analyzer's CSV report (`-f`): its one data row, numeric columns only (latencies in microseconds)."""
-    with report.open() as f:
-        row = next(csv.DictReader(f))
-    return {k: float(v) for k, v in row.items() if k and v and v.replace(".", "", 1).isdigit()}
-
-
 def run(model: str, onnx: Path | None, s: Settings) -> dict:
+    from vitexport.artifacts import load_artifact
     from vitexport.serving.config import Batching
     from vitexport.serving.repository import add_model
-    from vitexport.serving.server import TritonInstall, TritonServer
-
-    from vitexport.artifacts import load_artifact
+    from vitexport.serving.server import TritonServer
 
     info = machine()
     with tempfile.TemporaryDirectory(prefix="vitexport-bench-serving-") as tmp:
@@ -144,11 +98,13 @@ def run(model: str, onnx: Path | None, s: Settings) -> dict:
         repo = tmp / "repo"
         batching = Batching(s.max_batch_size, (), s.queue_delay_us)
         add_model(repo, artifact, name="bench", batching=batching, ensemble=False, intra_op_threads=s.threads)
-        env = perf_analyzer_env(TritonInstall.find().libs, tmp / "libs")
+        tool = find_perf_analyzer(tmp / "libs")
+        if tool is None:
+            raise SystemExit("perf_analyzer is not installed (pip install 'vitexport[serve]')")
         served = {}
         with TritonServer(repo, models=["bench"]) as server:
             for c in s.concurrency:
-                served[c] = perf_analyzer(server.endpoints.grpc, "bench", c, s, env, tmp)
+                served[c] = perf_analyzer(server.endpoints.grpc, "bench", c, s, tool)
                 served[c]["load_average"] = round(os.getloadavg()[0], 2)
         after = in_process(artifact.path, S, s)
     rows = []
@@ -202,8 +158,9 @@ def markdown(result: dict) -> str:
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['concurrency']} | {r['served_img_s']} | {r['in_process_img_s']} | {r['ratio']} | {r['p50_ms']} "
-            f"| {r['p99_ms']} | {r['server_queue_ms']} | {r['server_compute_ms']} | {'yes' if r['stable'] else 'no'} |"
+            f"| {r['concurrency']} | {r['served_img_s']} | {r['in_process_img_s']} | {r['ratio']} "
+            f"| {r['latency_ms_p50']} | {r['latency_ms_p99']} | {r['server_queue_ms']} | {r['server_compute_ms']} "
+            f"| {'yes' if r['stable'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -8,9 +8,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vitexport.export.tensorrt.settings import Precision
-
 from vitexport.errors import VitExportError
+from vitexport.export.tensorrt.settings import Precision
 
 # Fused attention kernels show up by name: Myelin's `_gemm_mha_v2_*` and `*fmha*` kernels, flash attention, and
 # TensorRT's IAttention layers (ONNX `Attention`, TensorRT >= 10.14).

@@ -12,20 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vitexport.artifacts import ModelArtifact, sidecar_path
+from vitexport.errors import first_line
 from vitexport.export.tensorrt.audit import _LAYERNORM, audit_layer_info, expected_attention_blocks
 from vitexport.export.tensorrt.environment import TensorRTEnvironment, tensorrt_environment
 from vitexport.export.tensorrt.plan import (
     check_profile_fits,
+    default_engine_path,
     fp32_reference,
+    onnx_for_engine,
     plan_build,
     trtexec_command,
     trtexec_layer_info,
     trtexec_script,
 )
 from vitexport.export.tensorrt.settings import BatchProfile, BuildSettings, EngineBuildError, Precision
-from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check, compare
-
-from vitexport.artifacts import ModelArtifact, sidecar_path, write_text_atomic
+from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check_drift, compare
+from vitexport.fileio import write_atomic
 
 # ----------------------------------------------------------------------------------------------------------------
 # Artifacts
@@ -115,6 +119,8 @@ def engine_artifact(source: ModelArtifact, paths: EnginePaths, details: EngineDe
         opset=source.opset,
         checkpoint_sha256=source.checkpoint_sha256,
         source=os.path.relpath(source.sidecar, paths.engine.parent),
+        batch_profile=(details.profile.min, details.profile.opt, details.profile.max),
+        compute_capability=details.compute_capability,
         details=details.to_dict(),
     )
 
@@ -178,6 +184,27 @@ def validation_references(artifact: ModelArtifact, precision: Precision) -> Vali
 
 # ----------------------------------------------------------------------------------------------------------------
 # The build (needs TensorRT and a GPU)
+
+
+def engine_for(
+    model_or_onnx: str | Path,
+    settings: BuildSettings,
+    *,
+    output: Path | None = None,
+    img_size: int | None = None,
+    reuse: Callable[[Path], ModelArtifact | None] = lambda _: None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ModelArtifact:
+    """The whole sequence behind `vitexport trt` and the benchmark's engines: TensorRT and a GPU present (else one
+    line, before any export), the ONNX to build from (exported or derived as the version needs), the engine path
+    (default MODEL_PRECISION.plan beside the ONNX), then the build. `reuse` may return an engine already there."""
+    env = tensorrt_environment()
+    source = onnx_for_engine(model_or_onnx, settings, env.tensorrt_version, img_size=img_size, progress=progress)
+    output = output or default_engine_path(source, settings.precision)
+    existing = reuse(output)
+    if existing is not None:
+        return existing
+    return build_engine(source, output, settings, environment=env, progress=progress)
 
 
 def build_engine(
@@ -247,9 +274,9 @@ def build_engine(
     if serialized is None:
         raise EngineBuildError("TensorRT failed to build the engine; its log above says why")
     plan_bytes = bytes(serialized)
-    _write_bytes_atomic(paths.engine, plan_bytes)
+    write_atomic(paths.engine, plan_bytes)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)  # --timing-cache may name a folder not made yet
-    _write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
 
     from vitexport.export.cuda import DeviceSession
 
@@ -260,7 +287,7 @@ def build_engine(
             raise EngineBuildError("TensorRT could not deserialize the engine it just built")
         progress("inspecting the engine")
         info = _layer_information(trt, engine, input_name, shapes["opt"])
-        write_text_atomic(paths.layer_info, info + "\n")
+        write_atomic(paths.layer_info, info + "\n")
         audit = audit_layer_info(
             info, expected_attention=expected_attention_blocks(artifact.model), precision=plan.precision
         )
@@ -273,7 +300,7 @@ def build_engine(
             timing_cache=timing_cache,
             fp32_layers=fp32_layers,
         )
-        write_text_atomic(paths.trtexec, trtexec_script(args, tensorrt_version=env.tensorrt_version))
+        write_atomic(paths.trtexec, trtexec_script(args, tensorrt_version=env.tensorrt_version))
         paths.trtexec.chmod(0o755)
         details = EngineDetails(
             profile=settings.profile,
@@ -315,7 +342,7 @@ def use_timing_cache(config: Any, path: Path) -> str | None:
         try:
             cache = config.create_timing_cache(blob)
         except Exception as e:  # the bindings raise whatever the C++ side reports (RuntimeError, TypeError...)
-            cache, reason = None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            cache, reason = None, first_line(e)
         if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
             return None
     try:
@@ -461,7 +488,7 @@ def compare_with_onnx(
 ) -> dict[str, Any]:
     """Compare an engine's outputs (`run`) with ONNX Runtime on random inputs; raise ValidationError on any failed
     check against the gating reference, and return the sidecar's `validation` (with fp32 drift when only reported)."""
-    from vitexport.export.onnx import ort_session
+    from vitexport.ort import ort_session
 
     rule = VALIDATION_RULES[settings.precision]
     gate_session = ort_session(references.gate.path)
@@ -478,7 +505,7 @@ def compare_with_onnx(
             expected = fp32_session.run(list(references.fp32.output_names), {artifact.input_name: x})
             reported += _compare(artifact, got, expected)
     what = f"the {settings.precision.value} engine differs from {references.gate.path.name} on ONNX Runtime"
-    check(gated, rule.tolerance, what=what)
+    check_drift(gated, rule.tolerance, what=what)
     validation: dict[str, Any] = {
         "passed": True,
         "reference": references.gate.path.name,
@@ -495,9 +522,3 @@ def _compare(artifact: ModelArtifact, got: dict[str, np.ndarray], expected: list
     return [
         compare(n, np.asarray(e, np.float32), got[n].astype(np.float32)) for n, e in zip(names, expected, strict=True)
     ]
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vitexport.errors import VitExportError
+from vitexport.errors import VitExportError, first_line
 
 SUPPORTED_MAJORS = (10, 11)  # 12+ is treated as 11 (strongly typed), with the version recorded in the sidecar
 INSTALL_HINT = (
@@ -50,7 +50,7 @@ def tensorrt_environment(gpu: int = 0) -> TensorRTEnvironment:
     except ImportError:
         missing.append("TensorRT is not installed (no `tensorrt` module)")
     except OSError as e:  # the wheel is there but its libraries are not (e.g. tensorrt_libs missing)
-        missing.append(f"TensorRT's libraries do not load ({str(e).splitlines()[0]})")
+        missing.append(f"TensorRT's libraries do not load ({first_line(e)})")
     try:
         info = probe_gpu(gpu)
     except CudaError as e:  # no driver or GPU (CudaUnavailable), or a failed query of the GPU

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vitexport.artifacts import ModelArtifact, load_artifact, sidecar_path
+from vitexport.errors import VitExportError
 from vitexport.export.tensorrt.environment import SUPPORTED_MAJORS, TensorRTUnavailable, trt_major
 from vitexport.export.tensorrt.settings import (
     BatchProfile,
@@ -28,9 +30,6 @@ from vitexport.export.tensorrt.settings import (
     GraphPrecisionError,
     Precision,
 )
-
-from vitexport.artifacts import ModelArtifact, load_artifact, sidecar_path
-from vitexport.errors import VitExportError
 
 
 @dataclass(frozen=True)
@@ -128,18 +127,18 @@ def plan_build(
 
 def _check_parsable(artifact: ModelArtifact, precision: Precision, tensorrt_version: str) -> None:
     """Refuse graphs TensorRT's ONNX parser cannot read, as the optimize stage's sidecar describes them."""
-    details, name = artifact.details, artifact.path.name
-    if details.get("fuse_attention") == "ort":
+    name = artifact.path.name
+    if artifact.fuse_attention == "ort":
         raise EngineBuildError(
             f"{name} holds ONNX Runtime's contrib ops (com.microsoft, from --fuse-attention ort), which TensorRT's "
             f"ONNX parser does not read; build from {fp32_onnx_name(artifact)} or a --fuse-attention none/onnx variant"
         )
-    method = details.get("quantization", {}).get("method")
+    method = artifact.quant_method
     if precision is Precision.int8 and method not in (None, "static"):
         # ORT's dynamic quantization writes MatMulInteger/DynamicQuantizeLinear, not the Q/DQ pairs TensorRT needs.
         raise GraphPrecisionError(f"this int8 graph is {method}ally quantized, not explicit Q/DQ", Precision.int8)
     version = tuple(int(v) for v in re.findall(r"\d+", tensorrt_version)[:2])
-    if details.get("fuse_attention") == "onnx" and version < ATTENTION_OP_MIN_VERSION:
+    if artifact.fuse_attention == "onnx" and version < ATTENTION_OP_MIN_VERSION:
         raise EngineBuildError(
             f"{name} uses the ONNX Attention op, which the parser of TensorRT {tensorrt_version} does not read "
             f"(10.14 and later do); make the graph with `vitexport optimize {fp32_onnx_name(artifact)} "

@@ -4,9 +4,9 @@ with their limits, and the stage's build errors."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
+from vitexport.artifacts import Precision
 from vitexport.errors import ExportError
 
 MAX_BATCH = 4096  # the exported ONNX's batch axis is declared 1..4096 (export/onnx.py)
@@ -28,10 +28,7 @@ class GraphPrecisionError(ExportError):
         self.needed = needed
 
 
-class Precision(str, Enum):
-    fp16 = "fp16"
-    fp32 = "fp32"
-    int8 = "int8"
+ENGINE_PRECISIONS = (Precision.fp16, Precision.fp32, Precision.int8)  # TensorRT has no BF16 path here
 
 
 @dataclass(frozen=True)
@@ -86,6 +83,10 @@ class BuildSettings:
     fp32_softmax: bool = False  # TensorRT 10 weak typing: also pin Softmax to FP32 (may prevent MHA fusion)
 
     def __post_init__(self) -> None:
+        if self.precision not in ENGINE_PRECISIONS:
+            raise EngineBuildError(
+                f"--precision must be fp16, fp32 or int8 for a TensorRT engine, not {self.precision}"
+            )
         if not 0 < self.workspace_gib <= MAX_WORKSPACE_GIB:
             raise EngineBuildError(f"--workspace must be in (0, {MAX_WORKSPACE_GIB:g}] GiB, got {self.workspace_gib}")
         if self.opt_level not in OPT_LEVELS:

@@ -14,14 +14,10 @@ import triton_python_backend_utils as pb_utils
 
 class _OnnxRuntime:
     def __init__(self, path: Path, threads: int, input_name: str, output_names: list[str], precision: str):
-        import onnxruntime as ort  # the precision lives in the graph itself
+        from vitexport.ort import ort_session  # the precision lives in the graph itself
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         # Spinning worker threads steal the CPU from the other stubs and the server's own threads between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads=threads, spinning=False)
         self.input_name, self.output_names = input_name, output_names
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitexport.errors import CheckpointError
+from vitexport.errors import CheckpointError, first_line
 
 # A family's remapping of foreign layouts onto its model: (unwrapped state dict, model) -> state dict.
 CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
@@ -43,7 +43,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch and safetensors raise many types for a corrupt file
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(e)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -120,7 +120,7 @@ def download_pretrained(spec) -> Path:
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename="model.safetensors"))
     except Exception as e:  # offline, DNS failure, missing repo: all end the same way for the user
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise CheckpointError(
             f"cannot download {repo_id} ({reason}); this machine may be offline: pass --checkpoint PATH"
         ) from None

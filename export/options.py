@@ -1,0 +1,27 @@
+"""The export stage's choices, importable without torch or ONNX so that the CLI's `--help` stays instant (Typer
+checks every `str` Enum option against its members)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Heads(str, Enum):
+    """What a distilled DeiT's ONNX returns."""
+
+    avg = "avg"  # DeiT's test-time average of the class and distillation heads
+    all = "all"  # also `logits_cls` and `logits_dist`
+
+
+class Attention(str, Enum):
+    """How transformer blocks compute attention in the exported graph."""
+
+    sdpa = "sdpa"  # F.scaled_dot_product_attention: the standard ONNX Attention op at opset 23
+    explicit = "explicit"  # MatMul -> Softmax -> MatMul, scale on Q first: what older TensorRT parsers fuse
+
+
+class Runtime(str, Enum):
+    """The runtime an optimized variant is made for."""
+
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"

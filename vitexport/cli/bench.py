@@ -1,0 +1,80 @@
+"""`vitexport bench`: ours against the peers, in-process and served, in one run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vitexport.cli.console import JsonFlag, int_list, print_json, progress_status, user_errors
+
+
+def bench(
+    models: Annotated[
+        list[str], typer.Argument(metavar="MODEL...", help="Registered models, e.g. deit_small resnet50.")
+    ],
+    backends: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated backends [default: all; --quick: torch,onnxruntime-plain]. Peers: torch, "
+            "torch-compile, timm, onnxruntime-plain, openvino-plain; ours: onnxruntime, onnxruntime-int8, "
+            "openvino-bf16, openvino-int8, tensorrt, triton-grpc, triton-http."
+        ),
+    ] = None,
+    batch_sizes: Annotated[
+        str | None, typer.Option(help="In-process batch sizes [default: 1,8,32; --quick 1,8].")
+    ] = None,
+    concurrency: Annotated[str | None, typer.Option(help="Served concurrencies [default: 1,4,8; --quick 1,4].")] = None,
+    threads: Annotated[int, typer.Option(help="Intra-op threads of every runtime.")] = 2,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds per measured window [default: 2; --quick 0.4].")
+    ] = None,
+    windows: Annotated[int | None, typer.Option(help="Measured windows per point [default: 3].")] = None,
+    quick: Annotated[bool, typer.Option(help="A short run (under 3 minutes for four models on 2 cores).")] = False,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for bench.json/.md/_*.png (--quick: bench-quick.*).")
+    ] = Path("benchmarks/results"),
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Artifacts cache (exports, variants) and worker logs [default: ~/.cache/vitexport/bench]."),
+    ] = None,
+    triton_url: Annotated[
+        str | None,
+        typer.Option(help="HOST:HTTP_PORT:GRPC_PORT of a running Triton serving each MODEL [default: start one]."),
+    ] = None,
+    gemm: Annotated[bool, typer.Option(help="Measure the GEMM peaks (fraction-of-peak columns need them).")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Benchmark models in-process (ours against the peers, side by side) and served through Triton: JSON, Markdown
+    and PNG plots in --output."""
+    with user_errors():
+        from vitexport.bench.bench import BenchConfig, run
+        from vitexport.bench.report import write
+        from vitexport.bench.runners import BenchBackend
+
+        config = BenchConfig.from_options(
+            tuple(models),
+            quick=quick,
+            backends=BenchBackend.parse_list(backends) if backends is not None else None,
+            batch_sizes=int_list("--batch-sizes", batch_sizes),
+            concurrency=int_list("--concurrency", concurrency),
+            threads=threads,
+            duration=duration,
+            windows=windows,
+            workdir=workdir,
+            triton_url=triton_url,
+            gemm=gemm,
+            command="vitexport bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
+        )
+        with progress_status(not as_json) as progress:
+            result = run(config, progress)
+            paths = write(result, output, "bench-quick" if quick else "bench")
+    if as_json:
+        print_json(result)
+        return
+    for line in result["verdicts"]:
+        typer.echo(line.replace("**", ""))
+    for path in paths.values():
+        typer.echo(str(path))

@@ -1,0 +1,36 @@
+"""`vitexport models`: the registry as a table."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vitexport.cli.console import JsonFlag, print_json, print_table
+
+
+def models(
+    as_json: JsonFlag = False,
+    family: Annotated[str | None, typer.Option(help="Only this family, e.g. vit, deit or resnet.")] = None,
+    include_test: Annotated[bool, typer.Option("--include-test", help="Also list the tiny test configs.")] = False,
+) -> None:
+    """List the registered models with their preprocessing, parameter count and MACs."""
+    from vitexport.models import list_models
+
+    specs = [s for s in list_models(include_test=include_test) if family in (None, s.family)]
+    if as_json:
+        print_json([s.to_dict() for s in specs])
+        return
+    rows = [
+        [
+            s.name,
+            ", ".join(s.aliases),
+            s.img_size,
+            f"{s.num_params / 1e6:.1f}M",
+            f"{s.macs() / 1e9:.2f}",
+            f"{s.preprocess.interpolation} {s.preprocess.crop_pct:g}",
+            "yes" if s.distilled else "",
+        ]
+        for s in specs
+    ]
+    print_table(None, ["model", "aliases", "size", "params", "GMACs", "resize, crop", "distilled"], rows)

@@ -1,0 +1,94 @@
+"""The tables the commands print: one rendering each for drift reports, the accuracy gate, op counts and engines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vitexport.cli.console import print_table, warn
+
+DRIFT_COLUMNS = ["output", "batch", "max abs diff", "cosine", "top-1 agreement"]
+
+
+def drift_table(title: str, reports: list[dict[str, Any]], *, cosine_digits: int = 6) -> None:
+    """A validation's drift reports (ONNX Runtime vs PyTorch, an engine vs ONNX Runtime): one row per output and
+    batch."""
+    rows = [
+        [
+            r["output"],
+            r["batch_size"],
+            f"{r['max_abs']:.2e}",
+            f"{r['cosine']:.{cosine_digits}f}",
+            f"{r['top1_agreement']:.2f}",
+        ]
+        for r in reports
+    ]
+    print_table(title, DRIFT_COLUMNS, rows)
+
+
+def gate_table(validation: dict[str, Any]) -> None:
+    """The accuracy gate of a variant: drift on random inputs and images, and accuracy on labelled images."""
+    rows = [
+        [
+            r["output"],
+            r["batch_size"],
+            f"{r['max_abs']:.3g}",
+            f"{r['mean_abs']:.3g}",
+            f"{r['cosine']:.6f}",
+            f"{r['top1_agreement']:.3f}",
+            f"{r['top5_overlap']:.3f}",
+        ]
+        for r in [*validation["random"], *validation["images"]]
+    ]
+    columns = ["output", "batch", "max abs", "mean abs", "cosine", "top-1 agree", "top-5 overlap"]
+    print_table(f"{validation['precision']} variant vs fp32 reference", columns, rows)
+    if acc := validation.get("accuracy"):
+        print_table(
+            f"accuracy on {acc['images']} labelled images",
+            ["", "top-1 %", "top-5 %"],
+            [
+                ["reference", f"{acc['reference_top1']:.2f}", f"{acc['reference_top5']:.2f}"],
+                ["candidate", f"{acc['candidate_top1']:.2f}", f"{acc['candidate_top5']:.2f}"],
+            ],
+        )
+
+
+def op_count_table(counts: dict[str, dict[str, int]]) -> None:
+    """The ops an optimization changed, before and after."""
+    before, after = counts["before"], counts["after"]
+    changed = [op for op in dict.fromkeys([*after, *before]) if before.get(op, 0) != after.get(op, 0)]
+    rows = [[op, before.get(op, 0), after.get(op, 0)] for op in changed]
+    rows.append(["total", sum(before.values()), sum(after.values())])
+    print_table("op counts (changed ops)", ["op", "before", "after"], rows)
+
+
+def engine_warnings(artifact: Any) -> None:
+    """What the fusion audit and the build found wrong without failing the build, on stderr."""
+    for message in artifact.details["fusion_audit"]["warnings"]:
+        warn("fusion audit", message)
+    for message in artifact.details.get("build_warnings", []):
+        warn("build", message)
+
+
+def engine_report(artifact: Any) -> None:
+    """A TensorRT engine: the fusion audit and the validation tables."""
+    d = artifact.details
+    audit = d["fusion_audit"]
+    profile = "{min}:{opt}:{max}".format(**d["profile"])
+    fused = f"{audit['fused_attention']}/{audit['expected_attention']}"
+    row = [
+        d["precision"],
+        profile,
+        fused,
+        audit["unfused_softmax"],
+        len(audit["layernorm_not_fp32"]),
+        d["build_seconds"],
+    ]
+    print_table(
+        f"TensorRT {d['tensorrt_version']} on {d['gpu_name']} (sm {d['compute_capability']})",
+        ["precision", "profile", "fused MHA", "unfused Softmax", "LayerNorm not FP32", "build s"],
+        [row],
+    )
+    validation = artifact.validation
+    drift_table(f"TensorRT vs {validation['reference']} on ONNX Runtime (gated)", validation["reports"])
+    if "fp32_drift" in validation:  # int8: gated against its Q/DQ graph; drift from fp32 is information
+        drift_table(f"TensorRT vs {validation['fp32_reference']} (reported, not gated)", validation["fp32_drift"])

@@ -1,0 +1,167 @@
+"""The serving commands: `repo` writes a Triton model repository, `serve` runs Triton on it, `infer` asks it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vitexport.cli.console import JsonFlag, print_json, print_table, progress_status, user_errors
+from vitexport.errors import VitExportError
+from vitexport.serving.client import Protocol
+from vitexport.serving.config import ServingBackend
+
+
+def repo(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="MODEL_OR_ONNX...",
+            help="A registered model (exported to ONNX first) or artifact files: ONNX, OpenVINO IR, or TensorRT "
+            "engines (several: one per GPU compute capability). Several CPU variants of one model: the fastest "
+            "that passed its accuracy gate is served, timed here.",
+        ),
+    ],
+    repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
+    name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the model's).")] = None,
+    backend: Annotated[
+        ServingBackend | None,
+        typer.Option(
+            help="python-onnxruntime, python-openvino, onnxruntime, openvino or tensorrt "
+            "(default: by artifact: ONNX python-onnxruntime, OpenVINO IR python-openvino, engine tensorrt)."
+        ),
+    ] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Batch limit (default: 8; engines: profile max).")] = None,
+    preferred_batch_size: Annotated[list[int] | None, typer.Option(help="Preferred batch size (repeatable).")] = None,
+    queue_delay_us: Annotated[int, typer.Option(help="Longest wait to fill a batch, in microseconds.")] = 1000,
+    instances: Annotated[int, typer.Option(help="Model instances (one Python stub process each).")] = 1,
+    version: Annotated[int | None, typer.Option(help="Version number (default: next free).")] = None,
+    ensemble: Annotated[bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> top-k).")] = True,
+    top_k: Annotated[int, typer.Option(help="Classes the image ensemble returns.")] = 5,
+    ort_trt_fp16: Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write a model into a Triton model repository: config.pbtxt, labels, a new version, and the image ensemble."""
+    import tempfile
+
+    with user_errors(), tempfile.TemporaryDirectory(prefix="vitexport-repo-") as tmp:
+        from vitexport.export.onnx import export_or_load
+        from vitexport.serving.config import Batching, batching_from_options
+        from vitexport.serving.repository import add_model, scan
+        from vitexport.serving.server import unavailable_reason
+
+        with progress_status(not as_json) as progress:
+            artifacts = [export_or_load(source, Path(tmp), progress=progress) for source in sources]
+        timings = []
+        if len(artifacts) > 1 and all(a.format != "tensorrt" for a in artifacts):
+            # Several CPU variants of one model: serve the fastest that passed its accuracy gate, timed here.
+            from vitexport.export.select import rank_by_speed
+
+            with progress_status(not as_json) as progress:
+                timings = rank_by_speed(artifacts, batch=max_batch_size or Batching.max_batch_size, progress=progress)
+            artifacts = [timings[0].artifact]
+        added = add_model(
+            repo_dir,
+            artifacts,
+            backend=backend,
+            name=name,
+            batching=batching_from_options(max_batch_size, tuple(preferred_batch_size or ()), queue_delay_us),
+            instances=instances,
+            version=version,
+            ensemble=ensemble,
+            top_k=top_k,
+            tensorrt_accelerator=ort_trt_fp16,
+        )
+        configs = scan(repo_dir)
+        notes = {m: unavailable_reason(m, configs) for m in added.models}
+    if as_json:
+        print_json(
+            {
+                "name": added.name,
+                "version": added.version,
+                "path": str(added.path),
+                "backend": added.backend.value,
+                "models": list(added.models),
+                "local": {m: reason is None for m, reason in notes.items()},
+                "timed": {str(t.artifact.path): round(t.img_s, 2) for t in timings},
+            }
+        )
+        return
+    if timings:
+        rows = [[t.artifact.path.name, t.artifact.precision, f"{t.img_s:.1f}"] for t in timings]
+        print_table("fastest gated variant first (timed here)", ["variant", "precision", "img/s"], rows)
+    rows = [[m, added.version, notes[m] or "yes"] for m in added.models]
+    print_table(f"{repo_dir} ({added.backend.value})", ["model", "version", "serves on the local Triton"], rows)
+    typer.echo(str(added.path))
+
+
+def serve(
+    repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: any free port).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: any free port).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: any free port).")] = 8002,
+    models: Annotated[list[str] | None, typer.Option("--models", help="Only these models (repeatable).")] = None,
+) -> None:
+    """Start Triton on a model repository until Ctrl-C or SIGTERM; models it cannot run here are skipped."""
+    import signal
+    import time
+
+    def terminate(signum, frame):  # SIGTERM takes the same orderly way out as Ctrl-C
+        raise KeyboardInterrupt
+
+    with user_errors():
+        from vitexport.serving.server import TritonServer
+
+        names = [n for item in models or [] for n in item.split(",") if n]
+        server = TritonServer(
+            repo_dir,
+            host=host,
+            http_port=http_port or None,
+            grpc_port=grpc_port or None,
+            metrics_port=metrics_port or None,
+            models=names or None,
+        )
+        for model, reason in server.skipped.items():
+            typer.secho(f"note: not loading {model}: {reason}", fg="yellow", err=True)
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            with server:
+                e = server.endpoints
+                typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
+                typer.echo(f"models  {', '.join(server.models) or 'none'}")
+                typer.echo("ready (Ctrl-C to stop)")
+                while server.running:
+                    time.sleep(0.5)
+                raise VitExportError(f"tritonserver stopped unexpectedly: {server.log_error()}")
+        except KeyboardInterrupt:
+            typer.echo("stopped")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def infer(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    url: Annotated[str | None, typer.Option(help="Server (default: localhost:8000 (http), :8001 (grpc)).")] = None,
+    protocol: Annotated[Protocol, typer.Option(help="http or grpc.")] = Protocol.http,
+    model: Annotated[str | None, typer.Option(help="Served model (default: the one NAME_image ensemble).")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes per image.")] = 5,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server at each step.")] = 60.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Classify images on a running Triton server and print labels and scores."""
+    with user_errors():
+        from vitexport.serving.client import classify
+
+        server = url or protocol.default_url
+        results = classify(server, images, protocol=protocol, model=model, top_k=top_k, timeout=timeout)
+    if as_json:
+        print_json([{"image": str(path)} | r.to_dict() for path, r in zip(images, results, strict=True)])
+        return
+    rows = [
+        [str(path) if rank == 0 else "", rank + 1, label, f"{score:.4f}"]
+        for path, r in zip(images, results, strict=True)
+        for rank, (label, score) in enumerate(zip(r.labels, r.scores, strict=True))
+    ]
+    print_table(None, ["image", "rank", "label", "score"], rows)
