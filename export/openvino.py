@@ -93,10 +93,17 @@ def quantize_int8(model, calibration: np.ndarray, recipe: Int8Recipe, *, input_n
         raise ExportError("INT8 post-training quantization needs calibration images: give --calibration DIR")
     items = [calibration[i : i + batch_size] for i in range(0, len(calibration), batch_size)]
     dataset = nncf.Dataset(items, lambda x: {input_name: np.ascontiguousarray(x, dtype=np.float32)})
-    advanced = None
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    from vitexport.export.cpu import int8_saturates
+
+    options = {}
     if recipe.transformer and not recipe.smooth_quant:
         # An alpha of -1 disables SmoothQuant (NNCF's AdvancedSmoothQuantParameters).
-        advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+        options["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=-1)
+    if int8_saturates():  # 7-bit weights on every layer where 8-bit products would saturate (export/cpu.py)
+        options["overflow_fix"] = OverflowFix.ENABLE
+    advanced = AdvancedQuantizationParameters(**options) if options else None
     try:
         # NNCF draws progress bars on the terminal; a stage prints nothing, so they go nowhere.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -18,6 +18,7 @@ import numpy as np
 
 from vitexport.artifacts import ModelArtifact, Precision, sidecar_path
 from vitexport.errors import ArtifactError, ExportError, first_line
+from vitexport.export.cpu import int8_saturates
 from vitexport.export.fp16 import IOType, to_fp16
 from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
 from vitexport.export.gate import ImageSet, check_gate, evaluate, hold_out, load_image_folder
@@ -280,6 +281,7 @@ def _onnxruntime_variant(
             quantize_onnx(fused, output, method=method, input_name=artifact.input_name, calibration=calib)
             model = _load(output)
         details["quantization"] = {"method": method.value, "calibration_images": 0 if calib is None else len(calib)}
+        details["quantization"] |= {"weight_bits": 7} if int8_saturates() else {}
     progress("saving and checking the graph")
     _save_onnx(model, output)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -305,6 +307,7 @@ def _openvino_variant(
         progress(f"NNCF post-training quantization ({recipe.name})")
         model = ovx.quantize_int8(model, calib, recipe, input_name=artifact.input_name)
         details["quantization"] = {"method": "nncf-ptq", "recipe": recipe.name, "calibration_images": len(calib)}
+        details["quantization"] |= {"weight_bits": 7} if int8_saturates() else {}
     ovx.save_ir(model, output)
     after: dict[str, int] = {}
     for op in model.get_ordered_ops():

@@ -44,6 +44,9 @@ def quantize_onnx(
         quantize_static,
     )
 
+    from vitexport.export.cpu import int8_saturates
+
+    reduce_range = int8_saturates()  # 7-bit weights where 8-bit products would saturate (export/cpu.py)
     if method is QuantMethod.static and (calibration is None or len(calibration) == 0):
         raise ExportError("static INT8 quantization needs calibration images: give --calibration DIR")
     with tempfile.TemporaryDirectory(prefix="vitexport-quant-") as tmp:
@@ -54,6 +57,7 @@ def quantize_onnx(
                     output,
                     op_types_to_quantize=["MatMul", "Gemm", "Attention"],
                     per_channel=True,
+                    reduce_range=reduce_range,
                     weight_type=QuantType.QInt8,
                 )
                 return
@@ -78,6 +82,7 @@ def quantize_onnx(
                 Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
             )

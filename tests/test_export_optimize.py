@@ -60,7 +60,7 @@ def test_cli_optimize_json(digits, tmp_path):
     result = runner.invoke(app, ["optimize", str(digits.onnx.path), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["precision"] == "fp32" and data["details"]["fuse_attention"] == "ort"
+    assert data["precision"] == "fp32" and data["fuse_attention"] == "ort"
     assert (
         data["details"]["op_counts"]["before"]["Softmax"] == 2
         and "Softmax" not in data["details"]["op_counts"]["after"]
