@@ -34,6 +34,17 @@ VALIDATION_BATCHES = (1, 4)
 class Heads(str, Enum):
     avg = "avg"  # DeiT's test-time average of the class and distillation heads
     all = "all"  # also `logits_cls` and `logits_dist`
+    # No classifier: `embeddings` (N, D), the pooled representation the classifier would see. Checkpoints without
+    # a classifier (pretrained encoders) load too: vitexport.models.create_model(head="features").
+    features = "features"
+
+
+def _output_names(heads: Heads) -> tuple[str, ...]:
+    return {
+        Heads.avg: ("logits",),
+        Heads.all: ("logits", "logits_cls", "logits_dist"),
+        Heads.features: ("embeddings",),
+    }[heads]
 
 
 class _ExportHeads(nn.Module):
@@ -84,9 +95,10 @@ def export_onnx(
         progress(f"downloading {spec.name}'s weights")
         checkpoint = weights.download_pretrained(spec)
     progress(f"building {spec.name}")
-    model = create_model(spec.name, checkpoint=checkpoint, img_size=img_size, attention=attention)
+    head = "features" if heads is Heads.features else "logits"
+    model = create_model(spec.name, checkpoint=checkpoint, img_size=img_size, attention=attention, head=head)
     exported: nn.Module = _ExportHeads(model) if heads is Heads.all else model
-    output_names = ("logits", "logits_cls", "logits_dist") if heads is Heads.all else ("logits",)
+    output_names = _output_names(heads)
 
     progress(f"exporting to ONNX opset {opset}")
     S = spec.img_size
@@ -114,7 +126,8 @@ def export_onnx(
         format="onnx",
         model=spec.name,
         preprocess=spec.preprocess,
-        num_classes=spec.num_classes,
+        # The output's width: the classes, or the embedding's size (serving sizes its outputs from it).
+        num_classes=model.num_features if heads is Heads.features else spec.num_classes,
         output_names=output_names,
         batch_size=batch_size,
         opset=opset,

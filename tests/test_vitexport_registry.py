@@ -70,7 +70,7 @@ def test_preprocessing_follows_the_checkpoints():
     assert get_spec("deit_base_384").preprocess.crop_pct == 1.0
     assert get_spec("vit_base").preprocess.mean == (0.5, 0.5, 0.5)
     assert get_spec("resnet50").preprocess.interpolation == "bilinear"
-    assert {s.family for s in list_models()} == {"vit", "deit", "resnet"}
+    assert {s.family for s in list_models()} == {"vit", "deit", "resnet", "beit", "mae"}
     assert not any(s.for_tests for s in list_models())
 
 
