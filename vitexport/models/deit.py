@@ -29,8 +29,8 @@ class DistilledVisionTransformer(VisionTransformer):
         return self.head(x[:, 0]), self.head_dist(x[:, 1])
 
     def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean of the class and distillation tokens (B, D): what the two heads' averaged logits are linear
-        in, and timm's pre-logits for distilled models."""
+        """The mean of the class and distillation tokens (B, D), as timm's pre-logits for distilled models: each
+        head sees one of the two tokens, and this one vector stands for both."""
         x = self.forward_features(x)
         return (x[:, 0] + x[:, 1]) / 2
 
