@@ -144,6 +144,41 @@ def test_hugging_face_pretrained_encoder_loads_for_features(transformers, tmp_pa
     assert_same(ours, embedding)
 
 
+def _transformers4_naming(sd):
+    """A transformers 5 ViTMAEModel state dict in the naming of the MAE checkpoints on the Hugging Face Hub
+    (facebook/vit-mae-*, transformers 4)."""
+    renames = [
+        ("layers.", "encoder.layer."),
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "intermediate.dense"),
+        ("mlp.fc2", "output.dense"),
+    ]
+    out = {}
+    for key, value in sd.items():
+        for old, new in renames:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def test_hub_checkpoint_naming(transformers, tmp_path):
+    reference = perturbed(transformers.ViTMAEModel(_hf_config(transformers)))
+    sd = _transformers4_naming(reference.state_dict())
+    assert "encoder.layer.1.attention.attention.query.weight" in sd and "layernorm.weight" in sd
+    path = tmp_path / "vit_mae_hub.pth"
+    torch.save(sd, path)
+    ours = create_model("test_mae", head="features", checkpoint=str(path))
+
+    def embedding(x):
+        last = reference(pixel_values=x, output_hidden_states=True).hidden_states[-1]  # any token order
+        return F.layer_norm(last[:, 1:].mean(dim=1), (64,), eps=1e-6)
+
+    assert_same(ours, embedding)
+
+
 def test_registry_entries():
     assert {s.name for s in [get_spec("mae_vit_base"), get_spec("mae_vit_large"), get_spec("mae_vit_huge")]} == {
         "mae_vit_base_patch16_224",
@@ -157,28 +192,32 @@ def test_registry_entries():
     assert get_spec("mae_vit_base").hub_id == "vit_base_patch16_224.mae"
 
 
-@pytest.fixture(scope="module")
-def mae_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    source = perturbed(create_model("test_mae"))
-    path = tmp_path_factory.mktemp("ckpt") / "mae.pth"
-    torch.save(source.state_dict(), path)
-    return source, path
-
-
-@pytest.mark.parametrize("heads", [Heads.avg, Heads.features])
-def test_onnx_export(tmp_path, mae_checkpoint, heads):
-    source, checkpoint = mae_checkpoint
+def test_onnx_export_of_the_classifier(tmp_path, timm):
+    reference = timm_mae_classifier(timm)
+    checkpoint = tmp_path / "mae_finetuned.pth"
+    torch.save({"model": reference.state_dict()}, checkpoint)
     # export_onnx validates the dynamic batch axis against PyTorch at batch 1 and 4 itself.
-    artifact = export_onnx("test_mae", tmp_path / "mae.onnx", checkpoint=checkpoint, heads=heads)
+    artifact = export_onnx("test_mae", tmp_path / "mae.onnx", checkpoint=checkpoint)
     assert {r["batch_size"] for r in artifact.validation["reports"]} == {1, 4}
-    session = ort_session(artifact.path)
-    name = "embeddings" if heads is Heads.features else "logits"
-    assert [o.name for o in session.get_outputs()] == [name]
     x = torch.randn(3, 3, 64, 64)
-    (got,) = session.run(None, {"pixel_values": x.numpy()})
+    (logits,) = ort_session(artifact.path).run(["logits"], {"pixel_values": x.numpy()})
     with torch.inference_mode():
-        expected = source.forward_embeddings(x) if heads is Heads.features else source(x)
-    assert got.shape == (3, 64 if heads is Heads.features else 1000)
-    assert artifact.num_classes == got.shape[1]
-    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(logits, reference(x).numpy(), atol=1e-4, rtol=0)
+
+
+def test_onnx_export_of_a_pretrained_encoder_as_embeddings(tmp_path, timm):
+    # The user's path for mae_pretrain_vit_*.pth: --head features.
+    encoder = perturbed(timm_vit(timm, num_classes=0))
+    checkpoint = tmp_path / "mae_pretrain.pth"
+    torch.save({"model": encoder.state_dict()}, checkpoint)
+    artifact = export_onnx("test_mae", tmp_path / "mae.onnx", checkpoint=checkpoint, heads=Heads.features)
+    assert {r["batch_size"] for r in artifact.validation["reports"]} == {1, 4}
+    assert artifact.output_names == ("embeddings",) and artifact.num_classes == 64
+    session = ort_session(artifact.path)
+    assert [o.name for o in session.get_outputs()] == ["embeddings"]
+    x = torch.randn(3, 3, 64, 64)
+    (embeddings,) = session.run(None, {"pixel_values": x.numpy()})
+    with torch.inference_mode():
+        expected = _finetuning_start(timm, encoder.state_dict())(x)
+    assert embeddings.shape == (3, 64)
+    np.testing.assert_allclose(embeddings, expected.numpy(), atol=1e-4, rtol=0)
