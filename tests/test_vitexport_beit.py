@@ -245,3 +245,28 @@ def test_onnx_opset_23_fuses_attention_with_the_bias(tmp_path):
     artifact = export_onnx("test_beit", tmp_path / "beit.onnx", opset=23)
     ops = [n.op_type for n in onnx.load(artifact.path).graph.node]
     assert ops.count("Attention") == 2 and "Softmax" not in ops  # one per block, the bias as its mask
+
+
+@pytest.fixture(scope="module")
+def explicit_export(beit_checkpoint, tmp_path_factory):
+    _, checkpoint = beit_checkpoint
+    out = tmp_path_factory.mktemp("onnx") / "beit_explicit.onnx"
+    return export_onnx("test_beit", out, checkpoint=checkpoint, attention="explicit")
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx"])
+def test_fused_attention_keeps_no_softmax_and_matches(tmp_path, beit_checkpoint, explicit_export, target):
+    # The relative position bias rides along as the fused op's additive mask: MultiHeadAttention's attention_bias
+    # (ort), Attention's attn_mask (onnx, opset 23).
+    from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
+
+    source, _ = beit_checkpoint
+    assert op_counts(onnx.load(explicit_export.path))["Softmax"] == 2  # what there is to fuse
+    fused, _ = fuse(onnx.load(explicit_export.path), Fusion(target))
+    assert attention_audit(op_counts(fused), Fusion(target)) == {"fused_attention": 2, "softmax": 0}
+    path = tmp_path / "fused.onnx"
+    onnx.save(fused, path)
+    x = torch.randn(3, 3, 64, 64)
+    (got,) = ort_session(path).run(None, {"pixel_values": x.numpy()})
+    with torch.inference_mode():
+        np.testing.assert_allclose(got, source(x).numpy(), atol=1e-4, rtol=0)
