@@ -181,7 +181,9 @@ def test_absolute_position_embeddings_are_resampled(timm):
     sd = reference_64.state_dict()
     reference_96 = timm_beit(timm, img_size=96, use_abs_pos_emb=True).eval()
     reference_96.load_state_dict(timm.models.beit.checkpoint_filter_fn(sd, reference_96))
-    ours = build_beit(BeitConfig(16, 64, 2, 2, abs_pos_embed=True), img_size=96).eval()
+    cfg = BeitConfig(16, 64, 2, 2, abs_pos_embed=True)
+    ours = build_beit(cfg, img_size=96).eval()
+    assert sum(p.numel() for p in ours.parameters()) == cfg.num_params(96)  # registered variants: registry tests
     load_state_dict(ours, sd, "timm", FILTER)
     assert_same(ours, reference_96, img_size=96)
 

@@ -37,12 +37,14 @@ class BeitConfig:
         return (2 * self.grid(img_size) - 1) ** 2 + 3
 
     def num_params(self, img_size: int) -> int:
+        # The relative position tables (and pos_embed, if any) grow with the grid: the count depends on the size.
         D, H, C = self.embed_dim, int(self.embed_dim * self.mlp_ratio), self.num_classes
-        attn = 3 * D * D + 2 * D + self.num_relative_distances(img_size) * self.num_heads + D * D + D  # no k bias
-        block = 4 * D + attn + (D * H + H) + (H * D + D) + 2 * D  # norms, attention, mlp, gamma_1/gamma_2
+        table = self.num_relative_distances(img_size) * self.num_heads
+        attn = (3 * D * D + 2 * D) + table + (D * D + D)  # qkv with q and v biases only, table, proj
+        block = 4 * D + attn + (D * H + H) + (H * D + D) + 2 * D  # norms, attention, mlp, gamma_1 and gamma_2
         patch = 3 * self.patch_size**2 * D + D
-        pos = self.num_tokens(img_size) * D if self.abs_pos_embed else 0
-        return patch + D + pos + self.depth * block + 2 * D + D * C + C  # ... + cls token, fc_norm, head
+        tokens = D + (self.num_tokens(img_size) * D if self.abs_pos_embed else 0)  # cls token, pos_embed
+        return patch + tokens + self.depth * block + 2 * D + (D * C + C)  # ... fc_norm, head
 
     def macs(self, img_size: int) -> int:
         D, H, T = self.embed_dim, int(self.embed_dim * self.mlp_ratio), self.num_tokens(img_size)
