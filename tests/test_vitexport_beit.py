@@ -2,12 +2,16 @@
 position tables and layer scales cannot hide indexing bugs), official checkpoint layouts, input-size resampling,
 and ONNX export of the tiny config."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
 import torch
+from typer.testing import CliRunner
 from vitexport.export.onnx import Heads, export_onnx, ort_session
 
+from vitexport.cli import app
 from vitexport.errors import CheckpointError
 from vitexport.models import create_model, get_spec
 from vitexport.models.beit import BeitConfig, build_beit, relative_position_index
@@ -272,3 +276,13 @@ def test_fused_attention_keeps_no_softmax_and_matches(tmp_path, beit_checkpoint,
     (got,) = ort_session(path).run(None, {"pixel_values": x.numpy()})
     with torch.inference_mode():
         np.testing.assert_allclose(got, source(x).numpy(), atol=1e-4, rtol=0)
+
+
+def test_models_lists_the_family():
+    result = CliRunner().invoke(app, ["models", "--json", "--family", "beit"])
+    assert result.exit_code == 0
+    assert {m["name"] for m in json.loads(result.output)} == {
+        "beit_base_patch16_224",
+        "beit_large_patch16_224",
+        "beit_base_patch16_384",
+    }

@@ -2,12 +2,16 @@
 layouts, and the pretrained encoders (official, timm `vit_*.mae`, Hugging Face `ViTMAEModel`) loading for
 `head="features"` only; ONNX export of the tiny config."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from typer.testing import CliRunner
 from vitexport.export.onnx import Heads, export_onnx, ort_session
 
+from vitexport.cli import app
 from vitexport.errors import CheckpointError
 from vitexport.models import create_model, get_spec
 from vitexport.weights import load_state_dict
@@ -221,3 +225,13 @@ def test_onnx_export_of_a_pretrained_encoder_as_embeddings(tmp_path, timm):
         expected = _finetuning_start(timm, encoder.state_dict())(x)
     assert embeddings.shape == (3, 64)
     np.testing.assert_allclose(embeddings, expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_models_lists_the_family():
+    result = CliRunner().invoke(app, ["models", "--json", "--family", "mae"])
+    assert result.exit_code == 0
+    assert {m["name"] for m in json.loads(result.output)} == {
+        "mae_vit_base_patch16_224",
+        "mae_vit_large_patch16_224",
+        "mae_vit_huge_patch14_224",
+    }
