@@ -122,4 +122,19 @@ def _sdpa_to_attention_rules():
             kwargs = {} if scale is None else {"scale": scale.as_float()}
             return op.Attention(query, key, value, **kwargs)
 
-    return pattern.RewriteRuleSet([SDPAToAttention.rule()])
+    class MaskedSDPAToAttention(SDPAToAttention):
+        """The same with an additive float mask (BEiT's relative position bias), Attention's fourth input."""
+
+        def pattern(self, op, query, key, value, mask, key_format):
+            return op.SDPA(
+                query, key, value, mask, key_format=key_format, _outputs=["sdpa_out"], _domain="ai.onnxruntime._fusion"
+            )
+
+        def rewrite(self, op, query, key, value, mask, key_format, sdpa_out):
+            scale = sdpa_out.producer().attributes.get("scale", None)
+            if key_format.value == "BSHd":
+                key = op.Transpose(key, perm=[0, 2, 1, 3])
+            kwargs = {} if scale is None else {"scale": scale.as_float()}
+            return op.Attention(query, key, value, mask, **kwargs)
+
+    return pattern.RewriteRuleSet([SDPAToAttention.rule(), MaskedSDPAToAttention.rule()])

@@ -184,7 +184,8 @@ def torch_reference(name: str, checkpoint: str | Path, output_names: tuple[str, 
     from vitexport.export.onnx import _ExportHeads
     from vitexport.models import create_model
 
-    model = create_model(name, checkpoint=str(checkpoint))
+    head = "features" if output_names == ("embeddings",) else "logits"
+    model = create_model(name, checkpoint=str(checkpoint), head=head)
     if len(output_names) == 3:  # `--heads all`: average, class head, distillation head
         model = _ExportHeads(model).eval()
 

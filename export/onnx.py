@@ -32,6 +32,14 @@ PROTOBUF_LIMIT = 2**31  # a single ONNX protobuf cannot exceed 2 GB: larger mode
 VALIDATION_BATCHES = (1, 4)
 
 
+def _output_names(heads: Heads) -> tuple[str, ...]:
+    return {
+        Heads.avg: ("logits",),
+        Heads.all: ("logits", "logits_cls", "logits_dist"),
+        Heads.features: ("embeddings",),
+    }[heads]
+
+
 class _ExportHeads(nn.Module):
     """Returns (average, class head, distillation head) logits of a distilled DeiT."""
 
@@ -80,9 +88,10 @@ def export_onnx(
         progress(f"downloading {spec.name}'s weights")
         checkpoint = weights.download_pretrained(spec)
     progress(f"building {spec.name}")
-    model = create_model(spec.name, checkpoint=checkpoint, img_size=img_size, attention=attention)
+    head = "features" if heads is Heads.features else "logits"
+    model = create_model(spec.name, checkpoint=checkpoint, img_size=img_size, attention=attention, head=head)
     exported: nn.Module = _ExportHeads(model) if heads is Heads.all else model
-    output_names = ("logits", "logits_cls", "logits_dist") if heads is Heads.all else ("logits",)
+    output_names = _output_names(heads)
 
     progress(f"exporting to ONNX opset {opset}")
     S = spec.img_size
@@ -110,7 +119,8 @@ def export_onnx(
         format="onnx",
         model=spec.name,
         preprocess=spec.preprocess,
-        num_classes=spec.num_classes,
+        # The output's width: the classes, or the embedding's size (serving sizes its outputs from it).
+        num_classes=model.num_features if heads is Heads.features else spec.num_classes,
         output_names=output_names,
         batch_size=batch_size,
         opset=opset,

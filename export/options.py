@@ -7,10 +7,13 @@ from enum import Enum
 
 
 class Heads(str, Enum):
-    """What a distilled DeiT's ONNX returns."""
+    """What the exported ONNX returns."""
 
     avg = "avg"  # DeiT's test-time average of the class and distillation heads
     all = "all"  # also `logits_cls` and `logits_dist`
+    # No classifier: `embeddings` (N, D), the pooled representation the classifier would see. Checkpoints without
+    # a classifier (pretrained encoders) load too: vitexport.models.create_model(head="features").
+    features = "features"
 
 
 class Attention(str, Enum):

@@ -30,6 +30,11 @@ def test_shape_params_and_macs_of_every_model(spec):
         ("deit_base_patch16_224", 86.6, 17.6),
         ("deit_base_distilled_patch16_224", 87.3, 17.7),
         ("vit_large_patch16_224", 304.3, 61.6),
+        ("beit_base_patch16_224", 86.5, 17.6),  # timm's model cards for its BEiT weights
+        ("beit_large_patch16_224", 304.4, 61.6),
+        ("beit_base_patch16_384", 86.7, 55.5),
+        ("mae_vit_base_patch16_224", 86.6, 17.6),  # ViT-B and ViT-L with their classifier, as above
+        ("mae_vit_large_patch16_224", 304.3, 61.6),
         ("resnet18", 11.7, 1.8),
         ("resnet50", 25.6, 4.1),
         ("resnet152", 60.2, 11.5),
@@ -41,7 +46,7 @@ def test_published_sizes(name, params_m, gmacs):
     assert round(spec.macs() / 1e9, 1) == gmacs
 
 
-@pytest.mark.parametrize("name", ["test_vit", "test_deit_distilled", "test_resnet"])
+@pytest.mark.parametrize("name", ["test_vit", "test_deit_distilled", "test_beit", "test_mae", "test_resnet"])
 def test_tiny_models_run(name):
     model = create_model(name)
     spec = get_spec(name)
@@ -70,7 +75,7 @@ def test_preprocessing_follows_the_checkpoints():
     assert get_spec("deit_base_384").preprocess.crop_pct == 1.0
     assert get_spec("vit_base").preprocess.mean == (0.5, 0.5, 0.5)
     assert get_spec("resnet50").preprocess.interpolation == "bilinear"
-    assert {s.family for s in list_models()} == {"vit", "deit", "resnet"}
+    assert {s.family for s in list_models()} == {"vit", "deit", "resnet", "beit", "mae"}
     assert not any(s.for_tests for s in list_models())
 
 

@@ -27,9 +27,15 @@ def onnx(
     opset: Annotated[int | None, typer.Option(help="ONNX opset [default: 18].")] = None,
     img_size: Annotated[int | None, typer.Option(help="Input size; position embeddings are resampled.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Fix the batch size [default: dynamic].")] = None,
-    heads: Annotated[Heads, typer.Option(help="Distilled DeiT outputs: avg, or all (also logits_cls/_dist).")] = (
-        Heads.avg
-    ),
+    heads: Annotated[
+        Heads,
+        typer.Option(
+            "--heads",
+            "--head",
+            help="avg: logits (distilled DeiT: its heads' average); all: also logits_cls/_dist; features: the pooled "
+            "embedding the classifier would see, output `embeddings` (transformers; encoders without a head load).",
+        ),
+    ] = Heads.avg,
     attention: Annotated[Attention, typer.Option(help="sdpa, or explicit MatMul-Softmax-MatMul.")] = Attention.sdpa,
     as_json: JsonFlag = False,
 ) -> None:

@@ -11,13 +11,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vitexport import weights
-from vitexport.models import deit, resnet, vit  # noqa: F401  (importing a family registers its variants)
+from vitexport.errors import VitExportError
+from vitexport.models import beit, deit, mae, resnet, vit  # noqa: F401  (importing a family registers its variants)
 from vitexport.registry import ModelSpec, get_spec, list_models
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["ModelSpec", "create_model", "get_spec", "list_models"]
+__all__ = ["HEADS", "ModelSpec", "create_model", "get_spec", "list_models"]
+
+# What a model outputs: its classifier's logits, or the pooled embedding that classifier would see.
+HEADS = ("logits", "features")
 
 
 def create_model(
@@ -27,12 +31,41 @@ def create_model(
     pretrained: bool = False,
     img_size: int | None = None,
     attention: str = "sdpa",
+    head: str = "logits",
 ) -> nn.Module:
-    """Build a registered model in eval mode, with weights from a checkpoint file or timm's hub weights."""
+    """Build a registered model in eval mode, with weights from a checkpoint file or timm's hub weights.
+
+    `head="features"` builds the model without its classifier (the model's `remove_head()`): it returns the pooled
+    representation the classifier would see, (B, model.num_features), instead of logits. The checkpoint's
+    classifier weights (exactly the keys `remove_head()` took away: `head.*`, DeiT's `head_dist.*`) are then
+    ignored when present and not required when absent, so checkpoints without a classifier load: pretrained
+    encoders such as MAE's (whose family filter maps their remaining layout). Every other key is still checked
+    strictly. A family offers features by giving its model `forward_embeddings`, `remove_head()` and
+    `num_features`, as ViT, DeiT, BEiT and MAE do (Swin: the same three on its model, nothing here).
+    """
+    if head not in HEADS:
+        raise VitExportError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
     spec = get_spec(name).with_img_size(img_size)
     model = spec.build(attention=attention)
+    checkpoint_filter = spec.checkpoint_filter
+    if head == "features":
+        if not hasattr(model, "remove_head"):
+            raise VitExportError(f"{spec.name} ({spec.family}) has no features head; its models output logits only")
+        before = set(model.state_dict())
+        model.remove_head()
+        checkpoint_filter = _ignoring(before - set(model.state_dict()), checkpoint_filter)
     if checkpoint is not None:
-        weights.load_checkpoint(model, checkpoint, spec.checkpoint_filter)
+        weights.load_checkpoint(model, checkpoint, checkpoint_filter)
     elif pretrained:
-        weights.load_checkpoint(model, weights.download_pretrained(spec), spec.checkpoint_filter)
+        weights.load_checkpoint(model, weights.download_pretrained(spec), checkpoint_filter)
     return model.eval()
+
+
+def _ignoring(keys: set[str], checkpoint_filter: weights.CheckpointFilter | None) -> weights.CheckpointFilter:
+    """`checkpoint_filter`, then without `keys` (the removed classifier's weights, if the checkpoint has them)."""
+
+    def remapped(sd: dict, model: nn.Module) -> dict:
+        sd = checkpoint_filter(sd, model) if checkpoint_filter is not None else sd
+        return {k: v for k, v in sd.items() if k not in keys}
+
+    return remapped

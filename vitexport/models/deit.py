@@ -28,6 +28,16 @@ class DistilledVisionTransformer(VisionTransformer):
         x = self.forward_features(x)
         return self.head(x[:, 0]), self.head_dist(x[:, 1])
 
+    def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of the class and distillation tokens (B, D), as timm's pre-logits for distilled models: each
+        head sees one of the two tokens, and this one vector stands for both."""
+        x = self.forward_features(x)
+        return (x[:, 0] + x[:, 1]) / 2
+
+    def remove_head(self) -> None:
+        super().remove_head()
+        self.head_dist = nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # At test time DeiT averages the two heads' logits (paper §5.2 "late fusion").
         cls_logits, dist_logits = self.forward_heads(x)

@@ -22,6 +22,9 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 1000
     distilled: bool = False  # DeiT's distillation token and second head
+    # "token": the class token after a final norm (ViT, DeiT); "avg": the mean of the patch tokens, normed by
+    # fc_norm, and no final norm over all tokens (MAE's fine-tuned classifiers, timm's global_pool="avg").
+    global_pool: str = "token"
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -31,7 +34,8 @@ class ViTConfig:
         return (img_size // self.patch_size) ** 2 + self.num_prefix_tokens
 
     def num_params(self, img_size: int) -> int:
-        # pos_embed has one row per token, so the count depends on the input size.
+        # pos_embed has one row per token, so the count depends on the input size. fc_norm ("avg") replaces norm:
+        # the same 2D parameters either way.
         D, H, C = self.embed_dim, int(self.embed_dim * self.mlp_ratio), self.num_classes
         block = 4 * D + (3 * D * D + 3 * D) + (D * D + D) + (D * H + H) + (H * D + D)
         heads = (D * C + C) * (2 if self.distilled else 1)
@@ -56,7 +60,11 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_tokens(img_size), D) * 0.02)
         self.blocks = nn.Sequential(*[Block(D, cfg.num_heads, cfg.mlp_ratio, attention) for _ in range(cfg.depth)])
-        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.num_features = D  # width of forward_embeddings
+        if cfg.global_pool == "avg":
+            self.fc_norm = nn.LayerNorm(D, eps=1e-6)
+        else:
+            self.norm = nn.LayerNorm(D, eps=1e-6)
         self.head = nn.Linear(D, cfg.num_classes)
 
     def prefix_tokens(self, batch: int) -> torch.Tensor:
@@ -66,10 +74,21 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)  # (B, 3, H, W) -> (B, N, D)
         x = torch.cat([self.prefix_tokens(x.shape[0]), x], dim=1)  # -> (B, T, D), T = N + prefix tokens
         x = self.blocks(x + self.pos_embed)
-        return self.norm(x)
+        return x if self.cfg.global_pool == "avg" else self.norm(x)
+
+    def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled representation the classifier sees (timm's pre-logits) -> (B, D)."""
+        x = self.forward_features(x)
+        if self.cfg.global_pool == "avg":
+            return self.fc_norm(x[:, self.cfg.num_prefix_tokens :].mean(dim=1))  # mean of the patch tokens
+        return x[:, 0]  # class token
+
+    def remove_head(self) -> None:
+        """Drop the classifier: `forward` then returns `forward_embeddings` (vitexport's `--head features`)."""
+        self.head = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)[:, 0])  # class token -> (B, num_classes)
+        return self.head(self.forward_embeddings(x))  # -> (B, num_classes)
 
 
 def build_vit(cfg: ViTConfig, *, img_size: int, attention: str = "sdpa") -> VisionTransformer:
