@@ -44,7 +44,7 @@ def test_published_sizes(name, params_m, gmacs):
     assert round(spec.macs() / 1e9, 1) == gmacs
 
 
-@pytest.mark.parametrize("name", ["test_vit", "test_deit_distilled", "test_resnet", "test_swin"])
+@pytest.mark.parametrize("name", ["test_vit", "test_deit_distilled", "test_resnet", "test_swin", "test_mobilevit"])
 def test_tiny_models_run(name):
     model = create_model(name)
     spec = get_spec(name)
@@ -75,7 +75,7 @@ def test_preprocessing_follows_the_checkpoints():
     assert get_spec("resnet50").preprocess.interpolation == "bilinear"
     assert get_spec("swin_tiny").preprocess.crop_pct == 0.9
     assert get_spec("swin_base_384").preprocess.crop_pct == 1.0
-    assert {s.family for s in list_models()} == {"vit", "deit", "resnet", "swin"}
+    assert {s.family for s in list_models()} == {"vit", "deit", "resnet", "swin", "mobilevit"}
     assert not any(s.for_tests for s in list_models())
 
 

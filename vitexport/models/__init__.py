@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vitexport import weights
-from vitexport.models import deit, resnet, swin, vit  # noqa: F401  (importing a family registers its variants)
+from vitexport.models import deit, mobilevit, resnet, swin, vit  # noqa: F401  (importing a family registers its variants)
 from vitexport.registry import ModelSpec, get_spec, list_models
 
 if TYPE_CHECKING:
