@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from vitexport.export.onnx import export_onnx, ort_session
 
 from vitexport.errors import CheckpointError
@@ -46,7 +47,9 @@ def test_parity_with_timm(timm, attention):
 
 @pytest.mark.parametrize(
     "img_size",
-    [72, 32],  # 72: 18x18 and 9x9 maps padded to whole windows, odd merge; 32: stage 2 is one unshifted window
+    # 72: 18x18 and 9x9 maps padded to whole windows, odd merge; 32: stage 2's 4x4 map is one unshifted window;
+    # 24: stage 1 pads 6x6 to 8x8 and shifts, stage 2's window shrinks to its 3x3 map (timm builds it so too).
+    [72, 32, 24],
 )
 def test_parity_with_timm_at_other_input_sizes(timm, img_size):
     reference = timm_swin(timm, img_size)
@@ -62,6 +65,20 @@ def test_parity_with_timm_swin_tiny(timm):
     ours = create_model("swin_tiny_patch4_window7_224")
     load_state_dict(ours, reference.state_dict(), "timm", get_spec("swin_tiny").checkpoint_filter)
     assert max_diff(ours, reference, 224, batch=1) <= PARITY_ATOL
+
+
+@pytest.mark.parametrize("img_size", [72, 24])
+def test_params_and_macs_at_other_input_sizes(img_size):
+    # 72: padded windows and an odd patch merging; 24: stage 2's 3x3 map is one window of 3, whose relative
+    # position table shrinks to 5x5.
+    spec = get_spec("test_swin").with_img_size(img_size)
+    with torch.device("meta"):
+        model = spec.build()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.empty(1, 3, img_size, img_size, device="meta"))
+    assert counter.get_total_flops() == 2 * spec.macs()
+    assert sum(p.numel() for p in model.parameters()) == spec.num_params
 
 
 def official_layout(sd, *, buffers_from=None):
