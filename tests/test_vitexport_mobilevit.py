@@ -1,12 +1,16 @@
 """MobileViT: parity with timm and Hugging Face transformers (every parameter and batch-norm statistic perturbed),
 the Hub checkpoint layout, sizes, and ONNX export with a dynamic batch."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from typer.testing import CliRunner
 from vitexport.export.onnx import export_onnx, ort_session
 
+from vitexport.cli import app
 from vitexport.errors import CheckpointError
 from vitexport.models import create_model, get_spec
 from vitexport.weights import load_state_dict
@@ -174,3 +178,9 @@ def test_onnx_export_has_a_dynamic_batch(tmp_path):
         (got,) = session.run(["logits"], {"pixel_values": x.numpy()})
         assert got.shape == (batch, 1000)
         assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_models_lists_the_family():
+    result = CliRunner().invoke(app, ["models", "--json", "--family", "mobilevit"])
+    assert result.exit_code == 0
+    assert [m["name"] for m in json.loads(result.output)] == ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"]

@@ -2,14 +2,17 @@
 position tables cannot hide an indexing bug), the official and Hub checkpoint layouts, and ONNX export with a
 dynamic batch."""
 
+import json
 import re
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from typer.testing import CliRunner
 from vitexport.export.onnx import export_onnx, ort_session
 
+from vitexport.cli import app
 from vitexport.errors import CheckpointError
 from vitexport.models import create_model, get_spec
 from vitexport.weights import load_state_dict
@@ -206,3 +209,14 @@ def test_onnx_export_has_a_dynamic_batch(tmp_path):
         (got,) = session.run(["logits"], {"pixel_values": x.numpy()})
         assert got.shape == (batch, 1000)
         assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_models_lists_the_family():
+    result = CliRunner().invoke(app, ["models", "--json", "--family", "swin"])
+    assert result.exit_code == 0
+    assert [m["name"] for m in json.loads(result.output)] == [
+        "swin_tiny_patch4_window7_224",
+        "swin_small_patch4_window7_224",
+        "swin_base_patch4_window7_224",
+        "swin_base_patch4_window12_384",
+    ]
