@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitexport.models.layers import Mlp  # exact (erf) GELU, as the Swin checkpoints
 from vitexport.preprocess import PreprocessConfig
 from vitexport.registry import ModelSpec, register
 from vitexport.weights.swin import checkpoint_filter
@@ -175,17 +176,6 @@ class WindowAttention(nn.Module):
         # fails on the decomposed graph (clone stays in the trace; .contiguous() is dropped as a no-op there).
         x = x.clone(memory_format=torch.contiguous_format).reshape(-1, nW, N, C)  # -> (B, nW, N, C)
         return self.proj(x)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()  # exact (erf) GELU, as the Swin checkpoints
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class SwinTransformerBlock(nn.Module):
