@@ -193,22 +193,44 @@ def test_shifted_blocks_mask_and_unshifted_blocks_do_not():
     assert all(b.attn.attn_mask is None for b in create_model("test_swin", img_size=32).layers[1].blocks)
 
 
-def test_onnx_export_has_a_dynamic_batch(tmp_path):
-    # export_onnx validates against PyTorch at batch 1 and 4; batches 2 and 5 here, on the same file.
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """test_swin exported through export_onnx (which validates it against PyTorch at batch 1 and 4), and the model."""
+    tmp = tmp_path_factory.mktemp("test_swin")
     model = create_model("test_swin")
-    checkpoint = tmp_path / "test_swin.pth"
-    torch.save(model.state_dict(), checkpoint)
-    artifact = export_onnx("test_swin", tmp_path / "test_swin.onnx", checkpoint=checkpoint)
-    assert artifact.validation["passed"]
-    session = ort_session(artifact.path)
-    assert isinstance(session.get_inputs()[0].shape[0], str)  # a named, symbolic batch axis
-    for batch in (2, 5):
+    torch.save(model.state_dict(), tmp / "test_swin.pth")
+    artifact = export_onnx("test_swin", tmp / "test_swin.onnx", checkpoint=tmp / "test_swin.pth")
+    return model, artifact
+
+
+def assert_matches_pytorch(session, model, batches=(2, 5)):
+    for batch in batches:
         x = torch.randn(batch, 3, 64, 64)
         with torch.inference_mode():
             expected = model(x).numpy()
         (got,) = session.run(["logits"], {"pixel_values": x.numpy()})
         assert got.shape == (batch, 1000)
         assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_onnx_export_has_a_dynamic_batch(exported):
+    model, artifact = exported
+    assert artifact.validation["passed"]
+    session = ort_session(artifact.path)
+    assert isinstance(session.get_inputs()[0].shape[0], str)  # a named, symbolic batch axis
+    assert_matches_pytorch(session, model)  # batch sizes export_onnx did not validate
+
+
+def test_onnx_runtime_attention_fusion_leaves_no_softmax(exported):
+    import onnx
+    import onnxruntime as ort
+    from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
+
+    model, artifact = exported
+    fused, _ = fuse(onnx.load(artifact.path), Fusion.ort)
+    assert attention_audit(op_counts(fused), Fusion.ort) == {"fused_attention": 4, "softmax": 0}
+    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert_matches_pytorch(session, model)
 
 
 def test_models_lists_the_family():
