@@ -92,10 +92,13 @@ def official_layout(sd, *, buffers_from=None):
         key = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) - 1}.downsample.", key)
         out[key.replace("head.fc.", "head.")] = value
     if buffers_from is not None:
+        # Garbage of the right shapes: the filter must drop these, not load them. The official blocks keep the mask
+        # beside their attention (`blocks.M.attn_mask`), the index inside it.
         for key, value in buffers_from.named_buffers():
-            if key.endswith(("relative_position_index", "attn_mask")):
-                # Garbage of the right shape: the filter must drop these, not load them.
+            if key.endswith("relative_position_index"):
                 out[key] = torch.full_like(value, 7)
+            elif key.endswith("attn.attn_mask"):
+                out[key.replace("attn.attn_mask", "attn_mask")] = torch.full_like(value, 7)
     return out
 
 
@@ -104,7 +107,7 @@ def test_official_checkpoint_layout(tmp_path, timm, with_buffers):
     reference = timm_swin(timm)
     sd = official_layout(reference.state_dict(), buffers_from=create_model("test_swin") if with_buffers else None)
     assert "layers.0.downsample.reduction.weight" in sd and "head.weight" in sd
-    assert with_buffers == any(k.endswith("attn_mask") for k in sd)
+    assert with_buffers == ("layers.0.blocks.1.attn_mask" in sd)
     path = tmp_path / "swin_tiny_patch4_window7_224.pth"
     torch.save({"model": sd, "epoch": 300}, path)
     assert max_diff(create_model("test_swin", checkpoint=str(path)), reference, 64) <= PARITY_ATOL
