@@ -46,6 +46,11 @@ class MobileViTConfig:
     mlp_ratio: float = 2.0
     num_classes: int = 1000
 
+    @property
+    def depth(self) -> int:
+        """Attention blocks in all transformers (what ViTConfig.depth counts; the TensorRT audit expects as many)."""
+        return sum(self.transformer_depths)
+
     def layers(self, img_size: int) -> Iterator[tuple[str, int, int, int, int, int]]:
         """(kind, in, out, kernel, groups, output side) of every convolution ("conv" with batch norm, "proj"
         without) and ("transformer", dim, depth, 0, 0, side) of every transformer, in order."""

@@ -37,6 +37,11 @@ class SwinConfig:
     def num_features(self) -> int:
         return self.embed_dim * 2 ** (len(self.depths) - 1)
 
+    @property
+    def depth(self) -> int:
+        """Attention blocks in all stages (what ViTConfig.depth counts; the TensorRT audit expects as many)."""
+        return sum(self.depths)
+
     def stages(self, img_size: int) -> list[tuple[int, int, int, int]]:
         """(dim, resolution, window, shift) of each stage. Like timm, a stage whose feature map is no larger than
         the window attends over the whole map (window clamped to it) and does not shift."""
