@@ -84,6 +84,25 @@ def test_params_and_macs_at_other_input_sizes(img_size):
     assert sum(p.numel() for p in model.parameters()) == spec.num_params
 
 
+def test_checkpoint_loads_where_the_model_clamps_a_window():
+    # At 24 px stage 2's map is 3x3, so its window (and relative position table) shrinks from 4 (7x7) to 3 (5x5).
+    sd = create_model("test_swin").state_dict()
+    heads = get_spec("test_swin").arch.num_heads[1]
+    dy = torch.arange(-3.0, 4.0).reshape(7, 1, 1).expand(7, 7, heads)  # the row offset of every table entry
+    table = (torch.arange(heads) + 0.1 * dy).reshape(49, heads)  # head h: h + 0.1·dy
+    sd = {k: table.clone() if k.startswith("layers.1.") and k.endswith("bias_table") else v for k, v in sd.items()}
+    model = create_model("test_swin", img_size=24)
+    load_state_dict(model, sd, "a 64 px checkpoint", get_spec("test_swin").checkpoint_filter)
+    got = model.state_dict()
+    resized = got["layers.1.blocks.1.attn.relative_position_bias_table"].reshape(5, 5, heads)
+    torch.testing.assert_close(resized[2, 2], torch.arange(heads, dtype=torch.float32))  # offset 0 stays put
+    assert (resized[1:, 2] > resized[:-1, 2]).all() and (resized[0, 2] > table.reshape(7, 7, heads)[0, 3]).all()
+    stage1 = "layers.0.blocks.1.attn.relative_position_bias_table"
+    torch.testing.assert_close(got[stage1], sd[stage1])  # stage 1 keeps its window
+    with torch.inference_mode():
+        assert torch.isfinite(model(torch.randn(1, 3, 24, 24))).all()
+
+
 def official_layout(sd, *, buffers_from=None):
     """A timm state dict in the official releases' layout: each stage's patch merging at the end of the previous
     stage, the classifier as `head`, and (optionally) the saved relative position index and attention masks."""

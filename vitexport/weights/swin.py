@@ -8,9 +8,11 @@ the shifted-window mask are buffers our model rebuilds for its input size, so sa
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vitexport.errors import CheckpointError
@@ -75,15 +77,37 @@ def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def resize_relative_position_table(table: torch.Tensor, window: int) -> torch.Tensor:
+    """A ((2w-1)², heads) table resized to another window by bicubic interpolation of its (2w-1) x (2w-1) grid, as
+    the official Swin code fine-tunes across window sizes."""
+    old, heads = math.isqrt(table.shape[0]), table.shape[1]
+    if old * old != table.shape[0]:
+        raise CheckpointError(f"a relative position table of {table.shape[0]} rows is not a square grid")
+    new = 2 * window - 1
+    grid = table.permute(1, 0).reshape(1, heads, old, old)  # ((2w-1)², heads) -> (1, heads, 2w-1, 2w-1)
+    grid = F.interpolate(grid.float(), size=(new, new), mode="bicubic", align_corners=False)
+    return grid.reshape(heads, new * new).permute(1, 0).to(table.dtype)  # -> ((2w'-1)², heads)
+
+
 def checkpoint_filter(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """timm 1.0 state dicts, the official releases (already unwrapped), timm < 1.0 and Hugging Face naming ->
-    `model`'s."""
+    `model`'s. A stage whose window the model clamps to a smaller feature map (inputs below the checkpoint's size)
+    gets its relative position tables resized."""
     if any(re.match(r"(swin\.)?embeddings\.patch_embeddings\.", k) for k in sd):
-        return _from_hugging_face(sd)
-    sd = {k: v for k, v in sd.items() if not k.endswith(_BUFFERS)}
-    # Stage 1 merges patches only in the end-of-stage layout, so its downsample tells the layouts apart (the
-    # classifier cannot: headless checkpoints have none).
-    if "layers.0.downsample.reduction.weight" in sd:
-        sd = {_shift_downsample(k): v for k, v in sd.items()}
-        sd = {re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", k): v for k, v in sd.items()}
-    return sd
+        sd = _from_hugging_face(sd)
+    else:
+        sd = {k: v for k, v in sd.items() if not k.endswith(_BUFFERS)}
+        # Stage 1 merges patches only in the end-of-stage layout, so its downsample tells the layouts apart (the
+        # classifier cannot: headless checkpoints have none).
+        if "layers.0.downsample.reduction.weight" in sd:
+            sd = {_shift_downsample(k): v for k, v in sd.items()}
+            sd = {re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", k): v for k, v in sd.items()}
+    target = model.state_dict()
+    resized = {}
+    for key, table in sd.items():
+        want = target.get(key)
+        if not key.endswith("relative_position_bias_table") or want is None or table.shape == want.shape:
+            continue
+        if table.shape[1] == want.shape[1]:  # same heads: another window, not another model
+            resized[key] = resize_relative_position_table(table, (math.isqrt(want.shape[0]) + 1) // 2)
+    return sd | resized
