@@ -123,7 +123,7 @@ def test_hugging_face_checkpoint_without_a_key_projection(transformers):
 
 @pytest.mark.parametrize(("name", "params_m"), [("mobilevit_xxs", 1.3), ("mobilevit_xs", 2.3), ("mobilevit_s", 5.6)])
 def test_published_sizes(name, params_m):
-    assert round(get_spec(name).num_params / 1e6, 1) == params_m  # MobileViT paper, Table 4 / Figure 1
+    assert round(get_spec(name).num_params / 1e6, 1) == params_m  # as the MobileViT paper reports them
 
 
 def test_macs_where_maps_are_resized_to_whole_patches():

@@ -251,9 +251,9 @@ def build_mobilevit(cfg: MobileViTConfig, *, img_size: int, attention: str = "sd
     return MobileViT(cfg, img_size, attention)
 
 
-# name, stem, stage channels, transformer widths, final channels, expansion (MobileViT paper Table 4; timm's
-# model_cfgs). timm hosts the cvnets ImageNet-1k weights as NAME.cvnets_in1k: 256 px, crop 0.9, bicubic, pixels
-# in [0, 1].
+# name, stem, stage channels, transformer widths, final channels, expansion (the MobileViT paper's architecture
+# table; timm's model_cfgs). timm hosts the cvnets ImageNet-1k weights as NAME.cvnets_in1k: 256 px, crop 0.9,
+# bicubic, pixels in [0, 1].
 VARIANTS = [
     ("mobilevit_xxs", 16, (16, 24, 48, 64, 80), (64, 80, 96), 320, 2.0),
     ("mobilevit_xs", 16, (32, 48, 64, 80, 96), (96, 120, 144), 384, 4.0),
