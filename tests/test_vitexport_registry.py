@@ -24,7 +24,7 @@ def test_shape_params_and_macs_of_every_model(spec):
 
 @pytest.mark.parametrize(
     ("name", "params_m", "gmacs"),
-    [  # published figures: DeiT paper Table 1 and torchvision's model cards
+    [  # published figures: DeiT paper Table 1, Swin paper Table 1 (28M, 50M, 88M) and torchvision's model cards
         ("deit_tiny_patch16_224", 5.7, 1.3),
         ("deit_small_patch16_224", 22.1, 4.6),
         ("deit_base_patch16_224", 86.6, 17.6),
@@ -35,6 +35,9 @@ def test_shape_params_and_macs_of_every_model(spec):
         ("beit_base_patch16_384", 86.7, 55.5),
         ("mae_vit_base_patch16_224", 86.6, 17.6),  # ViT-B and ViT-L with their classifier, as above
         ("mae_vit_large_patch16_224", 304.3, 61.6),
+        ("swin_tiny_patch4_window7_224", 28.3, 4.5),
+        ("swin_small_patch4_window7_224", 49.6, 8.7),
+        ("swin_base_patch4_window7_224", 87.8, 15.4),
         ("resnet18", 11.7, 1.8),
         ("resnet50", 25.6, 4.1),
         ("resnet152", 60.2, 11.5),
@@ -46,7 +49,9 @@ def test_published_sizes(name, params_m, gmacs):
     assert round(spec.macs() / 1e9, 1) == gmacs
 
 
-@pytest.mark.parametrize("name", ["test_vit", "test_deit_distilled", "test_beit", "test_mae", "test_resnet"])
+@pytest.mark.parametrize(
+    "name", ["test_vit", "test_deit_distilled", "test_beit", "test_mae", "test_swin", "test_mobilevit", "test_resnet"]
+)
 def test_tiny_models_run(name):
     model = create_model(name)
     spec = get_spec(name)
@@ -75,7 +80,9 @@ def test_preprocessing_follows_the_checkpoints():
     assert get_spec("deit_base_384").preprocess.crop_pct == 1.0
     assert get_spec("vit_base").preprocess.mean == (0.5, 0.5, 0.5)
     assert get_spec("resnet50").preprocess.interpolation == "bilinear"
-    assert {s.family for s in list_models()} == {"vit", "deit", "resnet", "beit", "mae"}
+    assert get_spec("swin_tiny").preprocess.crop_pct == 0.9
+    assert get_spec("swin_base_384").preprocess.crop_pct == 1.0
+    assert {s.family for s in list_models()} == {"vit", "deit", "beit", "mae", "swin", "mobilevit", "resnet"}
     assert not any(s.for_tests for s in list_models())
 
 

@@ -11,7 +11,9 @@ from vitexport.cli.console import JsonFlag, print_json, print_table
 
 def models(
     as_json: JsonFlag = False,
-    family: Annotated[str | None, typer.Option(help="Only this family: vit, deit, beit, mae, swin, mobilevit or resnet.")] = None,
+    family: Annotated[
+        str | None, typer.Option(help="Only this family: vit, deit, beit, mae, swin, mobilevit or resnet.")
+    ] = None,
     include_test: Annotated[bool, typer.Option("--include-test", help="Also list the tiny test configs.")] = False,
 ) -> None:
     """List the registered models with their preprocessing, parameter count and MACs."""

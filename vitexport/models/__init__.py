@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING
 
 from vitexport import weights
 from vitexport.errors import VitExportError
-from vitexport.models import beit, deit, mae, resnet, vit  # noqa: F401  (importing a family registers its variants)
+from vitexport.models import (  # noqa: F401  (importing a family registers its variants)
+    beit,
+    deit,
+    mae,
+    mobilevit,
+    resnet,
+    swin,
+    vit,
+)
 from vitexport.registry import ModelSpec, get_spec, list_models
 
 if TYPE_CHECKING:
