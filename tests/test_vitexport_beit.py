@@ -8,37 +8,20 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _parity import PARITY_ATOL, assert_same, perturbed
 from typer.testing import CliRunner
 
 from vitexport.cli import app
 from vitexport.errors import CheckpointError
-from vitexport.export.onnx import Heads, export_onnx, ort_session
+from vitexport.export.onnx import Heads, export_onnx
 from vitexport.models import create_model, get_spec
 from vitexport.models.beit import BeitConfig, build_beit, relative_position_index
+from vitexport.ort import ort_session
 from vitexport.weights import load_state_dict
 from vitexport.weights.beit import resize_rel_pos_bias_table
 
-PARITY_ATOL = 1e-5
 SPEC = get_spec("test_beit")
 FILTER = SPEC.checkpoint_filter
-
-
-def perturbed(model, scale=0.02):
-    """Every float parameter and buffer moved off its initial value (zeros, constants), in place."""
-    with torch.no_grad():
-        for t in model.state_dict().values():
-            if t.is_floating_point():
-                t.add_(torch.randn_like(t) * scale)
-    return model.eval()
-
-
-def assert_same(ours, reference, img_size=64, batch=2):
-    x = torch.randn(batch, 3, img_size, img_size)
-    with torch.inference_mode():
-        expected, got = reference(x), ours(x)
-    assert got.shape == expected.shape
-    assert expected.abs().max().item() > 1e-2  # a real signal, not zeros on both sides
-    assert (got - expected).abs().max().item() <= PARITY_ATOL
 
 
 def timm_beit(timm, img_size=64, **kwargs):

@@ -3,20 +3,12 @@ pre-logits, loadable from checkpoints with or without a classifier, exported as 
 
 import pytest
 import torch
+from _parity import PARITY_ATOL, perturbed
 
 from vitexport.errors import VitExportError
 from vitexport.models import create_model, get_spec, list_models
 
-PARITY_ATOL = 1e-5
 TRANSFORMERS = ("vit", "deit", "beit", "mae")
-
-
-def perturbed(model, scale=0.02):
-    with torch.no_grad():
-        for t in model.state_dict().values():
-            if t.is_floating_point():
-                t.add_(torch.randn_like(t) * scale)
-    return model.eval()
 
 
 @pytest.mark.parametrize("name", ["test_vit", "test_deit_distilled", "test_beit", "test_mae"])

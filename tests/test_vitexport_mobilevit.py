@@ -3,35 +3,18 @@ the Hub checkpoint layout, sizes, and ONNX export with a dynamic batch."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
+from _parity import PARITY_ATOL, assert_onnx_matches_pytorch, max_diff, perturbed
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from vitexport.cli import app
 from vitexport.errors import CheckpointError
-from vitexport.export.onnx import export_onnx, ort_session
+from vitexport.export.onnx import export_onnx
 from vitexport.models import create_model, get_spec
+from vitexport.ort import ort_session
 from vitexport.weights import load_state_dict
-
-PARITY_ATOL = 1e-5
-
-
-def perturbed(model):
-    """`model` with every floating-point parameter and buffer (batch-norm statistics too) moved off its
-    initialisation."""
-    with torch.no_grad():
-        for t in model.state_dict().values():
-            if t.is_floating_point():
-                t.add_(torch.randn_like(t) * 0.02)
-    return model.eval()
-
-
-def max_diff(ours, reference, img_size, batch=2):
-    x = torch.randn(batch, 3, img_size, img_size)
-    with torch.inference_mode():
-        return (ours(x) - reference(x)).abs().max().item()
 
 
 def timm_mobilevit(timm, img_size):
@@ -172,22 +155,12 @@ def exported(tmp_path_factory):
     return model, artifact
 
 
-def assert_matches_pytorch(session, model, batches=(2, 5)):
-    for batch in batches:
-        x = torch.randn(batch, 3, 64, 64)
-        with torch.inference_mode():
-            expected = model(x).numpy()
-        (got,) = session.run(["logits"], {"pixel_values": x.numpy()})
-        assert got.shape == (batch, 1000)
-        assert np.abs(got - expected).max() <= 1e-4
-
-
 def test_onnx_export_has_a_dynamic_batch(exported):
     model, artifact = exported
     assert artifact.validation["passed"]
     session = ort_session(artifact.path)
     assert isinstance(session.get_inputs()[0].shape[0], str)  # a named, symbolic batch axis
-    assert_matches_pytorch(session, model)  # batch sizes export_onnx did not validate
+    assert_onnx_matches_pytorch(session, model)  # batch sizes export_onnx did not validate
 
 
 def test_onnx_runtime_attention_fusion_leaves_no_softmax(exported):
@@ -201,7 +174,7 @@ def test_onnx_runtime_attention_fusion_leaves_no_softmax(exported):
     assert attention_audit(op_counts(fused), Fusion.ort) == {"fused_attention": 9, "softmax": 0}
     assert get_spec("test_mobilevit").arch.depth == 9  # the attention blocks the TensorRT audit expects
     session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert_matches_pytorch(session, model)
+    assert_onnx_matches_pytorch(session, model)
 
 
 def test_models_lists_the_family():

@@ -20,21 +20,14 @@ import torch
 from torch import nn
 
 from vitexport.errors import CheckpointError
+from vitexport.weights import hugging_face as hf
 from vitexport.weights import resample_pos_embed
 
 _SHARED = "rel_pos_bias.relative_position_bias_table"
 _TABLE = "relative_position_bias_table"
 
 _HF_LAYER = r"(?:encoder\.layer|layers)\.(\d+)"
-_HF_BLOCK = {  # transformers 4 (Hub checkpoints) and transformers 5 module names -> timm's
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
+_HF_BLOCK = hf.BLOCK | {  # BEiT's own: layer scale and the relative position bias
     "lambda_1": "gamma_1",
     "lambda_2": "gamma_2",
     "attention.attention.relative_position_bias.relative_position_bias_table": f"attn.{_TABLE}",
@@ -52,12 +45,12 @@ _HF_TOP = {
     "encoder.relative_position_bias.relative_position_bias_table": _SHARED,
     "shared_position_bias.relative_position_bias_table": _SHARED,
 }
-_HF_QKV = r"attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)"
+_HF_QKV = rf"attention\.(?:attention\.)?({hf.QKV})\.(weight|bias)"
 
 
 def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
         if key.startswith("classifier."):
             out["head." + key.removeprefix("classifier.")] = value
@@ -70,18 +63,13 @@ def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if m[3] == "bias":
                 out[f"blocks.{m[1]}.attn.{part}_bias"] = value  # BEiT has no key bias; one would be refused
             else:
-                qkv.setdefault(m[1], {})[part] = value
+                qkv.setdefault((f"blocks.{m[1]}", "weight"), {})[part] = value
         elif m := re.match(rf"{_HF_LAYER}\.(.+?)(?:\.(weight|bias))?$", key):
             name = _HF_BLOCK.get(m[2], m[2])
             out[f"blocks.{m[1]}.{name}" + (f".{m[3]}" if m[3] else "")] = value
         else:
             out[key] = value
-    for layer, parts in qkv.items():
-        # HF keeps separate Q, K, V projections; timm fuses them into one (3D, D) matrix, in that order.
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"layer {layer} has only {sorted(parts)} of its query/key/value weights")
-        out[f"blocks.{layer}.attn.qkv.weight"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
+    return out | hf.fuse_qkv(qkv)
 
 
 def _offsets(src: int, dst: int) -> list[float]:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vitexport.errors import CheckpointError
+from vitexport.weights import hugging_face as hf
 
 # Hugging Face module names within a stage -> timm's, for the inverted residuals and the MobileViT block.
 _HF_CONV = {"expand_1x1": "conv1_1x1", "conv_3x3": "conv2_kxk", "reduce_1x1": "conv3_1x1"}
@@ -65,12 +66,7 @@ def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[f"stages.{m[1]}.1.{_HF_VIT[m[2]]}.{tail}"] = value
         else:
             out[key] = value  # left for the strict load to name
-    for (block, kind), parts in qkv.items():
-        # HF keeps separate Q, K, V projections; timm fuses them into one (3D, D) qkv matrix, in that order.
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"{block} has only {sorted(parts)} of its query/key/value {kind}s")
-        out[f"{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
+    return out | hf.fuse_qkv(qkv)
 
 
 def checkpoint_filter(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitexport.errors import CheckpointError
+from vitexport.weights import hugging_face as hf
 
 _BUFFERS = ("relative_position_index", "attn_mask")
 
@@ -23,22 +24,14 @@ _BUFFERS = ("relative_position_index", "attn_mask")
 _HF_BLOCK = {
     "attention.self.relative_position_bias_table": "attn.relative_position_bias_table",
     "attention.relative_position_bias.relative_position_bias_table": "attn.relative_position_bias_table",
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
+} | hf.BLOCK
 _HF_TOP = {
     "embeddings.patch_embeddings.projection": "patch_embed.proj",
     "embeddings.norm": "patch_embed.norm",
     "layernorm": "norm",
     "classifier": "head.fc",
 }
-_HF_QKV = r"attention\.(?:self\.)?(query|key|value|q_proj|k_proj|v_proj)"
+_HF_QKV = rf"attention\.(?:self\.)?({hf.QKV})"
 
 
 def _shift_downsample(key: str) -> str:
@@ -69,12 +62,7 @@ def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[f"layers.{int(m[1]) + 1}.downsample.{m[2]}"] = value
         else:
             out[key] = value  # left for the strict load to name
-    for (block, kind), parts in qkv.items():
-        # HF keeps separate Q, K, V projections; timm fuses them into one (3C, C) qkv matrix, in that order.
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"{block} has only {sorted(parts)} of its query/key/value {kind}s")
-        out[f"{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
+    return out | hf.fuse_qkv(qkv)
 
 
 def resize_relative_position_table(table: torch.Tensor, window: int) -> torch.Tensor:

@@ -8,18 +8,9 @@ import re
 import torch
 from torch import nn
 
-from vitexport.errors import CheckpointError
+from vitexport.weights import hugging_face as hf
 from vitexport.weights import resample_pos_embed
 
-# Hub checkpoints (transformers 4 naming) and transformers 5 modules (`layers.N.attention.o_proj`, `mlp.fc1`).
-_HF_BLOCK = {
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-}
 _HF_TOP = {
     "embeddings.cls_token": "cls_token",
     "embeddings.distillation_token": "dist_token",
@@ -30,7 +21,6 @@ _HF_TOP = {
     "layernorm.bias": "norm.bias",
 }
 _HF_LAYER = r"(?:encoder\.layer|layers)\.(\d+)"
-_HF_QKV = "query|key|value|q_proj|k_proj|v_proj"
 _HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
 
 
@@ -46,18 +36,13 @@ def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         key = re.sub(r"^(vit|deit)\.", "", key)
         if key in _HF_TOP:
             out[_HF_TOP[key]] = value
-        elif m := re.match(rf"{_HF_LAYER}\.attention\.(?:attention\.)?({_HF_QKV})\.(weight|bias)$", key):
-            qkv.setdefault((m[1], m[3]), {})[m[2][0]] = value  # first letter: q, k or v
+        elif m := re.match(rf"{_HF_LAYER}\.attention\.(?:attention\.)?({hf.QKV})\.(weight|bias)$", key):
+            qkv.setdefault((f"blocks.{m[1]}", m[3]), {})[m[2][0]] = value  # first letter: q, k or v
         elif m := re.match(rf"{_HF_LAYER}\.(.+)\.(weight|bias)$", key):
-            out[f"blocks.{m[1]}.{_HF_BLOCK.get(m[2], m[2])}.{m[3]}"] = value
+            out[f"blocks.{m[1]}.{hf.BLOCK.get(m[2], m[2])}.{m[3]}"] = value
         elif not key.startswith("pooler."):  # the pooler is unused by the classification heads
             out[key] = value
-    for (layer, kind), parts in qkv.items():
-        # HF keeps separate Q, K, V projections; timm fuses them into one (3D, D) qkv matrix, in that order.
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"layer {layer} has only {sorted(parts)} of its query/key/value {kind}s")
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
+    return out | hf.fuse_qkv(qkv)
 
 
 def checkpoint_filter(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
