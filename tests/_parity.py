@@ -45,3 +45,14 @@ def assert_onnx_matches_pytorch(session, model, img_size: int = 64, batches=(2, 
         (got,) = session.run(["logits"], {"pixel_values": x.numpy()})
         assert got.shape == (batch, classes)
         assert np.abs(got - expected).max() <= ONNX_ATOL
+
+
+def export_perturbed(name: str, folder):
+    """`name` with perturbed weights, exported through export_onnx (which validates it against PyTorch at batch 1
+    and 4): (the PyTorch model, the ONNX artifact)."""
+    from vitexport.export.onnx import export_onnx
+    from vitexport.models import create_model
+
+    model = perturbed(create_model(name))
+    torch.save(model.state_dict(), folder / f"{name}.pth")
+    return model, export_onnx(name, folder / f"{name}.onnx", checkpoint=folder / f"{name}.pth")

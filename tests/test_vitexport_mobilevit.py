@@ -5,13 +5,12 @@ import json
 
 import pytest
 import torch
-from _parity import PARITY_ATOL, assert_onnx_matches_pytorch, max_diff, perturbed
+from _parity import PARITY_ATOL, assert_onnx_matches_pytorch, export_perturbed, max_diff, perturbed
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from vitexport.cli import app
 from vitexport.errors import CheckpointError
-from vitexport.export.onnx import export_onnx
 from vitexport.models import create_model, get_spec
 from vitexport.ort import ort_session
 from vitexport.weights import load_state_dict
@@ -148,11 +147,7 @@ def test_preprocessing_follows_the_cvnets_checkpoints():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """test_mobilevit exported through export_onnx (validated against PyTorch at batch 1 and 4), and the model."""
-    tmp = tmp_path_factory.mktemp("test_mobilevit")
-    model = perturbed(create_model("test_mobilevit"))
-    torch.save(model.state_dict(), tmp / "test_mobilevit.pth")
-    artifact = export_onnx("test_mobilevit", tmp / "test_mobilevit.onnx", checkpoint=tmp / "test_mobilevit.pth")
-    return model, artifact
+    return export_perturbed("test_mobilevit", tmp_path_factory.mktemp("test_mobilevit"))
 
 
 def test_onnx_export_has_a_dynamic_batch(exported):
@@ -165,7 +160,6 @@ def test_onnx_export_has_a_dynamic_batch(exported):
 
 def test_onnx_runtime_attention_fusion_leaves_no_softmax(exported):
     import onnx
-    import onnxruntime as ort
 
     from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
 
@@ -173,7 +167,7 @@ def test_onnx_runtime_attention_fusion_leaves_no_softmax(exported):
     fused, _ = fuse(onnx.load(artifact.path), Fusion.ort)
     assert attention_audit(op_counts(fused), Fusion.ort) == {"fused_attention": 9, "softmax": 0}
     assert get_spec("test_mobilevit").arch.depth == 9  # the attention blocks the TensorRT audit expects
-    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort_session(fused.SerializeToString())
     assert_onnx_matches_pytorch(session, model)
 
 

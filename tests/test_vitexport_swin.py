@@ -7,13 +7,12 @@ import re
 
 import pytest
 import torch
-from _parity import PARITY_ATOL, assert_onnx_matches_pytorch, max_diff, perturbed
+from _parity import PARITY_ATOL, assert_onnx_matches_pytorch, export_perturbed, max_diff, perturbed
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from vitexport.cli import app
 from vitexport.errors import CheckpointError
-from vitexport.export.onnx import export_onnx
 from vitexport.models import create_model, get_spec
 from vitexport.ort import ort_session
 from vitexport.weights import load_state_dict
@@ -203,11 +202,7 @@ def test_shifted_blocks_mask_and_unshifted_blocks_do_not():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """test_swin exported through export_onnx (which validates it against PyTorch at batch 1 and 4), and the model."""
-    tmp = tmp_path_factory.mktemp("test_swin")
-    model = create_model("test_swin")
-    torch.save(model.state_dict(), tmp / "test_swin.pth")
-    artifact = export_onnx("test_swin", tmp / "test_swin.onnx", checkpoint=tmp / "test_swin.pth")
-    return model, artifact
+    return export_perturbed("test_swin", tmp_path_factory.mktemp("test_swin"))
 
 
 def test_onnx_export_has_a_dynamic_batch(exported):
@@ -220,7 +215,6 @@ def test_onnx_export_has_a_dynamic_batch(exported):
 
 def test_onnx_runtime_attention_fusion_leaves_no_softmax(exported):
     import onnx
-    import onnxruntime as ort
 
     from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
 
@@ -228,7 +222,7 @@ def test_onnx_runtime_attention_fusion_leaves_no_softmax(exported):
     fused, _ = fuse(onnx.load(artifact.path), Fusion.ort)
     assert attention_audit(op_counts(fused), Fusion.ort) == {"fused_attention": 4, "softmax": 0}
     assert get_spec("test_swin").arch.depth == 4  # the attention blocks the TensorRT audit expects
-    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort_session(fused.SerializeToString())
     assert_onnx_matches_pytorch(session, model)
 
 
