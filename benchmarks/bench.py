@@ -65,7 +65,11 @@ class BenchConfig:
         sweep = replace(
             config.sweep,
             threads=threads,
-            **{k: v for k, v in (("batch_sizes", batch_sizes), ("duration", duration), ("windows", windows)) if v},
+            **{
+                k: v
+                for k, v in (("batch_sizes", batch_sizes), ("duration", duration), ("windows", windows))
+                if v is not None  # 0 is refused by check_config, not taken for "the default"
+            },
         )
         served = replace(config.served, threads=threads, **({"concurrency": concurrency} if concurrency else {}))
         kept = {k: v for k, v in changes.items() if v is not None}

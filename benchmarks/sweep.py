@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vitexport.errors import VitExportError
+from vitexport.errors import VitExportError, first_line
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ def _build(spec):
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}" if not isinstance(e, VitExportError) else text[0]
+    """A user's error as it reads; anything else with its type, which says more than its message alone."""
+    return first_line(e) if isinstance(e, VitExportError) else f"{type(e).__name__}: {first_line(e)}"
 
 
 class Worker:

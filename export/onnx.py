@@ -18,7 +18,7 @@ from torch import nn
 from vitexport import __version__, weights
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ExportError, first_line
-from vitexport.export.options import Heads
+from vitexport.export.options import PROTOBUF_LIMIT, Heads
 from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check_drift, compare
 from vitexport.models import create_model, get_spec
 from vitexport.ort import ort_session
@@ -28,7 +28,6 @@ from vitexport.ort import ort_session
 # `Attention` op (TensorRT >= 10.14 parses it, older ones do not), so it is a choice, not the default.
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
-PROTOBUF_LIMIT = 2**31  # a single ONNX protobuf cannot exceed 2 GB: larger models keep weights in external data
 VALIDATION_BATCHES = (1, 4)
 
 
@@ -125,6 +124,7 @@ def export_onnx(
         batch_size=batch_size,
         opset=opset,
         checkpoint_sha256=sha,
+        head="features" if heads is Heads.features else "logits",
     )
     if validate:
         progress("validating on ONNX Runtime")

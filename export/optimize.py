@@ -22,12 +22,10 @@ from vitexport.export.cpu import int8_saturates
 from vitexport.export.fp16 import IOType, to_fp16
 from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
 from vitexport.export.gate import ImageSet, check_gate, evaluate, hold_out, load_image_folder
-from vitexport.export.onnx import PROTOBUF_LIMIT
 from vitexport.export.openvino import int8_recipes
-from vitexport.export.options import Runtime
-from vitexport.export.quantize import QuantMethod, default_method, quantize_onnx
+from vitexport.export.options import PROTOBUF_LIMIT, Runtime
+from vitexport.export.quantize import QuantMethod, default_method, is_convnet, quantize_onnx
 from vitexport.export.runners import load_runner
-from vitexport.models import get_spec
 
 CALIBRATION_LIMIT = 300  # NNCF's default subset size: more images barely move the ranges and cost minutes
 HOLD_OUT_EVERY = 5  # without --images, one calibration image in five is kept back for the accuracy gate
@@ -92,7 +90,9 @@ def optimize(
     # A sidecar left by an earlier run must not vouch for the file this run writes, should its gate fail.
     sidecar_path(output).unlink(missing_ok=True)
 
-    family = get_spec(artifact.model).family
+    from vitexport.models import get_spec  # torch: only when the family is not on the sidecar
+
+    family = artifact.family or get_spec(artifact.model).family  # imported models carry theirs
     needs_calibration = precision is Precision.int8 and (
         runtime is Runtime.openvino or (quant_method or default_method(family)) is QuantMethod.static
     )
@@ -105,7 +105,7 @@ def optimize(
     # OpenVINO INT8 has more than one recipe; the first whose variant passes the gate is kept (without the gate,
     # the first). Every other runtime and precision has one way to build it.
     recipes = (
-        int8_recipes(transformer=family != "resnet")
+        int8_recipes(transformer=not is_convnet(family))
         if (runtime, precision) == (Runtime.openvino, Precision.int8)
         else (None,)
     )
@@ -132,8 +132,8 @@ def optimize(
             batch_size=artifact.batch_size,
             precision=precision.value,
             opset=details.pop("opset", None),
-            fuse_attention=details.pop("fuse_attention"),
-            io_type=details.pop("io_type", Precision.fp32),
+            fuse_attention=details.get("fuse_attention"),  # also kept in details, where older vitexports read it
+            io_type=details.get("io_type", Precision.fp32),
             quant_method=details.get("quantization", {}).get("method"),
             checkpoint_sha256=artifact.checkpoint_sha256,
             source=artifact.sidecar.name if artifact.sidecar.parent == output.parent else str(artifact.sidecar),
@@ -262,7 +262,7 @@ def _onnxruntime_variant(
         model, fusions = fuse(model, fusion)
         audit = attention_audit(op_counts(model), fusion)
         # A ViT whose attention was matched has no Softmax left; a CNN has none to begin with.
-        if family != "resnet" and (audit["softmax"] or not audit["fused_attention"]):
+        if not is_convnet(family) and (audit["softmax"] or not audit["fused_attention"]):
             raise ExportError(
                 f"attention fusion ({fusion.value}) incomplete: {audit['fused_attention']} fused blocks, "
                 f"{audit['softmax']} Softmax left"

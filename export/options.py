@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+PROTOBUF_LIMIT = 2**31  # a single ONNX protobuf cannot exceed 2 GB: larger models keep weights in external data
+
 
 class Heads(str, Enum):
     """What the exported ONNX returns."""

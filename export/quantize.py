@@ -11,10 +11,12 @@ from __future__ import annotations
 import tempfile
 from enum import Enum
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vitexport.errors import ExportError, first_line
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class QuantMethod(str, Enum):
@@ -22,8 +24,13 @@ class QuantMethod(str, Enum):
     static = "static"
 
 
+def is_convnet(family: str) -> bool:
+    """ResNet, or an imported model with no attention op (`vitexport import`)."""
+    return family in ("resnet", "convnet")
+
+
 def default_method(family: str) -> QuantMethod:
-    return QuantMethod.static if family == "resnet" else QuantMethod.dynamic
+    return QuantMethod.static if is_convnet(family) else QuantMethod.dynamic
 
 
 def quantize_onnx(
@@ -36,6 +43,7 @@ def quantize_onnx(
     batch_size: int = 8,
 ) -> None:
     """Write an INT8 ONNX model of `source` to `output`; static quantization calibrates on `calibration` (N,3,S,S)."""
+    import numpy as np
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,

@@ -53,8 +53,11 @@ def check_name(repo_dir: Path, name: str) -> Path:
     return model_dir
 
 
-def labels_for(num_classes: int) -> str:
-    """One label per class: ImageNet-1k's names for 1000-class heads, the class index otherwise."""
+def labels_for(num_classes: int, names: tuple[str, ...] | None = None) -> str:
+    """One label per class: the artifact's own names (an imported model's --labels), ImageNet-1k's names for
+    1000-class heads, the class index otherwise."""
+    if names:
+        return "".join(f"{n}\n" for n in names)
     if num_classes == 1000:
         return LABELS_SOURCE.read_text()
     return "".join(f"class_{i}\n" for i in range(num_classes))
@@ -159,7 +162,7 @@ def add_model(
     version = _next_version(model_dir, version)
 
     parts: list[tuple[Path, cfg.pb.ModelConfig, dict[str, Path], str]] = []
-    labels = labels_for(first.num_classes)
+    labels = labels_for(first.num_classes, first.labels)
     if backend.runtime:
         files["model.py"] = CLASSIFIER_MODEL
     parts.append((model_dir, classifier, files, labels))

@@ -60,6 +60,11 @@ class ModelArtifact:
     batch_profile: tuple[int, int, int] | None = None  # engines: the (min, opt, max) batch they were built for
     compute_capability: str | None = None  # engines: the GPU architecture they run on
     gate_failure: str | None = None  # a variant kept though it failed its gate (the benchmark's ungated rows): why
+    # What the output is: "logits" (num_classes of them) or "features" (an embedding of num_classes values).
+    head: str = "logits"
+    # Models from outside the registry (`vitexport import`): "transformer" or "convnet", and their class names.
+    family: str | None = None
+    labels: tuple[str, ...] | None = None
     details: dict[str, Any] = field(default_factory=dict, compare=False)  # the stage's record, for people to read
     vitexport_version: str = __version__
 
@@ -70,6 +75,10 @@ class ModelArtifact:
         object.__setattr__(self, "io_type", Precision(self.io_type))
         if self.batch_profile is not None:
             object.__setattr__(self, "batch_profile", tuple(int(b) for b in self.batch_profile))
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(self.labels))
+        if self.head not in ("logits", "features"):
+            raise ValueError(f"head must be logits or features, not {self.head!r}")
 
     @property
     def sidecar(self) -> Path:
@@ -91,6 +100,7 @@ class ModelArtifact:
         d["preprocess"] = self.preprocess.to_dict()
         d["output_names"] = list(self.output_names)
         d["batch_profile"] = list(self.batch_profile) if self.batch_profile else None
+        d["labels"] = list(self.labels) if self.labels else None
         return d
 
     def save(self) -> Path:

@@ -11,11 +11,12 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from vitexport.errors import VitExportError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the CLI imports this module for --help
+    import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,6 +82,8 @@ def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
     image = image.resize((new_w, new_h), _resample(cfg.interpolation))
     left, top = round((new_w - size) / 2), round((new_h - size) / 2)
     image = image.crop((left, top, left + size, top + size))
+    import numpy as np
+
     x = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
     x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # -> (3, S, S)
@@ -88,4 +91,6 @@ def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
 
 def load_images(paths: list[str | Path], cfg: PreprocessConfig) -> np.ndarray:
     """A batch (N, 3, S, S) from image files."""
+    import numpy as np
+
     return np.stack([preprocess_image(Path(p), cfg) for p in paths])

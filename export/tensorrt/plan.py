@@ -48,7 +48,7 @@ class BuildPlan:
         return trt_major(self.tensorrt_version)
 
 
-# Weakly typed TensorRT 10: LayerNorm in FP16 after attention overflows (ARCHITECTURE §3), so Normalization layers are
+# Weakly typed TensorRT 10: LayerNorm in FP16 after attention overflows (docs/tensorrt.md), so Normalization layers are
 # pinned to FP32 and OBEY makes the build fail rather than silently ignore the constraint. Softmax is pinned only on
 # request (BuildSettings.fp32_softmax): an FP32 Softmax island between the two attention MatMuls can keep TensorRT
 # from fusing them into one MHA kernel, whose own softmax already accumulates in FP32. The fusion audit shows which.
@@ -100,6 +100,8 @@ def choose_build(graph: str, precision: Precision, tensorrt_version: str, *, fp3
                 precision,
             )
         return BuildMode(False, ("FP16", "OBEY_PRECISION_CONSTRAINTS"), pinned)
+    if precision is not Precision.int8:
+        raise GraphPrecisionError(f"TensorRT builds fp32, fp16 or int8 engines, not {precision}", precision)
     # int8: explicit quantization only. TensorRT 11 removed the calibrator and 10 deprecated it; a Q/DQ graph
     # checked on ONNX Runtime is the one accuracy gate for both.
     if graph != "int8":

@@ -28,7 +28,9 @@ class OneLineErrors(TyperGroup):
                 sys.exit(e.exit_code)
             message = e.format_message().replace("Value error, ", "")  # typer's enum check words it so
             typer.secho(f"error: {message}", fg="red", err=True)
-            sys.exit(1)
+            # A bad option value is bad input like any other (exit 1); a missing argument or an unknown command or
+            # option keeps click's usage exit code (2).
+            sys.exit(1 if type(e).__name__ == "BadParameter" else getattr(e, "exit_code", 2))
         except typer.Abort:
             typer.secho("interrupted", fg="red", err=True)
             sys.exit(130)
@@ -56,6 +58,7 @@ for command in (
     bench.bench,
 ):
     app.command()(command)
+app.command("import")(export.import_)  # `import` is a keyword: the function cannot carry the name
 
 
 def main() -> None:

@@ -9,7 +9,14 @@ import typer
 
 from vitexport.artifacts import Precision
 from vitexport.cli import render
-from vitexport.cli.console import JsonFlag, print_artifact_json, print_json, progress_status, user_errors
+from vitexport.cli.console import (
+    JsonFlag,
+    print_artifact_json,
+    print_json,
+    print_table,
+    progress_status,
+    user_errors,
+)
 from vitexport.errors import VitExportError
 from vitexport.export.fp16 import IOType
 from vitexport.export.fusion import Fusion
@@ -183,3 +190,53 @@ def trt(
         return
     render.engine_report(artifact)
     typer.echo(str(artifact.path))
+
+
+def import_(
+    onnx_file: Annotated[
+        Path, typer.Argument(metavar="FILE.onnx", help="An ONNX image model vitexport did not write.")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="The model's name in later stages [default: the file's stem].")
+    ] = None,
+    preprocess_config: Annotated[
+        Path | None, typer.Option(help="A Hugging Face preprocessor_config.json with the model's preprocessing.")
+    ] = None,
+    mean: Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
+    size: Annotated[int | None, typer.Option(help="Input side in pixels [default: the graph's].")] = None,
+    crop_pct: Annotated[float | None, typer.Option(help="Center-crop fraction [default: 0.875].")] = None,
+    interpolation: Annotated[str | None, typer.Option(help="bicubic or bilinear [default: bicubic].")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Class names, one per line, in output order.")] = None,
+    output: Annotated[str | None, typer.Option(help="The output to use when there are several.")] = None,
+    embeddings: Annotated[bool, typer.Option(help="The output is an embedding (N x D), not class logits.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make an ONNX image classifier (or embedding model) from elsewhere an artifact: check it, record its
+    preprocessing, labels and tensor names in a sidecar; then optimize, validate, repo and bench take it."""
+    with user_errors():
+        from vitexport.export.onnx_import import PreprocessFlags, import_onnx, parse_floats
+
+        flags = PreprocessFlags(parse_floats("--mean", mean), parse_floats("--std", std), size, crop_pct, interpolation)
+        artifact = import_onnx(
+            onnx_file,
+            name=name,
+            flags=flags,
+            preprocess_config=preprocess_config,
+            labels=labels,
+            output=output,
+            embeddings=embeddings,
+        )
+    if as_json:
+        print_artifact_json(artifact)
+        return
+    p = artifact.preprocess
+    rows = [
+        ["input", f"{artifact.input_name}: {artifact.batch_size or 'N'} x 3 x {p.input_size} x {p.input_size}"],
+        ["output", f"{artifact.output_names[0]}: {artifact.head}, {artifact.num_classes} values"],
+        ["preprocess", f"mean {list(p.mean)}, std {list(p.std)}, crop {p.crop_pct:g}, {p.interpolation}"],
+        ["family", f"{artifact.family} (INT8 recipes follow it)"],
+        ["labels", f"{len(artifact.labels)} names" if artifact.labels else "none (class indices)"],
+    ]
+    print_table(f"imported {artifact.model}", ["", ""], rows)
+    typer.echo(str(artifact.sidecar))

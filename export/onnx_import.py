@@ -1,0 +1,246 @@
+"""`vitexport import`: an image classifier (or embedding model) ONNX that this tool did not write becomes an artifact.
+
+timm's exporter, Hugging Face Optimum and `torch.onnx.export` of a user's own model all write ONNX files with no
+sidecar. This stage checks the graph is an image model the later stages can run (one float input N x 3 x H x W,
+one logits output N x C or an embeddings output N x D), takes the preprocessing from the file's own metadata, a
+Hugging Face `preprocessor_config.json` or the user's flags (never assumed), and writes the sidecar. Input and
+output names are kept as the file has them; every later stage reads them from the sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from vitexport.artifacts import ModelArtifact, sidecar_path
+from vitexport.errors import ArtifactError, first_line
+from vitexport.preprocess import PreprocessConfig
+
+# Ops that only attention has; a graph without them is treated as a convnet by the optimizer (INT8 recipes).
+ATTENTION_OPS = {"Softmax", "Attention", "MultiHeadAttention"}
+# Pillow's resampling codes as Hugging Face image processors store them.
+PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+@dataclass(frozen=True)
+class PreprocessFlags:
+    """What the user said on the command line; None: not said (another source, or an error if none has it)."""
+
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    size: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+
+
+def import_onnx(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    flags: PreprocessFlags = PreprocessFlags(),
+    preprocess_config: str | Path | None = None,
+    labels: str | Path | None = None,
+    output: str | None = None,
+    embeddings: bool = False,
+) -> ModelArtifact:
+    """Check `path` is an image model, work out its preprocessing, write its sidecar; the artifact.
+
+    `output` names the output to use when the graph has several (default: the only one, or `logits`);
+    `embeddings` says it is a pooled embedding, not class logits."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"no such file: {path}")
+    if sidecar_path(path).exists():
+        raise ArtifactError(f"{path} already has a sidecar ({sidecar_path(path).name}): it is an artifact already")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # a truncated or foreign file: onnx raises DecodeError and others
+        raise ArtifactError(f"{path} is not a readable ONNX model: {first_line(e)}") from None
+    input_name, batch, size = _image_input(model, path)
+    output_name, width = _output(model, path, output)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    preprocess = _preprocess(metadata, preprocess_config, flags, size, path)
+    class_names = _labels(labels, width) if labels is not None else None
+    if embeddings and class_names:
+        raise ArtifactError("--labels names classes; an embeddings output has none")
+    ops = {n.op_type for n in model.graph.node} | {n.op_type for f in model.functions for n in f.node}
+    opsets = {o.domain: o.version for o in model.opset_import}
+    artifact = ModelArtifact(
+        path=path,
+        format="onnx",
+        model=name or path.stem,
+        preprocess=preprocess,
+        num_classes=width,
+        input_name=input_name,
+        output_names=(output_name,),
+        batch_size=batch,
+        opset=opsets.get("", opsets.get("ai.onnx")),
+        head="features" if embeddings else "logits",
+        family="transformer" if ops & ATTENTION_OPS else "convnet",
+        labels=class_names,
+        details={"producer": f"{model.producer_name} {model.producer_version}".strip() or "unknown"},
+    )
+    artifact = artifact.with_(validation=_check_runs(artifact))
+    artifact.save()
+    return artifact
+
+
+def _check_runs(artifact: ModelArtifact) -> dict[str, Any]:
+    """An imported file is its own fp32 reference (nothing was derived from it, so there is no drift to gate); what
+    can be checked is that ONNX Runtime runs it at the batch sizes it takes and returns finite N x C outputs."""
+    import numpy as np
+
+    from vitexport.ort import ort_session
+
+    try:
+        session = ort_session(artifact.path)
+    except Exception as e:
+        raise ArtifactError(f"ONNX Runtime cannot load {artifact.path.name}: {first_line(e)}") from None
+    S, runs = artifact.preprocess.input_size, []
+    for batch in (artifact.batch_size,) if artifact.batch_size else (1, 2):
+        x = np.random.default_rng(0).standard_normal((batch, 3, S, S)).astype(np.float32)
+        try:
+            (y,) = session.run(list(artifact.output_names), {artifact.input_name: x})
+        except Exception as e:
+            raise ArtifactError(
+                f"{artifact.path.name} fails on a {batch} x 3 x {S} x {S} input: {first_line(e)}"
+            ) from None
+        if y.shape != (batch, artifact.num_classes) or not np.isfinite(y).all():
+            raise ArtifactError(
+                f"{artifact.path.name} returned {y.shape} (finite: {np.isfinite(y).all()}) at batch {batch}"
+            )
+        runs.append({"batch_size": batch, "output_shape": list(y.shape)})
+    return {"passed": True, "imported": True, "reference": "itself (imported, not derived)", "runs": runs}
+
+
+def _dims(value_info) -> list[int | str | None]:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
+
+
+def _image_input(model, path: Path) -> tuple[str, int | None, int | None]:
+    """(name, fixed batch or None, square side or None) of the one image input."""
+    from onnx import TensorProto
+
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise ArtifactError(f"{path.name} has {len(inputs)} inputs ({names}); an image model has one, N x 3 x H x W")
+    (image,) = inputs
+    dtype = image.type.tensor_type.elem_type
+    dims = _dims(image)
+    if dtype != TensorProto.FLOAT or len(dims) != 4 or dims[1] not in (3, None) or isinstance(dims[1], str):
+        kind = TensorProto.DataType.Name(dtype).lower()
+        raise ArtifactError(f"{path.name}'s input {image.name} is {kind} {dims}; expected float N x 3 x H x W")
+    h, w = dims[2], dims[3]
+    if isinstance(h, int) and isinstance(w, int) and h != w:
+        raise ArtifactError(f"{path.name} takes {h} x {w} images; square inputs only (the crop is square)")
+    batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    return image.name, batch, h if isinstance(h, int) and h > 0 else None
+
+
+def _output(model, path: Path, wanted: str | None) -> tuple[str, int]:
+    """(name, width) of the logits or embeddings output: N x C with C fixed."""
+    outputs = {o.name: o for o in model.graph.output}
+    if wanted is not None and wanted not in outputs:
+        raise ArtifactError(f"{path.name} has no output {wanted!r}; it has {', '.join(outputs)}")
+    if wanted is None:
+        if len(outputs) == 1:
+            wanted = next(iter(outputs))
+        elif "logits" in outputs:
+            wanted = "logits"
+        else:
+            raise ArtifactError(f"{path.name} has outputs {', '.join(outputs)}: choose one with --output")
+    dims = _dims(outputs[wanted])
+    if len(dims) != 2 or not isinstance(dims[1], int) or dims[1] < 1:
+        raise ArtifactError(f"{path.name}'s output {wanted} is {dims}; expected N x C (logits) or N x D (embeddings)")
+    return wanted, dims[1]
+
+
+def _preprocess(
+    metadata: dict[str, str], config: str | Path | None, flags: PreprocessFlags, size: int | None, path: Path
+) -> PreprocessConfig:
+    """The file's own vitexport metadata, else a Hugging Face preprocessor config, else the flags; the flags override
+    whatever they name. The input size must agree with the graph's."""
+    found: dict[str, Any] = {}
+    if "vitexport.preprocess" in metadata:
+        found = json.loads(metadata["vitexport.preprocess"])
+    if config is not None:
+        found |= _from_hugging_face(Path(config))
+    said = {k: v for k, v in vars(flags).items() if v is not None}
+    found |= {"input_size" if k == "size" else k: v for k, v in said.items()}
+    if size is not None and found.setdefault("input_size", size) != size:
+        raise ArtifactError(f"{path.name} takes {size}px images, the preprocessing says {found['input_size']}px")
+    missing = [k for k in ("mean", "std", "input_size") if k not in found]
+    if missing:
+        flag = {"mean": "--mean", "std": "--std", "input_size": "--size"}
+        raise ArtifactError(
+            f"{path.name} does not say its {', '.join(missing).replace('input_size', 'input size')}: give "
+            f"--preprocess-config preprocessor_config.json or {' '.join(flag[m] for m in missing)}"
+        )
+    base = PreprocessConfig(int(found["input_size"]), tuple(found["mean"]), tuple(found["std"]))
+    if len(base.mean) != 3 or len(base.std) != 3 or min(base.std) <= 0:
+        raise ArtifactError(f"mean and std take three values each, std > 0: got {base.mean} and {base.std}")
+    crop_pct = float(found.get("crop_pct", base.crop_pct))
+    if not 0 < crop_pct <= 1:
+        raise ArtifactError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+    interpolation = found.get("interpolation", base.interpolation)
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ArtifactError(f"--interpolation must be bicubic or bilinear, not {interpolation!r}")
+    return replace(base, crop_pct=crop_pct, interpolation=interpolation)
+
+
+def _from_hugging_face(path: Path) -> dict[str, Any]:
+    """A transformers image processor's preprocessor_config.json in PreprocessConfig's terms. A processor that
+    resizes to H x W without keeping the aspect ratio is approximated by a short-side resize and a full crop."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read {path}: {first_line(e)}") from None
+    out: dict[str, Any] = {}
+    if "image_mean" in d and "image_std" in d:
+        out |= {"mean": d["image_mean"], "std": d["image_std"]}
+    size, crop = d.get("size") or {}, d.get("crop_size") or {}
+    resized = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else size
+    cropped = (crop.get("height") if isinstance(crop, dict) else crop) if d.get("do_center_crop", bool(crop)) else None
+    if cropped and resized:  # resize to `resized`, crop `cropped`: DeiT's 256 -> 224
+        out |= {"input_size": cropped, "crop_pct": cropped / resized}
+    elif resized:
+        out |= {"input_size": resized, "crop_pct": d.get("crop_pct") or 1.0}
+    if d.get("resample") in PIL_RESAMPLE:
+        out["interpolation"] = PIL_RESAMPLE[d["resample"]]
+    if not out:
+        raise ArtifactError(f"{path} holds no image_mean/image_std/size: not an image processor's config")
+    return out
+
+
+def _labels(path: str | Path, classes: int) -> tuple[str, ...]:
+    try:
+        names = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+    except OSError as e:
+        raise ArtifactError(f"cannot read labels {path}: {first_line(e)}") from None
+    if len(names) != classes:
+        raise ArtifactError(f"{path} names {len(names)} classes; the model has {classes} outputs")
+    return names
+
+
+def parse_floats(flag: str, text: str | None, count: int = 3) -> tuple[float, ...] | None:
+    """`--mean 0.485,0.456,0.406`: `count` comma-separated numbers."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ArtifactError(f"{flag} takes {count} comma-separated numbers, not {text!r}") from None
+    if len(values) != count:
+        raise ArtifactError(f"{flag} takes {count} comma-separated numbers, not {text!r}")
+    return values
+
+
+__all__: Sequence[str] = ("PreprocessFlags", "import_onnx", "parse_floats")
