@@ -78,7 +78,10 @@ def optimize(
             f"optimize starts from an fp32 ONNX artifact; {artifact.path.name} is "
             f"{artifact.format} {artifact.precision}"
         )
-    fusion = fuse_attention or default_fusion(runtime, precision)
+    # The fusion rewriters match the graphs our exporter writes; an imported graph (timm's TorchScript export, Optimum)
+    # is fused only when asked, and then fails loudly where nothing matched.
+    imported = artifact.family is not None
+    fusion = fuse_attention or (Fusion.none if imported else default_fusion(runtime, precision))
     _check_combination(runtime, precision, fusion, io_type)
     output = Path(output) if output else default_output(artifact.path, runtime, precision, fusion)
     if output.resolve() == artifact.path.resolve():

@@ -3,6 +3,7 @@ rule is checked by import-linter's contracts in pyproject.toml, run by scripts/t
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,22 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_installs_only_vitexport(tmp_path):
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    # Built from a copy: a build in the checkout leaves build/ behind, whose stale files the next wheel would hold.
+    source = tmp_path / "source"
+    source.mkdir()
+    for item in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / item, source)
+    for folder in ("vitexport", "export", "serving", "benchmarks"):
+        shutil.copytree(ROOT / folder, source / folder, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run([*build, str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("vitexport-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]

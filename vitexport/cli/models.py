@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from vitexport.cli.console import JsonFlag, print_json, print_table
+from vitexport.cli.console import JsonFlag, print_json, print_table, user_errors
+from vitexport.errors import VitExportError
 
 
 def models(
@@ -19,7 +20,12 @@ def models(
     """List the registered models with their preprocessing, parameter count and MACs."""
     from vitexport.models import list_models
 
-    specs = [s for s in list_models(include_test=include_test) if family in (None, s.family)]
+    specs = list_models(include_test=include_test)
+    families = sorted({s.family for s in specs})
+    if family is not None and family not in families:
+        with user_errors():
+            raise VitExportError(f"unknown family {family!r}; the families are {', '.join(families)}")
+    specs = [s for s in specs if family in (None, s.family)]
     if as_json:
         print_json([s.to_dict() for s in specs])
         return
