@@ -65,7 +65,7 @@ def import_onnx(
     output_name, width = _output(model, path, output)
     metadata = {p.key: p.value for p in model.metadata_props}
     preprocess = _preprocess(metadata, preprocess_config, flags, size, path)
-    class_names = _labels(labels, width) if labels is not None else None
+    class_names = read_labels(labels, width) if labels is not None else None
     if embeddings and class_names:
         raise ArtifactError("--labels names classes; an embeddings output has none")
     ops = {n.op_type for n in model.graph.node} | {n.op_type for f in model.functions for n in f.node}
@@ -220,7 +220,8 @@ def _from_hugging_face(path: Path) -> dict[str, Any]:
     return out
 
 
-def _labels(path: str | Path, classes: int) -> tuple[str, ...]:
+def read_labels(path: str | Path, classes: int) -> tuple[str, ...]:
+    """Class names, one per line, exactly one per output."""
     try:
         names = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
     except OSError as e:
@@ -243,4 +244,4 @@ def parse_floats(flag: str, text: str | None, count: int = 3) -> tuple[float, ..
     return values
 
 
-__all__: Sequence[str] = ("PreprocessFlags", "import_onnx", "parse_floats")
+__all__: Sequence[str] = ("PreprocessFlags", "import_onnx", "parse_floats", "read_labels")

@@ -10,7 +10,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from vitexport.cli import bench, export, models, serving
+from vitexport.cli import bench, deploy, export, models, serving
 
 
 class OneLineErrors(TyperGroup):
@@ -53,6 +53,7 @@ for command in (
     serving.repo,
     serving.serve,
     serving.infer,
+    deploy.deploy,
     export.optimize,
     export.validate,
     bench.bench,

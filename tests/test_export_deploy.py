@@ -1,0 +1,62 @@
+"""`vitexport deploy`: every CPU candidate built and gated, the ones that passed timed side by side, the fastest
+written into a repository, and a right answer back through a real Triton: the labelled digits model asked about a
+digit image returns its label."""
+
+from __future__ import annotations
+
+import json
+
+import _digits
+import pytest
+from typer.testing import CliRunner
+
+from vitexport.artifacts import load_artifact
+from vitexport.cli import app
+from vitexport.errors import VitExportError
+from vitexport.export.deploy import parse_candidates
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def digits(request, tmp_path_factory):
+    return _digits.prepare(request.config.cache, tmp_path_factory)
+
+
+def test_deploy_serves_the_fastest_gated_candidate_and_the_right_label(digits, tmp_path):
+    from vitexport.serving.client import classify
+    from vitexport.serving.server import TritonServer
+
+    (tmp_path / "labels.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
+    repo = tmp_path / "repo"
+    args = ["deploy", "test_vit_digits", "--checkpoint", str(digits.checkpoint), "--repo", str(repo)]
+    args += ["--calibration", str(digits.train), "--images", str(digits.test), "--workdir", str(tmp_path / "work")]
+    result = runner.invoke(app, [*args, "--labels", str(tmp_path / "labels.txt"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    candidates = report["candidates"]
+    assert {(c["runtime"], c["precision"]) for c in candidates} == {
+        ("openvino", "int8"),
+        ("openvino", "bf16"),
+        ("onnxruntime", "int8"),
+        ("onnxruntime", "fp32"),
+    }
+    passed = [c for c in candidates if c["verdict"] == "passed"]
+    assert passed and [c["chosen"] for c in candidates].count(True) == 1 and candidates[0]["chosen"]
+    assert [c["img_s"] for c in passed] == sorted((c["img_s"] for c in passed), reverse=True)  # fastest first
+    (sidecar,) = (repo / "test_vit_digits" / "1").glob("model.*.json")
+    assert load_artifact(sidecar).precision == candidates[0]["precision"]  # the chosen candidate is what is served
+
+    image = next((digits.test / "7").iterdir())
+    with TritonServer(repo) as server:
+        for protocol, url in (("http", server.endpoints.http), ("grpc", server.endpoints.grpc)):
+            (answer,) = classify(url, [image], protocol=protocol, top_k=1)
+            assert answer.labels[0] == "digit 7"
+
+
+def test_deploy_needs_calibration_and_names_bad_candidates(tmp_path):
+    result = runner.invoke(app, ["deploy", "test_vit", "--repo", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "give --calibration DIR" in result.output
+    with pytest.raises(VitExportError, match="RUNTIME-PRECISION"):
+        parse_candidates("openvino-int4")
+    assert parse_candidates("openvino-int8, onnxruntime-fp32")[1][0].value == "onnxruntime"
