@@ -237,3 +237,23 @@ def test_fixed_batch_models_need_no_ensemble(tmp_path):
     with pytest.raises(ServingError, match="dynamic-batch"):
         add_model(tmp_path / "repo", artifact)
     assert cfg.read_config(add_model(tmp_path / "repo", artifact, ensemble=False).path.parent).max_batch_size == 0
+
+
+def test_embeddings_models_get_no_labels_and_an_ensemble_without_top_k(tmp_path):
+    repo = tmp_path / "repo"
+    artifact = make_artifact(tmp_path, num_classes=64, output_names=("embeddings",))
+    added = add_model(repo, artifact)
+    assert added.models == ("test_vit", "test_vit_preprocess", "test_vit_image")
+    assert not list(repo.rglob("labels.txt")) and not (repo / "test_vit_postprocess").exists()
+    configs = scan(repo)
+    assert set(configs) == set(added.models)
+    assert [(o.name, list(o.dims), o.label_filename) for o in configs["test_vit"].output] == [("embeddings", [64], "")]
+    assert [s.model_name for s in configs["test_vit_image"].ensemble_scheduling.step] == [
+        "test_vit_preprocess",
+        "test_vit",
+    ]
+    assert [(o.name, list(o.dims)) for o in configs["test_vit_image"].output] == [("embeddings", [64])]
+    # A classifier cannot become a new version of an embeddings model: the older versions would break.
+    with pytest.raises(ServingError, match="different output"):
+        add_model(repo, make_artifact(tmp_path, file="classifier.onnx"))
+    assert repository.versions(repo / "test_vit") == [1]
