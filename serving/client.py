@@ -254,21 +254,24 @@ def _classify(url, model, config, data: list[bytes], protocol, top_k: int, timeo
 
 def _embed(url, model, config, data: list[bytes], protocol, timeout: float) -> list[np.ndarray]:
     ensemble = _is_ensemble_input(config)
-    if not ensemble:
-        if config.max_batch_size == 0 and config.input[0].dims[0] != 1:
-            batch = config.input[0].dims[0]
-            raise ServingError(f"{model} has a fixed batch of {batch}; embed with a dynamic-batch export of it")
-        preprocess = _preprocess_config(model, config)
-    step = config.max_batch_size or 1  # more images than a batch go as several requests
+    # A fixed-batch model (max_batch_size 0, the batch in its dims) takes exactly that batch: the last request is
+    # filled up with zero images, whose rows are dropped (each image's embedding depends on that image alone).
+    fixed = None if ensemble or config.max_batch_size else config.input[0].dims[0]
+    preprocess = None if ensemble else _preprocess_config(model, config)
+    step = fixed or config.max_batch_size  # more images than a batch go as several requests
     vectors: list[np.ndarray] = []
     for i in range(0, len(data), step):
         chunk = data[i : i + step]
-        if ensemble:
+        if preprocess is None:
             inputs = {cfg.IMAGE_INPUT: np.array([[d] for d in chunk], dtype=np.object_)}  # (B, 1) encoded images
         else:
-            inputs = {config.input[0].name: _pixels(chunk, preprocess)}
+            pixels = _pixels(chunk, preprocess)
+            if fixed and len(chunk) < fixed:
+                pixels = np.concatenate([pixels, np.zeros((fixed - len(chunk), *pixels.shape[1:]), np.float32)])
+            inputs = {config.input[0].name: pixels}
         (out,) = infer(url, model, inputs, [cfg.EMBEDDINGS], protocol=protocol, timeout=timeout)
-        vectors += list(np.asarray(out, dtype=np.float32).reshape(len(chunk), -1))
+        rows = np.asarray(out, dtype=np.float32).reshape(-1, out.shape[-1])  # (B, D); a fixed batch's padding too
+        vectors += list(rows[: len(chunk)])
     return vectors
 
 

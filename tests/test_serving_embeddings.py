@@ -27,22 +27,32 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    import torch
+
     from vitexport.export.onnx import Heads, export_onnx
+    from vitexport.models import create_model
 
     root = tmp_path_factory.mktemp("embeddings_exports")
-    features = export_onnx("test_vit", root / "features.onnx", heads=Heads.features)
-    classifier = export_onnx("test_vit", root / "classifier.onnx")
-    return features, classifier
+    torch.manual_seed(7)
+    checkpoint = root / "test_vit.pth"
+    torch.save(create_model("test_vit").state_dict(), checkpoint)
+    features = export_onnx("test_vit", root / "features.onnx", heads=Heads.features, checkpoint=checkpoint)
+    classifier = export_onnx("test_vit", root / "classifier.onnx", checkpoint=checkpoint)
+    # The same weights with a fixed batch of 2, served unbatched (the batch in its dims).
+    fixed = export_onnx("test_vit", root / "fixed.onnx", heads=Heads.features, checkpoint=checkpoint, batch_size=2)
+    return features, classifier, fixed
 
 
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory):
-    features, classifier = exported
+    features, classifier, fixed = exported
     repo = tmp_path_factory.mktemp("embeddings_repo")
     result = runner.invoke(app, ["repo", str(features.path), "--repo", str(repo), "--name", "vit_features", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["models"] == ["vit_features", "vit_features_preprocess", "vit_features_image"]
     args = ["repo", str(classifier.path), "--repo", str(repo), "--name", "vit_classes", "--no-ensemble"]
+    assert runner.invoke(app, args).exit_code == 0
+    args = ["repo", str(fixed.path), "--repo", str(repo), "--name", "vit_fixed", "--no-ensemble"]
     assert runner.invoke(app, args).exit_code == 0
     with TritonServer(repo, startup_timeout=150) as s:
         yield s
@@ -130,3 +140,11 @@ def test_classify_an_embeddings_model_and_embed_a_classifier_are_one_line(server
     result = runner.invoke(app, [*args, "--model", "vit_classes", "--top-k", "3", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)[0]["indices"] == list(top.indices)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_fixed_batch_model_takes_any_number_of_images(server, exported, protocol):
+    images = photos()  # 3 images to a batch of 2: two requests, the second filled up with a zero image
+    served = client.embed(url(server, protocol), images, protocol=protocol, model="vit_fixed")
+    assert len(served) == 3
+    np.testing.assert_allclose(np.stack(served), in_process(exported[0], images), atol=ATOL, rtol=0)
