@@ -1,8 +1,10 @@
-"""Classify images on a running Triton server over HTTP or gRPC with tritonclient (imported lazily).
+"""Classify images (or embed them) on a running Triton server over HTTP or gRPC with tritonclient (imported lazily).
 
 Two kinds of served model are handled: the `<name>_image` ensemble (encoded bytes in, top-k labels out) and a
 plain classifier (pixels in): for the latter the images are preprocessed here, following the preprocessing
 config the repository wrote into the model's parameters, and labels come from Triton's classification extension.
+Models exported with `--head features` answer with an embedding instead: `embed` asks them (ensemble or plain
+model alike), `classify` refuses them in one line, and `predict` (the CLI's `infer`) takes whichever the model is.
 """
 
 from __future__ import annotations
@@ -167,17 +169,80 @@ def classify(
 ) -> list[TopK]:
     """Top-k classes for each image (file paths or encoded bytes), in one batched request; each call to the server
     waits at most `timeout` seconds."""
+    protocol, data = _check_request(protocol, images, timeout)
+    if top_k < 1:
+        raise ServingError(f"top-k must be >= 1, got {top_k}")
+    model, config = _served(url, model, protocol, timeout)
+    if returns_embeddings(config):
+        raise ServingError(f"{model} returns embeddings, not classes: use embed() or `vitexport infer`")
+    return _classify(url, model, config, data, protocol, top_k, timeout)
+
+
+def embed(
+    url: str,
+    images: Sequence[str | Path | bytes],
+    *,
+    protocol: Protocol | str = Protocol.http,
+    model: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[np.ndarray]:
+    """The embedding (float32, (D,)) of each image (file paths or encoded bytes) from a model exported with
+    `--head features`: its `_image` ensemble, or the model itself with the images preprocessed here. The vectors
+    are the model's raw output, not normalised."""
+    protocol, data = _check_request(protocol, images, timeout)
+    model, config = _served(url, model, protocol, timeout)
+    if not returns_embeddings(config):
+        raise ServingError(f"{model} returns classes, not embeddings: use classify() or `vitexport infer`")
+    return _embed(url, model, config, data, protocol, timeout)
+
+
+def predict(
+    url: str,
+    images: Sequence[str | Path | bytes],
+    *,
+    protocol: Protocol | str = Protocol.http,
+    model: str | None = None,
+    top_k: int = cfg.DEFAULT_TOP_K,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[TopK] | list[np.ndarray]:
+    """What the served model answers for each image: its top-k classes (`classify`) or, for a model returning
+    embeddings, the embedding (`embed`); `top_k` applies to classes only. What `vitexport infer` shows."""
+    protocol, data = _check_request(protocol, images, timeout)
+    model, config = _served(url, model, protocol, timeout)
+    if returns_embeddings(config):
+        return _embed(url, model, config, data, protocol, timeout)
+    if top_k < 1:
+        raise ServingError(f"top-k must be >= 1, got {top_k}")
+    return _classify(url, model, config, data, protocol, top_k, timeout)
+
+
+def returns_embeddings(config: cfg.pb.ModelConfig) -> bool:
+    """Whether a served model (a `--head features` export, or its `_image` ensemble) answers with an embedding."""
+    return cfg.returns_embeddings([output.name for output in config.output])
+
+
+def _check_request(
+    protocol: Protocol | str, images: Sequence[str | Path | bytes], timeout: float
+) -> tuple[Protocol, list[bytes]]:
     protocol = parse_protocol(protocol)
     if not images:
         raise ServingError("no images given")
-    if top_k < 1:
-        raise ServingError(f"top-k must be >= 1, got {top_k}")
     if not timeout > 0:
         raise ServingError(f"timeout must be > 0 seconds, got {timeout}")
-    data = [_read(image) for image in images]
+    return protocol, [_read(image) for image in images]
+
+
+def _served(url: str, model: str | None, protocol: Protocol, timeout: float) -> tuple[str, cfg.pb.ModelConfig]:
     model = model or _default_model(url, protocol, timeout)
-    config = model_config(url, model, protocol=protocol, timeout=timeout)
-    run = _classify_ensemble if config.input and config.input[0].data_type == cfg.pb.TYPE_STRING else _classify_pixels
+    return model, model_config(url, model, protocol=protocol, timeout=timeout)
+
+
+def _is_ensemble_input(config: cfg.pb.ModelConfig) -> bool:
+    return bool(config.input) and config.input[0].data_type == cfg.pb.TYPE_STRING
+
+
+def _classify(url, model, config, data: list[bytes], protocol, top_k: int, timeout: float) -> list[TopK]:
+    run = _classify_ensemble if _is_ensemble_input(config) else _classify_pixels
     # More images than the model's max batch go as several requests; a fixed-batch model takes one at a time.
     step = config.max_batch_size or 1
     return [
@@ -185,6 +250,29 @@ def classify(
         for i in range(0, len(data), step)
         for r in run(url, model, config, data[i : i + step], protocol, top_k, timeout)
     ]
+
+
+def _embed(url, model, config, data: list[bytes], protocol, timeout: float) -> list[np.ndarray]:
+    ensemble = _is_ensemble_input(config)
+    # A fixed-batch model (max_batch_size 0, the batch in its dims) takes exactly that batch: the last request is
+    # filled up with zero images, whose rows are dropped (each image's embedding depends on that image alone).
+    fixed = None if ensemble or config.max_batch_size else config.input[0].dims[0]
+    preprocess = None if ensemble else _preprocess_config(model, config)
+    step = fixed or config.max_batch_size  # more images than a batch go as several requests
+    vectors: list[np.ndarray] = []
+    for i in range(0, len(data), step):
+        chunk = data[i : i + step]
+        if preprocess is None:
+            inputs = {cfg.IMAGE_INPUT: np.array([[d] for d in chunk], dtype=np.object_)}  # (B, 1) encoded images
+        else:
+            pixels = _pixels(chunk, preprocess)
+            if fixed and len(chunk) < fixed:
+                pixels = np.concatenate([pixels, np.zeros((fixed - len(chunk), *pixels.shape[1:]), np.float32)])
+            inputs = {config.input[0].name: pixels}
+        (out,) = infer(url, model, inputs, [cfg.EMBEDDINGS], protocol=protocol, timeout=timeout)
+        rows = np.asarray(out, dtype=np.float32).reshape(-1, out.shape[-1])  # (B, D); a fixed batch's padding too
+        vectors += list(rows[: len(chunk)])
+    return vectors
 
 
 def _read(image: str | Path | bytes) -> bytes:
@@ -227,20 +315,28 @@ def _classify_ensemble(url, model, config, data: list[bytes], protocol, top_k: i
     ]
 
 
-def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int, timeout: float) -> list[TopK]:
-    from vitexport.preprocess import preprocess_image
-
-    if config.max_batch_size == 0 and config.input[0].dims[0] != 1:
-        # Triton's classification extension ranks a whole unbatched output tensor, not each row of it.
-        raise ServingError(f"{model} has a fixed batch of {config.input[0].dims[0]}; classify with its _image ensemble")
+def _preprocess_config(model: str, config: cfg.pb.ModelConfig) -> PreprocessConfig:
+    """How a plain model (pixels in) wants its images: the repository writes it into the model's parameters."""
     raw = cfg.parameter(config, "vitexport_preprocess")
     if raw is None:
         raise ServingError(f"{model} has no vitexport_preprocess parameter; was it written by `vitexport repo`?")
-    preprocess = PreprocessConfig.from_dict(json.loads(raw))
+    return PreprocessConfig.from_dict(json.loads(raw))
+
+
+def _pixels(data: list[bytes], preprocess: PreprocessConfig) -> np.ndarray:
+    from vitexport.preprocess import preprocess_image
+
     try:
-        pixels = np.stack([preprocess_image(d, preprocess) for d in data])
+        return np.stack([preprocess_image(d, preprocess) for d in data])
     except VitExportError as e:
         raise ServingError(str(e)) from None
+
+
+def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int, timeout: float) -> list[TopK]:
+    if config.max_batch_size == 0 and config.input[0].dims[0] != 1:
+        # Triton's classification extension ranks a whole unbatched output tensor, not each row of it.
+        raise ServingError(f"{model} has a fixed batch of {config.input[0].dims[0]}; classify with its _image ensemble")
+    pixels = _pixels(data, _preprocess_config(model, config))
     output = config.output[0]
     num_classes = output.dims[-1]
     if top_k > num_classes:

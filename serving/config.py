@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -20,6 +21,7 @@ LABELS_FILE = "labels.txt"
 IMAGE_INPUT = "image"  # the ensemble's encoded-image input
 PIXELS = "pixel_values"
 TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES = "labels", "scores", "indices"
+EMBEDDINGS = "embeddings"  # the one output of a `--head features` export: (N, D) pooled representations
 DEFAULT_TOP_K = 5
 
 if TYPE_CHECKING:
@@ -98,6 +100,12 @@ class Batching:
             raise ServingError(f"preferred batch sizes {bad} are outside 1..{self.max_batch_size} (the max batch size)")
 
 
+def returns_embeddings(outputs: Sequence[str]) -> bool:
+    """Whether a model's outputs (an artifact's output_names, a config's output names) are an embedding, not logits:
+    such a model has no classes, so no labels and no top-k."""
+    return tuple(outputs) == (EMBEDDINGS,)
+
+
 def batching_from_options(
     max_batch_size: int | None, preferred_batch_sizes: tuple[int, ...] = (), max_queue_delay_us: int | None = None
 ) -> Batching | None:
@@ -137,7 +145,8 @@ def classifier_config(
     tensorrt_accelerator: bool = False,
     intra_op_threads: int = 0,
 ) -> pb.ModelConfig:
-    """The classifier: pixel_values (3, S, S) -> logits (num_classes,), labelled for the classification extension."""
+    """The classifier: pixel_values (3, S, S) -> logits (num_classes,), labelled for the classification extension;
+    or, for a `--head features` export, -> embeddings (D,), with no labels (an embedding has no classes)."""
     if instances < 1:
         raise ServingError(f"instance count must be >= 1, got {instances}")
     if artifact.format not in backend.formats:
@@ -168,7 +177,7 @@ def classifier_config(
     config.input.add(name=artifact.input_name, data_type=pb.TYPE_FP32, dims=input_dims)
     for output in artifact.output_names:
         out = config.output.add(name=output, data_type=pb.TYPE_FP32, dims=[*output_prefix, artifact.num_classes])
-        if labels:
+        if labels and not (artifact.head == "features" or returns_embeddings(artifact.output_names)):
             out.label_filename = labels
     on_gpu = backend in (ServingBackend.onnxruntime, ServingBackend.tensorrt)
     config.instance_group.add(
@@ -258,18 +267,16 @@ def ensemble_config(
     *,
     classifier: pb.ModelConfig,
     preprocess: pb.ModelConfig,
-    postprocess: pb.ModelConfig,
+    postprocess: pb.ModelConfig | None,
 ) -> pb.ModelConfig:
-    """image bytes -> preprocess -> classifier -> postprocess (top-k), as one model a client calls once."""
+    """image bytes -> preprocess -> classifier -> postprocess (top-k), as one model a client calls once.
+
+    Without a postprocess (a model returning embeddings), the ensemble returns the model's outputs as they are:
+    image bytes -> preprocess -> model -> embeddings (D,)."""
     pb = model_config_pb2()
-    logits = postprocess.parameters["logits"].string_value
-    top_k = int(postprocess.parameters["top_k"].string_value)
     pixels = classifier.input[0].name
     config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=classifier.max_batch_size)
     config.input.add(name=IMAGE_INPUT, data_type=pb.TYPE_STRING, dims=[1])
-    config.output.add(name=TOP_K_LABELS, data_type=pb.TYPE_STRING, dims=[top_k])
-    config.output.add(name=TOP_K_SCORES, data_type=pb.TYPE_FP32, dims=[top_k])
-    config.output.add(name=TOP_K_INDICES, data_type=pb.TYPE_INT64, dims=[top_k])
     steps = config.ensemble_scheduling.step
     # Version -1: each step uses the latest version, so a new classifier version takes over the ensemble too.
     step = steps.add(model_name=preprocess.name, model_version=-1)
@@ -277,11 +284,23 @@ def ensemble_config(
     step.output_map[PIXELS] = "_pixels"
     step = steps.add(model_name=classifier.name, model_version=-1)
     step.input_map[pixels] = "_pixels"
-    step.output_map[logits] = "_logits"
-    step = steps.add(model_name=postprocess.name, model_version=-1)
-    step.input_map[logits] = "_logits"
-    for output in (TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES):
-        step.output_map[output] = output
+    if postprocess is None:
+        # The ensemble of an embedding model answers `embeddings`, whatever the model calls its output (an imported
+        # model keeps its own names), so that clients recognise it.
+        (output,) = classifier.output
+        config.output.add(name=EMBEDDINGS, data_type=output.data_type, dims=output.dims)
+        step.output_map[output.name] = EMBEDDINGS
+    else:
+        logits = postprocess.parameters["logits"].string_value
+        top_k = int(postprocess.parameters["top_k"].string_value)
+        config.output.add(name=TOP_K_LABELS, data_type=pb.TYPE_STRING, dims=[top_k])
+        config.output.add(name=TOP_K_SCORES, data_type=pb.TYPE_FP32, dims=[top_k])
+        config.output.add(name=TOP_K_INDICES, data_type=pb.TYPE_INT64, dims=[top_k])
+        step.output_map[logits] = "_logits"
+        step = steps.add(model_name=postprocess.name, model_version=-1)
+        step.input_map[logits] = "_logits"
+        for output in (TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES):
+            step.output_map[output] = output
     _string_parameters(config, {"vitexport_model": classifier.parameters["vitexport_model"].string_value})
     return config
 

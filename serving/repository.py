@@ -1,5 +1,6 @@
 """Writes models into a Triton model repository: `<repo>/<name>/config.pbtxt`, `labels.txt` and numbered version
-folders, plus the `<name>_image` ensemble (image bytes -> preprocessing -> classifier -> top-k).
+folders, plus the `<name>_image` ensemble (image bytes -> preprocessing -> classifier -> top-k; for a model that
+returns embeddings, image bytes -> preprocessing -> model -> the embedding, with no labels and no top-k).
 
 A version is staged in a hidden folder inside its model folder (same file system; Triton ignores non-numeric
 folders there) and renamed into place, so a server never sees half a version; an existing version is never
@@ -91,7 +92,9 @@ def add_model(
     intra_op_threads: int = 0,
     require_gate: bool = True,
 ) -> AddedModel:
-    """Add a classifier version (and by default the `<name>_image` ensemble) to a Triton model repository.
+    """Add a classifier version (and by default the `<name>_image` ensemble) to a Triton model repository. An
+    artifact whose one output is `embeddings` (`--head features`) is written without labels, and its ensemble
+    returns the raw embedding (`top_k` does not apply).
 
     The backend defaults to the artifact's format: ONNX and OpenVINO IR to the Python backend models that serve on
     the local Triton, engines to tensorrt_plan.
@@ -161,8 +164,10 @@ def add_model(
     _check_compatible(model_dir, classifier)
     version = _next_version(model_dir, version)
 
-    parts: list[tuple[Path, cfg.pb.ModelConfig, dict[str, Path], str]] = []
-    labels = labels_for(first.num_classes, first.labels)
+    parts: list[tuple[Path, cfg.pb.ModelConfig, dict[str, Path], str | None]] = []
+    # A model returning embeddings has no classes: no labels.txt, no top-k step; its ensemble returns the embedding.
+    embeddings = first.head == "features" or cfg.returns_embeddings(first.output_names)
+    labels = None if embeddings else labels_for(first.num_classes, first.labels)
     if backend.runtime:
         files["model.py"] = CLASSIFIER_MODEL
     parts.append((model_dir, classifier, files, labels))
@@ -170,19 +175,20 @@ def add_model(
         if classifier.max_batch_size == 0:
             raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
         pre = cfg.preprocess_config(f"{name}_preprocess", first.preprocess, max_batch_size=classifier.max_batch_size)
-        post = cfg.postprocess_config(
-            f"{name}_postprocess",
-            num_classes=first.num_classes,
-            top_k=top_k,
-            max_batch_size=classifier.max_batch_size,
-            logits=first.output_names[0],
-        )
+        post = None
+        if not embeddings:
+            post = cfg.postprocess_config(
+                f"{name}_postprocess",
+                num_classes=first.num_classes,
+                top_k=top_k,
+                max_batch_size=classifier.max_batch_size,
+                logits=first.output_names[0],
+            )
         image = cfg.ensemble_config(f"{name}_image", classifier=classifier, preprocess=pre, postprocess=post)
-        parts += [
-            (check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, None),
-            (check_name(repo_dir, post.name), post, {"model.py": POSTPROCESS_MODEL}, labels),
-            (check_name(repo_dir, image.name), image, {}, None),  # an ensemble still needs its version folder
-        ]
+        parts.append((check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, None))
+        if post is not None:
+            parts.append((check_name(repo_dir, post.name), post, {"model.py": POSTPROCESS_MODEL}, labels))
+        parts.append((check_name(repo_dir, image.name), image, {}, None))  # an ensemble still needs its version folder
         for part_dir, part, *_ in parts[1:]:
             _check_compatible(part_dir, part)
             if version in versions(part_dir):

@@ -28,6 +28,9 @@ def test_an_unreachable_server_is_one_line(closed_port, protocol, tmp_path):
         client.classify(closed_port, [image], protocol=protocol)
     with pytest.raises(ServingError, match="cannot read m's config"):
         client.classify(closed_port, [image], protocol=protocol, model="m")
+    for ask in (client.embed, client.predict):
+        with pytest.raises(ServingError, match=f"cannot reach Triton at {closed_port}"):
+            ask(closed_port, [image], protocol=protocol)
 
 
 @pytest.fixture
@@ -66,6 +69,18 @@ def test_bad_arguments(closed_port, tmp_path):
         client.classify(closed_port, [b"x"], timeout=0)
     with pytest.raises(ServingError, match="cannot read image"):
         client.classify(closed_port, [tmp_path / "missing.jpg"])
+
+
+@pytest.mark.parametrize("ask", [client.embed, client.predict])
+def test_bad_arguments_to_embed_and_predict(closed_port, tmp_path, ask):
+    with pytest.raises(ServingError, match="protocol must be http or grpc"):
+        ask(closed_port, [b"x"], protocol="ftp")
+    with pytest.raises(ServingError, match="no images"):
+        ask(closed_port, [])
+    with pytest.raises(ServingError, match="timeout must be > 0"):
+        ask(closed_port, [b"x"], timeout=0)
+    with pytest.raises(ServingError, match="cannot read image"):
+        ask(closed_port, [tmp_path / "missing.jpg"])
 
 
 def test_metrics_from_an_unreachable_server(closed_port):

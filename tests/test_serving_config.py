@@ -45,6 +45,15 @@ def _ensemble():
     return cfg.ensemble_config("vit_image", classifier=c, preprocess=pre, postprocess=post)
 
 
+EMBEDDINGS = artifact(output_names=("embeddings",), num_classes=64)  # `--head features`: (N, D) embeddings, D = 64
+
+
+def _embeddings_ensemble():
+    c = classifier(ServingBackend.python_onnxruntime, EMBEDDINGS)
+    pre = cfg.preprocess_config("vit_preprocess", get_spec("test_vit").preprocess, max_batch_size=8)
+    return cfg.ensemble_config("vit_image", classifier=c, preprocess=pre, postprocess=None)
+
+
 CASES = {
     "python_onnxruntime": lambda: classifier(ServingBackend.python_onnxruntime, instances=2, intra_op_threads=2),
     "python_openvino": lambda: classifier(ServingBackend.python_openvino),
@@ -74,6 +83,8 @@ CASES = {
     "preprocess": lambda: cfg.preprocess_config("vit_preprocess", get_spec("test_resnet").preprocess, max_batch_size=8),
     "postprocess": lambda: cfg.postprocess_config("vit_postprocess", num_classes=1000, top_k=5, max_batch_size=8),
     "ensemble": _ensemble,
+    "embeddings": lambda: classifier(ServingBackend.python_onnxruntime, EMBEDDINGS),
+    "embeddings_ensemble": _embeddings_ensemble,
 }
 
 
@@ -110,6 +121,19 @@ def test_reference_details():
     ensemble = cfg.parse((REFERENCES / "ensemble.pbtxt").read_text())
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["vit_preprocess", "vit", "vit_postprocess"]
     assert ensemble.input[0].data_type == cfg.pb.TYPE_STRING
+
+
+def test_embeddings_have_no_labels_and_their_ensemble_no_top_k():
+    model = cfg.parse((REFERENCES / "embeddings.pbtxt").read_text())
+    (output,) = model.output
+    assert (output.name, list(output.dims), output.label_filename) == ("embeddings", [64], "")
+    ensemble = cfg.parse((REFERENCES / "embeddings_ensemble.pbtxt").read_text())
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["vit_preprocess", "vit"]
+    (output,) = ensemble.output
+    assert (output.name, output.data_type, list(output.dims)) == ("embeddings", cfg.pb.TYPE_FP32, [64])
+    assert dict(ensemble.ensemble_scheduling.step[1].output_map) == {"embeddings": "embeddings"}
+    assert cfg.returns_embeddings(["embeddings"]) and not cfg.returns_embeddings(["logits"])
+    assert not cfg.returns_embeddings(["logits", "logits_cls", "logits_dist"])
 
 
 def test_parse_rejects_what_triton_would():

@@ -1,6 +1,7 @@
 """The repository writer: layout, labels, versions that are staged and renamed, never clobbered, and names that
 cannot escape the repository. Model files here are placeholders: the writer copies them without reading them."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -237,3 +238,41 @@ def test_fixed_batch_models_need_no_ensemble(tmp_path):
     with pytest.raises(ServingError, match="dynamic-batch"):
         add_model(tmp_path / "repo", artifact)
     assert cfg.read_config(add_model(tmp_path / "repo", artifact, ensemble=False).path.parent).max_batch_size == 0
+
+
+def test_embeddings_models_get_no_labels_and_an_ensemble_without_top_k(tmp_path):
+    repo = tmp_path / "repo"
+    artifact = make_artifact(tmp_path, num_classes=64, output_names=("embeddings",))
+    added = add_model(repo, artifact)
+    assert added.models == ("test_vit", "test_vit_preprocess", "test_vit_image")
+    assert not list(repo.rglob("labels.txt")) and not (repo / "test_vit_postprocess").exists()
+    configs = scan(repo)
+    assert set(configs) == set(added.models)
+    assert [(o.name, list(o.dims), o.label_filename) for o in configs["test_vit"].output] == [("embeddings", [64], "")]
+    assert [s.model_name for s in configs["test_vit_image"].ensemble_scheduling.step] == [
+        "test_vit_preprocess",
+        "test_vit",
+    ]
+    assert [(o.name, list(o.dims)) for o in configs["test_vit_image"].output] == [("embeddings", [64])]
+    # A classifier cannot become a new version of an embeddings model: the older versions would break.
+    with pytest.raises(ServingError, match="different output"):
+        add_model(repo, make_artifact(tmp_path, file="classifier.onnx"))
+    assert repository.versions(repo / "test_vit") == [1]
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "mean", "std"),
+    [
+        ("mobilevit_s", 256, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]),  # pixels in [0, 1], 256 px
+        ("swin_base_patch4_window12_384", 384, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ("beit_base_patch16_224", 224, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    ],
+)
+def test_each_familys_preprocessing_reaches_its_ensemble(tmp_path, name, size, mean, std):
+    added = add_model(tmp_path / "repo", make_artifact(tmp_path, name=name))
+    configs = scan(tmp_path / "repo")
+    assert list(configs[name].input[0].dims) == [3, size, size]
+    assert list(configs[f"{name}_preprocess"].output[0].dims) == [3, size, size]
+    served = json.loads(cfg.parameter(configs[f"{name}_preprocess"], "preprocess"))
+    assert (served["input_size"], served["mean"], served["std"]) == (size, mean, std)
+    assert added.models[-1] == f"{name}_image"

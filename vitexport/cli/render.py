@@ -1,4 +1,5 @@
-"""The tables the commands print: one rendering each for drift reports, the accuracy gate, op counts and engines."""
+"""The tables the commands print: one rendering each for drift reports, the accuracy gate, op counts, engines and
+embeddings."""
 
 from __future__ import annotations
 
@@ -92,3 +93,29 @@ def engine_report(artifact: Any) -> None:
     drift_table(f"TensorRT vs {validation['reference']} on ONNX Runtime (gated)", validation["reports"])
     if "fp32_drift" in validation:  # int8: gated against its Q/DQ graph; drift from fp32 is information
         drift_table(f"TensorRT vs {validation['fp32_reference']} (reported, not gated)", validation["fp32_drift"])
+
+
+FIRST_VALUES = 4  # enough of an embedding to tell two apart at a glance; --json has the whole vector
+
+
+def embedding_summary(vector: Any) -> dict[str, Any]:
+    """An embedding as `infer --json` gives it: size, L2 norm and every value."""
+    import numpy as np
+
+    vector = np.asarray(vector, dtype=np.float32)
+    return {
+        "size": int(vector.size),
+        "norm": float(np.linalg.norm(vector.astype(np.float64))),
+        "embedding": vector.tolist(),
+    }
+
+
+def embeddings_table(images: list[Any], vectors: list[Any]) -> None:
+    """One row per image: the embedding's size, L2 norm and first values."""
+    rows = []
+    for image, vector in zip(images, vectors, strict=True):
+        summary = embedding_summary(vector)
+        first = ", ".join(f"{x:.4f}" for x in summary["embedding"][:FIRST_VALUES])
+        more = ", ..." if summary["size"] > FIRST_VALUES else ""
+        rows.append([str(image), summary["size"], f"{summary['norm']:.4f}", first + more])
+    print_table(None, ["image", "size", "L2 norm", "first values"], rows)

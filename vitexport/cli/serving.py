@@ -37,8 +37,10 @@ def repo(
     queue_delay_us: Annotated[int, typer.Option(help="Longest wait to fill a batch, in microseconds.")] = 1000,
     instances: Annotated[int, typer.Option(help="Model instances (one Python stub process each).")] = 1,
     version: Annotated[int | None, typer.Option(help="Version number (default: next free).")] = None,
-    ensemble: Annotated[bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> top-k).")] = True,
-    top_k: Annotated[int, typer.Option(help="Classes the image ensemble returns.")] = 5,
+    ensemble: Annotated[
+        bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> top-k, or -> the embedding).")
+    ] = True,
+    top_k: Annotated[int, typer.Option(help="Classes the image ensemble returns (classifiers).")] = 5,
     ort_trt_fp16: Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -150,12 +152,21 @@ def infer(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server at each step.")] = 60.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Classify images on a running Triton server and print labels and scores."""
+    """Classify images on a running Triton server and print labels and scores; for a model exported with
+    --head features, print each embedding's size and L2 norm (--json: the whole vector)."""
     with user_errors():
-        from vitexport.serving.client import classify
+        from vitexport.serving.client import TopK, predict
 
         server = url or protocol.default_url
-        results = classify(server, images, protocol=protocol, model=model, top_k=top_k, timeout=timeout)
+        results = predict(server, images, protocol=protocol, model=model, top_k=top_k, timeout=timeout)
+    if not isinstance(results[0], TopK):  # a model exported with --head features: one embedding per image
+        from vitexport.cli.render import embedding_summary, embeddings_table
+
+        if as_json:
+            print_json([{"image": str(p)} | embedding_summary(v) for p, v in zip(images, results, strict=True)])
+        else:
+            embeddings_table(images, results)
+        return
     if as_json:
         print_json([{"image": str(path)} | r.to_dict() for path, r in zip(images, results, strict=True)])
         return
