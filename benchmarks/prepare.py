@@ -17,13 +17,24 @@ from vitexport.errors import VitExportError, first_line
 
 CALIBRATION_IMAGES = 32  # enough for min-max ranges of a speed benchmark; NNCF's default 300 costs minutes here
 GATE_IMAGES = 64  # real images every variant is gated on, none of them a calibration image
+DIGITS_MODEL = "test_vit_digits"  # trained on the digits: its calibration and gate images are digits
+
+
+def _image_folders(workdir: Path, model: str, size: int) -> tuple[Path, Path]:
+    """Calibration and gate images: the digits for the model trained on them, real photographs (crops of scikit-image's
+    packaged photos, the gate's photos other than the calibration's) for every ImageNet model."""
+    if model == DIGITS_MODEL:
+        return _digits_folders(workdir, size)
+    from vitexport.export.photos import GATE_PHOTOS, photo_folder
+
+    return photo_folder(CALIBRATION_IMAGES), photo_folder(GATE_IMAGES, photos=GATE_PHOTOS)
 
 
 def _digits_folders(workdir: Path, size: int) -> tuple[Path, Path]:
-    """Real images (scikit-learn's digits, upsampled) where ImageNet cannot be downloaded: an ImageFolder of the first
+    """scikit-learn's digits, upsampled, for the model trained on them: an ImageFolder of the first
     CALIBRATION_IMAGES for INT8 calibration, and a flat folder of the next GATE_IMAGES for every variant's gate.
-    The gate's folder is unlabelled on purpose: a random-weight model's accuracy on digit labels means nothing, its
-    agreement with the fp32 model on real images does (on Gaussian noise alone a DeiT-B's top two logits tie)."""
+    The gate's folder is unlabelled, as the photographs are: the bench gates on agreement with the fp32 model on real
+    images (on Gaussian noise alone a DeiT-B's top two logits tie); the labelled check is the optimize tests'."""
     from PIL import Image
 
     from vitexport.bench.digits import load_digits_images, write_image_folder
@@ -113,7 +124,7 @@ def _variant(
             return cached.path, cached.gate_failure
     name = f"{plain.model}: {runtime.value} {precision.value}"
     progress(f"{name}: optimizing (and the accuracy gate)" if validate else f"{name}: optimizing")
-    default_calibration, gate_images = _digits_folders(folder.parent, plain.preprocess.input_size)
+    default_calibration, gate_images = _image_folders(folder.parent, plain.model, plain.preprocess.input_size)
     calib = (calibration or default_calibration) if precision.value == "int8" else None
     # ORT's quantizer logs a pre-processing hint on the root logger at every call: not for the bench's output.
     logging.disable(logging.WARNING)
