@@ -8,7 +8,6 @@ shows what the gate costs; it never counts as our best gated path.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,19 +125,14 @@ def _variant(
     progress(f"{name}: optimizing (and the accuracy gate)" if validate else f"{name}: optimizing")
     default_calibration, gate_images = _image_folders(folder.parent, plain.model, plain.preprocess.input_size)
     calib = (calibration or default_calibration) if precision.value == "int8" else None
-    # ORT's quantizer logs a pre-processing hint on the root logger at every call: not for the bench's output.
-    logging.disable(logging.WARNING)
     try:
-        try:
-            return _optimize(plain, runtime, precision, output, calib, gate_images, validate).path, None
-        except ValidationError as e:
-            failure = "failed its accuracy gate: " + first_line(e)
-        progress(f"{name}: {failure}; building it ungated")
-        variant = _optimize(plain, runtime, precision, fallback, calib, gate_images, False)
-        variant.with_(gate_failure=failure).save()
-        return variant.path, failure
-    finally:
-        logging.disable(logging.NOTSET)
+        return _optimize(plain, runtime, precision, output, calib, gate_images, validate).path, None
+    except ValidationError as e:
+        failure = "failed its accuracy gate: " + first_line(e)
+    progress(f"{name}: {failure}; building it ungated")
+    variant = _optimize(plain, runtime, precision, fallback, calib, gate_images, False)
+    variant.with_(gate_failure=failure).save()
+    return variant.path, failure
 
 
 def _optimize(plain, runtime, precision, output: Path, calib: Path | None, images: Path, validate: bool):

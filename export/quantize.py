@@ -8,7 +8,10 @@ per-channel weights, calibrated) is 2x fp32 and dynamic is 6x slower, because OR
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +38,17 @@ def default_method(family: str) -> QuantMethod:
     return QuantMethod.static if is_convnet(family) else QuantMethod.dynamic
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_onnx(
     source: Path,
     output: Path,
@@ -59,7 +73,8 @@ def quantize_onnx(
     reduce_range = int8_saturates()  # 7-bit weights where 8-bit products would saturate (export/cpu.py)
     if method is QuantMethod.static and (calibration is None or len(calibration) == 0):
         raise ExportError("static INT8 quantization needs calibration images: give --calibration DIR")
-    with tempfile.TemporaryDirectory(prefix="vitexport-quant-") as tmp:
+    # ORT's quantizer logs a pre-processing hint on the root logger at every call; a stage prints nothing.
+    with tempfile.TemporaryDirectory(prefix="vitexport-quant-") as tmp, _quiet_root_logger():
         try:
             if method is QuantMethod.dynamic:
                 quantize_dynamic(

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up, then run the main job end to end: export DeiT to ONNX (checked against PyTorch), write a Triton model
-# repository, start the real Triton server, classify an image over HTTP and gRPC, run a short benchmark, stop.
+# Set up, then run the main job end to end: export DeiT-B to ONNX (checked against PyTorch); deploy DeiT-S (every CPU
+# variant built and gated on real photographs, the fastest that passed written into a Triton repository) and, beside
+# it, a small ViT trained here on handwritten digits; start the real Triton server; classify over HTTP and gRPC (the
+# digit comes back with its right label); run a short benchmark; stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,8 +11,28 @@ mkdir -p out
 
 vitexport models --family deit
 vitexport onnx deit_base --output out/deit_base.onnx
-vitexport onnx deit_small --output out/deit_small.onnx
-vitexport repo out/deit_small.onnx --repo model_repository --name deit_small
+vitexport deploy deit_small --repo model_repository --workdir out/deploy/deit_small
+
+# A model whose answers can be checked: a tiny ViT trained in seconds on scikit-learn's digits, with their labels.
+python - <<'PY'
+from pathlib import Path
+
+from vitexport.bench.digits import load_digits_images, split, train, write_image_folder
+from vitexport.models import get_spec
+
+out = Path("out/digits")
+out.mkdir(parents=True, exist_ok=True)
+if not (out / "model.pt").is_file():
+    print(f"digits ViT: {train(out / 'model.pt'):.1f}% top-1 on held-out digits")
+images, labels = load_digits_images(get_spec("test_vit_digits").img_size)
+train_idx, test_idx = split(len(labels))
+write_image_folder(out / "train", images[train_idx], labels[train_idx])
+write_image_folder(out / "test", images[test_idx], labels[test_idx])
+(out / "labels.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
+PY
+vitexport deploy test_vit_digits --checkpoint out/digits/model.pt --calibration out/digits/train \
+  --images out/digits/test --labels out/digits/labels.txt --repo model_repository --name digits \
+  --workdir out/deploy/digits
 
 vitexport serve --repo model_repository --http-port 8000 --grpc-port 8001 --metrics-port 8002 &
 server=$!
@@ -29,8 +51,10 @@ y, x = np.mgrid[0:300, 0:400]
 rgb = np.stack([x * 255 // 400, y * 255 // 300, (x + y) * 255 // 700], -1).astype(np.uint8)
 Image.fromarray(rgb).save("out/gradient.png")
 PY
-vitexport infer out/gradient.png --protocol http --url localhost:8000
-vitexport infer out/gradient.png --protocol grpc --url localhost:8001
+vitexport infer out/gradient.png --protocol http --url localhost:8000 --model deit_small_image
+vitexport infer out/gradient.png --protocol grpc --url localhost:8001 --model deit_small_image
+digit=$(ls out/digits/test/7 | head -1)
+vitexport infer "out/digits/test/7/$digit" --url localhost:8000 --model digits_image --top-k 1   # digit 7
 if vitexport bench --help >/dev/null 2>&1; then
   vitexport bench deit_small resnet50 --quick --output out/bench
 fi

@@ -54,9 +54,16 @@ def test_deploy_serves_the_fastest_gated_candidate_and_the_right_label(digits, t
             assert answer.labels[0] == "digit 7"
 
 
-def test_deploy_needs_calibration_and_names_bad_candidates(tmp_path):
-    result = runner.invoke(app, ["deploy", "test_vit", "--repo", str(tmp_path / "r")])
-    assert result.exit_code == 1 and "give --calibration DIR" in result.output
+def test_deploy_calibrates_on_photographs_by_default_and_says_so(tmp_path):
+    args = ["deploy", "test_vit", "--repo", str(tmp_path / "r"), "--runtimes", "onnxruntime-fp32,openvino-int8"]
+    result = runner.invoke(app, [*args, "--workdir", str(tmp_path / "w"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "calibrating on real photographs" in result.stderr
+    candidates = json.loads(result.stdout)["candidates"]
+    assert {(c["runtime"], c["precision"]) for c in candidates} == {("onnxruntime", "fp32"), ("openvino", "int8")}
+
+
+def test_bad_candidates_are_one_line():
     with pytest.raises(VitExportError, match="RUNTIME-PRECISION"):
         parse_candidates("openvino-int4")
     assert parse_candidates("openvino-int8, onnxruntime-fp32")[1][0].value == "onnxruntime"

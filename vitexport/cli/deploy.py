@@ -9,14 +9,15 @@ from typing import Annotated
 import typer
 
 from vitexport.cli.console import JsonFlag, print_json, print_table, progress_status, user_errors
-from vitexport.errors import VitExportError
 
 
 def deploy(
     model_or_onnx: Annotated[str, typer.Argument(help="A registered model (exported first) or an ONNX artifact.")],
     repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
     name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the model's).")] = None,
-    calibration: Annotated[Path | None, typer.Option(help="Images that calibrate INT8 (and gate the rest).")] = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Images INT8 calibrates on [default: real photographs from scikit-image].")
+    ] = None,
     images: Annotated[Path | None, typer.Option(help="Images for the gates; class subfolders add accuracy.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Weights, when MODEL is a registered name.")] = None,
     runtimes: Annotated[
@@ -42,7 +43,16 @@ def deploy(
         from vitexport.serving.repository import add_model
 
         if calibration is None:
-            raise VitExportError("give --calibration DIR: the images INT8 calibrates on (and the other gates use)")
+            from vitexport.export.photos import GATE_PHOTOS, photo_folder
+
+            calibration = photo_folder()
+            images = images or photo_folder(40, photos=GATE_PHOTOS)
+            typer.secho(
+                f"note: no --calibration: calibrating on real photographs (scikit-image's {calibration.name}) and "
+                f"gating on others ({images.name}); give your own images for your model",
+                fg="yellow",
+                err=True,
+            )
         chosen_names = parse_candidates(runtimes) if runtimes else CANDIDATES
         with progress_status(not as_json) as progress:
             source = export_or_load(model_or_onnx, Path("."), checkpoint=checkpoint, progress=progress)
