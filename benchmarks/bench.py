@@ -215,6 +215,7 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
         skipped[BenchBackend.openvino_bf16] = no_bf16
     entries: dict[str, dict[str, Any]] = {}
     runnable = {}
+    timm_name = _timm_peer(spec.name, skipped) if BenchBackend.timm in in_process else None
     for b in in_process:
         if b in skipped:
             entries[b.value] = {"status": "skipped", "reason": skipped[b], "peer": b.peer}
@@ -243,10 +244,11 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
             entries[backend_name] = {
                 "status": "ok",
                 "peer": b.peer,
-                "gated": not b.peer and b not in ungated,
+                "gated": not b.peer and b not in ungated and _passed_gate(paths.get(b)),
                 **({"gate_failure": ungated[b]} if b in ungated else {}),
                 "precision": precision,
                 "artifact": paths[b].name if b in paths else None,
+                **({"peer_model": f"timm {timm_name}"} if b is BenchBackend.timm else {}),
                 "batches": batches,
                 **({"note": w.limited} if w.limited else {}),
             }
@@ -263,6 +265,28 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
         "served": served_results,
         "served_skipped": served_skipped,
     }
+
+
+def _passed_gate(path: Path | None) -> bool:
+    """Whether the variant's sidecar records a passed accuracy gate: a run without validation (--quick) reuses
+    gated variants from the cache, but the ones it makes anew are not gated and are not called so."""
+    from vitexport.artifacts import load_artifact
+
+    if path is None:
+        return False
+    validation = load_artifact(path).validation or {}
+    return bool(validation.get("passed")) and "images" in validation
+
+
+def _timm_peer(model: str, skipped: dict[BenchBackend, str]) -> str | None:
+    """timm's name for the model (the report shows it), or None with the reason recorded as the peer's skip."""
+    from vitexport.bench.runners import timm_peer_name
+
+    try:
+        return timm_peer_name(model)
+    except VitExportError as e:
+        skipped[BenchBackend.timm] = first_line(e)
+        return None
 
 
 def _no_native_bf16() -> str | None:

@@ -268,8 +268,11 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
             frac = last.get("fraction_of_peak") if last else None
             gflops = last["gflops"] if last else None
             gflops_text = _fmt(gflops, ".0f" if (gflops or 0) >= 100 else ".3g")
+            label = (
+                f"{backend} ({e['peer_model']})" if e.get("peer_model", f"timm {name}") != f"timm {name}" else backend
+            )
             out.append(
-                f"| {name} | {backend} | {_kind(e)} | {e['precision']} | "
+                f"| {name} | {label} | {_kind(e)} | {e['precision']} | "
                 + " | ".join(cells)
                 + f" | {_fmt(first and first['latency_ms_p50'])} | {gflops_text} | "
                 # Two significant digits for the tiny test models' small fractions; whole percent from 10% up
