@@ -215,7 +215,7 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
     m, s = result["machine"], result["settings"]
     sizes = [str(b) for b in s["batch_sizes"]]
     out = [
-        "# `vitexport bench` results",
+        "# " + result.get("title", "`vitexport bench` results"),
         "",
         f"`{result['command']}`",
         "",
@@ -226,10 +226,16 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         "",
         f"Settings: batch sizes {', '.join(sizes)}; {s['windows']} measured windows of {s['duration']} s after "
-        f"{s['warmup']} s of warm-up per point, interleaved across backends, each backend in its own process "
-        f"(ONNX Runtime spinning off); img/s is the median window, ± the spread (max - min) / median. "
-        f"Weights are random (no download here): speed does not depend on them."
-        + ("" if s["validate"] else " Quick run: artifacts were not re-validated."),
+        f"{s['warmup']} s of warm-up per point, "
+        + s.get("interleaved", "interleaved across backends, each backend in its own process")
+        + " (ONNX Runtime spinning off); img/s is the median window, ± the spread (max - min) / median. "
+        "Weights are random (no download here): speed does not depend on them."
+        + (
+            ""
+            if s["validate"]
+            else " Artifacts were not validated in this run: variants made anew here are shown ungated "
+            "(those reused from the cache keep the gate verdict of their sidecar)."
+        ),
         "",
     ]
     if result["peaks"]:
