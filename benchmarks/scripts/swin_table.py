@@ -7,8 +7,8 @@ in load falls on every model alike, and the ratios to DeiT-S come from windows t
     .venv/bin/python benchmarks/scripts/swin_table.py [--rounds 3] [--duration 2] [--batch-size 8]
         [--workdir /tmp/vitexport-bench-work]
 
-The variants come from `vitexport bench`'s work folder (made there, with their accuracy gate, if missing; with
---no-validate made without it and then not called gated). Writes benchmarks/results/swin_table.{json,md,*.png}
+The variants come from `vitexport bench`'s work folder, made by its `prepare` when missing (with their accuracy
+gate; with --no-validate without it, and then not called gated). Writes benchmarks/results/swin_table.{json,md,*.png}
 through vitexport.bench.report, so the Markdown has the same tables as a `vitexport bench` run.
 """
 
