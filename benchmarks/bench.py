@@ -139,9 +139,10 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         "peak_gflops": peak,
         "models": models,
     }
-    from vitexport.bench.report import paper_table, verdicts
+    from vitexport.bench.report import paper_table, swin_table, verdicts
 
     result["paper_table"] = paper_table(result)
+    result["swin_table"] = swin_table(result)
     result["verdicts"] = verdicts(result)
     return result
 
@@ -167,6 +168,10 @@ def _canonical(name: str) -> str:
 
 def _peaks(config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
     specs = {f"{rt}-{p}": GemmSpec(rt, p, config.sweep.threads, config.gemm_size) for rt, p in GEMMS}
+    # torch's bf16 matmul without BF16 instructions is emulated: measured here (Zen 3, AVX2) over a minute per
+    # 2048^3 call on 2 busy cores, which would hold the whole run for a figure that is not a peak.
+    no_bf16 = _no_native_bf16()
+    emulated = {name: specs.pop(name) for name in [n for n in specs if n == "torch-bf16"] if no_bf16}
     settings = SweepSettings(batch_sizes=(1,), windows=config.sweep.windows, duration=min(config.sweep.duration, 1.0))
     settings = SweepSettings(**(asdict(settings) | {"warmup": 0.3, "threads": config.sweep.threads}))
     progress("GEMM peaks: loading")
@@ -174,7 +179,10 @@ def _peaks(config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
         for w in pool.values():
             w.wait_ready()
         measured = sweep(pool, settings, 1, progress, "GEMM peak")
-        out = {}
+        out = {
+            name: {"status": "skipped", "reason": no_bf16, "precision": spec.precision}
+            for name, spec in emulated.items()
+        }
         for name, w in pool.items():
             if name not in measured:
                 out[name] = {"status": "failed", "reason": w.error, "precision": specs[name].precision}
@@ -211,6 +219,7 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
         skipped[BenchBackend.openvino_bf16] = no_bf16
     entries: dict[str, dict[str, Any]] = {}
     runnable = {}
+    timm_name = _timm_peer(spec.name, skipped) if BenchBackend.timm in in_process else None
     for b in in_process:
         if b in skipped:
             entries[b.value] = {"status": "skipped", "reason": skipped[b], "peer": b.peer}
@@ -239,10 +248,11 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
             entries[backend_name] = {
                 "status": "ok",
                 "peer": b.peer,
-                "gated": not b.peer and b not in ungated,
+                "gated": not b.peer and b not in ungated and _passed_gate(paths.get(b)),
                 **({"gate_failure": ungated[b]} if b in ungated else {}),
                 "precision": precision,
                 "artifact": paths[b].name if b in paths else None,
+                **({"peer_model": f"timm {timm_name}"} if b is BenchBackend.timm else {}),
                 "batches": batches,
                 **({"note": w.limited} if w.limited else {}),
             }
@@ -259,6 +269,28 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
         "served": served_results,
         "served_skipped": served_skipped,
     }
+
+
+def _passed_gate(path: Path | None) -> bool:
+    """Whether the variant's sidecar records a passed accuracy gate: a run without validation (--quick) reuses
+    gated variants from the cache, but the ones it makes anew are not gated and are not called so."""
+    from vitexport.artifacts import load_artifact
+
+    if path is None:
+        return False
+    validation = load_artifact(path).validation or {}
+    return bool(validation.get("passed")) and "images" in validation
+
+
+def _timm_peer(model: str, skipped: dict[BenchBackend, str]) -> str | None:
+    """timm's name for the model (the report shows it), or None with the reason recorded as the peer's skip."""
+    from vitexport.bench.runners import timm_peer_name
+
+    try:
+        return timm_peer_name(model)
+    except VitExportError as e:
+        skipped[BenchBackend.timm] = first_line(e)
+        return None
 
 
 def _no_native_bf16() -> str | None:

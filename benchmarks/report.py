@@ -25,6 +25,27 @@ PAPER_NAMES = {
     "resnet152": "ResNet-152",
 }
 REFERENCE_MODEL = "resnet50"
+# The Swin paper's Table 1(a) throughput (img/s, one V100, measured with timm's code, as the paper says),
+# with its ratio to DeiT-S: at 224 px, and the 384 px pair Swin-B / ViT-B/16.
+SWIN_PAPER_V100 = {
+    "swin_tiny_patch4_window7_224": 755.2,
+    "swin_small_patch4_window7_224": 436.9,
+    "swin_base_patch4_window7_224": 278.1,
+    "deit_small_patch16_224": 940.4,
+    "deit_base_patch16_224": 292.3,
+    "swin_base_patch4_window12_384": 84.7,
+    "vit_base_patch16_384": 85.9,
+}
+SWIN_PAPER_NAMES = {
+    "swin_tiny_patch4_window7_224": "Swin-T",
+    "swin_small_patch4_window7_224": "Swin-S",
+    "swin_base_patch4_window7_224": "Swin-B",
+    "deit_small_patch16_224": "DeiT-S",
+    "deit_base_patch16_224": "DeiT-B",
+    "swin_base_patch4_window12_384": "Swin-B 384²",
+    "vit_base_patch16_384": "ViT-B/16 384²",
+}
+SWIN_REFERENCE = "deit_small_patch16_224"
 # The one-backend column of the paper table (ratios that do not mix runtimes): the first of these measured for
 # every model of the run.
 SAME_BACKENDS = ("onnxruntime", "onnxruntime-plain", "torch")
@@ -83,9 +104,26 @@ def verdicts(result: dict[str, Any]) -> list[str]:
 def paper_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The DeiT paper's throughput table, measured here: at the largest batch size, our best gated path per model
     and, for ratios within one runtime, the onnxruntime fp32 path; the paper's V100 figures beside them."""
+    return _paper_rows(result, PAPER_V100, PAPER_NAMES, REFERENCE_MODEL, "resnet50")
+
+
+def swin_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Swin paper's Table 1(a) throughput, measured here, as `paper_table` does for the DeiT paper's: ratios
+    to DeiT-S measured in the same run, the paper's V100 ratios to its DeiT-S beside them. Only the run's models
+    that are in the paper's table get a row (and the paper's rows that were not run, so the table keeps its form)."""
+    return _paper_rows(result, SWIN_PAPER_V100, SWIN_PAPER_NAMES, SWIN_REFERENCE, "deit_s")
+
+
+def _paper_rows(
+    result: dict[str, Any],
+    paper_v100: dict[str, float],
+    paper_names: dict[str, str],
+    reference: str,
+    suffix: str,
+) -> list[dict[str, Any]]:
     rows = []
     models = result["models"]
-    ref = models.get(REFERENCE_MODEL)
+    ref = models.get(reference)
     bs = str(max(result["settings"]["batch_sizes"]))
     same_backend = next(
         (
@@ -95,43 +133,72 @@ def paper_table(result: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         SAME_BACKENDS[0],
     )
-    for name, m in models.items():
+    ref_best = best_gated(ref, bs) if ref else None
+    ref_same = ref["in_process"].get(same_backend, {}) if ref else {}
+    ref_same_rate = ref_same["batches"][bs]["img_s"] if _ok(ref_same) and bs in ref_same["batches"] else None
+    # The DeiT table lists every model of the run; the Swin table only the paper's (its reference is not ResNet).
+    listed = models if reference == REFERENCE_MODEL else {n: m for n, m in models.items() if n in paper_v100}
+    for name, m in listed.items():
         best = best_gated(m, bs)
         same = m["in_process"].get(same_backend, {})
         same_rate = same["batches"][bs]["img_s"] if _ok(same) and bs in same["batches"] else None
-        ref_best = best_gated(ref, bs) if ref else None
-        ref_same = ref["in_process"].get(same_backend, {}) if ref else {}
-        ref_same_rate = ref_same["batches"][bs]["img_s"] if _ok(ref_same) and bs in ref_same["batches"] else None
-        paper = PAPER_V100.get(name)
+        paper = paper_v100.get(name)
         rows.append(
             {
-                "model": PAPER_NAMES.get(name, name),
+                "model": paper_names.get(name, name),
                 "params_m": round(m["params"] / 1e6, 1),
                 "resolution": m["resolution"],
                 "batch_size": int(bs),
                 "best_backend": best[0] if best else None,
                 "best_img_s": best[1] if best else None,
-                "best_ratio_to_resnet50": round(best[1] / ref_best[1], 3) if best and ref_best else None,
+                f"best_ratio_to_{suffix}": round(best[1] / ref_best[1], 4) if best and ref_best else None,
                 "same_backend": same_backend,
                 "same_backend_img_s": same_rate,
-                "same_backend_ratio_to_resnet50": round(same_rate / ref_same_rate, 3)
+                f"same_backend_ratio_to_{suffix}": round(same_rate / ref_same_rate, 4)
                 if same_rate and ref_same_rate
                 else None,
                 "paper_v100_img_s": paper,
-                "paper_ratio_to_resnet50": round(paper / PAPER_V100[REFERENCE_MODEL], 3) if paper else None,
+                f"paper_ratio_to_{suffix}": round(paper / paper_v100[reference], 4) if paper else None,
             }
         )
-    for name, paper in PAPER_V100.items():  # the paper's other rows, so the table keeps its form
+    for name, paper in paper_v100.items():  # the paper's other rows, so the table keeps its form
         if name not in models:
             rows.append(
                 {
-                    "model": PAPER_NAMES[name],
+                    "model": paper_names[name],
                     "measured": False,
+                    "batch_size": int(bs),
                     "paper_v100_img_s": paper,
-                    "paper_ratio_to_resnet50": round(paper / PAPER_V100[REFERENCE_MODEL], 3),
+                    f"paper_ratio_to_{suffix}": round(paper / paper_v100[reference], 4),
                 }
             )
     return rows
+
+
+def swin_table_notes(rows: list[dict[str, Any]], tolerance: float = 0.15) -> list[str]:
+    """Plain sentences comparing each measured ratio to DeiT-S (one runtime, then our best gated paths) with the
+    paper's V100 ratio: "differs" when they are more than `tolerance` apart, relative to the paper's."""
+    notes = []
+    for r in rows:
+        paper = r.get("paper_ratio_to_deit_s")
+        if r.get("measured") is False or paper is None or r["model"] == SWIN_PAPER_NAMES[SWIN_REFERENCE]:
+            continue
+        parts = []
+        for label, key in ((r["same_backend"], "same_backend_ratio_to_deit_s"), ("best gated", "best_ratio_to_deit_s")):
+            ours = r.get(key)
+            if ours is None:
+                parts.append(f"{label}: no ratio measured")
+                continue
+            change = ours / paper - 1
+            verdict = (
+                "as on the V100"
+                if abs(change) <= tolerance
+                else f"{'faster' if change > 0 else 'slower'} relative to DeiT-S than on the V100 "
+                f"({change * 100:+.0f}%)"
+            )
+            parts.append(f"{label} {ours:.2f} vs paper {paper:.2f}, {verdict}")
+        notes.append(f"{r['model']}: " + "; ".join(parts) + ".")
+    return notes
 
 
 def _kind(entry: dict[str, Any]) -> str:
@@ -148,7 +215,7 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
     m, s = result["machine"], result["settings"]
     sizes = [str(b) for b in s["batch_sizes"]]
     out = [
-        "# `vitexport bench` results",
+        "# " + result.get("title", "`vitexport bench` results"),
         "",
         f"`{result['command']}`",
         "",
@@ -159,10 +226,16 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         "",
         f"Settings: batch sizes {', '.join(sizes)}; {s['windows']} measured windows of {s['duration']} s after "
-        f"{s['warmup']} s of warm-up per point, interleaved across backends, each backend in its own process "
-        f"(ONNX Runtime spinning off); img/s is the median window, ± the spread (max - min) / median. "
-        f"Weights are random (no download here): speed does not depend on them."
-        + ("" if s["validate"] else " Quick run: artifacts were not re-validated."),
+        f"{s['warmup']} s of warm-up per point, "
+        + s.get("interleaved", "interleaved across backends, each backend in its own process")
+        + " (ONNX Runtime spinning off); img/s is the median window, ± the spread (max - min) / median. "
+        "Weights are random (no download here): speed does not depend on them."
+        + (
+            ""
+            if s["validate"]
+            else " Artifacts were not validated in this run: variants made anew here are shown ungated "
+            "(those reused from the cache keep the gate verdict of their sidecar)."
+        ),
         "",
     ]
     if result["peaks"]:
@@ -201,8 +274,11 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
             frac = last.get("fraction_of_peak") if last else None
             gflops = last["gflops"] if last else None
             gflops_text = _fmt(gflops, ".0f" if (gflops or 0) >= 100 else ".3g")
+            label = (
+                f"{backend} ({e['peer_model']})" if e.get("peer_model", f"timm {name}") != f"timm {name}" else backend
+            )
             out.append(
-                f"| {name} | {backend} | {_kind(e)} | {e['precision']} | "
+                f"| {name} | {label} | {_kind(e)} | {e['precision']} | "
                 + " | ".join(cells)
                 + f" | {_fmt(first and first['latency_ms_p50'])} | {gflops_text} | "
                 # Two significant digits for the tiny test models' small fractions; whole percent from 10% up
@@ -237,6 +313,8 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
                 f"{_fmt(r['paper_ratio_to_resnet50'], '.2f')} |"
             )
         out.append("")
+
+    out += _swin_markdown(result)
 
     served = [
         (n, p, c, r) for n, mo in result["models"].items() for p, pts in mo["served"].items() for c, r in pts.items()
@@ -291,6 +369,41 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         out.append("")
     out += [f"![{title}]({file})" for title, file in plots.items()]
     return "\n".join(out) + "\n"
+
+
+def _swin_markdown(result: dict[str, Any]) -> list[str]:
+    """The Swin paper's table, when the run has any of its models (computed from the result when an older result
+    has none stored, so that re-rendering a saved result shows it too)."""
+    rows = result.get("swin_table") or swin_table(result)
+    if not any(r.get("measured") is not False for r in rows):
+        return []
+    bs, threads = rows[0]["batch_size"], result["settings"]["threads"]
+    same = next((r["same_backend"] for r in rows if "same_backend" in r), SAME_BACKENDS[0])
+    out = [
+        f"## The Swin paper's throughput table (Table 1(a)), measured here (batch {bs}, {threads} CPU threads)",
+        "",
+        "Ratios are to DeiT-S measured in this run; the paper's are to its DeiT-S on one V100.",
+        "",
+        "| model | params | image size | img/s, best gated path | ratio to DeiT-S "
+        f"| img/s, {same} | ratio | paper V100 img/s | paper ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.get("measured") is False:
+            out.append(
+                f"| {r['model']} | | | not in this run | | | | {r['paper_v100_img_s']} | "
+                f"{r['paper_ratio_to_deit_s']:.2f} |"
+            )
+            continue
+        best = f"{r['best_img_s']:.1f} ({r['best_backend']})" if r["best_img_s"] else "–"
+        out.append(
+            f"| {r['model']} | {r['params_m']}M | {r['resolution']}² | {best} | "
+            f"{_fmt(r['best_ratio_to_deit_s'], '.2f')} | {_fmt(r['same_backend_img_s'])} | "
+            f"{_fmt(r['same_backend_ratio_to_deit_s'], '.2f')} | {_fmt(r['paper_v100_img_s'])} | "
+            f"{_fmt(r['paper_ratio_to_deit_s'], '.2f')} |"
+        )
+    notes = swin_table_notes(rows)
+    return [*out, "", *(f"- {n}" for n in notes), *([""] if notes else [])]
 
 
 def plots(result: dict[str, Any], output: Path, prefix: str) -> dict[str, str]:

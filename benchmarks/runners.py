@@ -117,7 +117,7 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
     import torch
 
     from vitexport.errors import VitExportError
-    from vitexport.models import create_model, get_spec
+    from vitexport.models import create_model
 
     torch.set_num_threads(spec.threads)
     torch.manual_seed(0)
@@ -125,12 +125,10 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
         from vitexport._timm_compat import import_timm
 
         timm = import_timm()
-        ours = get_spec(spec.model)
-        # timm's own test_* models are other architectures than ours: only real variants are comparable.
-        if ours.for_tests or ours.name not in timm.list_models():
-            raise VitExportError(f"timm has no model equivalent to {ours.name}")
-        name = ours.name
-        model = timm.create_model(name, pretrained=False).eval()
+        name, kwargs = timm_equivalent(spec.model)
+        if name not in timm.list_models():
+            raise VitExportError(f"timm {timm.__version__} has no model {name}, the equivalent of {spec.model}")
+        model = timm.create_model(name, pretrained=False, **kwargs).eval()
     else:
         model = create_model(spec.model)
     if spec.backend is BenchBackend.torch_compile:
@@ -147,6 +145,29 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
         return (out[0] if isinstance(out, tuple) else out).numpy()
 
     return _Callable(spec.backend.value, "fp32", infer)
+
+
+def timm_equivalent(model: str) -> tuple[str, dict[str, object]]:
+    """The timm model that computes what ours does: its name and `timm.create_model` arguments. Raises
+    VitExportError (one line, recorded as the peer's skip) where timm has none."""
+    from vitexport.errors import VitExportError
+    from vitexport.models import get_spec
+
+    ours = get_spec(model)
+    if ours.for_tests:  # timm's own test_* models are other architectures than ours
+        raise VitExportError(f"{ours.name} is a tiny test config; timm has no model of its architecture")
+    if ours.family == "mae" and ours.hub_id:
+        # timm has no mae_vit_* names: it hosts MAE only as pretrained tags of its ViTs (vit_base_patch16_224.mae,
+        # encoders without a classifier). The fine-tuned classifier we register is that ViT with the mean of the
+        # patch tokens (global_pool="avg", which turns fc_norm on and the final norm off).
+        return ours.hub_id.split(".")[0], {"global_pool": "avg"}
+    return ours.name, {}
+
+
+def timm_peer_name(model: str) -> str:
+    """timm's model as the report names it: `vit_base_patch16_224(global_pool='avg')`."""
+    name, kwargs = timm_equivalent(model)
+    return name + (f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" if kwargs else "")
 
 
 def _artifact_runner(spec: RunnerSpec, runtime: str) -> Runner:

@@ -3,7 +3,7 @@ to beat it, and the DeiT-paper table's ratios. The figures are inputs here, not 
 
 from __future__ import annotations
 
-from vitexport.bench.report import markdown, paper_table, verdicts
+from vitexport.bench.report import markdown, paper_table, swin_table, swin_table_notes, verdicts
 
 
 def _entry(rate: float, *, peer: bool, gated: bool = True) -> dict:
@@ -72,6 +72,68 @@ def test_paper_table_ratios_are_to_resnet50_and_keep_the_papers_rows():
     assert rows["DeiT-S"]["best_ratio_to_resnet50"] == 0.5
     assert rows["DeiT-S"]["same_backend"] == "onnxruntime"
     assert rows["DeiT-S"]["paper_v100_img_s"] == 940
-    assert rows["DeiT-S"]["paper_ratio_to_resnet50"] == round(940 / 1226, 3)
+    assert rows["DeiT-S"]["paper_ratio_to_resnet50"] == round(940 / 1226, 4)
     assert rows["ResNet-152"]["measured"] is False  # not run, still in the table
     assert "| ResNet-152 | | | not in this run |" in markdown(result, {})
+
+
+def test_swin_table_ratios_are_to_deit_s_from_the_same_run():
+    result = _result(
+        {
+            "swin_tiny_patch4_window7_224": {"onnxruntime": _entry(20, peer=False), "torch": _entry(25, peer=True)},
+            "deit_small_patch16_224": {
+                "onnxruntime": _entry(40, peer=False),
+                "onnxruntime-int8": _entry(80, peer=False),
+            },
+            "resnet50": {"onnxruntime": _entry(60, peer=False)},  # not in the Swin paper's table: no row
+        }
+    )
+    rows = {r["model"]: r for r in swin_table(result)}
+    assert set(rows) == {"Swin-T", "Swin-S", "Swin-B", "DeiT-S", "DeiT-B", "Swin-B 384²", "ViT-B/16 384²"}
+    swin_t, deit_s = rows["Swin-T"], rows["DeiT-S"]
+    # One runtime for every model: onnxruntime at batch 8, the run's largest batch size.
+    assert swin_t["same_backend"] == "onnxruntime" and swin_t["batch_size"] == 8
+    assert swin_t["same_backend_ratio_to_deit_s"] == 0.5
+    # Best gated paths: Swin-T's onnxruntime (the torch peer does not count) over DeiT-S's onnxruntime-int8.
+    assert swin_t["best_backend"] == "onnxruntime" and deit_s["best_backend"] == "onnxruntime-int8"
+    assert swin_t["best_ratio_to_deit_s"] == 0.25
+    assert deit_s["same_backend_ratio_to_deit_s"] == 1.0
+    assert swin_t["paper_v100_img_s"] == 755.2
+    assert swin_t["paper_ratio_to_deit_s"] == round(755.2 / 940.4, 4)
+    assert rows["Swin-S"]["measured"] is False and rows["Swin-S"]["paper_ratio_to_deit_s"] == round(436.9 / 940.4, 4)
+
+
+def test_swin_table_markdown_has_its_columns_and_says_where_it_differs():
+    result = _result(
+        {
+            "swin_tiny_patch4_window7_224": {"onnxruntime": _entry(32, peer=False)},
+            "swin_base_patch4_window7_224": {"onnxruntime": _entry(12, peer=False)},
+            "deit_small_patch16_224": {"onnxruntime": _entry(40, peer=False)},
+            "deit_base_patch16_224": {"onnxruntime": _entry(30, peer=False)},
+        }
+    )
+    md = markdown(result, {})
+    assert "## The Swin paper's throughput table (Table 1(a)), measured here (batch 8, 2 CPU threads)" in md
+    assert (
+        "| model | params | image size | img/s, best gated path | ratio to DeiT-S | img/s, onnxruntime | ratio "
+        "| paper V100 img/s | paper ratio |"
+    ) in md
+    assert "| Swin-S | | | not in this run | | | | 436.9 | 0.46 |" in md
+    notes = swin_table_notes(swin_table(result))
+    # Swin-T: 0.80 here, 0.80 on the V100; Swin-B: 0.30 here against the paper's 0.30.
+    assert notes[0].startswith("Swin-T: onnxruntime 0.80 vs paper 0.80, as on the V100")
+    assert "Swin-B: onnxruntime 0.30 vs paper 0.30, as on the V100" in notes[1]
+    # DeiT-B: 0.75 of DeiT-S here, 0.31 on the V100: said plainly.
+    assert "DeiT-B: onnxruntime 0.75 vs paper 0.31, faster relative to DeiT-S than on the V100 (+141%)" in notes[2]
+    assert "- " + notes[2] in md
+    alone = _result({"swin_tiny_patch4_window7_224": {"onnxruntime": _entry(32, peer=False)}})
+    # No DeiT-S in the run: no ratio is made up, and the sentence says so.
+    assert swin_table(alone)[0]["same_backend_ratio_to_deit_s"] is None
+    assert swin_table_notes(swin_table(alone)) == [
+        "Swin-T: onnxruntime: no ratio measured; best gated: no ratio measured."
+    ]
+
+
+def test_runs_without_any_swin_table_model_have_no_swin_section():
+    result = _result({"resnet50": {"onnxruntime": _entry(60, peer=False)}})
+    assert "Swin paper" not in markdown(result, {})
