@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 
 from vitexport.cli import app
 
-FAMILIES = {"test_swin": "swin", "test_beit": "beit", "test_mae": "mae", "test_mobilevit": "mobilevit"}
+# The two families whose graphs are furthest from ViT's (windows and shifts; convolutions around attention): BEiT and
+# MAE run through the same ViT-shaped paths, and the timm names of every family are checked below.
+FAMILIES = {"test_swin": "swin", "test_mobilevit": "mobilevit"}
 
 
 @pytest.fixture(scope="module")
