@@ -55,8 +55,10 @@ def deploy(
             )
         chosen_names = parse_candidates(runtimes) if runtimes else CANDIDATES
         with progress_status(not as_json) as progress:
-            source = export_or_load(model_or_onnx, Path("."), checkpoint=checkpoint, progress=progress)
-            folder = workdir or Path("deploy") / (name or source.model)
+            # The export and the candidates go to one working folder, never into the current directory.
+            folder = workdir or Path("deploy") / (name or Path(model_or_onnx).stem)
+            folder.mkdir(parents=True, exist_ok=True)
+            source = export_or_load(model_or_onnx, folder, checkpoint=checkpoint, progress=progress)
             candidates = deploy_candidates(
                 source, folder, calibration=calibration, images=images, candidates=chosen_names, progress=progress
             )
