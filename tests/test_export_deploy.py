@@ -63,6 +63,20 @@ def test_deploy_calibrates_on_photographs_by_default_and_says_so(tmp_path):
     assert {(c["runtime"], c["precision"]) for c in candidates} == {("onnxruntime", "fp32"), ("openvino", "int8")}
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope_model"], "unknown model 'nope_model'"),
+        (["test_vit", "--runtimes", "foo-bar"], "--runtimes takes RUNTIME-PRECISION items"),
+        (["test_vit", "--calibration", "/nonexistent"], "--calibration /nonexistent is not a folder"),
+    ],
+)
+def test_bad_input_ends_before_any_work(tmp_path, args, message):
+    result = runner.invoke(app, ["deploy", *args, "--repo", str(tmp_path / "r"), "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 1 and message in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
 def test_bad_candidates_are_one_line():
     with pytest.raises(VitExportError, match="RUNTIME-PRECISION"):
         parse_candidates("openvino-int4")

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from vitexport.cli.console import JsonFlag, print_json, print_table, progress_status, user_errors
+from vitexport.errors import VitExportError
 
 
 def deploy(
@@ -38,10 +39,18 @@ def deploy(
     repository with its image ensemble; print the candidates (img/s, drift, gate verdict, chosen)."""
     with user_errors():
         from vitexport.export.deploy import CANDIDATES, deploy_candidates, parse_candidates
-        from vitexport.export.onnx import export_or_load
+        from vitexport.export.onnx import export_or_load, looks_like_a_file
         from vitexport.export.onnx_import import read_labels
+        from vitexport.models import get_spec
         from vitexport.serving.repository import add_model
 
+        # Bad input ends here, before minutes of building: the candidates, the folders, the model's name.
+        chosen_names = parse_candidates(runtimes) if runtimes else CANDIDATES
+        for flag, given in (("--calibration", calibration), ("--images", images)):
+            if given is not None and not given.is_dir():
+                raise VitExportError(f"{flag} {given} is not a folder of images")
+        if not looks_like_a_file(model_or_onnx):
+            get_spec(model_or_onnx)  # an unknown name: one line with suggestions
         if calibration is None:
             from vitexport.export.photos import GATE_PHOTOS, photo_folder
 
@@ -53,7 +62,6 @@ def deploy(
                 fg="yellow",
                 err=True,
             )
-        chosen_names = parse_candidates(runtimes) if runtimes else CANDIDATES
         with progress_status(not as_json) as progress:
             # The export and the candidates go to one working folder, never into the current directory.
             folder = workdir or Path("deploy") / (name or Path(model_or_onnx).stem)
