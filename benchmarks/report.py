@@ -291,28 +291,8 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
     rows = result["paper_table"]
     if rows:
         bs = rows[0]["batch_size"]
-        out += [
-            f"## The DeiT paper's throughput table, measured here (batch {bs}, {s['threads']} CPU threads)",
-            "",
-            "| model | params | image size | img/s, best gated path | ratio to ResNet-50 "
-            f"| img/s, {rows[0]['same_backend']} | ratio | paper V100 img/s | paper ratio |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            if r.get("measured") is False:
-                out.append(
-                    f"| {r['model']} | | | not in this run | | | | {r['paper_v100_img_s']} | "
-                    f"{r['paper_ratio_to_resnet50']:.2f} |"
-                )
-                continue
-            best = f"{r['best_img_s']:.1f} ({r['best_backend']})" if r["best_img_s"] else "–"
-            out.append(
-                f"| {r['model']} | {r['params_m']}M | {r['resolution']}² | {best} | "
-                f"{_fmt(r['best_ratio_to_resnet50'], '.2f')} | {_fmt(r['same_backend_img_s'])} | "
-                f"{_fmt(r['same_backend_ratio_to_resnet50'], '.2f')} | {_fmt(r['paper_v100_img_s'], 'd')} | "
-                f"{_fmt(r['paper_ratio_to_resnet50'], '.2f')} |"
-            )
-        out.append("")
+        title = f"## The DeiT paper's throughput table, measured here (batch {bs}, {s['threads']} CPU threads)"
+        out += [*_paper_markdown(title, rows, baseline="resnet50", label="ResNet-50", paper_img_s="d"), ""]
 
     out += _swin_markdown(result)
 
@@ -371,6 +351,33 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _paper_markdown(
+    title: str, rows: list[dict[str, Any]], *, baseline: str, label: str, intro: str = "", paper_img_s: str = ".1f"
+) -> list[str]:
+    """A paper's throughput table beside ours: img/s of the best gated path and of one backend for every model,
+    each as a ratio to `label` (row keys `*_ratio_to_{baseline}`) from the same run, the paper's figures beside."""
+    same = next((r["same_backend"] for r in rows if "same_backend" in r), SAME_BACKENDS[0])
+    out = [title, "", *([intro, ""] if intro else [])]
+    out += [
+        f"| model | params | image size | img/s, best gated path | ratio to {label} "
+        f"| img/s, {same} | ratio | paper V100 img/s | paper ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        paper_ratio = r[f"paper_ratio_to_{baseline}"]
+        if r.get("measured") is False:
+            out.append(f"| {r['model']} | | | not in this run | | | | {r['paper_v100_img_s']} | {paper_ratio:.2f} |")
+            continue
+        best = f"{r['best_img_s']:.1f} ({r['best_backend']})" if r["best_img_s"] else "–"
+        out.append(
+            f"| {r['model']} | {r['params_m']}M | {r['resolution']}² | {best} | "
+            f"{_fmt(r[f'best_ratio_to_{baseline}'], '.2f')} | {_fmt(r['same_backend_img_s'])} | "
+            f"{_fmt(r[f'same_backend_ratio_to_{baseline}'], '.2f')} | {_fmt(r['paper_v100_img_s'], paper_img_s)} | "
+            f"{_fmt(paper_ratio, '.2f')} |"
+        )
+    return out
+
+
 def _swin_markdown(result: dict[str, Any]) -> list[str]:
     """The Swin paper's table, when the run has any of its models (computed from the result when an older result
     has none stored, so that re-rendering a saved result shows it too)."""
@@ -378,30 +385,14 @@ def _swin_markdown(result: dict[str, Any]) -> list[str]:
     if not any(r.get("measured") is not False for r in rows):
         return []
     bs, threads = rows[0]["batch_size"], result["settings"]["threads"]
-    same = next((r["same_backend"] for r in rows if "same_backend" in r), SAME_BACKENDS[0])
-    out = [
-        f"## The Swin paper's throughput table (Table 1(a)), measured here (batch {bs}, {threads} CPU threads)",
-        "",
-        "Ratios are to DeiT-S measured in this run; the paper's are to its DeiT-S on one V100.",
-        "",
-        "| model | params | image size | img/s, best gated path | ratio to DeiT-S "
-        f"| img/s, {same} | ratio | paper V100 img/s | paper ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        if r.get("measured") is False:
-            out.append(
-                f"| {r['model']} | | | not in this run | | | | {r['paper_v100_img_s']} | "
-                f"{r['paper_ratio_to_deit_s']:.2f} |"
-            )
-            continue
-        best = f"{r['best_img_s']:.1f} ({r['best_backend']})" if r["best_img_s"] else "–"
-        out.append(
-            f"| {r['model']} | {r['params_m']}M | {r['resolution']}² | {best} | "
-            f"{_fmt(r['best_ratio_to_deit_s'], '.2f')} | {_fmt(r['same_backend_img_s'])} | "
-            f"{_fmt(r['same_backend_ratio_to_deit_s'], '.2f')} | {_fmt(r['paper_v100_img_s'])} | "
-            f"{_fmt(r['paper_ratio_to_deit_s'], '.2f')} |"
-        )
+    title = f"## The Swin paper's throughput table (Table 1(a)), measured here (batch {bs}, {threads} CPU threads)"
+    out = _paper_markdown(
+        title,
+        rows,
+        baseline="deit_s",
+        label="DeiT-S",
+        intro="Ratios are to DeiT-S measured in this run; the paper's are to its DeiT-S on one V100.",
+    )
     notes = swin_table_notes(rows)
     return [*out, "", *(f"- {n}" for n in notes), *([""] if notes else [])]
 
