@@ -11,7 +11,7 @@ mkdir -p out
 
 vitexport models --family deit
 vitexport onnx deit_base --output out/deit_base.onnx
-vitexport deploy deit_small --repo model_repository --workdir out/deploy/deit_small
+vitexport deploy deit_small --name deit_small --repo model_repository --workdir out/deploy/deit_small
 
 # A model whose answers can be checked: a tiny ViT trained in seconds on scikit-learn's digits, with their labels.
 python - <<'PY'
