@@ -13,6 +13,7 @@ from typing import Any
 from vitexport.bench.gemm import GEMMS, GemmSpec, N, peak_table
 from vitexport.bench.runners import ALL_BACKENDS, QUICK_BACKENDS, BenchBackend, RunnerSpec
 from vitexport.bench.served import ServedSettings
+from vitexport.bench.subject import Subject
 from vitexport.bench.sweep import SweepSettings, sweep, workers
 from vitexport.errors import VitExportError, first_line
 
@@ -83,12 +84,12 @@ def default_workdir() -> Path:
 
 
 def check_config(config: BenchConfig) -> None:
-    from vitexport.models import get_spec
+    from vitexport.bench.subject import subject
 
     if not config.models:
         raise VitExportError("give at least one model")
     for name in config.models:
-        get_spec(name)  # unknown names: one line with suggestions
+        subject(name)  # unknown names, files without a sidecar: one line
     s = config.sweep
     if not s.batch_sizes or min(s.batch_sizes) < 1:
         raise VitExportError(f"batch sizes must be >= 1, got {list(s.batch_sizes)}")
@@ -105,6 +106,7 @@ def check_config(config: BenchConfig) -> None:
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Measure everything the config asks for; backends that cannot run here are recorded with the reason."""
     from vitexport.bench.machine import machine_info
+    from vitexport.bench.subject import subject
 
     check_config(config)
     config.workdir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,8 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
     peak = peak_table(peaks)
     models = {}
     for name in config.models:
-        models[_canonical(name)] = _model(name, config, logs, peak, progress)
+        s = subject(name)
+        models[s.name] = _model(s, config, logs, peak, progress)
         loads.append(os.getloadavg()[0])
     result = {
         "benchmark": "bench",
@@ -160,12 +163,6 @@ def _logged(progress: Callable[[str], None], log: Path) -> Callable[[str], None]
     return report
 
 
-def _canonical(name: str) -> str:
-    from vitexport.models import get_spec
-
-    return get_spec(name).name
-
-
 def _peaks(config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
     specs = {f"{rt}-{p}": GemmSpec(rt, p, config.sweep.threads, config.gemm_size) for rt, p in GEMMS}
     # torch's bf16 matmul without BF16 instructions is emulated: measured here (Zen 3, AVX2) over a minute per
@@ -202,24 +199,29 @@ def _peaks(config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
     return out
 
 
-def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], progress) -> dict[str, Any]:
-    from vitexport.bench.prepare import prepare
-    from vitexport.models import get_spec
+TORCH_PEERS = (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm)
 
-    spec = get_spec(name)
-    gflop = 2 * spec.macs() / 1e9  # FLOPs = 2 x MACs, as the registry's MACs count matmuls and convolutions
+
+def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float], progress) -> dict[str, Any]:
+    from vitexport.bench.prepare import prepare
+
+    # FLOPs = 2 x MACs, as the registry's (and the ONNX count's) MACs count matmuls and convolutions.
+    gflop = 2 * spec.macs / 1e9 if spec.macs else None
     in_process = [b for b in config.backends if not b.served]
     served = [b for b in config.backends if b.served]
     no_bf16 = _no_native_bf16() if BenchBackend.openvino_bf16 in in_process else None
-    wanted = [b for b in config.backends if not (no_bf16 and b is BenchBackend.openvino_bf16)]
+    unregistered = [] if spec.registered else [b for b in config.backends if b in TORCH_PEERS]
+    wanted = [b for b in config.backends if not (no_bf16 and b is BenchBackend.openvino_bf16) and b not in unregistered]
     paths, skipped, ungated = prepare(
-        spec.name, wanted, config.workdir, validate=config.validate, progress=progress
+        spec.name, wanted, config.workdir, validate=config.validate, source=spec.artifact, progress=progress
     )  # served paths use the onnxruntime variant
     if no_bf16:
         skipped[BenchBackend.openvino_bf16] = no_bf16
+    for b in unregistered:
+        skipped[b] = f"{spec.artifact.name} is an ONNX file: there is no PyTorch model to run"
     entries: dict[str, dict[str, Any]] = {}
     runnable = {}
-    timm_name = _timm_peer(spec.name, skipped) if BenchBackend.timm in in_process else None
+    timm_name = _timm_peer(spec.name, skipped) if BenchBackend.timm in wanted else None
     for b in in_process:
         if b in skipped:
             entries[b.value] = {"status": "skipped", "reason": skipped[b], "peer": b.peer}
@@ -240,9 +242,9 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
             batches = {}
             for bs, m in measured[backend_name].items():
                 s = m.summary()
-                s["gflops"] = _significant(s["img_s"] * gflop)
+                s["gflops"] = _significant(s["img_s"] * gflop) if gflop else None
                 s["fraction_of_peak"] = (
-                    _significant(s["img_s"] * gflop / peak[precision]) if precision in peak else None
+                    _significant(s["img_s"] * gflop / peak[precision]) if gflop and precision in peak else None
                 )
                 batches[str(bs)] = s
             entries[backend_name] = {
@@ -259,12 +261,15 @@ def _model(name: str, config: BenchConfig, logs: Path, peak: dict[str, float], p
     ordered = {b.value: entries[b.value] for b in in_process if b.value in entries}
     served_results, served_skipped = {}, {}
     if served:
-        served_results, served_skipped = _served(spec.name, served, paths, skipped, config, progress)
+        variant = _served_variant(entries, paths, served)
+        served_results, served_skipped = _served(spec.name, served, variant, skipped, config, progress)
+        _beside_in_process(served_results, entries)
     return {
         "family": spec.family,
-        "params": spec.num_params,
+        "params": spec.params,
         "resolution": spec.img_size,
-        "gflop_per_image": round(gflop, 3),
+        "gflop_per_image": None if gflop is None else round(gflop, 3),
+        **({"artifact": str(spec.artifact)} if spec.artifact else {}),
         "in_process": ordered,
         "served": served_results,
         "served_skipped": served_skipped,
@@ -318,16 +323,70 @@ def _mkdir(path: Path) -> bool:
     return True
 
 
-def _served(model, served, paths, skipped, config: BenchConfig, progress):
+# What `vitexport deploy` chooses among (its CANDIDATES): the CPU variants a local Triton serves.
+DEPLOYABLE = (
+    BenchBackend.openvino_int8,
+    BenchBackend.openvino_bf16,
+    BenchBackend.onnxruntime_int8,
+    BenchBackend.onnxruntime,
+)
+DEPLOY_BATCH = "8"  # deploy times its candidates at batch 8
+
+
+def _served_variant(entries: dict[str, dict], paths: dict[BenchBackend, Path], served) -> dict[str, Any] | None:
+    """The variant the served rows serve: what `deploy` would serve, our fastest gated in-process variant of this run
+    (at batch 8 where measured, else the largest batch); a run that gated none (--quick) serves the fp32 ONNX
+    Runtime variant, and says so. Each served row carries this record as its `variant`."""
+    rates = {}
+    for b in DEPLOYABLE:
+        e = entries.get(b.value)
+        if e and e["status"] == "ok" and e["gated"] and b in paths:
+            bs = DEPLOY_BATCH if DEPLOY_BATCH in e["batches"] else max(e["batches"], key=int)
+            rates[b] = (e["batches"][bs]["img_s"], bs)
+    if rates:
+        best = max(rates, key=lambda b: rates[b][0])
+        rate, bs = rates[best]
+        chosen = f"the fastest gated in-process variant of this run ({rate:.4g} img/s at batch {bs}), as deploy chooses"
+        backend, path, gated = best, paths[best], True
+    elif served[0] in paths:
+        chosen = "no gated variant was measured in this run: the fp32 ONNX Runtime variant"
+        backend, path = BenchBackend.onnxruntime, paths[served[0]]
+        row = entries.get(backend.value)  # its gate verdict, from the in-process row or else from its sidecar
+        gated = bool(row["gated"]) if row and "gated" in row else _passed_gate(path)
+    else:
+        return None
+    e = entries.get(backend.value, {})
+    return {
+        "backend": backend.value,
+        "runtime": "openvino" if backend.value.startswith("openvino") else "onnxruntime",
+        "precision": e.get("precision", backend.precision),
+        "artifact": path.name,
+        "path": str(path),
+        "gated": gated,
+        "chosen": chosen,
+    }
+
+
+def _beside_in_process(served: dict[str, dict[str, dict]], entries: dict[str, dict]) -> None:
+    """Each served row at concurrency C beside the same variant in-process at batch C (what dynamic batching can at
+    best turn C one-image requests into), when this run measured that batch."""
+    for points in served.values():
+        for c, row in points.items():
+            batches = entries.get(row["variant"]["backend"], {}).get("batches", {})
+            if c in batches:
+                row["in_process_img_s"] = batches[c]["img_s"]
+                row["served_over_in_process"] = round(row["img_s"] / batches[c]["img_s"], 3)
+
+
+def _served(model, served, variant, skipped, config: BenchConfig, progress):
     from vitexport.bench.served import serve_and_measure
 
     protocols = [b.value.removeprefix("triton-") for b in served]
-    source = paths.get(served[0])
-    if source is None:
+    if variant is None:
         return {}, {b.value: skipped.get(b, "no served artifact") for b in served}
     try:
         results = serve_and_measure(
-            source,
+            Path(variant["path"]),
             config.workdir,
             protocols,
             config.served,
@@ -337,4 +396,5 @@ def _served(model, served, paths, skipped, config: BenchConfig, progress):
         )
     except VitExportError as e:
         return {}, {b.value: first_line(e) for b in served}
-    return {f"triton-{p}": {str(c): r for c, r in pts.items()} for p, pts in results.items()}, {}
+    record = {k: v for k, v in variant.items() if k != "path"}
+    return {f"triton-{p}": {str(c): r | {"variant": record} for c, r in pts.items()} for p, pts in results.items()}, {}

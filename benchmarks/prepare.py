@@ -61,16 +61,16 @@ def prepare(
     *,
     validate: bool = True,
     calibration: Path | None = None,
+    source: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[dict[BenchBackend, Path], dict[BenchBackend, str], dict[BenchBackend, str]]:
     """Model files by backend; why the others cannot run (no GPU, ...) as one line each; and the backends whose
-    model file is an ungated variant, with the gate's verdict."""
+    model file is an ungated variant, with the gate's verdict. `source`: the fp32 ONNX artifact to start from (an
+    imported file) instead of exporting the registered `model`; its variants are made beside it in the work folder."""
     from vitexport.export.onnx import export_onnx
     from vitexport.export.optimize import Precision, Runtime
-    from vitexport.models import get_spec
 
-    spec = get_spec(model)
-    folder = workdir / spec.name
+    folder = workdir / (model if source is None else f"{model}-{_digest(source)}")
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[BenchBackend, Path] = {}
     skipped: dict[BenchBackend, str] = {}
@@ -78,10 +78,10 @@ def prepare(
     needs_onnx = [b for b in backends if b not in (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm)]
     if not needs_onnx:
         return paths, skipped, ungated
-    plain = _cached(folder / f"{spec.name}.onnx")
+    plain = _cached(source) if source is not None else _cached(folder / f"{model}.onnx")
     if plain is None:
-        progress(f"{spec.name}: exporting to ONNX")
-        plain = export_onnx(spec.name, folder / f"{spec.name}.onnx", validate=validate)
+        progress(f"{model}: exporting to ONNX")
+        plain = export_onnx(model, folder / f"{model}.onnx", validate=validate)
     variants = {
         BenchBackend.onnxruntime: (Runtime.onnxruntime, Precision.fp32),
         BenchBackend.onnxruntime_int8: (Runtime.onnxruntime, Precision.int8),
@@ -108,6 +108,13 @@ def prepare(
     return paths, skipped, ungated
 
 
+def _digest(source: Path) -> str:
+    """A short name for an imported file's variants folder: two files both called model.onnx must not share one."""
+    import hashlib
+
+    return hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
+
+
 def _variant(
     plain, runtime, precision, folder: Path, validate: bool, calibration: Path | None, progress
 ) -> tuple[Path, str | None]:
@@ -115,7 +122,8 @@ def _variant(
     from vitexport.errors import ValidationError
     from vitexport.export.optimize import default_fusion, default_output
 
-    output = default_output(plain.path, runtime, precision, default_fusion(runtime, precision))
+    # In the work folder, also for an imported file: the user's own folder gets no variants it did not ask for.
+    output = folder / default_output(plain.path, runtime, precision, default_fusion(runtime, precision)).name
     fallback = output.with_name(output.stem + "-ungated" + output.suffix)
     for path in (output, fallback):
         cached = _cached(path)

@@ -243,7 +243,7 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         out += [
             f"## GEMM peaks ({size}³ matmul)",
             "",
-            "| library | precision | GFLOP/s, best window | median | spread |",
+            "| library | precision | GFLOP/s (int8: GOP/s), best window | median | spread |",
             "|---|---|---:|---:|---:|",
         ]
         for name, p in result["peaks"].items():
@@ -254,8 +254,16 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
                 )
             else:
                 out.append(f"| {name} | {p.get('precision', '')} | – | – | {p['reason']} |")
-        peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result["peak_gflops"].items())
-        out += ["", f"Peak by precision (best library, best window): {peaks}.", ""]
+        peaks = ", ".join(
+            f"{k} {v:.0f} {'GOP/s' if k == 'int8' else 'GFLOP/s'}" for k, v in result["peak_gflops"].items()
+        )
+        out += [
+            "",
+            f'Peak by precision (best library, best window): {peaks}. A model row\'s "of peak" divides its '
+            "operations per second (2 x MACs per image) by the peak of the precision it runs in: INT8 rows by the "
+            "int8 peak.",
+            "",
+        ]
 
     out += ["## Throughput in-process (img/s)", ""]
     big = sizes[-1]
@@ -303,13 +311,21 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         out += [
             "## Served through Triton (one image per request, dynamic batching)",
             "",
-            "| model | protocol | concurrency | img/s | p50 ms | p90 ms | p99 ms | tool |",
-            "|---|---|---:|---:|---:|---:|---:|---|",
+            "Each model serves one variant: the one `vitexport deploy` would choose (its runtime and precision in the "
+            "variant column; why it was chosen in bench.json's `variant.chosen`). In-process is the same variant at "
+            "batch = concurrency, where this run measured that batch.",
+            "",
+            "| model | variant | protocol | concurrency | img/s | in-process img/s | served / in-process | p50 ms "
+            "| p90 ms | p99 ms | tool |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for n, p, c, r in served:
+            v = r.get("variant") or {}
+            variant = f"{v.get('runtime', '?')} {v.get('precision', '?')}" + ("" if v.get("gated") else " (ungated)")
             out.append(
-                f"| {n} | {p} | {c} | {r['img_s']:.1f} | {r['latency_ms_p50']:.1f} | {r['latency_ms_p90']:.1f} | "
-                f"{r['latency_ms_p99']:.1f} | {r['tool']} |"
+                f"| {n} | {variant} | {p} | {c} | {r['img_s']:.1f} | {_fmt(r.get('in_process_img_s'), '.1f')} | "
+                f"{_fmt(r.get('served_over_in_process'), '.2f')} | {r['latency_ms_p50']:.1f} | "
+                f"{r['latency_ms_p90']:.1f} | {r['latency_ms_p99']:.1f} | {r['tool']} |"
             )
         out.append("")
 

@@ -127,7 +127,7 @@ def serve_and_measure(
     try:
         name = "classifier"
         add_model(
-            repo, artifact, backend=ServingBackend.python_onnxruntime, name=name, ensemble=False,
+            repo, artifact, backend=ServingBackend.for_format(artifact.format), name=name, ensemble=False,
             intra_op_threads=settings.threads, require_gate=False,  # the report labels ungated variants
         )  # fmt: skip
         progress(f"{artifact.model}: starting Triton")

@@ -44,6 +44,8 @@ def test_quick_writes_valid_json(quick_run):
     assert data["settings"]["batch_sizes"] == [1, 8]
     # Every GEMM peak that ran has a positive rate, and fp32 has a peak to compare the models with.
     assert "fp32" in data["peak_gflops"]
+    # INT8 is measured on the kernels the INT8 variants run: OpenVINO turned the Q/DQ MatMul into an int8 one.
+    assert data["peaks"]["openvino-int8"]["precision"] == "int8" and data["peak_gflops"]["int8"] > 0
     for name in ("test_vit", "test_resnet"):
         model = data["models"][name]
         assert model["gflop_per_image"] > 0
@@ -61,6 +63,10 @@ def test_quick_writes_valid_json(quick_run):
         for point in served.values():
             assert point["img_s"] > 0
             assert point["latency_ms_p50"] <= point["latency_ms_p99"]
+            # --quick gates nothing, so the served variant is the fp32 ONNX Runtime one, and the row says so.
+            variant = point["variant"]
+            assert (variant["runtime"], variant["precision"], variant["gated"]) == ("onnxruntime", "fp32", False)
+            assert variant["artifact"].endswith(".onnx") and "no gated variant" in variant["chosen"]
     # No gated path was asked for, and the report says so instead of inventing a comparison.
     assert any("no gated path was measured" in line for line in data["verdicts"])
 
@@ -70,7 +76,7 @@ def test_quick_writes_markdown_and_pngs(quick_run):
     md = (results / "bench-quick.md").read_text()
     assert "| model | backend | kind | precision | batch 1 | batch 8 |" in md
     assert "## The DeiT paper's throughput table" in md
-    assert "| test_vit | triton-grpc | 2 |" in md
+    assert "| test_vit | onnxruntime fp32 (ungated) | triton-grpc | 2 |" in md
     for png in ("bench-quick_throughput.png", "bench-quick_latency.png"):
         assert f"]({png})" in md
         data = (results / png).read_bytes()
@@ -96,3 +102,39 @@ def test_bad_input_is_one_line(args, message, tmp_path):
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def _row(img_s: dict[str, float], gated: bool = True, precision: str = "int8") -> dict:
+    batches = {bs: {"img_s": rate} for bs, rate in img_s.items()}
+    return {"status": "ok", "gated": gated, "peer": False, "precision": precision, "batches": batches}
+
+
+def test_served_variant_is_what_deploy_would_choose(tmp_path):
+    from vitexport.bench.bench import _beside_in_process, _served_variant
+    from vitexport.bench.runners import BenchBackend as B
+
+    paths = {b: tmp_path / f"{b.value}.onnx" for b in (B.onnxruntime, B.onnxruntime_int8, B.openvino_int8)}
+    paths[B.triton_grpc] = paths[B.onnxruntime]
+    entries = {
+        "onnxruntime": _row({"1": 9.0, "8": 10.0}, precision="fp32"),
+        # The fastest at batch 1 but not at batch 8, where deploy times its candidates.
+        "onnxruntime-int8": _row({"1": 30.0, "8": 20.0}),
+        "openvino-int8": _row({"1": 20.0, "8": 25.0}),
+        # Faster still, but a peer, and an ungated variant: neither is served.
+        "openvino-plain": {**_row({"8": 50.0}, precision="fp32"), "peer": True},
+        "openvino-bf16": _row({"8": 40.0}, gated=False, precision="bf16"),
+    }
+    variant = _served_variant(entries, paths, [B.triton_grpc])
+    assert (variant["backend"], variant["runtime"], variant["precision"]) == ("openvino-int8", "openvino", "int8")
+    assert variant["gated"] and "25 img/s at batch 8" in variant["chosen"]
+
+    served = {"triton-grpc": {"1": {"img_s": 18.0, "variant": variant}, "4": {"img_s": 24.0, "variant": variant}}}
+    _beside_in_process(served, entries)
+    assert served["triton-grpc"]["1"]["served_over_in_process"] == 0.9  # 18 / 20, the same variant at batch 1
+    assert "in_process_img_s" not in served["triton-grpc"]["4"]  # batch 4 was not measured in-process
+
+    # Nothing gated: the fp32 ONNX Runtime variant the served backends were prepared with, labelled ungated.
+    ungated = {k: {**e, "gated": False} for k, e in entries.items()}
+    fallback = _served_variant(ungated, paths, [B.triton_grpc])
+    assert (fallback["backend"], fallback["gated"]) == ("onnxruntime", False)
+    assert "no gated variant" in fallback["chosen"]

@@ -137,3 +137,12 @@ def test_variant_passes_its_gate_on_photographs(exported, photos, variant_name, 
         assert after["FakeQuantize"] > 0 and variant.details["quantization"]["calibration_images"] > 0
     if variant_name == "onnxruntime-int8":
         assert after.get("MatMulInteger", 0) + after.get("QLinearConv", 0) + after.get("QuantizeLinear", 0) > 0
+
+
+def test_macs_counted_from_the_graph_are_the_registrys(exported):
+    """What `bench` counts for an imported file's rows is what the registry counts for ours, to the MAC."""
+    from vitexport.export.onnx_macs import onnx_macs
+
+    artifact, _ = exported
+    spec = get_spec(artifact.model)
+    assert onnx_macs(artifact.path, artifact.input_name, spec.img_size) == spec.macs()

@@ -189,3 +189,29 @@ def test_import_repo_serve_infer_with_its_own_names_and_labels(timm_convnext, tm
         for protocol, url in (("http", server.endpoints.http), ("grpc", server.endpoints.grpc)):
             (answer,) = classify(url, [image], protocol=protocol, model="convnext_image", top_k=3)
             assert list(answer.labels) == expected
+
+
+def test_an_imported_file_is_benchmarked_without_torch_peers(timm_convnext, tmp_path):
+    from vitexport.export.onnx_macs import onnx_macs
+
+    model, source = timm_convnext
+    path = _copy(source, tmp_path)
+    artifact = import_onnx(path, flags=IMAGENET)
+    out, work = tmp_path / "results", tmp_path / "work"
+    args = ["bench", str(path), "--quick", "--backends", "torch,onnxruntime-plain,onnxruntime", "--no-gemm"]
+    result = runner.invoke(app, [*args, "--batch-sizes", "2", "--output", str(out), "--workdir", str(work)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "bench-quick.json").read_text())
+    row = data["models"][artifact.model]
+    assert row["artifact"] == str(path) and row["resolution"] == 64
+    # Counted from the graph's shapes: what timm's model multiplies and adds, its parameters all there.
+    assert row["gflop_per_image"] == round(2 * onnx_macs(path, artifact.input_name, 64) / 1e9, 3) > 0
+    # The parameters the graph stores: the exporter keeps identical tensors (fresh LayerNorm weights) once.
+    assert 0.98 < row["params"] / sum(p.numel() for p in model.parameters()) <= 1
+    assert "no PyTorch model" in row["in_process"]["torch"]["reason"]
+    for backend in ("onnxruntime-plain", "onnxruntime"):
+        assert row["in_process"][backend]["status"] == "ok"
+        assert row["in_process"][backend]["batches"]["2"]["gflops"] > 0
+    # The variant is built in the work folder: the user's folder holds only what import wrote.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [path.name, path.name + ".json"]
+    assert list(work.rglob("*.onnxruntime*-fp32.onnx"))
