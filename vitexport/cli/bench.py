@@ -13,7 +13,11 @@ from vitexport.cli.console import JsonFlag, int_list, print_json, progress_statu
 
 def bench(
     models: Annotated[
-        list[str], typer.Argument(metavar="MODEL...", help="Registered models, e.g. deit_small resnet50.")
+        list[str],
+        typer.Argument(
+            metavar="MODEL...",
+            help="Registered models (deit_small resnet50) or fp32 ONNX artifacts (a `vitexport import`ed file).",
+        ),
     ],
     backends: Annotated[
         str | None,
