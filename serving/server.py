@@ -3,8 +3,14 @@
 `TritonServer` assembles what the wheel's `tritonserver` needs to run our own repository: a
 backend folder holding the Python backend and the stub for this interpreter, LD_LIBRARY_PATH with this
 interpreter's LIBDIR and the wheel's bundled libraries, and this venv's bin first on PATH so that the stubs
-import the same packages. It loads only the models whose backend runs here (explicit model control), waits
-until the server is ready, and on exit stops it, its stub processes and the shared-memory regions it created.
+import the same packages. It loads only the models whose backend runs here, waits until the server is ready, and on
+exit stops it, its stub processes and the shared-memory regions it created.
+
+Nobody changes what it serves, by default: Triton runs in model-control mode NONE on a private view of the
+repository (links to the models it serves), so its load and unload APIs refuse every request. A load request can
+carry a config and files, which is running code as the server's user, and any web page can POST to localhost. With
+`model_control=True` the APIs are on (explicit mode) behind a per-run key that Triton itself checks
+(`--http-restricted-api` / `--grpc-restricted-protocol` for the model-repository protocol).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -35,6 +42,7 @@ from vitexport.serving.repository import scan
 SHM_DIR = Path("/dev/shm")
 _WORKDIR_PREFIX = "vitexport-triton-"
 _LOCAL_PLATFORMS = {"ensemble"}  # platforms this build serves without a backend library
+CONTROL_HEADER = "vitexport-control-key"  # the header Triton asks of model-repository requests (model_control=True)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,23 @@ def unavailable_reason(name: str, configs: dict[str, cfg.pb.ModelConfig], _seen:
     return None
 
 
+def with_steps(models: Sequence[str], configs: dict[str, cfg.pb.ModelConfig]) -> list[str]:
+    """The models and every model their ensembles' steps run, each once: what a server in model-control mode NONE
+    must find in its repository (it loads what is there, and nothing on demand)."""
+    out: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in out:
+            return
+        out.append(name)
+        for step in configs[name].ensemble_scheduling.step if configs[name].platform == "ensemble" else ():
+            visit(step.model_name)
+
+    for m in models:
+        visit(m)
+    return out
+
+
 def _remove_orphaned_workdirs() -> None:
     """Remove the work folders (backend links, log) of servers whose owner was killed before it could clean up;
     the owner's pid is in the folder's name."""
@@ -149,6 +174,7 @@ class TritonServer:
         models: Sequence[str] | None = None,
         startup_timeout: float = 120.0,
         log_verbose: int = 0,
+        model_control: bool = False,
     ):
         self.repo_dir = Path(repo_dir).resolve()
         self.host = host
@@ -163,6 +189,9 @@ class TritonServer:
         reasons = {m: unavailable_reason(m, configs) for m in wanted}
         self.models = tuple(m for m, r in reasons.items() if r is None)
         self.skipped = {m: r for m, r in reasons.items() if r is not None}  # model -> why it is not loaded here
+        self._loaded = with_steps(self.models, configs)
+        # model_control: the key load/unload/index requests must carry in the CONTROL_HEADER header; None: closed.
+        self.control_key = secrets.token_urlsafe(32) if model_control else None
         self.endpoints: Endpoints | None = None
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
@@ -184,6 +213,7 @@ class TritonServer:
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         backends = self._workdir / "backends"
         self._backend_dir(install, backends / "python")
+        self._repository = self.repo_dir if self.control_key else self._repository_view(self._workdir / "repository")
         auto_ports = None in self._ports
         # Free ports can be taken by another process between our check and Triton's bind: retry with new ones.
         for attempt in range(3 if auto_ports else 1):
@@ -215,6 +245,25 @@ class TritonServer:
         ):
             (target / source.name).symlink_to(source)
 
+    def _repository_view(self, view: Path) -> Path:
+        """A folder of links to the models this server loads (ensembles with their steps): in mode NONE Triton loads
+        all it finds, so the view is how a subset is served with the repository APIs closed."""
+        view.mkdir()
+        for name in self._loaded:
+            (view / name).symlink_to(self.repo_dir / name, target_is_directory=True)
+        return view
+
+    def _model_control(self) -> list[str]:
+        if self.control_key is None:
+            return ["--model-control-mode=none"]
+        restricted = f"model-repository:{CONTROL_HEADER}={self.control_key}"
+        return [
+            "--model-control-mode=explicit",
+            *(f"--load-model={m}" for m in self.models),
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",  # 2.51's name for the gRPC side of the same setting
+        ]
+
     def _environment(self, install: TritonInstall) -> dict[str, str]:
         env = dict(os.environ)
         # The stub links libpython: without this interpreter's LIBDIR it picks the system's (another patch
@@ -232,7 +281,7 @@ class TritonServer:
         e = self.endpoints
         command = [
             str(install.server),
-            f"--model-repository={self.repo_dir}",
+            f"--model-repository={self._repository}",
             f"--backend-directory={backends}",
             f"--http-address={e.host}",
             f"--http-port={e.http_port}",
@@ -240,8 +289,7 @@ class TritonServer:
             f"--grpc-port={e.grpc_port}",
             f"--metrics-address={e.host}",
             f"--metrics-port={e.metrics_port}",
-            "--model-control-mode=explicit",
-            *(f"--load-model={m}" for m in self.models),
+            *self._model_control(),
             # Our own prefix lets stop() remove exactly the regions this server made, not other servers' ones.
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             "--exit-timeout-secs=10",

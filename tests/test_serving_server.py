@@ -329,3 +329,76 @@ def client_shm(server):
 def test_unknown_models_are_refused_before_starting(server):
     with pytest.raises(ServingError, match="not in"):
         TritonServer(server.repo_dir, models=["nope"])
+
+
+def _post(http_url: str, path: str, body: dict | None = None, headers: dict | None = None) -> int:
+    """The HTTP status Triton answers a POST with (a plain-text POST like any web page can send to localhost)."""
+    import urllib.error
+
+    data = json.dumps(body or {}).encode()
+    request = urllib.request.Request(f"http://{http_url}{path}", data=data, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _ready(server, model: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{server.endpoints.http}/v2/models/{model}/ready", timeout=10) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _evil_load(marker: Path) -> dict:
+    """A load request carrying its own config and model.py: code that would run as the server's user."""
+    import base64
+
+    code = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\nclass TritonPythonModel:\n    pass\n"
+    config = {"backend": "python", "max_batch_size": 0, "input": [], "output": []}
+    return {"parameters": {"config": json.dumps(config), "file:1/model.py": base64.b64encode(code.encode()).decode()}}
+
+
+def test_nobody_loads_or_unloads_models_by_default(server, tmp_path):
+    marker = tmp_path / "ran"
+    http = server.endpoints.http
+    assert _post(http, "/v2/repository/models/evil/load", _evil_load(marker)) >= 400
+    assert _post(http, "/v2/repository/models/test_resnet/unload") >= 400
+    with (
+        client.connection(server.endpoints.grpc, "grpc") as (grpc_client, _),
+        pytest.raises(Exception, match=r"(?i)not allowed|mode"),
+    ):
+        grpc_client.unload_model("test_resnet_image")
+    assert not marker.exists() and not _ready(server, "evil")
+    assert _ready(server, "test_resnet") and _ready(server, "test_resnet_image")
+
+
+def test_model_control_is_opened_only_with_its_key(server, tmp_path):
+    from vitexport.serving.server import CONTROL_HEADER
+
+    marker = tmp_path / "ran"
+    with TritonServer(server.repo_dir, models=["test_resnet"], model_control=True) as s:
+        http = s.endpoints.http
+        assert _post(http, "/v2/repository/models/evil/load", _evil_load(marker)) >= 400
+        assert _post(http, "/v2/repository/models/test_resnet/unload", headers={CONTROL_HEADER: "a guess"}) >= 400
+        with (
+            client.connection(s.endpoints.grpc, "grpc") as (grpc_client, _),
+            pytest.raises(Exception, match=CONTROL_HEADER),
+        ):
+            grpc_client.unload_model("test_resnet")
+        assert _ready(s, "test_resnet") and not marker.exists()
+        assert _post(http, "/v2/repository/models/test_resnet/unload", headers={CONTROL_HEADER: s.control_key}) == 200
+        assert not _ready(s, "test_resnet")
+
+
+def test_a_subset_serves_its_ensemble_with_the_steps(server):
+    """In mode NONE Triton loads what its (private) repository holds: an ensemble asked for brings its steps."""
+    with TritonServer(server.repo_dir, models=["test_resnet_image"]) as s:
+        assert s.models == ("test_resnet_image",)
+        images = [png(7), png(8)]
+        served = client.classify(s.endpoints.http, images, model="test_resnet_image", top_k=3)
+        expected = client.classify(server.endpoints.http, images, model="test_resnet_image", top_k=3)
+        assert [r.indices for r in served] == [r.indices for r in expected]
+        assert not _ready(s, "test_vit")

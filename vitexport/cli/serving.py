@@ -105,8 +105,16 @@ def serve(
     grpc_port: Annotated[int, typer.Option(help="gRPC port (0: any free port).")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: any free port).")] = 8002,
     models: Annotated[list[str] | None, typer.Option("--models", help="Only these models (repeatable).")] = None,
+    allow_model_control: Annotated[
+        bool,
+        typer.Option(
+            "--allow-model-control",
+            help="Open Triton's load/unload/index APIs, behind a key printed at start [default: closed].",
+        ),
+    ] = False,
 ) -> None:
-    """Start Triton on a model repository until Ctrl-C or SIGTERM; models it cannot run here are skipped."""
+    """Start Triton on a model repository until Ctrl-C or SIGTERM; models it cannot run here are skipped. Nobody can
+    load, unload or replace models through the server unless --allow-model-control is given."""
     import signal
     import time
 
@@ -124,6 +132,7 @@ def serve(
             grpc_port=grpc_port or None,
             metrics_port=metrics_port or None,
             models=names or None,
+            model_control=allow_model_control,
         )
         for model, reason in server.skipped.items():
             typer.secho(f"note: not loading {model}: {reason}", fg="yellow", err=True)
@@ -133,6 +142,12 @@ def serve(
                 e = server.endpoints
                 typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
                 typer.echo(f"models  {', '.join(server.models) or 'none'}")
+                if server.control_key:
+                    from vitexport.serving.server import CONTROL_HEADER
+
+                    # Printed, never stored: whoever started the server holds it (a load can run code).
+                    header = f"{CONTROL_HEADER}: {server.control_key}"
+                    typer.echo(f"control /v2/repository requests need the header '{header}'")
                 typer.echo("ready (Ctrl-C to stop)")
                 while server.running:
                     time.sleep(0.5)
