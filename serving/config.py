@@ -82,6 +82,10 @@ class ServingBackend(str, Enum):
         return {ServingBackend.python_onnxruntime: "onnxruntime", ServingBackend.python_openvino: "openvino"}.get(self)
 
 
+# Triton keeps the batch size in an int32 and sizes its buffers by it; no image model batches more on one server.
+MAX_BATCH_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class Batching:
     """Dynamic batching: Triton merges queued requests up to max_batch_size, waiting at most max_queue_delay_us."""
@@ -91,8 +95,8 @@ class Batching:
     max_queue_delay_us: int = 1000
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 0:
-            raise ServingError(f"max batch size must be >= 0, got {self.max_batch_size}")
+        if not 0 <= self.max_batch_size <= MAX_BATCH_SIZE:
+            raise ServingError(f"max batch size must be 0..{MAX_BATCH_SIZE}, got {self.max_batch_size}")
         if self.max_queue_delay_us < 0:
             raise ServingError(f"queue delay must be >= 0 microseconds, got {self.max_queue_delay_us}")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]

@@ -266,12 +266,15 @@ def _check_ensembles(repo_dir: Path, classifier: cfg.pb.ModelConfig, *, rewritte
             )
 
 
+MAX_VERSION = 2**31 - 1  # Triton reads version folders with stoll and keeps them in int64: far above, it dies
+
+
 def _next_version(model_dir: Path, version: int | None) -> int:
     existing = versions(model_dir)
     if version is None:
         return (existing[-1] + 1) if existing else 1
-    if version < 1:
-        raise ServingError(f"version must be >= 1, got {version}")
+    if not 1 <= version <= MAX_VERSION:
+        raise ServingError(f"version must be 1..{MAX_VERSION}, got {version}")
     if version in existing:
         raise ServingError(f"{model_dir}/{version} already exists; versions are never overwritten")
     return version
@@ -310,7 +313,8 @@ def _write_model(
     cfg.parse(text, f"{config.name}/config.pbtxt")  # what we write must read back
     created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    _remove_dead_staging(model_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=model_dir))
     target = model_dir / str(version)
     # Config last: it is what makes a polling server (re)load the model with the new settings.
     beside = ({model_dir / cfg.LABELS_FILE: labels} if labels is not None else {}) | {model_dir / "config.pbtxt": text}
@@ -349,6 +353,15 @@ def _write_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return undo
+
+
+def _remove_dead_staging(model_dir: Path) -> None:
+    """Remove staging folders of writers that died mid-write (SIGKILL, power): their pid is in the name and gone.
+    A live writer's folder (another `repo` running now) is left alone."""
+    for folder in model_dir.glob(".staging-*"):
+        pid = folder.name.removeprefix(".staging-").split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read_text(path: Path) -> str | None:

@@ -124,6 +124,31 @@ def unavailable_reason(name: str, configs: dict[str, cfg.pb.ModelConfig], _seen:
     return None
 
 
+def _check_host(host: str) -> str:
+    """The address to listen on, refused in one line when it is not one this machine has (Triton would start and
+    then fail to bind, after minutes of loading)."""
+    try:
+        for *_, address in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM):
+            with socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET) as s:
+                s.bind((address[0], 0))
+            return host
+    except (OSError, UnicodeError) as e:
+        raise ServingError(f"cannot listen on --host {host!r}: {e.strerror or e}") from None
+    raise ServingError(f"cannot listen on --host {host!r}: it resolves to no address")
+
+
+def check_free(host: str, ports: dict[str, int]) -> None:
+    """Refuse ports something already listens on, before Triton starts: a server already on the HTTP port would
+    answer our readiness check and we would call a failed start ready."""
+    for what, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # our own closed server's TIME_WAIT is no owner
+            try:
+                s.bind((host, port))
+            except OSError:
+                raise ServingError(f"the {what} port {port} on {host} is in use (another server?)") from None
+
+
 def with_steps(models: Sequence[str], configs: dict[str, cfg.pb.ModelConfig]) -> list[str]:
     """The models and every model their ensembles' steps run, each once: what a server in model-control mode NONE
     must find in its repository (it loads what is there, and nothing on demand)."""
@@ -150,11 +175,24 @@ def _remove_orphaned_workdirs() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the process (thread) that started Triton dies, even by SIGKILL, so that
-    a killed `vitexport serve` leaves no server behind (Linux only; elsewhere stop() is the only guard)."""
+def _remove_orphaned_regions() -> None:
+    """Remove the Python backend's shared-memory regions of servers whose owner died before it could clean up (they
+    hold request bytes); the owner's pid is in our prefix, vitexport_<pid>_."""
+    for region in SHM_DIR.glob("vitexport_*_*"):
+        pid = region.name.split("_")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                region.unlink()
+
+
+def _in_child() -> None:
+    """In the child before exec: files and shared-memory regions Triton and its stubs create are private to this user
+    (the Python backend's /dev/shm regions hold request bytes, 0644 under the usual umask); and SIGTERM when the
+    process (thread) that started Triton dies, even by SIGKILL, so that a killed `vitexport serve` leaves no server
+    behind (Linux only; elsewhere stop() is the only guard)."""
     import ctypes
 
+    os.umask(0o077)
     PR_SET_PDEATHSIG = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -177,7 +215,10 @@ class TritonServer:
         model_control: bool = False,
     ):
         self.repo_dir = Path(repo_dir).resolve()
-        self.host = host
+        self.host = _check_host(host)
+        for what, port in zip(("HTTP", "gRPC", "metrics"), (http_port, grpc_port, metrics_port), strict=True):
+            if port is not None and not 1 <= port <= 65535:
+                raise ServingError(f"the {what} port must be 1..65535 (or 0: any free port), not {port}")
         self._ports = (http_port, grpc_port, metrics_port)
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
@@ -210,6 +251,7 @@ class TritonServer:
             raise ServingError("the server is already running")
         install = TritonInstall.find()
         _remove_orphaned_workdirs()
+        _remove_orphaned_regions()
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         backends = self._workdir / "backends"
         self._backend_dir(install, backends / "python")
@@ -219,6 +261,8 @@ class TritonServer:
         for attempt in range(3 if auto_ports else 1):
             picked = iter(free_ports(self.host, 3))
             ports = [p if p is not None else next(picked) for p in self._ports]
+            given = zip(("HTTP", "gRPC", "metrics"), self._ports, strict=True)
+            check_free(self.host, {what: port for what, port in given if port is not None})
             self.endpoints = Endpoints(self.host, *ports)
             try:
                 self._launch(install, backends, attempt)
@@ -305,7 +349,7 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=self._environment(install),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_in_child,
             )
 
     def _wait_ready(self) -> None:

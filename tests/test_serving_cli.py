@@ -71,6 +71,8 @@ def test_repo_adds_versions_and_reports_json(repo, tmp_path):
         (["--version", "1", "--repo", "{repo}"], "already exists"),
         (["--max-batch-size", "4", "--preferred-batch-size", "8"], "outside 1..4"),
         (["--backend", "tensorrt"], "serves tensorrt models"),
+        (["--max-batch-size", "2147483648"], "max batch size must be 0..4096"),
+        (["--version", "99999999999999999999"], "version must be 1..2147483647"),
     ],
 )
 def test_repo_errors_are_one_line(repo, tmp_path, extra, message):
@@ -239,8 +241,23 @@ def test_serve_on_a_taken_port_is_one_line(repo):
         args = ["serve", "--repo", str(repo), "--models", "test_vit", "--http-port", port, "--grpc-port", "0"]
         result = runner.invoke(app, [*args, "--metrics-port", "0"])
     assert result.exit_code == 1
-    assert f"failed to start HTTP service: Unavailable - Socket '127.0.0.1:{port}' already in use" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert f"the HTTP port {port} on 127.0.0.1 is in use" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "ready" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--http-port", "70000"], "the HTTP port must be 1..65535 (or 0: any free port), not 70000"),
+        (["--grpc-port", "-1"], "the gRPC port must be 1..65535"),
+        (["--host", "not a host"], "cannot listen on --host 'not a host'"),
+    ],
+)
+def test_serve_bad_addresses_are_one_line_before_starting(repo, extra, message):
+    started = time.monotonic()
+    result = runner.invoke(app, ["serve", "--repo", str(repo), "--models", "test_vit", *extra])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and time.monotonic() - started < 5
 
 
 def test_sigterm_while_starting_stops_the_server(repo):

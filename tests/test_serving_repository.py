@@ -46,6 +46,28 @@ def test_layout_labels_and_ensemble(tmp_path):
     assert copied.model == "test_vit" and copied.path == added.path / "model.onnx"
 
 
+def test_staging_left_by_a_killed_writer_is_cleaned(tmp_path):
+    """A `repo` SIGKILLed mid-write leaves its .staging-<pid>-* folder (hundreds of MB for a large model); the next
+    write to the model removes it, and leaves a live writer's (another `repo` running now) alone."""
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    add_model(repo, make_artifact(tmp_path), ensemble=False)
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    writer.kill()
+    writer.wait()  # a writer that was killed: its pid is gone
+    dead = repo / "test_vit" / f".staging-{writer.pid}-abc123"
+    live = repo / "test_vit" / f".staging-{os.getpid()}-def456"
+    for folder in (dead, live):
+        (folder / "version").mkdir(parents=True)
+        (folder / "version" / "model.onnx").write_bytes(b"half a model")
+    add_model(repo, make_artifact(tmp_path, file="other.onnx"), ensemble=False)
+    assert not dead.exists() and live.exists()
+    assert repository.versions(repo / "test_vit") == [1, 2]
+
+
 def test_new_versions_never_clobber(tmp_path):
     repo = tmp_path / "repo"
     first = add_model(repo, make_artifact(tmp_path), ensemble=False)

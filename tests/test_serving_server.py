@@ -268,13 +268,22 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def test_stop_leaves_no_stub_processes_and_no_shared_memory(server):
+    from vitexport.serving.server import SHM_DIR
+
+    # A region a crashed run left behind (its owner's pid is gone): it holds request bytes, and goes at start.
+    dead = next(pid for pid in range(999_999, 0, -1) if not Path(f"/proc/{pid}").exists())
+    orphan = SHM_DIR / f"vitexport_{dead}_0123abcd_leftover"
+    orphan.write_bytes(b"request bytes")
     small = TritonServer(server.repo_dir, models=["test_resnet"])
     assert small.skipped == {}
     with small:
+        assert not orphan.exists()
         pgid = small.process_group
         assert len(_group_members(pgid)) >= 2  # the server and the model's stub
         regions = list(client_shm(small))
         assert regions, "the Python backend should have created its shared-memory region"
+        # Private: no other local user can read what the requests carried.
+        assert all(r.stat().st_mode & 0o077 == 0 for r in regions), [oct(r.stat().st_mode) for r in regions]
     assert _group_members(pgid) == []
     assert list(client_shm(small)) == []
 

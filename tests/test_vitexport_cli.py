@@ -59,6 +59,8 @@ def test_onnx_json_output(tmp_path):
         (["onnx", "test_vit", "--opset", "9"], "error: opset 9 is not supported"),
         (["onnx", "test_vit", "--output", "/proc/forbidden/x.onnx"], "error: cannot create output folder"),
         (["onnx", "test_vit", "--heads", "both"], "error: Invalid value for '--heads' / '--head': 'both'"),
+        (["onnx", "test_vit", "--img-size", "-16"], "error: --img-size must be 16..2048 pixels, not -16"),
+        (["onnx", "test_vit", "--img-size", "100000"], "error: --img-size must be 16..2048 pixels, not 100000"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(tmp_path, args, message):

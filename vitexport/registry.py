@@ -16,11 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from vitexport.errors import UnknownModelError
+from vitexport.errors import UnknownModelError, VitExportError
 from vitexport.preprocess import PreprocessConfig
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+# --img-size bounds: the papers' largest inputs are 384-518 px (1333 for detection); a ViT at 100000 px would ask for
+# hundreds of GB before the first error.
+MIN_IMG_SIZE, MAX_IMG_SIZE = 16, 2048
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class ModelSpec:
     def with_img_size(self, img_size: int | None) -> ModelSpec:
         if img_size is None or img_size == self.img_size:
             return self
+        if not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
+            # Checked before anything is built: 100000 px would ask a ViT for hundreds of GB.
+            raise VitExportError(f"--img-size must be {MIN_IMG_SIZE}..{MAX_IMG_SIZE} pixels, not {img_size}")
         return replace(self, preprocess=replace(self.preprocess, input_size=img_size))
 
     def build(self, **kwargs: Any) -> nn.Module:
