@@ -48,8 +48,10 @@ class _Response:
 
 
 class _Error:
-    def __init__(self, message: str):
-        self.text = message
+    INTERNAL, INVALID_ARG = "INTERNAL", "INVALID_ARG"  # as the stub's TritonError names its codes
+
+    def __init__(self, message: str, code: str = "INTERNAL"):
+        self.text, self.code = message, code
 
 
 @pytest.fixture
@@ -81,10 +83,23 @@ def test_preprocessing_fails_only_the_request_that_holds_a_bad_image(backend_uti
     def request(*images: bytes):
         return {"image": _Tensor("image", np.array([[b] for b in images], dtype=np.object_))}
 
-    # Four requests batched together: good, a decompression bomb, undecodable bytes, good (two images).
-    responses = model.execute([request(png(0)), request(bomb_png()), request(b"not an image"), request(png(1), png(2))])
-    assert [r.error is None for r in responses] == [True, False, False, True]
-    assert "DecompressionBombError" in responses[1].error.text and "400000000 pixels" in responses[1].error.text
-    assert responses[2].error.text.startswith("cannot decode image")
+    # Requests batched together: good, a decompression bomb, undecodable bytes, good (two images), empty bytes, a
+    # 20000 x 1 strip (a few bytes that the short-side resize would make 1,460,000 x 73 pixels).
+    batch = [request(png(0)), request(bomb_png()), request(b"not an image"), request(png(1), png(2))]
+    responses = model.execute([*batch, request(b""), request(strip_png())])
+    assert [r.error is None for r in responses] == [True, False, False, True, False, False]
+    refused = [r.error for r in responses if r.error is not None]
+    assert all(e.code == "INVALID_ARG" for e in refused)  # the client's mistakes: HTTP 400, not 500
+    assert refused[0].text == "image is 400000000 pixels, over the limit of 50000000"
+    assert refused[1].text == "cannot decode image: not an image format Pillow reads"  # no <_io.BytesIO at 0x...>
+    assert refused[2].text == "empty image: 0 bytes"
+    assert refused[3].text.startswith("image 20000 x 1 would be resized to") and "over the limit of" in refused[3].text
     assert responses[0].output_tensors[0].array.shape == (1, 3, 64, 64)
     assert responses[3].output_tensors[0].array.shape == (2, 3, 64, 64)
+
+
+def strip_png(width: int = 20_000) -> bytes:
+    """A real width x 1 PNG: tiny, under every decoded-size limit, huge after a short-side resize."""
+    buf = io.BytesIO()
+    Image.new("RGB", (width, 1)).save(buf, "PNG")
+    return buf.getvalue()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_serving_backends import bomb_png
+from test_serving_backends import bomb_png, strip_png
 
 from vitexport.errors import ServingError
 from vitexport.export.validate import TOLERANCES, compare
@@ -223,15 +223,36 @@ BAD_REQUESTS = {
         "test_vit_image",
         {"image": np.array([[b"not an image at all"]], dtype=np.object_)},
         ["labels"],
-        r"in ensemble 'test_vit_image', cannot decode image: cannot identify image file",
+        r"in ensemble 'test_vit_image', cannot decode image: not an image format Pillow reads$",
     ),
     "decompression bomb": (
         "test_vit_image",
         {"image": np.array([[bomb_png()]], dtype=np.object_)},
         ["labels"],
-        r"in ensemble 'test_vit_image', cannot preprocess image: DecompressionBombError: Image size \(400000000",
+        r"in ensemble 'test_vit_image', image is 400000000 pixels, over the limit of 50000000$",
+    ),
+    "a 20000 x 1 strip": (
+        "test_vit_image",
+        {"image": np.array([[strip_png()]], dtype=np.object_)},
+        ["labels"],
+        r"image 20000 x 1 would be resized to 1460000 x 73, over the limit of 16777216 pixels",
+    ),
+    "empty image": (
+        "test_vit_image",
+        {"image": np.array([[b""]], dtype=np.object_)},
+        ["labels"],
+        r"in ensemble 'test_vit_image', empty image: 0 bytes$",
+    ),
+    "NaN pixels": (
+        "test_vit",
+        {"pixel_values": np.full((1, 3, 64, 64), np.nan, np.float32)},
+        ["logits"],
+        r"pixel_values holds NaN or Inf values$",
     ),
 }
+# The client's mistakes are client errors: HTTP 400 and gRPC INVALID_ARGUMENT, as for Triton's own shape check.
+CLIENT_MISTAKES = ("wrong shape", "undecodable image bytes", "decompression bomb", "a 20000 x 1 strip", "empty image")
+CLIENT_MISTAKES += ("NaN pixels",)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -243,6 +264,23 @@ def test_bad_requests_get_an_error_and_the_server_stays_ready(server, case, prot
     assert server.is_ready()
     good = client.classify(url(server, protocol), [png(9)], protocol=protocol, model="test_vit_image", top_k=1)
     assert len(good) == 1 and len(good[0].labels) == 1
+
+
+@pytest.mark.parametrize("case", CLIENT_MISTAKES)
+def test_client_mistakes_are_client_errors(server, case):
+    model, inputs, _, _ = BAD_REQUESTS[case]
+    codes = {}
+    for protocol in PROTOCOLS:
+        with client.connection(url(server, protocol), protocol) as (triton, module):
+            tensors = []
+            for name, array in inputs.items():
+                datatype = "BYTES" if array.dtype == np.object_ else "FP32"
+                tensors.append(module.InferInput(name, list(array.shape), datatype))
+                tensors[-1].set_data_from_numpy(array)
+            with pytest.raises(Exception) as refused:
+                triton.infer(model, tensors)
+            codes[protocol] = str(refused.value.status())
+    assert codes == {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}
 
 
 def test_client_errors_are_one_line(server):

@@ -25,6 +25,11 @@ class ArtifactError(VitExportError):
     """An artifact or its sidecar is missing, unreadable or of the wrong kind."""
 
 
+class ImageError(VitExportError):
+    """An image the preprocessing refuses: undecodable, empty, or over a size limit. The client's mistake (a server
+    answers 400 / INVALID_ARGUMENT), so its message names the limit and never the server's internals."""
+
+
 class ServingError(VitExportError):
     """A Triton repository, server or client problem: bad repository name, unreachable server, refused request."""
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitexport.errors import VitExportError
+from vitexport.errors import ImageError
+
+# Bounds checked before any pixel is allocated. Decoded: 8K UHD is 33 MP. After the short-side resize: a 20000 x 1
+# strip would become 5,120,000 x 256 pixels (5 GB of RGB floats in the resampler) from a 99-byte PNG.
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_RESIZED_PIXELS = 16_777_216
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the CLI imports this module for --help
     import numpy as np
@@ -65,20 +71,43 @@ def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
     center crop S x S, scale to [0, 1], normalise by mean/std (timm's and torchvision's eval transform)."""
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(image, (bytes, bytearray)):
+    encoded = isinstance(image, (bytes, bytearray))
+    if encoded:
+        if not image:
+            raise ImageError("empty image: 0 bytes")
         image = io.BytesIO(image)
     if not isinstance(image, Image.Image):
         try:
-            image = Image.open(image)
+            image = Image.open(image)  # reads the header only: the size is known before decoding
+            _check_pixels(*image.size)
             image.load()
-        except (UnidentifiedImageError, OSError) as e:
-            raise VitExportError(f"cannot decode image: {e}") from None
+        except Image.DecompressionBombError as e:  # Pillow's own limit, met while reading the header
+            pixels = re.search(r"\((\d+) pixels\)", str(e))
+            raise ImageError(
+                f"image is {pixels[1] if pixels else 'too many'} pixels, over the limit of {MAX_IMAGE_PIXELS}"
+            ) from None
+        except UnidentifiedImageError as e:
+            # Pillow's message names the stream object (`<_io.BytesIO object at 0x...>`): not for a client.
+            raise ImageError(
+                "cannot decode image: not an image format Pillow reads" if encoded else f"cannot decode image: {e}"
+            ) from None
+        except OSError as e:
+            raise ImageError(
+                "cannot decode image: truncated or corrupt data" if encoded else f"cannot decode image: {e}"
+            ) from None
+    else:
+        _check_pixels(*image.size)
     image = image.convert("RGB")
     size = cfg.input_size
     scale = math.floor(size / cfg.crop_pct)
     w, h = image.size
     # Short side to `scale`, long side in proportion (torchvision's Resize(int) rounding).
     new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise ImageError(
+            f"image {w} x {h} would be resized to {new_w} x {new_h}, over the limit of {MAX_RESIZED_PIXELS} pixels "
+            "(an aspect ratio this extreme is not a photograph)"
+        )
     image = image.resize((new_w, new_h), _resample(cfg.interpolation))
     left, top = round((new_w - size) / 2), round((new_h - size) / 2)
     image = image.crop((left, top, left + size, top + size))
@@ -87,6 +116,13 @@ def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
     x = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
     x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # -> (3, S, S)
+
+
+def _check_pixels(w: int, h: int) -> None:
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageError(f"image is {w} x {h} = {w * h} pixels, over the limit of {MAX_IMAGE_PIXELS}")
+    if w < 1 or h < 1:
+        raise ImageError(f"image is {w} x {h} pixels: nothing to classify")
 
 
 def load_images(paths: list[str | Path], cfg: PreprocessConfig) -> np.ndarray:

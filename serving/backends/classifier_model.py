@@ -61,12 +61,22 @@ class TritonPythonModel:
     def execute(self, requests):
         # Dynamic batching hands over several requests at once: run them as one batch, then split the outputs.
         inputs = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        # NaN or Inf pixels would come back as NaN logits with a 200: the client's mistake, refused per request.
+        finite = [bool(np.isfinite(x).all()) for x in inputs]
+        refused = pb_utils.TritonError(f"{self.input_name} holds NaN or Inf values", pb_utils.TritonError.INVALID_ARG)
+        answers = iter(self._run([x for x, ok in zip(inputs, finite, strict=True) if ok]))
+        return [next(answers) if ok else pb_utils.InferenceResponse(output_tensors=[], error=refused) for ok in finite]
+
+    def _run(self, inputs: list[np.ndarray]) -> list:
+        """One response per input, from one batched run of them all."""
+        if not inputs:
+            return []
         sizes = [len(x) for x in inputs]
         try:
             outputs = self.run(np.concatenate(inputs) if len(inputs) > 1 else inputs[0])
         except Exception as e:  # a runtime failure fails these requests, not the model
             error = pb_utils.TritonError(f"inference failed: {e}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in inputs]
         responses, start = [], 0
         for size in sizes:
             tensors = [

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vitexport.errors import VitExportError
+from vitexport.errors import ImageError
 from vitexport.preprocess import PreprocessConfig, preprocess_image
 
 
@@ -21,14 +21,18 @@ class TritonPythonModel:
         for request in requests:
             images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()  # (B, 1) object array of bytes
             try:
+                if images.size == 0:
+                    raise ImageError("no image in the request")
                 pixels = np.stack([preprocess_image(bytes(row[0]), self.cfg) for row in images])
             except Exception as e:
-                # Any failure (undecodable bytes, Pillow's DecompressionBombError, ...) fails this request only:
-                # raised out of execute, it would fail every request Triton batched with it.
-                message = (
-                    str(e) if isinstance(e, VitExportError) else f"cannot preprocess image: {type(e).__name__}: {e}"
-                )
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
+                # Any failure fails this request only: raised out of execute, it would fail every request Triton
+                # batched with it. The client's mistakes (undecodable, empty, over a size limit: ImageError) are
+                # INVALID_ARG (HTTP 400); anything else is ours, named by type only (no paths or addresses).
+                if isinstance(e, ImageError):
+                    error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
+                else:
+                    error = pb_utils.TritonError(f"cannot preprocess image: {type(e).__name__}")
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, pixels)]))
         return responses
