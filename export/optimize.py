@@ -139,6 +139,9 @@ def optimize(
             io_type=details.get("io_type", Precision.fp32),
             quant_method=details.get("quantization", {}).get("method"),
             checkpoint_sha256=artifact.checkpoint_sha256,
+            head=artifact.head,  # what the output is, and an imported model's family and class names, carry over
+            family=artifact.family,
+            labels=artifact.labels,
             source=artifact.sidecar.name if artifact.sidecar.parent == output.parent else str(artifact.sidecar),
             details=details,
         )

@@ -186,8 +186,8 @@ def _remove_orphaned_regions() -> None:
 
 
 def _in_child() -> None:
-    """In the child before exec: files and shared-memory regions Triton and its stubs create are private to this user
-    (the Python backend's /dev/shm regions hold request bytes, 0644 under the usual umask); and SIGTERM when the
+    """In the child before exec: files Triton and its stubs create are private to this user (umask 077; their
+    shared-memory regions are created 0644 regardless, and `_private_regions` changes those); and SIGTERM when the
     process (thread) that started Triton dies, even by SIGKILL, so that a killed `vitexport serve` leaves no server
     behind (Linux only; elsewhere stop() is the only guard)."""
     import ctypes
@@ -358,10 +358,20 @@ class TritonServer:
             if self._proc is None or self._proc.poll() is not None:
                 code = self._proc.returncode if self._proc else None
                 raise ServingError(f"tritonserver exited with code {code} while starting: {self.log_error()}")
+            self._private_regions()
             if self.is_ready():
+                self._private_regions()
                 return
             time.sleep(0.2)
         raise ServingError(f"tritonserver was not ready after {self.startup_timeout:.0f} s: {self.log_error()}")
+
+    def _private_regions(self) -> None:
+        """Owner-only access to the Python backend's shared-memory regions (they hold request bytes): the backend
+        creates them 0644 whatever the umask, so they are changed as they appear while the models load. Each stub
+        makes its region when it starts, so after ready there are no new ones until a stub is restarted."""
+        for region in SHM_DIR.glob(f"{self._shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                region.chmod(0o600)
 
     def is_ready(self) -> bool:
         if self.endpoints is None:

@@ -111,13 +111,19 @@ def test_torchscript_export_keeps_its_names_and_reads_hugging_face_preprocessing
 
 def test_an_imported_model_is_optimized_and_gated(torchscript_vit, digits, tmp_path):
     flags = PreprocessFlags(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0)  # as the digits ViT trained
-    source = import_onnx(_copy(torchscript_vit[1], tmp_path), flags=flags, name="my_vit")
+    (tmp_path / "digits.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
+    source = import_onnx(
+        _copy(torchscript_vit[1], tmp_path), flags=flags, name="my_vit", labels=tmp_path / "digits.txt"
+    )
     output = tmp_path / "int8.onnx"
     variant = optimize(source, runtime=Runtime.onnxruntime, precision=Precision.int8, images=digits.test, output=output)
     assert variant.validation["passed"] and variant.quant_method == "dynamic"
     assert variant.validation["accuracy"]["reference_top1"] > 90  # the imported graph is the trained model
     assert variant.fuse_attention == "none"  # an imported graph is fused only when asked
     assert (variant.input_name, variant.output_names) == ("image", ("scores",))
+    # What the model is carries over, so a repository of the variant serves the imported class names.
+    assert (variant.family, variant.labels, variant.head) == ("transformer", source.labels, "logits")
+    assert load_artifact(output).labels[7] == "digit 7"
 
 
 @pytest.mark.parametrize(
@@ -159,11 +165,10 @@ def test_labels_must_name_every_class(timm_convnext, tmp_path):
     assert bad.exit_code == 1 and "--mean takes 3 comma-separated numbers" in bad.output
 
 
-def test_import_repo_serve_infer_with_its_own_names_and_labels(timm_convnext, tmp_path):
-    """timm's ConvNeXt, imported with its class names, served by a real Triton through the image ensemble: the
-    answer over HTTP and gRPC is ONNX Runtime's on the same preprocessed pixels, with the imported labels."""
-    from vitexport.serving.client import classify
-    from vitexport.serving.repository import add_model
+def test_import_deploy_serve_infer_with_its_own_names_and_labels(timm_convnext, tmp_path):
+    """timm's ConvNeXt, imported with its class names, deployed (built, gated on photographs, timed, written with its
+    image ensemble) and served by a real Triton: `vitexport infer` over HTTP and gRPC answers ONNX Runtime's top 3
+    on the same preprocessed pixels, with the imported labels."""
     from vitexport.serving.server import TritonServer
 
     model, source = timm_convnext
@@ -184,11 +189,24 @@ def test_import_repo_serve_infer_with_its_own_names_and_labels(timm_convnext, tm
     expected = [names[i] for i in np.argsort(-logits[0])[:3]]
 
     repo = tmp_path / "repo"
-    add_model(repo, artifact, name="convnext")
+    # The fp32 candidate only: an imported graph's fp32 variant computes what the file does, so the top 3 must agree
+    # exactly (an INT8 one may swap near-ties); deploy's choice among candidates is tested in test_export_deploy.
+    args = ["deploy", str(path), "--repo", str(repo), "--name", "convnext", "--runtimes", "onnxruntime-fp32"]
+    result = runner.invoke(app, [*args, "--workdir", str(tmp_path / "work"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"] == [
+        "convnext",
+        "convnext_preprocess",
+        "convnext_postprocess",
+        "convnext_image",
+    ]
     with TritonServer(repo) as server:
         for protocol, url in (("http", server.endpoints.http), ("grpc", server.endpoints.grpc)):
-            (answer,) = classify(url, [image], protocol=protocol, model="convnext_image", top_k=3)
-            assert list(answer.labels) == expected
+            args = ["infer", str(image), "--url", url, "--protocol", protocol, "--top-k", "3", "--json"]
+            result = runner.invoke(app, args)  # the one _image ensemble is found without --model
+            assert result.exit_code == 0, result.output
+            (answer,) = json.loads(result.stdout)
+            assert answer["labels"] == expected
 
 
 def test_an_imported_file_is_benchmarked_without_torch_peers(timm_convnext, tmp_path):

@@ -84,7 +84,7 @@ def test_preprocessing_fails_only_the_request_that_holds_a_bad_image(backend_uti
         return {"image": _Tensor("image", np.array([[b] for b in images], dtype=np.object_))}
 
     # Requests batched together: good, a decompression bomb, undecodable bytes, good (two images), empty bytes, a
-    # 20000 x 1 strip (a few bytes that the short-side resize would make 1,460,000 x 73 pixels).
+    # 20000 x 1 strip (a few bytes that the short-side resize would make 1,420,000 x 71 pixels).
     batch = [request(png(0)), request(bomb_png()), request(b"not an image"), request(png(1), png(2))]
     responses = model.execute([*batch, request(b""), request(strip_png())])
     assert [r.error is None for r in responses] == [True, False, False, True, False, False]

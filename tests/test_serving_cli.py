@@ -116,6 +116,12 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def _triton_of(serve_pid: int) -> list[int]:
+    """The tritonserver and stub processes a `serve` started: their command lines name its work folder (the backend
+    folder, the private repository view), which carries its pid."""
+    return _processes_mentioning(f"vitexport-triton-{serve_pid}-")
+
+
 def test_serve_infer_and_sigterm(repo, tmp_path):
     command = [*VITEXPORT, "serve", "--repo", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -147,7 +153,7 @@ def test_serve_infer_and_sigterm(repo, tmp_path):
         assert table.exit_code == 0 and by_protocol["http"][0]["labels"][0].split(",")[0] in table.output
         bad = runner.invoke(app, ["infer", images[0], "--url", http, "--protocol", "ftp"])
         assert bad.exit_code == 1 and "Invalid value for '--protocol'" in bad.output
-        assert _processes_mentioning(str(repo))  # the server and its stubs run with the repository path
+        assert len(_triton_of(proc.pid)) >= 2  # the server and its stubs
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -157,7 +163,7 @@ def test_serve_infer_and_sigterm(repo, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert _processes_mentioning(str(repo)) == []
+    assert _triton_of(proc.pid) == []
     assert not list(Path("/dev/shm").glob(f"vitexport_{proc.pid}_*"))
 
 
@@ -215,13 +221,13 @@ def test_a_killed_serve_leaves_no_server_behind(repo):
                 break
         except queue.Empty:
             continue
-    assert _processes_mentioning(str(repo))
+    assert len(_triton_of(proc.pid)) >= 2
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 60
-    while _processes_mentioning(str(repo)) and time.monotonic() < deadline:
+    while _triton_of(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _processes_mentioning(str(repo)) == []
+    assert _triton_of(proc.pid) == []
     # Its work folder (backend links, log) is left behind; the next server start removes it.
     from vitexport.serving.server import _remove_orphaned_workdirs
 
@@ -264,13 +270,13 @@ def test_sigterm_while_starting_stops_the_server(repo):
     command = [*VITEXPORT, "serve", "--repo", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    # tritonserver is up (its command line names the repository) but still loading the models.
-    while not [p for p in _processes_mentioning(str(repo)) if p != proc.pid]:
+    # tritonserver is up (its command line names serve's work folder) but still loading the models.
+    while not _triton_of(proc.pid):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
-    assert _processes_mentioning(str(repo)) == []
+    assert _triton_of(proc.pid) == []
 
 
 def test_repo_serves_the_fastest_gated_variant(tmp_path):
