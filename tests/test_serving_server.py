@@ -312,9 +312,16 @@ def test_stop_leaves_no_stub_processes_and_no_shared_memory(server):
     dead = next(pid for pid in range(999_999, 0, -1) if not Path(f"/proc/{pid}").exists())
     orphan = SHM_DIR / f"vitexport_{dead}_0123abcd_leftover"
     orphan.write_bytes(b"request bytes")
-    small = TritonServer(server.repo_dir, models=["test_resnet"])
-    assert small.skipped == {}
+    # Asked for an ensemble alone: in mode NONE Triton loads what its private repository view holds, so the view
+    # must bring the ensemble's steps.
+    small = TritonServer(server.repo_dir, models=["test_resnet_image"])
+    assert small.skipped == {} and small.models == ("test_resnet_image",)
     with small:
+        images = [png(7), png(8)]
+        served = client.classify(small.endpoints.http, images, model="test_resnet_image", top_k=3)
+        expected = client.classify(server.endpoints.http, images, model="test_resnet_image", top_k=3)
+        assert [r.indices for r in served] == [r.indices for r in expected]
+        assert _ready(small, "test_resnet") and not _ready(small, "test_vit")
         assert not orphan.exists()
         pgid = small.process_group
         assert len(_group_members(pgid)) >= 2  # the server and the model's stub
@@ -438,14 +445,3 @@ def test_model_control_is_opened_only_with_its_key(server, tmp_path):
         assert _ready(s, "test_resnet") and not marker.exists()
         assert _post(http, "/v2/repository/models/test_resnet/unload", headers={CONTROL_HEADER: s.control_key}) == 200
         assert not _ready(s, "test_resnet")
-
-
-def test_a_subset_serves_its_ensemble_with_the_steps(server):
-    """In mode NONE Triton loads what its (private) repository holds: an ensemble asked for brings its steps."""
-    with TritonServer(server.repo_dir, models=["test_resnet_image"]) as s:
-        assert s.models == ("test_resnet_image",)
-        images = [png(7), png(8)]
-        served = client.classify(s.endpoints.http, images, model="test_resnet_image", top_k=3)
-        expected = client.classify(server.endpoints.http, images, model="test_resnet_image", top_k=3)
-        assert [r.indices for r in served] == [r.indices for r in expected]
-        assert not _ready(s, "test_vit")
