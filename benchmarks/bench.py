@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vitexport.bench.gemm import GEMMS, GemmSpec, N, peak_table
-from vitexport.bench.runners import ALL_BACKENDS, QUICK_BACKENDS, BenchBackend, RunnerSpec
+from vitexport.bench.runners import ALL_BACKENDS, QUICK_BACKENDS, TORCH_PEERS, BenchBackend, RunnerSpec
 from vitexport.bench.served import ServedSettings
 from vitexport.bench.subject import Subject
 from vitexport.bench.sweep import SweepSettings, sweep, workers
@@ -197,9 +197,6 @@ def _peaks(config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
                 "calls_s": summary["img_s"],
             }
     return out
-
-
-TORCH_PEERS = (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm)
 
 
 def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float], progress) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from vitexport.bench.runners import BenchBackend
+from vitexport.bench.runners import TORCH_PEERS, BenchBackend
 from vitexport.errors import VitExportError, first_line
 
 CALIBRATION_IMAGES = 32  # enough for min-max ranges of a speed benchmark; NNCF's default 300 costs minutes here
@@ -75,7 +75,7 @@ def prepare(
     paths: dict[BenchBackend, Path] = {}
     skipped: dict[BenchBackend, str] = {}
     ungated: dict[BenchBackend, str] = {}
-    needs_onnx = [b for b in backends if b not in (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm)]
+    needs_onnx = [b for b in backends if b not in TORCH_PEERS]
     if not needs_onnx:
         return paths, skipped, ungated
     plain = _cached(source) if source is not None else _cached(folder / f"{model}.onnx")

@@ -69,6 +69,7 @@ PEERS = (
     BenchBackend.openvino_plain,
 )
 ALL_BACKENDS = tuple(BenchBackend)
+TORCH_PEERS = (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm)  # run a PyTorch model, no file
 QUICK_BACKENDS = (BenchBackend.torch, BenchBackend.onnxruntime_plain)
 
 
@@ -104,7 +105,7 @@ class _Callable:
 def build_runner(spec: RunnerSpec) -> Runner:
     """Build the runner in this process; raise VitExportError (one line) when the backend cannot run here."""
     b = spec.backend
-    if b in (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm):
+    if b in TORCH_PEERS:
         return _torch_runner(spec)
     if b is BenchBackend.tensorrt:
         return _tensorrt_runner(spec)

@@ -104,6 +104,11 @@ def default_cache() -> Path:
     return Path(cache) / "vitexport" / "photos"
 
 
+def deploy_photos() -> tuple[Path, Path]:
+    """The folders `deploy` uses when given none: calibration crops of some photographs, gate crops of others."""
+    return photo_folder(), photo_folder(40, photos=GATE_PHOTOS)
+
+
 @functools.cache
 def photo_folder(
     count: int = 100,

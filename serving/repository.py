@@ -23,7 +23,7 @@ from pathlib import Path
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError
-from vitexport.fileio import write_atomic
+from vitexport.fileio import left_by_a_dead_process, write_atomic
 from vitexport.serving import config as cfg
 from vitexport.serving.backends import CLASSIFIER_MODEL, POSTPROCESS_MODEL, PREPROCESS_MODEL
 from vitexport.serving.config import Batching, ServingBackend
@@ -359,8 +359,7 @@ def _remove_dead_staging(model_dir: Path) -> None:
     """Remove staging folders of writers that died mid-write (SIGKILL, power): their pid is in the name and gone.
     A live writer's folder (another `repo` running now) is left alone."""
     for folder in model_dir.glob(".staging-*"):
-        pid = folder.name.removeprefix(".staging-").split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if left_by_a_dead_process(folder.name.removeprefix(".staging-").split("-", 1)[0]):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitexport.errors import ServingError
+from vitexport.fileio import left_by_a_dead_process
 from vitexport.serving import config as cfg
 from vitexport.serving.repository import scan
 
@@ -170,8 +171,7 @@ def _remove_orphaned_workdirs() -> None:
     """Remove the work folders (backend links, log) of servers whose owner was killed before it could clean up;
     the owner's pid is in the folder's name."""
     for folder in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
-        pid = folder.name[len(_WORKDIR_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if left_by_a_dead_process(folder.name[len(_WORKDIR_PREFIX) :].split("-", 1)[0]):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -179,8 +179,7 @@ def _remove_orphaned_regions() -> None:
     """Remove the Python backend's shared-memory regions of servers whose owner died before it could clean up (they
     hold request bytes); the owner's pid is in our prefix, vitexport_<pid>_."""
     for region in SHM_DIR.glob("vitexport_*_*"):
-        pid = region.name.split("_")[1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if left_by_a_dead_process(region.name.split("_")[1]):
             with contextlib.suppress(OSError):
                 region.unlink()
 

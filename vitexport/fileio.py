@@ -22,3 +22,9 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def left_by_a_dead_process(pid: str) -> bool:
+    """Whether a file or folder named with its writer's pid was left by a process that no longer runs (killed before
+    it could clean up): the pid text is a number and /proc has no such process."""
+    return pid.isdigit() and not Path(f"/proc/{pid}").exists()

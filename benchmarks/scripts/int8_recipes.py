@@ -82,7 +82,7 @@ def run_model(model: str, workdir: Path, threads: int, seconds: float, progress=
     from vitexport.export.gate import evaluate, load_image_folder
     from vitexport.export.onnx import export_or_load
     from vitexport.export.optimize import CALIBRATION_LIMIT
-    from vitexport.export.photos import GATE_PHOTOS, photo_folder
+    from vitexport.export.photos import deploy_photos
     from vitexport.export.runners import load_runner
     from vitexport.models import get_spec
 
@@ -91,8 +91,9 @@ def run_model(model: str, workdir: Path, threads: int, seconds: float, progress=
     source = export_or_load(model, folder, progress=progress)
     spec = get_spec(source.model)
     cfg = source.preprocess
-    calib = load_image_folder(photo_folder(), cfg, limit=CALIBRATION_LIMIT).images
-    gate_images = load_image_folder(photo_folder(40, photos=GATE_PHOTOS), cfg)
+    calibration, gate = deploy_photos()  # what `deploy` calibrates and gates on
+    calib = load_image_folder(calibration, cfg, limit=CALIBRATION_LIMIT).images
+    gate_images = load_image_folder(gate, cfg)
     reference = load_runner(source, threads=threads, spinning=False)
     x = np.random.default_rng(0).standard_normal((BATCH, 3, cfg.input_size, cfg.input_size), dtype=np.float32)
     rows = []
@@ -133,17 +134,18 @@ def _onnxruntime_int8(source, x, threads, seconds, macs, gate_images, folder, pr
     """ONNX Runtime's INT8 variant as `optimize` builds it (dynamic MatMulInteger for transformers; 7-bit weights
     where the CPU has no VNNI), through the same gate, timed the same way: the other int8 kernel `deploy` weighs."""
     from vitexport.export.optimize import Precision, Runtime, optimize
-    from vitexport.export.photos import GATE_PHOTOS, photo_folder
+    from vitexport.export.photos import deploy_photos
     from vitexport.export.runners import load_runner
 
     progress(f"{source.model}: ONNX Runtime INT8")
+    calibration, gate = deploy_photos()
     start = time.perf_counter()
     variant = optimize(
         source,
         runtime=Runtime.onnxruntime,
         precision=Precision.int8,
-        calibration=photo_folder(),
-        images=photo_folder(40, photos=GATE_PHOTOS),
+        calibration=calibration,
+        images=gate,
         output=folder / f"{source.model}.onnxruntime-int8.onnx",
         validate=False,  # gated below, on the same images and by the same budget as the recipes
     )

@@ -87,12 +87,11 @@ def deployed(model: str, folder: Path, progress=print):
     chosen artifact."""
     from vitexport.export.deploy import deploy_candidates
     from vitexport.export.onnx import export_or_load
-    from vitexport.export.photos import GATE_PHOTOS, photo_folder
+    from vitexport.export.photos import deploy_photos
 
     source = export_or_load(model, folder, progress=progress)
-    candidates = deploy_candidates(
-        source, folder, calibration=photo_folder(), images=photo_folder(40, photos=GATE_PHOTOS), progress=progress
-    )
+    calibration, gate = deploy_photos()
+    candidates = deploy_candidates(source, folder, calibration=calibration, images=gate, progress=progress)
     return candidates[0].artifact, [c.to_dict() for c in candidates]
 
 

@@ -63,6 +63,8 @@ class TritonPythonModel:
         inputs = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         # NaN or Inf pixels would come back as NaN logits with a 200: the client's mistake, refused per request.
         finite = [bool(np.isfinite(x).all()) for x in inputs]
+        if all(finite):
+            return self._run(inputs)
         refused = pb_utils.TritonError(f"{self.input_name} holds NaN or Inf values", pb_utils.TritonError.INVALID_ARG)
         answers = iter(self._run([x for x, ok in zip(inputs, finite, strict=True) if ok]))
         return [next(answers) if ok else pb_utils.InferenceResponse(output_tensors=[], error=refused) for ok in finite]

@@ -52,10 +52,10 @@ def deploy(
         if not looks_like_a_file(model_or_onnx):
             get_spec(model_or_onnx)  # an unknown name: one line with suggestions
         if calibration is None:
-            from vitexport.export.photos import GATE_PHOTOS, photo_folder
+            from vitexport.export.photos import deploy_photos
 
-            calibration = photo_folder()
-            images = images or photo_folder(40, photos=GATE_PHOTOS)
+            calibration, gate = deploy_photos()
+            images = images or gate
             typer.secho(
                 f"note: no --calibration: calibrating on real photographs (scikit-image's {calibration.name}) and "
                 f"gating on others ({images.name}); give your own images for your model",
