@@ -95,6 +95,8 @@ def call_options(protocol: Protocol | str, timeout: float) -> dict[str, float]:
 
 def _call(what: str, timeout: float, fn, *args, **kwargs):
     """Run a tritonclient call, turning its errors (a timeout included) into one-line ServingErrors."""
+    from http.client import HTTPException
+
     from tritonclient.utils import InferenceServerException
 
     try:
@@ -102,7 +104,12 @@ def _call(what: str, timeout: float, fn, *args, **kwargs):
     except InferenceServerException as e:
         if str(e.status()).endswith("DEADLINE_EXCEEDED"):
             raise ServingError(f"{what}: no reply within {timeout:g} s") from None
-        raise ServingError(f"{what}: {e.message() or e}") from None
+        message = e.message() or str(e)
+        if "Socket closed" in message:  # something listens there, and it does not speak gRPC
+            message += " (not a gRPC port? try --protocol http)"
+        raise ServingError(f"{what}: {message}") from None
+    except HTTPException:  # geventhttpclient's parser: the reply was not HTTP, as a gRPC port's is not
+        raise ServingError(f"{what}: the reply is not HTTP (a gRPC port? try --protocol grpc)") from None
     except TimeoutError:
         raise ServingError(f"{what}: no reply within {timeout:g} s") from None
     except (ConnectionError, OSError) as e:

@@ -11,6 +11,12 @@ repository (links to the models it serves), so its load and unload APIs refuse e
 carry a config and files, which is running code as the server's user, and any web page can POST to localhost. With
 `model_control=True` the APIs are on (explicit mode) behind a per-run key that Triton itself checks
 (`--http-restricted-api` / `--grpc-restricted-protocol` for the model-repository protocol).
+
+A backend that dies is noticed: Triton neither restarts a Python backend stub that was killed nor says so (health,
+model readiness and the index stay READY while every request gets a 500, and a stub killed as it starts hangs the
+load for good). So the server watches the stub processes it started (`check_backends`), and a dead one ends the
+start, or the serving, with one error naming the model. It is not reloaded: in mode NONE nothing can be, and a
+restart of the whole server is its supervisor's job (systemd, Kubernetes), which sees `serve` exit non-zero.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from vitexport.serving.repository import scan
 
 SHM_DIR = Path("/dev/shm")
 _WORKDIR_PREFIX = "vitexport-triton-"
+STUB = "triton_python_backend_stub"
 _LOCAL_PLATFORMS = {"ensemble"}  # platforms this build serves without a backend library
 CONTROL_HEADER = "vitexport-control-key"  # the header Triton asks of model-repository requests (model_control=True)
 
@@ -197,6 +204,49 @@ def _in_child() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+@dataclass(frozen=True)
+class Stub:
+    """A Python backend stub process: one per model instance (`<model>_<group>_<index>`)."""
+
+    pid: int
+    model: str
+    instance: str
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie its parent has yet to reap."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stubs_of(server_pid: int) -> tuple[list[Stub], list[int]]:
+    """The instance stubs a tritonserver runs, from /proc, and the pids of its stubs that died unreaped (zombies,
+    whose command line is gone). A stub's arguments are the model file (<repository>/<model>/<version>/model.py),
+    the shm region, two sizes, the parent's pid, the backend folder, the IPC handle, the instance name and the
+    runtime. Stubs named as the model itself are the short-lived ones that auto-complete its config, not an
+    instance; Triton reaps those as they exit."""
+    alive, dead = [], []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+            state, ppid = rest.split()[:2]
+            if ppid != str(server_pid) or not STUB.startswith(comm.split("(", 1)[1]):  # comm: 15 characters
+                continue
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if state == "Z":
+            dead.append(int(entry.name))
+        elif len(argv) > 8 and argv[8] != (model := Path(argv[1]).parent.parent.name):
+            alive.append(Stub(int(entry.name), model, argv[8]))
+    return alive, dead
+
+
 class TritonServer:
     """Context manager: start Triton on a repository, wait until ready, and stop it cleanly on exit."""
 
@@ -236,6 +286,8 @@ class TritonServer:
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._shm_prefix = f"vitexport_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self._stubs: dict[int, Stub] = {}  # every instance stub seen since the start, by pid
+        self._unknown_dead: set[int] = set()  # stubs seen only dead, at the previous check
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -338,6 +390,7 @@ class TritonServer:
             "--exit-timeout-secs=10",
             f"--log-verbose={self.log_verbose}",
         ]
+        self._stubs, self._unknown_dead = {}, set()  # a new server: new stubs
         self._log_path = self._workdir / f"tritonserver.{attempt}.log"
         with open(self._log_path, "wb") as log:
             # Its own session: a terminal's Ctrl-C reaches only us, and we stop Triton in order.
@@ -358,11 +411,52 @@ class TritonServer:
                 code = self._proc.returncode if self._proc else None
                 raise ServingError(f"tritonserver exited with code {code} while starting: {self.log_error()}")
             self._private_regions()
+            self.check_backends(starting=True)
             if self.is_ready():
                 self._private_regions()
+                self.check_backends(starting=True)
                 return
             time.sleep(0.2)
         raise ServingError(f"tritonserver was not ready after {self.startup_timeout:.0f} s: {self.log_error()}")
+
+    def check_backends(self, *, starting: bool = False) -> None:
+        """Raise ServingError naming the model when a stub this server started has died (killed, out of memory):
+        Triton would go on calling itself ready. New stubs (an instance starting) join the watch."""
+        if self._proc is None:
+            return
+        when = "while loading" if starting else "while serving"
+        alive, dead = stubs_of(self._proc.pid)
+        self._stubs.update((s.pid, s) for s in alive if s.pid not in self._stubs)
+        for stub in self._stubs.values():
+            if not _alive(stub.pid):
+                raise ServingError(
+                    f"the backend process of model {stub.model} (instance {stub.instance}, pid {stub.pid}) died "
+                    f"{when}; stopping the server (Triton does not restart it)"
+                )
+        # Killed before we saw it run (as it started: then Triton waits for it for ever). Dead at two checks in a row,
+        # so not a stub that exited normally and is being reaped; its model is one still loading.
+        unknown = set(dead) - set(self._stubs)
+        for pid in unknown & self._unknown_dead:
+            loading = ", ".join(self._not_ready()) or "unknown"
+            raise ServingError(
+                f"a backend process (pid {pid}) of model {loading} died {when}; stopping the server "
+                "(Triton does not restart it)"
+            )
+        self._unknown_dead = unknown
+
+    def _not_ready(self) -> list[str]:
+        """The Python-backend models being served that Triton does not call ready."""
+        configs = scan(self._repository)
+        python = [m for m in self._loaded if configs[m].backend == "python"]
+        return [m for m in python if not self._model_ready(m)]
+
+    def _model_ready(self, model: str) -> bool:
+        assert self.endpoints is not None
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoints.http}/v2/models/{model}/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
 
     def _private_regions(self) -> None:
         """Owner-only access to the Python backend's shared-memory regions (they hold request bytes): the backend

@@ -153,6 +153,11 @@ def test_serve_infer_and_sigterm(repo, tmp_path):
         assert table.exit_code == 0 and by_protocol["http"][0]["labels"][0].split(",")[0] in table.output
         bad = runner.invoke(app, ["infer", images[0], "--url", http, "--protocol", "ftp"])
         assert bad.exit_code == 1 and "Invalid value for '--protocol'" in bad.output
+        # Each protocol at the other's port: one line that says which, not geventhttpclient's parser traceback.
+        for url, protocol, hint in ((grpc, "http", "--protocol grpc"), (http, "grpc", "--protocol http")):
+            crossed = runner.invoke(app, ["infer", images[0], "--url", url, "--protocol", protocol, "--timeout", "5"])
+            assert crossed.exit_code == 1 and hint in crossed.output, crossed.output
+            assert len(crossed.output.strip().splitlines()) == 1 and "Traceback" not in crossed.output
         assert len(_triton_of(proc.pid)) >= 2  # the server and its stubs
 
         proc.send_signal(signal.SIGTERM)
@@ -208,26 +213,44 @@ def test_without_the_serve_extra_commands_fail_in_one_line(repo, tmp_path, monke
         assert len(result.output.strip().splitlines()) == 1
 
 
-def test_a_killed_serve_leaves_no_server_behind(repo):
-    """SIGKILL gives `serve` no chance to clean up: Triton is tied to it by PR_SET_PDEATHSIG and stops itself."""
+def _serve_test_vit(repo) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    """`serve` of the test_vit model alone, as a process, once it printed "ready"; its stderr queue."""
     command = [*VITEXPORT, "serve", "--repo", str(repo), "--models", "test_vit", "--http-port", "0"]
     command += ["--grpc-port", "0", "--metrics-port", "0"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out, deadline = _lines(proc.stdout), time.monotonic() + 150
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err, deadline = _lines(proc.stdout), _lines(proc.stderr), time.monotonic() + 150
     while True:
-        assert proc.poll() is None and time.monotonic() < deadline
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(list(err.queue))
         try:
             if out.get(timeout=1).startswith("ready"):
-                break
+                return proc, err
         except queue.Empty:
             continue
+
+
+def _gone(serve_pid: int, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while _triton_of(serve_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _triton_of(serve_pid) == []
+
+
+def _stub_of(serve_pid: int, instance: str) -> int | None:
+    for pid in _triton_of(serve_pid):
+        with __import__("contextlib").suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"triton_python_backend_stub") and instance.encode() in argv:
+                return pid
+    return None
+
+
+def test_a_killed_serve_leaves_no_server_behind(repo):
+    """SIGKILL gives `serve` no chance to clean up: Triton is tied to it by PR_SET_PDEATHSIG and stops itself."""
+    proc, _ = _serve_test_vit(repo)
     assert len(_triton_of(proc.pid)) >= 2
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 60
-    while _triton_of(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _triton_of(proc.pid) == []
+    assert _gone(proc.pid)
     # Its work folder (backend links, log) is left behind; the next server start removes it.
     from vitexport.serving.server import _remove_orphaned_workdirs
 
@@ -235,6 +258,55 @@ def test_a_killed_serve_leaves_no_server_behind(repo):
     assert leftovers
     _remove_orphaned_workdirs()
     assert not any(p.exists() for p in leftovers)
+
+
+def test_sighup_stops_serve_in_order(repo):
+    """The terminal that started `serve` closed: the same orderly stop as Ctrl-C (SIGHUP's default would skip it)."""
+    proc, _ = _serve_test_vit(repo)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=60) == 0
+    assert _gone(proc.pid, timeout=5)
+    assert not list(Path("/dev/shm").glob(f"vitexport_{proc.pid}_*"))
+
+
+def test_a_dead_backend_stops_serve_in_one_line(repo):
+    """Triton keeps calling a model ready after its stub was killed and answers every request with a 500: `serve`
+    notices, stops Triton and exits 1 naming the model, for its supervisor to restart."""
+    proc, err = _serve_test_vit(repo)
+    stub = _stub_of(proc.pid, "test_vit_0_0")
+    assert stub is not None
+    os.kill(stub, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 1
+    assert _gone(proc.pid)
+    time.sleep(0.5)  # let the reader thread drain the last line
+    lines = [line for line in err.queue if line.strip()]
+    assert len(lines) == 1 and "model test_vit (instance test_vit_0_0" in lines[0], lines
+    assert "died while serving" in lines[0]
+
+
+def test_a_backend_killed_while_loading_fails_the_start_in_one_line(repo):
+    """A stub killed as it starts leaves Triton waiting for it for ever: `serve` sees it die and gives up at once."""
+    command = [*VITEXPORT, "serve", "--repo", str(repo), "--models", "test_vit", "--http-port", "0"]
+    proc = subprocess.Popen(
+        [*command, "--grpc-port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = time.monotonic()
+    try:
+        while (stub := _stub_of(proc.pid, "test_vit_0_0")) is None:
+            assert proc.poll() is None and time.monotonic() - started < 60
+            time.sleep(0.01)
+        os.kill(stub, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "ready" not in out, out
+    # Named by its instance when `serve` saw the stub run, else as the model still loading.
+    assert len(err.strip().splitlines()) == 1 and "model test_vit" in err and "died while loading" in err, err
+    assert _gone(proc.pid)
 
 
 def test_serve_on_a_taken_port_is_one_line(repo):

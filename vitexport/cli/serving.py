@@ -118,7 +118,7 @@ def serve(
     import signal
     import time
 
-    def terminate(signum, frame):  # SIGTERM takes the same orderly way out as Ctrl-C
+    def terminate(signum, frame):  # SIGTERM and SIGHUP (terminal closed) take the same orderly way out as Ctrl-C
         raise KeyboardInterrupt
 
     with user_errors():
@@ -136,7 +136,7 @@ def serve(
         )
         for model, reason in server.skipped.items():
             typer.secho(f"note: not loading {model}: {reason}", fg="yellow", err=True)
-        previous = signal.signal(signal.SIGTERM, terminate)
+        previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
         try:
             with server:
                 e = server.endpoints
@@ -150,12 +150,14 @@ def serve(
                     typer.echo(f"control /v2/repository requests need the header '{header}'")
                 typer.echo("ready (Ctrl-C to stop)")
                 while server.running:
+                    server.check_backends()  # a dead model backend: one line naming it, Triton stopped, exit 1
                     time.sleep(0.5)
                 raise VitExportError(f"tritonserver stopped unexpectedly: {server.log_error()}")
         except KeyboardInterrupt:
             typer.echo("stopped")
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def infer(
