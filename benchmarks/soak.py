@@ -1,0 +1,417 @@
+"""A soak: a real Triton serving one model to many clients at once for a bounded time, every answer checked against
+ONNX Runtime in this process, hostile requests mixed in, the server's memory sampled. A reliability check, not a
+speed benchmark: its latencies are what the clients saw on a machine the server shares with them.
+
+Half the clients speak HTTP, half gRPC; each alternates encoded photographs (the `<model>_image` ensemble: decode,
+preprocess, model, top-k) and preprocessed tensors (the model itself). One more client sends, in turn, the requests
+the reliability issue found harmful (a decompression bomb, a 20000 x 1 strip, undecodable and empty bytes, NaN
+pixels, a wrong shape, a request abandoned mid-flight, half an HTTP request) and records whether each was refused as
+the client's mistake (HTTP 400 / gRPC INVALID_ARGUMENT) and how fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitexport.artifacts import ModelArtifact
+from vitexport.serving import config as cfg
+from vitexport.serving.server import TritonServer
+
+CLIENT_ERRORS = {"400", "StatusCode.INVALID_ARGUMENT"}  # what tritonclient reports for a refused bad request
+
+
+@dataclass(frozen=True)
+class SoakSettings:
+    duration_s: float = 120.0
+    clients: int = 8  # half HTTP, half gRPC
+    hostile_every_s: float = 1.0  # one hostile request this often, besides the clients
+    photos: int = 12  # distinct photographs (crops of skimage's) and as many tensors, with their expected answers
+    top_k: int = 5
+    atol: float = 1e-4  # served against in-process: logits, and the top-k probabilities
+    timeout_s: float = 60.0
+    memory_every_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What ONNX Runtime in this process answers for the soak's inputs."""
+
+    images: list[bytes]  # encoded JPEGs
+    probabilities: np.ndarray  # (photos, classes): softmax of the model on each decoded, preprocessed image
+    tensors: np.ndarray  # (photos, 3, S, S) preprocessed inputs sent as tensors
+    logits: np.ndarray  # (photos, classes)
+
+
+def expected_answers(artifact: ModelArtifact, count: int) -> Expected:
+    from PIL import Image
+
+    from vitexport.export.photos import GATE_PHOTOS, crops
+    from vitexport.ort import ort_session
+    from vitexport.preprocess import preprocess_image
+
+    session = ort_session(artifact.path, spinning=False)
+    images = []
+    for _, crop in crops(count, photos=GATE_PHOTOS, seed=7):
+        buf = io.BytesIO()
+        Image.fromarray(crop).save(buf, "JPEG", quality=90)
+        images.append(buf.getvalue())
+    # The server decodes the same bytes with the same Pillow and preprocessing code.
+    decoded = np.stack([preprocess_image(b, artifact.preprocess) for b in images])
+    rng = np.random.default_rng(0)
+    tensors = (decoded + rng.normal(0, 0.1, decoded.shape)).astype(np.float32)  # not the images again
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([session.run(None, {artifact.input_name: x[i : i + 1]})[0] for i in range(len(x))])
+
+    logits = run(decoded)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return Expected(images, e / e.sum(axis=1, keepdims=True), tensors, run(tensors))
+
+
+# -- hostile requests ------------------------------------------------------------------------------------------------
+
+
+def _png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _bomb_png(side: int = 20_000) -> bytes:
+    """A PNG whose header claims side x side pixels (and whose data is empty): a decoder that trusts it allocates
+    side^2 x 3 bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+ABANDONED = "request abandoned mid-flight"  # a good request whose client gives up after 20 ms
+HALF_A_REQUEST = "half an HTTP request"  # headers promising a body that never comes
+
+
+def hostile_cases(model: str, image_model: str, input_name: str, size: int) -> dict[str, tuple[str, dict]]:
+    """name -> (served model, inputs): the client mistakes the server must refuse as such, without harm, and a
+    request its client abandons."""
+
+    def image(data: bytes) -> tuple[str, dict]:
+        return image_model, {cfg.IMAGE_INPUT: np.array([[data]], dtype=np.object_)}
+
+    return {
+        "decompression bomb (20000 x 20000 PNG)": image(_bomb_png()),
+        "20000 x 1 strip": image(_png(20000, 1)),
+        "undecodable bytes": image(b"\x89PNG\r\n\x1a\n but not really"),
+        "empty image": image(b""),
+        "NaN pixels": (model, {input_name: np.full((1, 3, size, size), np.nan, np.float32)}),
+        "wrong shape": (model, {input_name: np.zeros((1, 3, size // 2, size // 2), np.float32)}),
+        ABANDONED: (model, {input_name: np.zeros((4, 3, size, size), np.float32)}),
+    }
+
+
+def _send(client, module, model: str, inputs: dict[str, np.ndarray], outputs: list[str], options: dict):
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensors = []
+    for name, array in inputs.items():
+        tensors.append(module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype)))
+        tensors[-1].set_data_from_numpy(array)
+    requested = [module.InferRequestedOutput(name) for name in outputs]
+    return client.infer(model, tensors, outputs=requested, **options)
+
+
+def _raw_http(host: str, port: int, request: bytes) -> None:
+    """Send bytes on a new HTTP connection and close it without reading a reply."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(request)
+
+
+def _infer_request(model: str, inputs: dict[str, np.ndarray]) -> bytes:
+    """A whole KServe v2 JSON infer request over HTTP/1.1."""
+    import json
+
+    tensors = [
+        {"name": k, "shape": list(v.shape), "datatype": "FP32", "data": v.ravel().tolist()} for k, v in inputs.items()
+    ]
+    body = json.dumps({"inputs": tensors}).encode()
+    head = f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+# -- the soak --------------------------------------------------------------------------------------------------------
+
+
+class _Record:
+    """Thread-safe lists of what happened."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[tuple[float, str, float, str]] = []  # (t, kind, ms, outcome: ok|mismatch|error)
+        self.errors: list[str] = []
+        self.hostile: list[dict[str, Any]] = []
+        self.memory: list[tuple[float, float, int]] = []  # (t, RSS MB of Triton and its stubs, processes)
+        self.crashes: list[str] = []  # a soak thread's own failure: the soak did not run as meant
+
+    def guarded(self, fn: Callable[..., None]) -> Callable[..., None]:
+        def run(*args) -> None:
+            try:
+                fn(*args)
+            except Exception as error:
+                with self.lock:
+                    self.crashes.append(f"{fn.__name__}: {type(error).__name__}: {error}")
+
+        return run
+
+    def request(self, t: float, kind: str, ms: float, outcome: str, error: str | None = None) -> None:
+        with self.lock:
+            self.requests.append((t, kind, ms, outcome))
+            if error and len(self.errors) < 50:
+                self.errors.append(f"{kind}: {error}")
+
+
+def _tree(root: int) -> list[int]:
+    """A process and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, StopIteration, ValueError):
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            total += int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+    return total / 1024
+
+
+def soak(server: TritonServer, model: str, expected: Expected, s: SoakSettings, input_name: str) -> dict[str, Any]:
+    """Run the clients against a started server for `s.duration_s`; what they saw, checked."""
+    from vitexport.serving.client import connect
+
+    assert server.endpoints is not None and server.process_group is not None
+    e, image_model = server.endpoints, f"{model}_image"
+    record, start = _Record(), time.monotonic()
+    deadline = start + s.duration_s
+    stubs_before = sorted(st.pid for st in _stubs(server))
+
+    def client(index: int) -> None:
+        protocol = "http" if index % 2 == 0 else "grpc"
+        triton, module = connect(e.http if protocol == "http" else e.grpc, protocol, timeout=s.timeout_s)
+        options = {"client_timeout": s.timeout_s} if protocol == "grpc" else {}
+        n = index
+        try:
+            while time.monotonic() < deadline:
+                i, n = n % len(expected.images), n + 1
+                kind = f"{protocol} {'image' if n % 2 else 'tensor'}"
+                t0 = time.perf_counter()
+                try:
+                    if n % 2:
+                        inputs = {cfg.IMAGE_INPUT: np.array([[expected.images[i]]], dtype=np.object_)}
+                        outputs = [cfg.TOP_K_SCORES, cfg.TOP_K_INDICES]
+                        result = _send(triton, module, image_model, inputs, outputs, options)
+                        problem = _check_top_k(result, expected.probabilities[i], s)
+                    else:
+                        inputs = {input_name: expected.tensors[i : i + 1]}
+                        result = _send(triton, module, model, inputs, ["logits"], options)
+                        got = result.as_numpy("logits")[0]
+                        worst = float(np.abs(got - expected.logits[i]).max())
+                        problem = None if worst <= s.atol else f"logits differ by {worst:.2e}"
+                    outcome = "mismatch" if problem else "ok"
+                except Exception as error:  # every failure is recorded, none ends the soak
+                    problem, outcome = f"{type(error).__name__}: {error}", "error"
+                record.request(time.monotonic() - start, kind, (time.perf_counter() - t0) * 1e3, outcome, problem)
+        finally:
+            triton.close()
+
+    def hostile() -> None:
+        cases = hostile_cases(model, image_model, input_name, expected.tensors.shape[-1])
+        names, n = [*cases, HALF_A_REQUEST], 0
+        while time.monotonic() + s.hostile_every_s < deadline:
+            name, protocol = names[n % len(names)], ("http", "grpc")[(n // len(names)) % 2]
+            n += 1
+            t0 = time.perf_counter()
+            status = _hostile_request(name, cases, protocol, e)
+            record.hostile.append(
+                {"case": name, "protocol": protocol, "status": status, "ms": (time.perf_counter() - t0) * 1e3}
+            )
+            time.sleep(s.hostile_every_s)
+
+    def memory() -> None:
+        while time.monotonic() < deadline:
+            pids = _tree(server.process_group)
+            record.memory.append((time.monotonic() - start, _rss_mb(pids), len(pids)))
+            time.sleep(s.memory_every_s)
+
+    threads = [threading.Thread(target=record.guarded(client), args=(i,)) for i in range(s.clients)]
+    threads += [threading.Thread(target=record.guarded(fn)) for fn in (hostile, memory)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    server.check_backends()  # raises, naming the model, if a stub died
+    return summarise(
+        record, s, ready=server.is_ready(), stubs_kept=stubs_before == sorted(st.pid for st in _stubs(server))
+    )
+
+
+def _stubs(server: TritonServer):
+    from vitexport.serving.server import stubs_of
+
+    return stubs_of(server.process_group)[0]
+
+
+def _check_top_k(result, probabilities: np.ndarray, s: SoakSettings) -> str | None:
+    """Order-free: the served scores are the probabilities of the served classes, and the k largest ones."""
+    scores, indices = result.as_numpy(cfg.TOP_K_SCORES)[0], result.as_numpy(cfg.TOP_K_INDICES)[0]
+    if not np.allclose(scores, probabilities[indices.astype(int)], atol=s.atol, rtol=0):
+        return "top-k scores are not the model's probabilities of those classes"
+    if not np.allclose(np.sort(scores)[::-1], np.sort(probabilities)[::-1][: len(scores)], atol=s.atol, rtol=0):
+        return "top-k classes are not the k most probable"
+    return None
+
+
+def _hostile_request(name: str, cases: dict[str, tuple[str, dict]], protocol: str, e) -> str:
+    """The status the server answered with, or what became of the request."""
+    from tritonclient.utils import InferenceServerException
+
+    from vitexport.serving.client import connect
+
+    if name == HALF_A_REQUEST:  # headers promising a body that never comes
+        _raw_http(e.host, e.http_port, b"POST /v2/models/x/infer HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n{")
+        return "sent"
+    if name == ABANDONED and protocol == "http":  # the whole request, and the connection closed at once
+        _raw_http(e.host, e.http_port, _infer_request(*cases[name]))
+        return "sent"
+    timeout = 0.001 if name == ABANDONED else 30.0  # gRPC: a deadline the server cannot meet
+    triton, module = connect(e.http if protocol == "http" else e.grpc, protocol, timeout=timeout)
+    options = {"client_timeout": timeout} if protocol == "grpc" else {}
+    model, inputs = cases[name]
+    try:
+        _send(triton, module, model, inputs, [], options)
+        return "answered"
+    except InferenceServerException as error:
+        return str(error.status())
+    except Exception as error:  # the client's own timeout (HTTP): what abandoning is
+        return type(error).__name__
+    finally:
+        with contextlib.suppress(Exception):
+            triton.close()
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def summarise(record: _Record, s: SoakSettings, *, ready: bool, stubs_kept: bool) -> dict[str, Any]:
+    kinds = sorted({k for _, k, _, _ in record.requests})
+    latency = {}
+    for kind in [*kinds, "all"]:
+        ms = [m for _, k, m, o in record.requests if o == "ok" and kind in (k, "all")]
+        latency[kind] = {"ok": len(ms), "p50_ms": _percentile(ms, 50), "p99_ms": _percentile(ms, 99)}
+    hostile: dict[str, dict[str, Any]] = {}
+    for h in record.hostile:
+        row = hostile.setdefault(h["case"], {"sent": 0, "statuses": {}, "max_ms": 0.0})
+        row["sent"] += 1
+        row["statuses"][h["status"]] = row["statuses"].get(h["status"], 0) + 1
+        row["max_ms"] = round(max(row["max_ms"], h["ms"]), 1)
+    for case, row in hostile.items():
+        mistake = case not in (ABANDONED, HALF_A_REQUEST)
+        row["refused_as_client_error"] = set(row["statuses"]) <= CLIENT_ERRORS if mistake else None
+    rss = [m for _, m, _ in record.memory]
+    quarter = max(1, len(rss) // 4)
+    outcomes = [o for *_, o in record.requests]
+    return {
+        "settings": asdict(s),
+        "requests": len(outcomes),
+        "ok": outcomes.count("ok"),
+        "mismatches": outcomes.count("mismatch"),
+        "errors": outcomes.count("error"),
+        "first_problems": record.errors[:20],
+        "crashes": record.crashes,
+        "img_s": round(len(outcomes) / s.duration_s, 2),
+        "latency": latency,
+        "hostile": hostile,
+        "memory_mb": {
+            "first_quarter": round(float(np.mean(rss[:quarter])), 1) if rss else None,
+            "last_quarter": round(float(np.mean(rss[-quarter:])), 1) if rss else None,
+            "max": round(max(rss), 1) if rss else None,
+            "series": [(round(t, 1), round(m, 1), n) for t, m, n in record.memory],
+        },
+        "ready_at_end": ready,
+        "stubs_unchanged": stubs_kept,
+        "timeline": [(round(t, 2), k, round(m, 1), o) for t, k, m, o in record.requests],
+    }
+
+
+def passed(result: dict[str, Any]) -> list[str]:
+    """What went wrong, as readable lines (empty: the soak held)."""
+    problems = []
+    if result["requests"] == 0:
+        problems.append("no request completed")
+    problems += [f"a soak thread failed: {crash}" for crash in result["crashes"]]
+    if not result["hostile"]:
+        problems.append("no hostile request was sent")
+    if result["mismatches"] or result["errors"]:
+        problems.append(f"{result['mismatches']} wrong answers and {result['errors']} errors")
+    for case, row in result["hostile"].items():
+        if row["refused_as_client_error"] is False:
+            problems.append(f"{case}: answered {row['statuses']}, not a client error")
+    if not result["ready_at_end"]:
+        problems.append("the server was not ready at the end")
+    if not result["stubs_unchanged"]:
+        problems.append("the backend processes changed during the soak")
+    return problems
+
+
+def serve_and_soak(
+    artifact: ModelArtifact,
+    workdir: Path,
+    settings: SoakSettings,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Write the artifact with its image ensemble into a fresh repository in `workdir`, serve it on free ports,
+    soak it, stop it."""
+    from vitexport.bench.machine import machine_info
+    from vitexport.serving.repository import add_model
+
+    progress("in-process answers")
+    expected = expected_answers(artifact, settings.photos)
+    repo = workdir / "model_repository"
+    added = add_model(repo, artifact, require_gate=False, top_k=settings.top_k)
+    progress(f"serving {added.name} and soaking for {settings.duration_s:g} s")
+    started = time.monotonic()
+    with TritonServer(repo) as server:
+        start_s = time.monotonic() - started
+        result = soak(server, added.name, expected, settings, artifact.input_name)
+    return {
+        "machine": machine_info(),
+        "model": artifact.model,
+        "artifact": {"file": artifact.path.name, "precision": str(artifact.precision), "backend": added.backend.value},
+        "server_start_s": round(start_s, 1),
+        **result,
+    }
