@@ -427,8 +427,15 @@ class TritonServer:
         when = "while loading" if starting else "while serving"
         alive, dead = stubs_of(self._proc.pid)
         self._stubs.update((s.pid, s) for s in alive if s.pid not in self._stubs)
-        for stub in self._stubs.values():
-            if not _alive(stub.pid):
+        running = {(s.model, s.instance) for s in alive}
+        for stub in list(self._stubs.values()):
+            if _alive(stub.pid):
+                continue
+            # With model control on, the key's holder may unload a model (its stubs end, it is no longer ready) or
+            # load it again (new stubs of the same instances replace the old). A killed stub leaves it ready.
+            if not starting and ((stub.model, stub.instance) in running or not self._model_ready(stub.model)):
+                del self._stubs[stub.pid]
+            else:
                 raise ServingError(
                     f"the backend process of model {stub.model} (instance {stub.instance}, pid {stub.pid}) died "
                     f"{when}; stopping the server (Triton does not restart it)"

@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import os
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ from vitexport.serving import client
 from vitexport.serving import config as cfg
 from vitexport.serving.config import Batching, ServingBackend
 from vitexport.serving.repository import add_model
-from vitexport.serving.server import TritonServer
+from vitexport.serving.server import TritonServer, stubs_of
 
 MODELS = ("test_vit", "test_deit_distilled", "test_resnet")
 PROTOCOLS = ("http", "grpc")
@@ -443,5 +444,16 @@ def test_model_control_is_opened_only_with_its_key(server, tmp_path):
         ):
             grpc_client.unload_model("test_resnet")
         assert _ready(s, "test_resnet") and not marker.exists()
+
+        def resnet_stubs() -> list[int]:
+            return [stub.pid for stub in stubs_of(s.process_group)[0] if stub.model == "test_resnet"]
+
+        assert resnet_stubs()
+        s.check_backends()
         assert _post(http, "/v2/repository/models/test_resnet/unload", headers={CONTROL_HEADER: s.control_key}) == 200
         assert not _ready(s, "test_resnet")
+        deadline = time.monotonic() + 30
+        while resnet_stubs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not resnet_stubs()
+        s.check_backends()  # its stub ended because the key's holder asked: no dead backend
