@@ -241,6 +241,7 @@ def test_openvino_ir_needs_its_weights(tmp_path):
     ir = load_artifact(ir.save())
     added = add_model(tmp_path / "repo", ir, backend=ServingBackend.openvino, ensemble=False)
     assert sorted(p.name for p in added.path.iterdir()) == ["model.bin", "model.xml", "model.xml.json"]
+    assert set(load_artifact(added.path / "model.xml").files) == {"model.xml", "model.bin"}  # renamed, and verified
 
 
 def test_the_default_backend_follows_the_artifact(tmp_path):

@@ -281,7 +281,10 @@ def test_a_zero_byte_checkpoint_is_one_line(tmp_path):
         [*VITEXPORT, "onnx", "deit_tiny", "--checkpoint", "empty.pth"], capture_output=True, text=True, cwd=tmp_path
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "error: checkpoint empty.pth is empty (0 bytes): download or save it again"
+    assert (
+        result.stderr.strip()
+        == "error: cannot read checkpoint empty.pth: it is empty (0 bytes); download or save it again"
+    )
 
 
 def _read_only(folder):
