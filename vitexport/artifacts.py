@@ -101,6 +101,8 @@ class ModelArtifact:
         return bool(self.validation and self.validation.get("passed"))
 
     def with_(self, **changes: Any) -> ModelArtifact:
+        if "path" in changes and "files" not in changes:
+            changes["files"] = None  # the record was of the other file; save() records the new one
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,7 +137,7 @@ def publish(staged: ModelArtifact, output: Path) -> ModelArtifact:
     stale = output.with_name(output.name + ".data")  # an earlier export's external weights, unused by this graph
     if stale.name not in recorded.files:
         stale.unlink(missing_ok=True)
-    published = recorded.with_(path=output)
+    published = recorded.with_(path=output, files=recorded.files)  # the same files, renamed
     published._write_sidecar()
     return published
 
