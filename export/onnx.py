@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from vitexport import __version__, weights
-from vitexport.artifacts import ModelArtifact
+from vitexport.artifacts import ModelArtifact, publish
 from vitexport.errors import ExportError, first_line
 from vitexport.export.options import PROTOBUF_LIMIT, Heads
 from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check_drift, compare
+from vitexport.fileio import staging
 from vitexport.models import create_model, get_spec
 from vitexport.ort import ort_session
 
@@ -68,8 +69,9 @@ def export_onnx(
 ) -> ModelArtifact:
     """Export a registered model to ONNX, check it with onnx.checker and validate it on ONNX Runtime.
 
-    The sidecar is written last, with the validation report; a failed validation raises ValidationError and
-    leaves no sidecar, so later stages never pick up an unchecked file.
+    The graph is written and validated in a staging folder, then moved into place with its sidecar (written last,
+    with the validation report); a failed validation raises ValidationError, and it or an interruption leaves the
+    previous export and its sidecar as they were.
     """
     spec = get_spec(name).with_img_size(img_size)
     if opset not in SUPPORTED_OPSETS:
@@ -110,11 +112,22 @@ def export_onnx(
         }
     )
 
-    progress("saving and checking the graph")
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    _save(program, output, external=weight_bytes >= external_data_threshold)
-    artifact = ModelArtifact(
-        path=output,
+    with staging(output) as staged:
+        progress("saving and checking the graph")
+        _save(program, staged, external=weight_bytes >= external_data_threshold)
+        artifact = _artifact(spec, model, staged, heads, output_names, batch_size, opset, sha)
+        if validate:
+            progress("validating on ONNX Runtime")
+            reports = validate_onnx(artifact, exported)
+            artifact = artifact.with_(validation={"passed": True, "reports": [r.to_dict() for r in reports]})
+        return publish(artifact, output)
+
+
+def _artifact(spec, model: nn.Module, path: Path, heads: Heads, output_names, batch_size, opset, sha) -> ModelArtifact:
+    """The export's artifact, before validation."""
+    return ModelArtifact(
+        path=path,
         format="onnx",
         model=spec.name,
         preprocess=spec.preprocess,
@@ -126,12 +139,6 @@ def export_onnx(
         checkpoint_sha256=sha,
         head="features" if heads is Heads.features else "logits",
     )
-    if validate:
-        progress("validating on ONNX Runtime")
-        reports = validate_onnx(artifact, exported)
-        artifact = artifact.with_(validation={"passed": True, "reports": [r.to_dict() for r in reports]})
-    artifact.save()
-    return artifact
 
 
 def looks_like_a_file(model_or_file: str) -> bool:
@@ -200,7 +207,6 @@ def _save(program, output: Path, *, external: bool) -> None:
     import onnx_ir as ir
 
     data_file = output.with_name(output.name + ".data")
-    data_file.unlink(missing_ok=True)  # stale weights from an earlier export must not be picked up
     try:
         # onnx_ir's writer directly: ONNXProgram.save does the same plus work that costs deit_base 1.5 s here.
         ir.save(program.model, output, external_data=data_file.name if external else None)

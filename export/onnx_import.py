@@ -85,9 +85,18 @@ def import_onnx(
         labels=class_names,
         details={"producer": f"{model.producer_name} {model.producer_version}".strip() or "unknown"},
     )
+    artifact = artifact.with_files()  # refuses external data outside the file's folder before anything reads it
     artifact = artifact.with_(validation=_check_runs(artifact))
     artifact.save()
     return artifact
+
+
+def graph_io(model, path: Path, output: str | None = None) -> tuple[str, int | None, str, int]:
+    """(input name, square side or None, output name, output width) of an image model's graph; ArtifactError in one
+    line when it is not one."""
+    input_name, _, size = _image_input(model, path)
+    output_name, width = _output(model, path, output)
+    return input_name, size, output_name, width
 
 
 def _check_runs(artifact: ModelArtifact) -> dict[str, Any]:

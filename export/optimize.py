@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vitexport.artifacts import ModelArtifact, Precision, sidecar_path
+from vitexport.artifacts import ModelArtifact, Precision, publish
 from vitexport.errors import ArtifactError, ExportError, first_line
 from vitexport.export.cpu import int8_saturates
 from vitexport.export.fp16 import IOType, to_fp16
@@ -26,6 +26,7 @@ from vitexport.export.openvino import int8_recipes
 from vitexport.export.options import PROTOBUF_LIMIT, Runtime
 from vitexport.export.quantize import QuantMethod, default_method, is_convnet, quantize_onnx
 from vitexport.export.runners import load_runner
+from vitexport.fileio import staging
 
 CALIBRATION_LIMIT = 300  # NNCF's default subset size: more images barely move the ranges and cost minutes
 HOLD_OUT_EVERY = 5  # without --images, one calibration image in five is kept back for the accuracy gate
@@ -67,7 +68,8 @@ def optimize(
 
     The gate compares the variant with the fp32 source on ONNX Runtime (itself validated against PyTorch at export)
     on random inputs and on `images` (or else images held out of the calibration folder); over budget it raises
-    ValidationError and writes no sidecar, so no later stage picks the variant up.
+    ValidationError. The variant is written and gated in a staging folder and moved into place with its sidecar only
+    once it passed: a failure or an interruption leaves an earlier variant at `output` and its sidecar as they were.
     """
     if artifact.source is not None:
         # A variant's graph is already rewritten (contrib ops, casts, Q/DQ): fusing or converting it again fails
@@ -89,9 +91,7 @@ def optimize(
     expected = ".xml" if runtime is Runtime.openvino else ".onnx"
     if output.suffix != expected:
         raise ExportError(f"the {runtime.value} output must end in {expected}: {output}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # A sidecar left by an earlier run must not vouch for the file this run writes, should its gate fail.
-    sidecar_path(output).unlink(missing_ok=True)
+    _check_described(artifact)
 
     from vitexport.models import get_spec  # torch: only when the family is not on the sidecar
 
@@ -113,50 +113,57 @@ def optimize(
         else (None,)
     )
     rejected: list[dict[str, Any]] = []
-    for i, recipe in enumerate(recipes):
-        if runtime is Runtime.onnxruntime:
-            details = _onnxruntime_variant(
-                artifact, output, precision, fusion, io_type, quant_method, family, calib, progress
-            )
-        else:
-            details = _openvino_variant(artifact, output, precision, family, calib, recipe, progress)
-        if validate:
-            details["gate_images"] = gate_images
-        if rejected:
-            details["rejected_recipes"] = rejected
-        variant = ModelArtifact(
-            path=output,
-            format="onnx" if runtime is Runtime.onnxruntime else "openvino",
-            model=artifact.model,
-            preprocess=artifact.preprocess,
-            num_classes=artifact.num_classes,
-            input_name=artifact.input_name,
-            output_names=artifact.output_names,
-            batch_size=artifact.batch_size,
-            precision=precision.value,
-            opset=details.pop("opset", None),
-            fuse_attention=details.get("fuse_attention"),  # also kept in details, where older vitexports read it
-            io_type=details.get("io_type", Precision.fp32),
-            quant_method=details.get("quantization", {}).get("method"),
-            checkpoint_sha256=artifact.checkpoint_sha256,
-            head=artifact.head,  # what the output is, and an imported model's family and class names, carry over
-            family=artifact.family,
-            labels=artifact.labels,
-            source=artifact.sidecar.name if artifact.sidecar.parent == output.parent else str(artifact.sidecar),
-            details=details,
-        )
-        if not validate:
-            break
-        progress("accuracy gate")
-        report = gate(variant, artifact, eval_images)
-        if report.passed or i == len(recipes) - 1:
-            check_gate(report)  # the last recipe over budget: one error, no sidecar
-            variant = variant.with_(validation=report.to_dict())
-            break
-        progress(f"recipe {recipe.name} over budget; trying {recipes[i + 1].name}")
-        rejected.append({"recipe": recipe.name, "failures": report.failures})
-    variant.save()
-    return variant
+    with staging(output) as staged:
+        for i, recipe in enumerate(recipes):
+            if runtime is Runtime.onnxruntime:
+                details = _onnxruntime_variant(
+                    artifact, staged, precision, fusion, io_type, quant_method, family, calib, progress
+                )
+            else:
+                details = _openvino_variant(artifact, staged, precision, family, calib, recipe, progress)
+            if validate:
+                details["gate_images"] = gate_images
+            if rejected:
+                details["rejected_recipes"] = rejected
+            variant = _variant(artifact, staged, output, runtime, precision, details)
+            if not validate:
+                break
+            progress("accuracy gate")
+            report = gate(variant, artifact, eval_images)
+            if report.passed or i == len(recipes) - 1:
+                check_gate(report)  # the last recipe over budget: one error, and the staged files go
+                variant = variant.with_(validation=report.to_dict())
+                break
+            progress(f"recipe {recipe.name} over budget; trying {recipes[i + 1].name}")
+            rejected.append({"recipe": recipe.name, "failures": report.failures})
+        return publish(variant, output)
+
+
+def _variant(
+    artifact: ModelArtifact, staged: Path, output: Path, runtime: Runtime, precision: Precision, details: dict
+) -> ModelArtifact:
+    """The variant written at `staged` (to become `output`), described as its source is."""
+    return ModelArtifact(
+        path=staged,
+        format="onnx" if runtime is Runtime.onnxruntime else "openvino",
+        model=artifact.model,
+        preprocess=artifact.preprocess,
+        num_classes=artifact.num_classes,
+        input_name=artifact.input_name,
+        output_names=artifact.output_names,
+        batch_size=artifact.batch_size,
+        precision=precision.value,
+        opset=details.pop("opset", None),
+        fuse_attention=details.get("fuse_attention"),  # also kept in details, where older vitexports read it
+        io_type=details.get("io_type", Precision.fp32),
+        quant_method=details.get("quantization", {}).get("method"),
+        checkpoint_sha256=artifact.checkpoint_sha256,
+        head=artifact.head,  # what the output is, and an imported model's family and class names, carry over
+        family=artifact.family,
+        labels=artifact.labels,
+        source=artifact.sidecar.name if artifact.sidecar.parent == output.parent else str(artifact.sidecar),
+        details=details,
+    )
 
 
 def _calibration_and_gate_images(
@@ -194,6 +201,29 @@ def _calibration_and_gate_images(
         gate_set, pool = hold_out(pool, HOLD_OUT_EVERY)
         source = f"held out of the calibration folder ({len(gate_set.images)})"
     return pool.images, gate_set, source
+
+
+def _check_described(artifact: ModelArtifact) -> None:
+    """The source graph is what its sidecar says (input, input size, outputs, their width): a sidecar edited by
+    hand or by another tool is refused here in one line, not deep inside a rewrite or the gate."""
+    import onnx
+
+    from vitexport.export.onnx_import import graph_io
+
+    try:
+        model = onnx.load(str(artifact.path), load_external_data=False)
+    except Exception as e:
+        raise ArtifactError(f"cannot read {artifact.path.name}: {first_line(e)}") from None
+    says = (artifact.input_name, artifact.preprocess.input_size, artifact.output_names[0], artifact.num_classes)
+    found = graph_io(model, artifact.path, artifact.output_names[0])
+    for what, said, is_ in zip(("input", "input size", "output", "output width"), says, found, strict=True):
+        if is_ is not None and said != is_:
+            raise ArtifactError(
+                f"{artifact.path.name} does not match its sidecar: {what} {is_}, the sidecar says {said}"
+            )
+    missing = set(artifact.output_names) - {o.name for o in model.graph.output}
+    if missing:
+        raise ArtifactError(f"{artifact.path.name} does not match its sidecar: no output {', '.join(sorted(missing))}")
 
 
 def gate(candidate: ModelArtifact, reference: ModelArtifact, images: ImageSet | None):

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitexport.artifacts import ModelArtifact
+from vitexport.artifacts import ModelArtifact, file_record
 from vitexport.errors import ServingError
-from vitexport.fileio import left_by_a_dead_process, write_atomic
+from vitexport.fileio import STAGING_PREFIX, remove_dead_staging, write_atomic
 from vitexport.serving import config as cfg
 from vitexport.serving.backends import CLASSIFIER_MODEL, POSTPROCESS_MODEL, PREPROCESS_MODEL
 from vitexport.serving.config import Batching, ServingBackend
@@ -149,6 +149,8 @@ def add_model(
     if not cc_files:
         files[model_filename] = first.path
         files.update(_companion_files(first, model_filename))
+    # Several engines: the sidecar is the first one's (the others differ only in the GPU they were built for).
+    sidecar = _version_sidecar(first, dict(list(files.items())[:1]) if cc_files else dict(files))
 
     classifier = cfg.classifier_config(
         name,
@@ -199,7 +201,7 @@ def add_model(
     try:
         for part_dir, part, part_files, part_labels in parts:
             undo.append(
-                _write_model(part_dir, part, version, part_files, part_labels, first if part is classifier else None)
+                _write_model(part_dir, part, version, part_files, part_labels, sidecar if part is classifier else None)
             )
     except BaseException:
         # All or nothing: an ensemble whose parts disagree (a new classifier, an old preprocessing) would not load.
@@ -224,8 +226,12 @@ def _same_model(a: ModelArtifact, b: ModelArtifact) -> None:
 
 
 def _companion_files(artifact: ModelArtifact, model_filename: str) -> dict[str, Path]:
-    """Files that must travel with the model file: ONNX external weights, OpenVINO IR weights."""
+    """Files that must travel with the model file: ONNX external weights, OpenVINO IR weights. The sidecar lists
+    them (plain names beside it, checked by load_artifact); an older sidecar's by the names vitexport gives them."""
     src = artifact.path
+    if artifact.files is not None and artifact.format == "onnx":
+        # The graph refers to its external data by these names, so they are kept.
+        return {n: src.with_name(n) for n in artifact.files if n != src.name}
     if artifact.format == "onnx":
         data = src.with_name(src.name + ".data")
         # The graph refers to its external data by the original file name, so that name is kept.
@@ -234,8 +240,18 @@ def _companion_files(artifact: ModelArtifact, model_filename: str) -> dict[str, 
         weights = src.with_suffix(".bin")
         if not weights.exists():
             raise ServingError(f"OpenVINO IR {src} has no weights file {weights}")
+        if artifact.files is not None and weights.name not in artifact.files:  # weights nothing vouches for
+            raise ServingError(f"{artifact.sidecar.name} does not record {weights.name}; optimize it again")
         return {Path(model_filename).with_suffix(".bin").name: weights}
     return {}
+
+
+def _version_sidecar(artifact: ModelArtifact, files: dict[str, Path]) -> dict:
+    """The copied model file's sidecar (the version folder is itself a loadable artifact): the artifact's, under the
+    names the files get there, with their records as the artifact's sidecar has them (else as read now)."""
+    recorded = artifact.files or {}
+    records = {name: recorded.get(source.name) or file_record(source) for name, source in files.items()}
+    return artifact.to_dict() | {"path": next(iter(files)), "files": records}
 
 
 def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig) -> None:
@@ -305,16 +321,19 @@ def _write_model(
     version: int,
     files: dict[str, Path],
     labels: str | None,
-    artifact: ModelArtifact | None,
+    sidecar: dict | None,
 ) -> _Undo:
     """Stage the version folder, config.pbtxt and labels.txt in one hidden folder, rename the version into place,
     then move the config and labels over the old ones: until the version exists, the model is untouched."""
     text = cfg.render(config)
     cfg.parse(text, f"{config.name}/config.pbtxt")  # what we write must read back
     created = not model_dir.exists()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    _remove_dead_staging(model_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=model_dir))
+    try:  # a read-only repository (or a file where the model folder goes) fails here: one line, as below
+        model_dir.mkdir(parents=True, exist_ok=True)
+        remove_dead_staging(model_dir)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=model_dir))
+    except OSError as e:
+        raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from None
     target = model_dir / str(version)
     # Config last: it is what makes a polling server (re)load the model with the new settings.
     beside = ({model_dir / cfg.LABELS_FILE: labels} if labels is not None else {}) | {model_dir / "config.pbtxt": text}
@@ -326,11 +345,8 @@ def _write_model(
         staged.chmod(0o755)  # explicit: a server running as another user must be able to read the version
         for name, source in files.items():
             shutil.copyfile(source, staged / name)
-        if artifact is not None:
-            # The copied model file gets its own sidecar: the version folder is itself a loadable artifact.
-            model_file = next(iter(files))
-            sidecar = artifact.to_dict() | {"path": model_file}
-            write_atomic(staged / f"{model_file}.json", json.dumps(sidecar, indent=2) + "\n")
+        if sidecar is not None:
+            write_atomic(staged / f"{sidecar['path']}.json", json.dumps(sidecar, indent=2) + "\n")
         for path, content in beside.items():
             write_atomic(staging / path.name, content)
         if target.exists():  # a concurrent writer got there first
@@ -353,14 +369,6 @@ def _write_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return undo
-
-
-def _remove_dead_staging(model_dir: Path) -> None:
-    """Remove staging folders of writers that died mid-write (SIGKILL, power): their pid is in the name and gone.
-    A live writer's folder (another `repo` running now) is left alone."""
-    for folder in model_dir.glob(".staging-*"):
-        if left_by_a_dead_process(folder.name.removeprefix(".staging-").split("-", 1)[0]):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read_text(path: Path) -> str | None:

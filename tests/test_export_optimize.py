@@ -77,7 +77,7 @@ def test_cli_optimize_a_registered_model(tmp_path):
 @pytest.mark.parametrize("runtime", [Runtime.onnxruntime, Runtime.openvino])
 def test_gate_rejects_int8_calibrated_on_a_black_image(digits, black_image, runtime, tmp_path):
     out = tmp_path / ("bad.xml" if runtime is Runtime.openvino else "bad.onnx")
-    out.with_name(out.name + ".json").write_text("{}")  # a stale sidecar of an earlier run
+    out.with_name(out.name + ".json").write_text("{}")  # what an earlier run left: a failed run leaves it as it was
     steps: list[str] = []
     with pytest.raises(ValidationError, match=r"top-1 accuracy .* drop"):
         optimize(
@@ -90,7 +90,9 @@ def test_gate_rejects_int8_calibrated_on_a_black_image(digits, black_image, runt
             output=out,
             progress=steps.append,
         )
-    assert not out.with_name(out.name + ".json").exists()  # no sidecar: no later stage picks the variant up
+    # The variant was written and gated in a staging folder, now gone: no later stage picks it up.
+    assert out.with_name(out.name + ".json").read_text() == "{}" and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name + ".json"]
     if runtime is Runtime.openvino:  # NNCF's second recipe was tried before giving up
         assert "recipe transformer over budget; trying transformer-no-smoothquant" in steps
 

@@ -200,8 +200,11 @@ def test_a_new_version_cannot_change_what_the_model_is(tmp_path):
 def test_onnx_external_data_travels_with_the_model(tmp_path):
     artifact = make_artifact(tmp_path, file="big.onnx")
     artifact.path.with_name("big.onnx.data").write_bytes(b"weights")
+    artifact = load_artifact(artifact.save())  # a stage writes the sidecar after the weights: it records them
+    assert set(artifact.files) == {"big.onnx", "big.onnx.data"}
     added = add_model(tmp_path / "repo", artifact, ensemble=False)
     assert (added.path / "big.onnx.data").read_bytes() == b"weights"  # the graph refers to it by this name
+    assert load_artifact(added.path / "model.onnx").files["big.onnx.data"] == artifact.files["big.onnx.data"]
 
 
 def test_tensorrt_engines_one_per_compute_capability(tmp_path):
@@ -233,13 +236,18 @@ def test_openvino_ir_needs_its_weights(tmp_path):
     with pytest.raises(ServingError, match="no weights file"):
         add_model(tmp_path / "repo", ir, backend=ServingBackend.openvino, ensemble=False)
     ir.path.with_suffix(".bin").write_bytes(b"w")
+    with pytest.raises(ServingError, match=r"does not record m\.bin"):  # weights added after the sidecar
+        add_model(tmp_path / "repo", ir, backend=ServingBackend.openvino, ensemble=False)
+    ir = load_artifact(ir.save())
     added = add_model(tmp_path / "repo", ir, backend=ServingBackend.openvino, ensemble=False)
     assert sorted(p.name for p in added.path.iterdir()) == ["model.bin", "model.xml", "model.xml.json"]
+    assert set(load_artifact(added.path / "model.xml").files) == {"model.xml", "model.bin"}  # renamed, and verified
 
 
 def test_the_default_backend_follows_the_artifact(tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "m.bin").write_bytes(b"w")  # written with the .xml, before the sidecar records both
     ir = make_artifact(tmp_path, "openvino", file="m.xml", precision="bf16")
-    ir.path.with_suffix(".bin").write_bytes(b"w")
     added = add_model(tmp_path / "repo", ir, name="ov", ensemble=False)
     config = cfg.read_config(added.path.parent)
     assert added.backend is ServingBackend.python_openvino and cfg.parameter(config, "runtime") == "openvino"

@@ -50,3 +50,141 @@ def test_an_unknown_precision_is_a_malformed_sidecar(tmp_path):
     (tmp_path / "m.plan.json").write_text(json.dumps(d))
     with pytest.raises(ArtifactError, match="malformed"):
         load_artifact(tmp_path / "m.plan")
+
+
+# --- the sidecar records its files; load_artifact checks them ----------------------------------------------------
+
+
+def test_the_sidecar_records_the_files_and_a_change_is_refused(tmp_path):
+    import hashlib
+
+    _artifact(tmp_path).save()
+    files = json.loads((tmp_path / "m.plan.json").read_text())["files"]
+    assert files == {"m.plan": {"size": 6, "sha256": hashlib.sha256(b"engine").hexdigest()}}
+    assert load_artifact(tmp_path / "m.plan").files == files
+    (tmp_path / "m.plan").write_bytes(b"engin")
+    with pytest.raises(ArtifactError, match=r"^m\.plan does not match its sidecar \(size 5 != 6\): it changed after"):
+        load_artifact(tmp_path / "m.plan")
+    (tmp_path / "m.plan").write_bytes(b"enGine")
+    with pytest.raises(ArtifactError, match=r"does not match its sidecar \(sha256 "):
+        load_artifact(tmp_path / "m.plan")
+
+
+def test_a_sidecar_without_files_still_loads(tmp_path):
+    """Sidecars of older vitexports have no record: they load, unverified."""
+    old = _artifact(tmp_path).to_dict()
+    assert old.pop("files") is None
+    (tmp_path / "m.plan.json").write_text(json.dumps(old))
+    assert load_artifact(tmp_path / "m.plan").files is None
+
+
+def test_a_listed_companion_that_changed_or_went_is_refused(tmp_path):
+    (tmp_path / "m.xml").write_text("<net/>")
+    (tmp_path / "m.bin").write_bytes(b"weights")
+    ModelArtifact(tmp_path / "m.xml", "openvino", "test_vit", PreprocessConfig(64), 1000).save()
+    assert set(load_artifact(tmp_path / "m.xml").files) == {"m.xml", "m.bin"}
+    (tmp_path / "m.bin").write_bytes(b"other weights")
+    with pytest.raises(ArtifactError, match=r"^m\.bin does not match its sidecar"):
+        load_artifact(tmp_path / "m.xml")
+    (tmp_path / "m.bin").unlink()
+    with pytest.raises(ArtifactError, match=r"m\.bin, listed in m\.xml\.json, is missing"):
+        load_artifact(tmp_path / "m.xml")
+
+
+def test_hashes_are_cached_until_the_file_changes(tmp_path, monkeypatch):
+    from vitexport import artifacts
+
+    _artifact(tmp_path).save()
+    hashed = []
+    real = artifacts.hashlib.sha256
+    monkeypatch.setattr(artifacts.hashlib, "sha256", lambda: hashed.append(1) or real())
+    for _ in range(3):
+        load_artifact(tmp_path / "m.plan")
+    assert hashed == []  # hashed once, by save; loads only stat the file
+    (tmp_path / "m.plan").write_bytes(b"ENGINE")
+    with pytest.raises(ArtifactError):
+        load_artifact(tmp_path / "m.plan")
+    assert hashed == [1]
+
+
+@pytest.mark.parametrize("path", ["../m.plan", "/etc/passwd", "sub/m.plan", "..", ""])
+def test_the_model_file_must_be_beside_its_sidecar(tmp_path, path):
+    d = _artifact(tmp_path).to_dict() | {"path": path}
+    (tmp_path / "m.plan.json").write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match="a sidecar lists only file names in its own folder"):
+        load_artifact(tmp_path / "m.plan.json")
+
+
+def test_a_listed_file_may_not_be_a_link_out_of_the_folder(tmp_path):
+    (tmp_path / "secret").write_bytes(b"engine")
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    (folder / "m.plan").symlink_to(tmp_path / "secret")
+    ModelArtifact(folder / "m.plan", "tensorrt", "test_vit", PreprocessConfig(64), 1000).save()
+    with pytest.raises(ArtifactError, match="is a link out of its folder"):
+        load_artifact(folder / "m.plan")
+
+
+def test_onnx_external_data_is_recorded_and_may_not_leave_the_folder(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph)
+    onnx.save_model(model, tmp_path / "g.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0)
+    artifact = ModelArtifact(tmp_path / "g.onnx", "onnx", "test_vit", PreprocessConfig(64), 4)
+    artifact.save()
+    assert set(load_artifact(tmp_path / "g.onnx").files) == {"g.onnx", "weights.bin"}
+    for entry in model.graph.initializer[0].external_data:  # a graph whose weights sit outside its folder
+        if entry.key == "location":
+            entry.value = "../weights.bin"
+    (tmp_path / "g.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(ArtifactError, match=r"keeps weights in '\.\./weights\.bin': external data must be"):
+        artifact.save()
+
+
+# --- stages write in a staging folder ----------------------------------------------------------------------------
+
+
+def test_staging_is_removed_whatever_happens_and_publish_writes_the_sidecar_last(tmp_path):
+    from vitexport.artifacts import publish
+    from vitexport.fileio import staging
+
+    old = _artifact(tmp_path)
+    old.save()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(KeyboardInterrupt), staging(old.path) as staged:
+        staged.write_bytes(b"half an engine")
+        raise KeyboardInterrupt
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with staging(old.path) as staged:
+        staged.write_bytes(b"new engine")
+        published = publish(old.with_(path=staged), old.path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.plan", "m.plan.json"]
+    assert load_artifact(old.path) == published and published.files["m.plan"]["size"] == 10
+
+
+def test_staging_of_a_dead_writer_is_removed_and_a_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from vitexport.fileio import staging
+
+    writer = subprocess.Popen([sys.executable, "-c", "pass"])
+    writer.wait()
+    dead, live = tmp_path / f".staging-{writer.pid}-m.plan.x", tmp_path / f".staging-{os.getpid()}-m.plan.y"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "m.plan").write_bytes(b"half")
+    with staging(tmp_path / "m.plan"):
+        pass
+    assert not dead.exists() and live.exists()

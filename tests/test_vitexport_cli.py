@@ -168,3 +168,146 @@ def test_validate_refuses_a_pytorch_reference_of_another_input_size(vit_onnx, tm
         app, ["validate", str(candidate), "--reference", "test_vit", "--checkpoint", str(checkpoint)]
     )
     _one_line_failure(result, "takes 96px inputs, test_vit 64px: give its fp32 ONNX export as --reference")
+
+
+# --- artifacts are what their sidecars say (issue 12) ------------------------------------------------------------
+
+
+def _no_traceback(result, message: str) -> None:
+    """One line on stderr, exit 1, and no exception escaped the command."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    _one_line_failure(result, message)
+
+
+def _changed(artifact, folder, how: str):
+    """A copy of the artifact, its sidecar written for it, then its model file truncated or replaced."""
+    path = _described_as(artifact, folder / "m.onnx", validation={"passed": True})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else data[::-1])  # replaced: same size
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "replaced"])
+@pytest.mark.parametrize("command", ["repo", "optimize", "validate"])
+def test_a_model_file_changed_after_export_is_refused(vit_onnx, tmp_path, how, command):
+    path = _changed(vit_onnx, tmp_path, how)
+    args = {
+        "repo": ["repo", str(path), "--repo", str(tmp_path / "repo")],
+        "optimize": ["optimize", str(path), "--output", str(tmp_path / "v.onnx")],
+        "validate": ["validate", str(path), "--reference", str(vit_onnx.path)],
+    }[command]
+    difference = "size" if how == "truncated" else "sha256"
+    _no_traceback(runner.invoke(app, args), f"error: m.onnx does not match its sidecar ({difference} ")
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "v.onnx").exists()
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_export_leaves_the_previous_pair(vit_onnx, tmp_path, monkeypatch, interruption):
+    """Ctrl-C (or a crash) during validation: the earlier export and its "passed" sidecar stay, nothing else."""
+    from vitexport.artifacts import load_artifact
+    from vitexport.export import onnx as onnx_stage
+
+    path = _described_as(vit_onnx, tmp_path / "test_vit.onnx", validation={"passed": True})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def interrupt(*args, **kwargs):
+        raise interruption("stopped during validation")
+
+    monkeypatch.setattr(onnx_stage, "validate_onnx", interrupt)
+    result = runner.invoke(app, ["onnx", "test_vit", "--output", str(path)])
+    assert result.exit_code != 0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no .staging-*, no new file
+    assert load_artifact(path).passed_gate
+
+
+def test_an_optimize_whose_gate_fails_leaves_the_previous_variant(vit_onnx, tmp_path, monkeypatch):
+    from vitexport.errors import ValidationError
+    from vitexport.export import optimize as optimize_stage
+
+    output = tmp_path / "v.onnx"
+    first = runner.invoke(app, ["optimize", str(vit_onnx.path), "--output", str(output), "--json"])
+    assert first.exit_code == 0, first.output
+    assert set(json.loads(first.stdout)["files"]) == {"v.onnx"}  # the sidecar records the file it was written for
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def failing_gate(*args, **kwargs):
+        raise ValidationError("over budget")
+
+    monkeypatch.setattr(optimize_stage, "gate", failing_gate)
+    _no_traceback(runner.invoke(app, ["optimize", str(vit_onnx.path), "--output", str(output)]), "over budget")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("path", ["../outside.onnx", "/etc/passwd", "sub/m.onnx"])
+def test_a_sidecar_naming_a_file_outside_its_folder_is_refused(vit_onnx, tmp_path, path):
+    """Otherwise `repo` copies whatever readable file the sidecar names into the repository."""
+    folder = tmp_path / "artifacts"
+    (folder / "sub").mkdir(parents=True)
+    for target in (tmp_path / "outside.onnx", folder / "sub" / "m.onnx"):
+        shutil.copy(vit_onnx.path, target)
+    sidecar = folder / "evil.onnx.json"
+    sidecar.write_text(json.dumps(vit_onnx.to_dict() | {"path": path, "validation": {"passed": True}}))
+    result = runner.invoke(app, ["repo", str(sidecar), "--repo", str(tmp_path / "repo")])
+    _no_traceback(result, f"names {path!r}: a sidecar lists only file names in its own folder")
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_classes": 10}, "does not match its sidecar: output width 1000, the sidecar says 10"),
+        ({"input_size": 96}, "does not match its sidecar: input size 64, the sidecar says 96"),
+        ({"input_name": "image"}, "does not match its sidecar: input pixel_values, the sidecar says image"),
+        ({"output_names": ("probs",)}, "has no output 'probs'; it has logits"),
+        ({"not_onnx": True}, "error: cannot read lies.onnx"),
+    ],
+)
+def test_optimize_of_an_artifact_whose_sidecar_lies(vit_onnx, tmp_path, changes, message):
+    if "input_size" in changes:
+        changes = {"preprocess": replace(vit_onnx.preprocess, input_size=changes["input_size"])}
+    path = tmp_path / "lies.onnx"
+    if changes.pop("not_onnx", False):
+        path.write_text("not a graph\n")  # format onnx, for a text file: the sidecar's hash is the text's
+        vit_onnx.with_(path=path).save()
+    else:
+        _described_as(vit_onnx, path, **changes)
+    result = runner.invoke(app, ["optimize", str(path), "--output", str(tmp_path / "v.onnx")])
+    _no_traceback(result, message)
+
+
+def test_a_zero_byte_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    result = subprocess.run(
+        [*VITEXPORT, "onnx", "deit_tiny", "--checkpoint", "empty.pth"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        == "error: cannot read checkpoint empty.pth: it is empty (0 bytes); download or save it again"
+    )
+
+
+def _read_only(folder):
+    """Make `folder` unwritable, also for root (chmod does not stop root: the immutable attribute does); the undo."""
+    import os
+
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: no way to make a folder read-only")
+    return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_repo_into_a_read_only_repository_is_one_line(vit_onnx, tmp_path):
+    path = _described_as(vit_onnx, tmp_path / "m.onnx", validation={"passed": True})
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    undo = _read_only(repo)
+    try:
+        result = subprocess.run([*VITEXPORT, "repo", str(path), "--repo", str(repo)], capture_output=True, text=True)
+    finally:
+        undo()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: cannot write {repo}/test_vit: ") and len(result.stderr.splitlines()) == 1
+    assert not list(repo.iterdir())

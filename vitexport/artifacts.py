@@ -1,9 +1,15 @@
 """Artifacts passed between stages: a model file plus a JSON sidecar (`<file>.json`) describing it, so that every
-command can run alone on the previous stage's output. Torch-free: the serving side reads these too."""
+command can run alone on the previous stage's output. Torch-free: the serving side reads these too.
+
+The sidecar records the size and sha256 of the model file and its companions (`files`), and every consumer loads
+artifacts through `load_artifact`, which refuses files that changed since: a sidecar vouches only for the bytes it was
+written for. Stages write their files in a staging folder and `publish` them once their checks pass."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
@@ -11,7 +17,7 @@ from typing import Any
 
 from vitexport import __version__
 from vitexport.errors import ArtifactError
-from vitexport.fileio import write_atomic
+from vitexport.fileio import move_into_place, write_atomic
 from vitexport.preprocess import PreprocessConfig
 
 
@@ -66,6 +72,9 @@ class ModelArtifact:
     family: str | None = None
     labels: tuple[str, ...] | None = None
     details: dict[str, Any] = field(default_factory=dict, compare=False)  # the stage's record, for people to read
+    # {file name beside the sidecar: {"size", "sha256"}}: the model file and its companions as the stage wrote them.
+    # None: a sidecar of a vitexport before this field, loaded unverified.
+    files: dict[str, dict[str, Any]] | None = field(default=None, compare=False)
     vitexport_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -92,6 +101,8 @@ class ModelArtifact:
         return bool(self.validation and self.validation.get("passed"))
 
     def with_(self, **changes: Any) -> ModelArtifact:
+        if "path" in changes and "files" not in changes:
+            changes["files"] = None  # the record was of the other file; save() records the new one
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,10 +114,32 @@ class ModelArtifact:
         d["labels"] = list(self.labels) if self.labels else None
         return d
 
+    def with_files(self) -> ModelArtifact:
+        """This artifact recording its model file and companions as they are now."""
+        return replace(self, files=describe_files(self.path, self.format))
+
     def save(self) -> Path:
-        """Write the sidecar atomically beside the model file."""
-        write_atomic(self.sidecar, json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the sidecar atomically beside the model file, recording the files as they are now."""
+        self.with_files()._write_sidecar()
         return self.sidecar
+
+    def _write_sidecar(self) -> None:
+        write_atomic(self.sidecar, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def publish(staged: ModelArtifact, output: Path) -> ModelArtifact:
+    """A stage's checked artifact, written in `fileio.staging(output)`, moved into place as `output`, its sidecar
+    last. The old sidecar goes first: at no moment does a sidecar describe files it was not written for, and an
+    interruption before this leaves the previous pair as it was."""
+    recorded = staged.with_files()  # hashed where they were checked
+    sidecar_path(output).unlink(missing_ok=True)
+    move_into_place(staged.path, output)
+    stale = output.with_name(output.name + ".data")  # an earlier export's external weights, unused by this graph
+    if stale.name not in recorded.files:
+        stale.unlink(missing_ok=True)
+    published = recorded.with_(path=output, files=recorded.files)  # the same files, renamed
+    published._write_sidecar()
+    return published
 
 
 def sidecar_path(model_file: Path) -> Path:
@@ -114,7 +147,7 @@ def sidecar_path(model_file: Path) -> Path:
 
 
 def load_artifact(path: str | Path) -> ModelArtifact:
-    """An artifact from its model file or its sidecar."""
+    """An artifact from its model file or its sidecar, its files checked against the sidecar's record."""
     path = Path(path)
     sidecar = path if path.name.endswith(".json") else sidecar_path(path)
     if not sidecar.is_file():
@@ -125,7 +158,7 @@ def load_artifact(path: str | Path) -> ModelArtifact:
         d = _from_legacy_details(json.loads(sidecar.read_text()))
         known = {f.name for f in fields(ModelArtifact)}
         d = {k: v for k, v in d.items() if k in known}
-        d["path"] = sidecar.parent / d["path"]
+        d["path"] = sidecar.parent / beside(d["path"], sidecar)
         d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
         d["output_names"] = tuple(d["output_names"])
         artifact = ModelArtifact(**d)
@@ -133,7 +166,106 @@ def load_artifact(path: str | Path) -> ModelArtifact:
         raise ArtifactError(f"sidecar {sidecar} is malformed: {e}") from None
     if not artifact.path.exists():
         raise ArtifactError(f"{sidecar} describes {artifact.path}, which does not exist")
+    verify_files(artifact)
     return artifact
+
+
+def beside(name: Any, sidecar: Path) -> str:
+    """A file name the sidecar lists, which must be a plain name in its own folder: a sidecar pointing elsewhere
+    (`../x`, `/etc/passwd`) would have any readable file copied into a model repository."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ArtifactError(f"sidecar {sidecar} names {name!r}: a sidecar lists only file names in its own folder")
+    return name
+
+
+def verify_files(artifact: ModelArtifact) -> None:
+    """Refuse an artifact whose files are not the ones its sidecar recorded (truncated, replaced, edited)."""
+    if artifact.files is None:
+        return  # an older vitexport's sidecar: nothing recorded to check against
+    folder = artifact.path.parent
+    if not isinstance(artifact.files, dict) or artifact.path.name not in artifact.files:
+        raise ArtifactError(f"sidecar {artifact.sidecar} is malformed: its files do not list {artifact.path.name}")
+    for name, recorded in artifact.files.items():
+        path = folder / beside(name, artifact.sidecar)
+        try:
+            if path.resolve().parent != folder.resolve():
+                raise ArtifactError(f"{name} is a link out of its folder {folder}; copy the file there instead")
+            actual = file_record(path)
+        except FileNotFoundError:
+            raise ArtifactError(f"{name}, listed in {artifact.sidecar.name}, is missing; export it again") from None
+        except OSError as e:
+            raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+        difference = _difference(actual, recorded)
+        if difference:
+            raise ArtifactError(
+                f"{name} does not match its sidecar ({difference}): it changed after vitexport wrote it; "
+                "export it again"
+            )
+
+
+def _difference(actual: dict[str, Any], recorded: Any) -> str | None:
+    if not isinstance(recorded, dict):
+        return f"recorded as {recorded!r}"
+    if actual["size"] != recorded.get("size"):
+        return f"size {actual['size']} != {recorded.get('size')}"
+    if actual["sha256"] != recorded.get("sha256"):
+        return f"sha256 {actual['sha256'][:12]}... != {str(recorded.get('sha256'))[:12]}..."
+    return None
+
+
+def describe_files(model_file: Path, fmt: Format | str) -> dict[str, dict[str, Any]]:
+    """{name: {"size", "sha256"}} of the model file and the companions it cannot run without."""
+    names = [model_file.name, *companion_names(model_file, Format(fmt))]
+    return {name: file_record(model_file.with_name(name)) for name in names}
+
+
+def companion_names(model_file: Path, fmt: Format) -> list[str]:
+    """Files the model file refers to, all beside it: ONNX external data, OpenVINO IR's weights."""
+    if fmt is Format.openvino:
+        weights = model_file.with_suffix(".bin")
+        return [weights.name] if weights.is_file() else []
+    if fmt is Format.onnx:
+        return _onnx_external_data(model_file)
+    return []
+
+
+def _onnx_external_data(model_file: Path) -> list[str]:
+    """The external data files an ONNX graph names, and `<file>.data` (the name vitexport's stages give theirs);
+    refused if any is outside its folder (ONNX Runtime and the repository copy would read whatever it names)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    data = model_file.with_name(model_file.name + ".data")
+    locations = {data.name} if data.is_file() else set()
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except Exception:  # not ONNX: telling is the stages' job (they parse it); its own bytes are still recorded
+        return sorted(locations)
+    locations |= {ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)}
+    for location in sorted(locations):
+        if Path(location).name != location or location in ("", ".", ".."):
+            raise ArtifactError(
+                f"{model_file.name} keeps weights in {location!r}: external data must be a file beside the graph"
+            )
+    return sorted(locations)
+
+
+# (device, inode, size, mtime_ns) -> sha256. Not the path: a rename keeps the key, so a file hashed in its staging
+# folder is not hashed again once moved into place; any write changes the mtime (or the inode, when replaced).
+_HASHES: dict[tuple[int, int, int, int], str] = {}
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """{"size", "sha256"} of a file, the hash cached in-process so that loading a large model again costs a stat."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return {"size": st.st_size, "sha256": _HASHES[key]}
 
 
 def _from_legacy_details(d: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,19 @@
 """Writing files so that readers never see half of one: a temporary file in the same folder, renamed over the target.
-The one writer every stage uses for sidecars, engines, configs and reports."""
+The one writer every stage uses for sidecars, engines, configs and reports; and the staging folder every stage
+writes its model files in until their checks pass (`staging`, `move_into_place`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from vitexport.errors import ExportError
+
+STAGING_PREFIX = ".staging-"  # .staging-<pid>-...: the pid tells a dead writer's leftovers from a live one's
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
@@ -28,3 +36,39 @@ def left_by_a_dead_process(pid: str) -> bool:
     """Whether a file or folder named with its writer's pid was left by a process that no longer runs (killed before
     it could clean up): the pid text is a number and /proc has no such process."""
     return pid.isdigit() and not Path(f"/proc/{pid}").exists()
+
+
+def remove_dead_staging(folder: Path) -> None:
+    """Remove staging folders of writers that died mid-write (SIGKILL, power): their pid is in the name and gone.
+    A live writer's folder (another command running now) is left alone."""
+    for staged in folder.glob(f"{STAGING_PREFIX}*"):
+        if left_by_a_dead_process(staged.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]):
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging(target: Path) -> Iterator[Path]:
+    """Where a stage writes `target` until its checks pass: the same name in a hidden `.staging-<pid>-<name>.*` folder
+    beside it. The same name, because companions refer to it (an ONNX graph names its external data file, an
+    OpenVINO .xml its .bin); the same file system, so `move_into_place` is a rename. The folder is removed whatever
+    happens (Ctrl-C, a failed check), and those of writers that died are removed on the way in."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_staging(target.parent)
+        folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{target.name}.", dir=target.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write to {target.parent}: {e.strerror or e}") from None
+    try:
+        yield folder / target.name
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def move_into_place(staged: Path, target: Path) -> None:
+    """Rename every file staged beside `staged` into `target`'s folder, then `staged` itself to `target`: the model
+    file last, so that it never appears before its companions."""
+    for companion in sorted(staged.parent.iterdir()):
+        if companion != staged:
+            os.replace(companion, target.parent / companion.name)
+    os.replace(staged, target)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vitexport.artifacts import ModelArtifact, sidecar_path
+from vitexport.artifacts import ModelArtifact, publish, sidecar_path
 from vitexport.errors import first_line
 from vitexport.export.tensorrt.audit import _LAYERNORM, audit_layer_info, expected_attention_blocks
 from vitexport.export.tensorrt.environment import TensorRTEnvironment, tensorrt_environment
@@ -29,7 +29,7 @@ from vitexport.export.tensorrt.plan import (
 )
 from vitexport.export.tensorrt.settings import BatchProfile, BuildSettings, EngineBuildError, Precision
 from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check_drift, compare
-from vitexport.fileio import write_atomic
+from vitexport.fileio import staging, write_atomic
 
 # ----------------------------------------------------------------------------------------------------------------
 # Artifacts
@@ -220,9 +220,10 @@ def build_engine(
 ) -> ModelArtifact:
     """Build, inspect, audit and validate a TensorRT engine from an ONNX artifact; write it and its sidecar.
 
-    The sidecar is written last: a failed validation raises ValidationError and leaves no sidecar, so later stages
-    never pick up an unchecked engine. The fusion audit does not fail the build; its warnings are in
-    details["fusion_audit"] for the caller to show.
+    The engine is written (staged, then moved into place) only once validated, its sidecar last: a failed
+    validation raises ValidationError, and it or an interruption leaves an earlier engine and its sidecar as they
+    were, so later stages never pick up an unchecked engine. The fusion audit does not fail the build; its warnings
+    are in details["fusion_audit"] for the caller to show.
     """
     env = environment or tensorrt_environment()
     plan = plan_build(artifact, settings.precision, env.tensorrt_version, fp32_softmax=settings.fp32_softmax)
@@ -231,8 +232,6 @@ def build_engine(
     references = validation_references(artifact, settings.precision) if settings.validate else None
     paths = EnginePaths(Path(output))
     paths.engine.parent.mkdir(parents=True, exist_ok=True)
-    # An earlier build's sidecar must not end up describing an engine that then fails validation.
-    paths.sidecar.unlink(missing_ok=True)
     timing_cache = settings.timing_cache or paths.engine.with_name("timing.cache")
 
     import tensorrt as trt
@@ -277,7 +276,6 @@ def build_engine(
     if serialized is None:
         raise EngineBuildError("TensorRT failed to build the engine; its log above says why")
     plan_bytes = bytes(serialized)
-    write_atomic(paths.engine, plan_bytes)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)  # --timing-cache may name a folder not made yet
     write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
 
@@ -329,8 +327,12 @@ def build_engine(
             progress(f"validating against {references.gate.path.name} on ONNX Runtime")
             validation = validate_engine(trt, engine, device, result, references, settings)
             result = result.with_(validation=validation)
-    result.save()
-    return result
+    with staging(paths.engine) as staged:  # validated from memory: the file is written only now
+        try:
+            staged.write_bytes(plan_bytes)
+        except OSError as e:
+            raise EngineBuildError(f"cannot write {paths.engine}: {e.strerror or e}") from None
+        return publish(result.with_(path=staged), paths.engine)
 
 
 def use_timing_cache(config: Any, path: Path) -> str | None:

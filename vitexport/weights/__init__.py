@@ -36,6 +36,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:  # torch says only "EOFError": name the likely cause (an interrupted download)
+        raise CheckpointError(f"cannot read checkpoint {path}: it is empty (0 bytes); download or save it again")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
