@@ -64,6 +64,7 @@ def connect(url: str, protocol: Protocol | str = Protocol.http, *, timeout: floa
     The HTTP client gets `timeout` for connecting and for each reply; gRPC takes it per call (`call_options`)."""
     protocol = parse_protocol(protocol)
     url = re.sub(r"^https?://", "", url)
+    _check_url(url)
     if protocol is Protocol.http:
         module = cfg.import_tritonclient("tritonclient.http")
         options = {"connection_timeout": timeout, "network_timeout": timeout}
@@ -74,6 +75,19 @@ def connect(url: str, protocol: Protocol | str = Protocol.http, *, timeout: floa
         return module.InferenceServerClient(url=url, **options), module
     except Exception as e:  # tritonclient raises plain exceptions for malformed URLs
         raise ServingError(f"cannot connect to {url}: {e}") from None
+
+
+def _check_url(url: str) -> None:
+    """HOST:PORT, refused here in one line: tritonclient's own failure also prints a traceback from its destructor."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(f"//{url}")
+        parts.port  # noqa: B018 (parsing it is the check: ValueError outside 0..65535 or not a number)
+    except ValueError as e:
+        raise ServingError(f"cannot connect to {url}: {e} (give HOST:PORT)") from None
+    if not parts.hostname:
+        raise ServingError(f"cannot connect to {url}: no host (give HOST:PORT)")
 
 
 @contextlib.contextmanager

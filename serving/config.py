@@ -23,6 +23,7 @@ PIXELS = "pixel_values"
 TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES = "labels", "scores", "indices"
 EMBEDDINGS = "embeddings"  # the one output of a `--head features` export: (N, D) pooled representations
 DEFAULT_TOP_K = 5
+MAX_INSTANCES = 64  # model instances: each a stub process holding its own copy of the model
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2 as pb
@@ -151,8 +152,8 @@ def classifier_config(
 ) -> pb.ModelConfig:
     """The classifier: pixel_values (3, S, S) -> logits (num_classes,), labelled for the classification extension;
     or, for a `--head features` export, -> embeddings (D,), with no labels (an embedding has no classes)."""
-    if instances < 1:
-        raise ServingError(f"instance count must be >= 1, got {instances}")
+    if not 1 <= instances <= MAX_INSTANCES:  # each is a process with its own copy of the model
+        raise ServingError(f"instance count must be 1..{MAX_INSTANCES} (one process each), got {instances}")
     if artifact.format not in backend.formats:
         raise ServingError(
             f"backend {backend.value} serves {' or '.join(backend.formats)} models, not {artifact.format}"

@@ -178,6 +178,15 @@ def test_infer_without_a_server_is_one_line(tmp_path):
     assert result.exit_code == 1 and "cannot reach Triton" in result.output
 
 
+@pytest.mark.parametrize(("url", "message"), [("http://[::1", "Invalid IPv6 URL"), ("localhost:99999", "out of range")])
+def test_a_malformed_url_is_one_line(tmp_path, url, message):
+    """A process of its own: tritonclient's failed constructor also printed a traceback from its destructor."""
+    image = _jpeg(tmp_path / "a.jpg", 0)
+    done = subprocess.run([*VITEXPORT, "infer", str(image), "--url", url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and message in done.stderr and "(give HOST:PORT)" in done.stderr
+    assert len((done.stdout + done.stderr).strip().splitlines()) == 1, done.stderr
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_infer_gives_up_on_a_hung_server(tmp_path, protocol):
     import socket

@@ -171,6 +171,8 @@ def test_backend_and_format_mismatches_are_refused():
         classifier(ServingBackend.python_onnxruntime, tensorrt_accelerator=True)
     with pytest.raises(ServingError, match="instance count"):
         classifier(ServingBackend.python_onnxruntime, instances=0)
+    with pytest.raises(ServingError, match=r"instance count must be 1\.\.64 \(one process each\), got 100000"):
+        classifier(ServingBackend.python_onnxruntime, instances=100_000)  # a process each: was accepted
     with pytest.raises(ServingError, match="top-k"):
         cfg.postprocess_config("p", num_classes=10, top_k=11, max_batch_size=8)
 

@@ -117,6 +117,13 @@ def test_pth_checkpoints(tmp_path, wrap):
     assert_same_logits(create_model("test_deit_distilled", checkpoint=str(path)), source, 64)
 
 
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*notes.pth: not a PyTorch checkpoint \("):
+        create_model("test_vit", checkpoint=str(path))
+
+
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": create_model("test_vit").state_dict(), "hook": print}, path)

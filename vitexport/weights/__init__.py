@@ -45,7 +45,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch and safetensors raise many types for a corrupt file
-        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(e)}") from None
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch"
+        raise CheckpointError(f"cannot read checkpoint {path}: not a {kind} checkpoint ({first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
