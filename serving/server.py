@@ -424,7 +424,6 @@ class TritonServer:
         Triton would go on calling itself ready. New stubs (an instance starting) join the watch."""
         if self._proc is None:
             return
-        when = "while loading" if starting else "while serving"
         alive, dead = stubs_of(self._proc.pid)
         self._stubs.update((s.pid, s) for s in alive if s.pid not in self._stubs)
         running = {(s.model, s.instance) for s in alive}
@@ -436,20 +435,22 @@ class TritonServer:
             if not starting and ((stub.model, stub.instance) in running or not self._model_ready(stub.model)):
                 del self._stubs[stub.pid]
             else:
-                raise ServingError(
-                    f"the backend process of model {stub.model} (instance {stub.instance}, pid {stub.pid}) died "
-                    f"{when}; stopping the server (Triton does not restart it)"
-                )
+                which = f"the backend process of model {stub.model} (instance {stub.instance}, pid {stub.pid})"
+                raise self._died(which, starting)
         # Killed before we saw it run (as it started: then Triton waits for it for ever). Dead at two checks in a row,
         # so not a stub that exited normally and is being reaped; its model is one still loading.
         unknown = set(dead) - set(self._stubs)
         for pid in unknown & self._unknown_dead:
-            loading = ", ".join(self._not_ready()) or "unknown"
-            raise ServingError(
-                f"a backend process (pid {pid}) of model {loading} died {when}; stopping the server "
-                "(Triton does not restart it)"
-            )
+            raise self._died(f"a backend process (pid {pid}) of model {', '.join(self._not_ready()) or '?'}", starting)
         self._unknown_dead = unknown
+
+    def _died(self, which: str, starting: bool) -> ServingError:
+        # Triton's reason, when it logged one (a model.py that fails to import, say); a killed stub leaves none.
+        reason = self.log_error(errors_only=True)
+        return ServingError(
+            f"{which} died {'while loading' if starting else 'while serving'}"
+            f"{f' ({reason})' if reason else ''}; stopping the server (Triton does not restart it)"
+        )
 
     def _not_ready(self) -> list[str]:
         """The Python-backend models being served that Triton does not call ready."""
@@ -492,11 +493,13 @@ class TritonServer:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def log_error(self) -> str:
-        """The server log's last error line (glog's `E` lines), for a one-line message; else its last line.
-        The CUDA complaints of this GPU-less machine are not the error."""
+    def log_error(self, *, errors_only: bool = False) -> str:
+        """The server log's last error line (glog's `E` lines), for a one-line message; else its last line (or "",
+        `errors_only`). The CUDA complaints of this GPU-less machine are not the error."""
         lines = [line for line in self.log_tail(200).splitlines() if line.strip()]
         errors = [line for line in lines if re.match(r"E\d{4} ", line) and "CudaDriverHelper" not in line]
+        if errors_only and not errors:
+            return ""
         line = (errors or lines or ["no log output"])[-1]
         return re.sub(r"^[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ", "", line).strip().strip('"')
 

@@ -87,6 +87,18 @@ def test_quick_writes_markdown_and_pngs(quick_run):
     assert str(results / "bench-quick.json") in output
 
 
+def test_an_unwritable_output_is_refused_before_measuring(tmp_path):
+    """The check comes first: a traceback after the run lost its results."""
+    (tmp_path / "file").write_text("")
+    for option in ("--output", "--workdir"):
+        args = ["bench", "test_vit", "--quick", "--output", str(tmp_path), "--workdir", str(tmp_path)]
+        args[args.index(option) + 1] = str(tmp_path / "file" / "results")
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and "Not a directory" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "bench-quick.json").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from vitexport.errors import ExportError
+from vitexport.errors import ExportError, VitExportError
 
 STAGING_PREFIX = ".staging-"  # .staging-<pid>-...: the pid tells a dead writer's leftovers from a live one's
 
@@ -72,3 +72,16 @@ def move_into_place(staged: Path, target: Path) -> None:
         if companion != staged:
             os.replace(companion, target.parent / companion.name)
     os.replace(staged, target)
+
+
+def writable_folder(folder: str | Path, what: str) -> Path:
+    """`folder`, created if need be, refused in one line unless this user can write files in it: checked before a
+    long run (a benchmark), not after it, when its results would be lost."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise VitExportError(f"cannot write {what} to {folder}: {e.strerror or e}") from None
+    return folder

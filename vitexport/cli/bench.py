@@ -57,6 +57,7 @@ def bench(
         from vitexport.bench.bench import BenchConfig, run
         from vitexport.bench.report import write
         from vitexport.bench.runners import BenchBackend
+        from vitexport.fileio import writable_folder
 
         config = BenchConfig.from_options(
             tuple(models),
@@ -72,6 +73,8 @@ def bench(
             gemm=gemm,
             command="vitexport bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
         )
+        writable_folder(output, "the results")
+        writable_folder(config.workdir, "the variants and logs")
         with progress_status(not as_json) as progress:
             result = run(config, progress)
             paths = write(result, output, "bench-quick" if quick else "bench")
