@@ -296,13 +296,22 @@ def _embed(url, model, config, data: list[bytes], protocol, timeout: float) -> l
     return vectors
 
 
+MAX_IMAGE_BYTES = 128 << 20  # an encoded image file: 50 MP (the server's decoded limit) even as an uncompressed PNG
+
+
 def _read(image: str | Path | bytes) -> bytes:
+    """An image file's bytes, at most MAX_IMAGE_BYTES of them read: /dev/zero or a wrong file is refused, not read
+    until memory runs out."""
     if isinstance(image, bytes):
         return image
     try:
-        return Path(image).read_bytes()
+        with open(image, "rb") as f:
+            data = f.read(MAX_IMAGE_BYTES + 1)
     except OSError as e:
         raise ServingError(f"cannot read image {image}: {e.strerror or e}") from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ServingError(f"image {image} is over {MAX_IMAGE_BYTES >> 20} MB: not an image file?")
+    return data
 
 
 def _default_model(url: str, protocol: Protocol, timeout: float) -> str:

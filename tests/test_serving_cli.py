@@ -178,6 +178,12 @@ def test_infer_without_a_server_is_one_line(tmp_path):
     assert result.exit_code == 1 and "cannot reach Triton" in result.output
 
 
+def test_an_endless_image_file_is_refused_not_read(tmp_path):
+    """`infer /dev/zero` read until the kernel killed it (24 GB)."""
+    result = runner.invoke(app, ["infer", "/dev/zero", "--url", "127.0.0.1:1"])
+    assert result.exit_code == 1 and "image /dev/zero is over 128 MB" in result.output, result.output
+
+
 @pytest.mark.parametrize(("url", "message"), [("http://[::1", "Invalid IPv6 URL"), ("localhost:99999", "out of range")])
 def test_a_malformed_url_is_one_line(tmp_path, url, message):
     """A process of its own: tritonclient's failed constructor also printed a traceback from its destructor."""
