@@ -327,6 +327,16 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
+def last_half_slope(series: list[tuple[float, float, int]]) -> float | None:
+    """MB per minute over the second half of the run (least squares): a leak keeps climbing there; the runtimes'
+    arenas grow in steps early on, as they meet new batch sizes, and then stay."""
+    half = series[len(series) // 2 :]
+    if len(half) < 3:
+        return None
+    t, mb = np.array([p[0] for p in half]), np.array([p[1] for p in half])
+    return round(float(np.polyfit(t, mb, 1)[0]) * 60, 2)
+
+
 def summarise(record: _Record, s: SoakSettings, *, ready: bool, stubs_kept: bool) -> dict[str, Any]:
     kinds = sorted({k for _, k, _, _ in record.requests})
     latency = {}
@@ -360,6 +370,7 @@ def summarise(record: _Record, s: SoakSettings, *, ready: bool, stubs_kept: bool
             "first_quarter": round(float(np.mean(rss[:quarter])), 1) if rss else None,
             "last_quarter": round(float(np.mean(rss[-quarter:])), 1) if rss else None,
             "max": round(max(rss), 1) if rss else None,
+            "last_half_slope_mb_per_min": last_half_slope(record.memory),
             "series": [(round(t, 1), round(m, 1), n) for t, m, n in record.memory],
         },
         "ready_at_end": ready,

@@ -44,7 +44,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"Memory of Triton and its stubs (RSS, MB): first quarter {mem['first_quarter']}, last quarter "
-        f"{mem['last_quarter']}, max {mem['max']}.",
+        f"{mem['last_quarter']}, max {mem['max']}; over the second half {mem.get('last_half_slope_mb_per_min')} "
+        "MB/min.",
         "",
         "| hostile request | sent | answers | refused as the client's mistake | slowest ms |",
         "|---|---:|---|---|---:|",
