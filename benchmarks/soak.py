@@ -165,6 +165,7 @@ class _Record:
         self.errors: list[str] = []
         self.hostile: list[dict[str, Any]] = []
         self.memory: list[tuple[float, float, int]] = []  # (t, RSS MB of Triton and its stubs, processes)
+        self.by_process: list[dict[str, float]] = []  # at each sample: RSS MB of each of them
         self.crashes: list[str] = []  # a soak thread's own failure: the soak did not run as meant
 
     def guarded(self, fn: Callable[..., None]) -> Callable[..., None]:
@@ -200,13 +201,17 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def _rss_mb(pids: list[int]) -> float:
-    total = 0
+def _rss_mb(pids: list[int]) -> dict[str, float]:
+    """RSS in MB of each process, named: tritonserver, or a stub by its model instance."""
+    out = {}
     for pid in pids:
-        with contextlib.suppress(OSError, StopIteration, ValueError):
+        with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
             status = Path(f"/proc/{pid}/status").read_text().splitlines()
-            total += int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
-    return total / 1024
+            kb = int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            name = argv[8] if argv[0].endswith("triton_python_backend_stub") else Path(argv[0]).name
+            out[name] = out.get(name, 0.0) + kb / 1024
+    return out
 
 
 def soak(server: TritonServer, model: str, expected: Expected, s: SoakSettings, input_name: str) -> dict[str, Any]:
@@ -264,7 +269,9 @@ def soak(server: TritonServer, model: str, expected: Expected, s: SoakSettings, 
     def memory() -> None:
         while time.monotonic() < deadline:
             pids = _tree(server.process_group)
-            record.memory.append((time.monotonic() - start, _rss_mb(pids), len(pids)))
+            rss = _rss_mb(pids)
+            record.memory.append((time.monotonic() - start, sum(rss.values()), len(pids)))
+            record.by_process.append(rss)
             time.sleep(s.memory_every_s)
 
     threads = [threading.Thread(target=record.guarded(client), args=(i,)) for i in range(s.clients)]
@@ -371,6 +378,14 @@ def summarise(record: _Record, s: SoakSettings, *, ready: bool, stubs_kept: bool
             "last_quarter": round(float(np.mean(rss[-quarter:])), 1) if rss else None,
             "max": round(max(rss), 1) if rss else None,
             "last_half_slope_mb_per_min": last_half_slope(record.memory),
+            # Which process grew: the mean of each over the first and the last quarter of the samples.
+            "by_process": {
+                name: [
+                    round(float(np.mean([r.get(name, 0.0) for r in record.by_process[:quarter]])), 1),
+                    round(float(np.mean([r.get(name, 0.0) for r in record.by_process[-quarter:]])), 1),
+                ]
+                for name in sorted({n for r in record.by_process for n in r})
+            },
             "series": [(round(t, 1), round(m, 1), n) for t, m, n in record.memory],
         },
         "ready_at_end": ready,

@@ -45,7 +45,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Memory of Triton and its stubs (RSS, MB): first quarter {mem['first_quarter']}, last quarter "
         f"{mem['last_quarter']}, max {mem['max']}; over the second half {mem.get('last_half_slope_mb_per_min')} "
-        "MB/min.",
+        "MB/min. By process (first quarter -> last quarter): "
+        + ", ".join(f"{name} {a} -> {b}" for name, (a, b) in mem.get("by_process", {}).items())
+        + ".",
         "",
         "| hostile request | sent | answers | refused as the client's mistake | slowest ms |",
         "|---|---:|---|---|---:|",
