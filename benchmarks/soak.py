@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import socket
 import struct
 import threading
@@ -430,7 +431,7 @@ def serve_and_soak(
     repo = workdir / "model_repository"
     added = add_model(repo, artifact, require_gate=False, top_k=settings.top_k)
     progress(f"serving {added.name} and soaking for {settings.duration_s:g} s")
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()[0]
     with TritonServer(repo) as server:
         start_s = time.monotonic() - started
         result = soak(server, added.name, expected, settings, artifact.input_name)
@@ -439,5 +440,6 @@ def serve_and_soak(
         "model": artifact.model,
         "artifact": {"file": artifact.path.name, "precision": str(artifact.precision), "backend": added.backend.value},
         "server_start_s": round(start_s, 1),
+        "load_average": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},  # others' work too
         **result,
     }

@@ -22,14 +22,15 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def markdown(result: dict[str, Any]) -> str:
-    m, s = result["machine"], result["settings"]
+    m, s, load = result["machine"], result["settings"], result.get("load_average", {})
     lines = [
         f"# Soak: {result['model']} ({result['artifact']['backend']}, {result['artifact']['precision']})",
         "",
         f"{m['date']}, {m['cpu']}, {m['cores']} cores; {s['clients']} clients (half HTTP, half gRPC, each alternating "
         f"photographs through the image ensemble and tensors to the model) for {s['duration_s']:g} s; one hostile "
         f"request every {s['hostile_every_s']:g} s. Every answer checked against ONNX Runtime in process "
-        f"(atol {s['atol']:g}). Server start {result['server_start_s']} s.",
+        f"(atol {s['atol']:g}). Server start {result['server_start_s']} s. Load average {load.get('start', '?')} "
+        f"at the start, {load.get('end', '?')} at the end.",
         "",
         f"**{result['requests']} requests, {result['ok']} right, {result['mismatches']} wrong, "
         f"{result['errors']} errors** ({result['img_s']} req/s); ready at the end: {result['ready_at_end']}; "
