@@ -315,7 +315,13 @@ def _read(image: str | Path | bytes) -> bytes:
 
 
 def _default_model(url: str, protocol: Protocol, timeout: float) -> str:
-    ready = ready_models(url, protocol=protocol, timeout=timeout)
+    try:
+        ready = ready_models(url, protocol=protocol, timeout=timeout)
+    except ServingError as e:
+        if "restricted" not in str(e):
+            raise
+        # `serve --allow-model-control` puts the repository index, the only list of models, behind its key.
+        raise ServingError(f"{url} lists its models only with its control key: give --model NAME") from None
     ensembles = [m for m in ready if m.endswith("_image")]
     if len(ensembles) == 1:
         return ensembles[0]

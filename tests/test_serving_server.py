@@ -444,6 +444,9 @@ def test_model_control_is_opened_only_with_its_key(server, tmp_path):
         ):
             grpc_client.unload_model("test_resnet")
         assert _ready(s, "test_resnet") and not marker.exists()
+        for protocol in PROTOCOLS:  # the index, the only list of models, is behind the key too: say so
+            with pytest.raises(ServingError, match="lists its models only with its control key: give --model"):
+                client.classify(url(s, protocol), [png(1)], protocol=protocol)
 
         def resnet_stubs() -> list[int]:
             return [stub.pid for stub in stubs_of(s.process_group)[0] if stub.model == "test_resnet"]
