@@ -117,8 +117,19 @@ def hub_names(sd: dict) -> dict:
 
 
 def official_names(sd: dict) -> dict:
-    """Ours -> the facebookresearch/detr release's, wrapped as it saves them."""
-    return {"model": {k.replace("backbone.", "backbone.0.body.", 1): v for k, v in sd.items()}}
+    """Ours -> the facebookresearch/detr release's, wrapped as it saves them: its backbone prefix,
+    nn.MultiheadAttention's fused Q, K, V, and a BatchNorm counter as torchvision's BatchNorm leaves them."""
+    out = {}
+    for key, value in sd.items():
+        if ".k_proj." in key or ".v_proj." in key:
+            continue
+        if ".q_proj." in key:
+            parts = [sd[key.replace(".q_proj.", f".{n}_proj.")] for n in "qkv"]
+            out[key.replace(".q_proj.", ".in_proj_")] = torch.cat(parts)
+        else:
+            out[key.replace("backbone.", "backbone.0.body.", 1)] = value
+    out["backbone.0.body.bn1.num_batches_tracked"] = torch.tensor(0)
+    return {"model": out}
 
 
 def test_official_checkpoint_layout(tmp_path):
@@ -161,15 +172,27 @@ def test_the_official_release_names_map_onto_detr_resnet50():
         model = get_spec("detr_resnet50").build()
     target = model.state_dict()
     mapped = get_spec("detr_resnet50").checkpoint_filter({k: torch.empty(s) for k, s in OFFICIAL_R50.items()}, model)
-    assert len(mapped) == len(OFFICIAL_R50)
+    assert len(mapped) == len(OFFICIAL_R50) + 2 * 4  # four fused Q, K, V tensors, each split in three
     assert all(k in target and tuple(target[k].shape) == tuple(v.shape) for k, v in mapped.items())
+    official = official_names(target)["model"]
+    attentions = sum(k.endswith("q_proj.weight") for k in target)  # 6 tensors each, 2 in the release
+    assert len(official) == len(target) - 4 * attentions + 1  # and one num_batches_tracked
+    assert set(OFFICIAL_R50) <= set(official)
     assert not any(k.endswith("num_batches_tracked") for k in target)  # frozen BatchNorm: buffers, no counter
 
 
 def test_hugging_face_checkpoint_without_a_value_projection(hf_tiny):
     sd = {k: v for k, v in hf_tiny.state_dict().items() if "encoder.layers.0.self_attn.v_proj" not in k}
-    with pytest.raises(CheckpointError, match=r"self_attn has only \['k', 'q'\]"):
+    with pytest.raises(CheckpointError, match=r"missing transformer\.encoder\.layers\.0\.self_attn\.v_proj\.weight"):
         load_state_dict(create_model("test_detr"), sd, "transformers", get_spec("test_detr").checkpoint_filter)
+
+
+def test_official_checkpoint_with_a_truncated_in_proj(tmp_path):
+    sd = official_names(create_model("test_detr").state_dict())["model"]
+    key = "transformer.decoder.layers.0.multihead_attn.in_proj_weight"
+    sd[key] = sd[key][:-1]
+    with pytest.raises(CheckpointError, match=f"unexpected {key}"):
+        load_state_dict(create_model("test_detr"), sd, "official", get_spec("test_detr").checkpoint_filter)
 
 
 def test_registry_records_detection():

@@ -1,5 +1,10 @@
 """DETR (Carion et al., arXiv 2005.12872): a ResNet, a post-norm transformer encoder-decoder and set prediction heads,
-with the official facebookresearch/detr parameter names (`backbone.` standing for the release's `backbone.0.body.`).
+with the official facebookresearch/detr parameter names but two: `backbone.` stands for the release's
+`backbone.0.body.`, and attention keeps Q, K and V projections apart (`q_proj`, `k_proj`, `v_proj`, as Hugging Face)
+where the release fuses them into nn.MultiheadAttention's `in_proj_weight`. Queries and keys get position embeddings
+and values do not, so the fused matrix would be sliced in the forward pass: exported, that is a Split of a weight
+the exporter does not fold, and INT8 quantizers and attention fusions need each projection's weight as an
+initializer of its MatMul. `vitexport.weights.detr` splits the release's matrices.
 
 Export-friendly: the input is a fixed S x S canvas and a pixel mask (1 = image, 0 = padding), so every shape but the
 batch is static and padding is data, not control flow. The mask reaches the transformer twice, as DETR's does: in
@@ -45,7 +50,7 @@ class DETRConfig:
         # Frozen BatchNorm keeps its affine as buffers (as DETR's does): only the convolutions' weights are parameters.
         D, F_, Q, C = self.d_model, self.ffn_dim, self.num_queries, self.num_classes + 1
         backbone = sum(ci * co * k * k for ci, co, k, _ in self.backbone.convs(img_size))
-        attention = 4 * D * D + 4 * D  # in_proj (q, k, v) and out_proj
+        attention = 4 * D * D + 4 * D  # q, k, v and out projections
         ffn = 2 * D * F_ + F_ + D
         encoder = self.enc_layers * (attention + ffn + 2 * 2 * D)
         decoder = self.dec_layers * (2 * attention + ffn + 3 * 2 * D) + 2 * D  # with its final norm
@@ -109,11 +114,9 @@ def sine_position_embedding(mask: torch.Tensor, num_feats: int, temperature: flo
 
 
 class Attention(nn.Module):
-    """Multi-head attention with nn.MultiheadAttention's parameters (`in_proj_weight` holds Q, K, V), as DETR's.
-
-    Query, key and value come in separately because DETR adds position embeddings to queries and keys, never to
-    values. `bias` (B, 1, 1, Tk) is added to the scores: 0 for image keys, MASK_BIAS for padding. `sdpa` or
-    `explicit` as `vitexport.models.layers.Attention`.
+    """Multi-head attention whose query, key and value come in separately: DETR adds position embeddings to queries
+    and keys, never to values. `bias` (B, 1, 1, Tk) is added to the scores: 0 for image keys, MASK_BIAS for padding.
+    `sdpa` or `explicit` as `vitexport.models.layers.Attention`.
     """
 
     def __init__(self, dim: int, num_heads: int, attention: str = "sdpa"):
@@ -121,24 +124,22 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attention = attention
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
-        nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
         B, Tq, D = query.shape
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
 
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, T, D) -> (B, H, T, hd)
 
-        q = heads(F.linear(query, w_q, b_q))  # (B, H, Tq, hd)
-        k = heads(F.linear(key, w_k, b_k))  # (B, H, Tk, hd)
-        v = heads(F.linear(value, w_v, b_v))
+        q = heads(self.q_proj(query))  # (B, H, Tq, hd)
+        k = heads(self.k_proj(key))  # (B, H, Tk, hd)
+        v = heads(self.v_proj(value))
         if self.attention == "sdpa":
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:

@@ -1,9 +1,10 @@
 """The DETR checkpoint filter: the official facebookresearch/detr releases and Hugging Face `DetrForObjectDetection`
 naming -> ours.
 
-Our names are the official ones but for the backbone (`backbone.0.body.` -> `backbone.`). Hugging Face keeps Q, K
-and V apart (fused here into `in_proj_weight`, nn.MultiheadAttention's order) and names its backbone either after
-timm (`use_timm_backbone=True`, the Hub's facebook/detr-resnet-50: torchvision's names) or after its own ResNet
+Our names are the official ones but two (`vitexport.models.detr` says why): the backbone (`backbone.0.body.` ->
+`backbone.`) and attention's fused `in_proj_weight`/`in_proj_bias`, split here into `q_proj`, `k_proj`, `v_proj`
+(nn.MultiheadAttention's order). Hugging Face keeps Q, K and V apart as we do and names its backbone either after timm
+(`use_timm_backbone=True`, the Hub's facebook/detr-resnet-50: torchvision's names) or after its own ResNet
 (`use_timm_backbone=False`: `embedder.`, `encoder.stages.`), mapped here to torchvision's. transformers 4 names
 (the Hub checkpoints: `backbone.conv_encoder.model.`, `out_proj`, `fc1`) and transformers 5 names
 (`backbone.model.`, `o_proj`, `mlp.fc1`) both load. Frozen BatchNorm has no `num_batches_tracked`: dropped.
@@ -15,8 +16,6 @@ import re
 
 import torch
 from torch import nn
-
-from vitexport.errors import CheckpointError
 
 _HF_BACKBONE = r"^model\.backbone\.(?:conv_encoder\.)?model\."
 _HF_TOP = {
@@ -59,7 +58,6 @@ def _hf_resnet(key: str) -> str:
 
 def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
         if m := re.match(_HF_BACKBONE, key):
             out["backbone." + _hf_resnet(key[m.end() :])] = value
@@ -74,17 +72,27 @@ def _from_hugging_face(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         stack, index, module, kind = m.groups()
         layer = f"transformer.{stack}.layers.{index}"
-        if q := re.match(r"^(self_attn|encoder_attn)\.([qkv])_proj$", module):
+        if q := re.match(r"^(self_attn|encoder_attn)\.([qkv]_proj)$", module):
             attn = "self_attn" if q[1] == "self_attn" else "multihead_attn"
-            qkv.setdefault((f"{layer}.{attn}", kind), {})[q[2]] = value
+            out[f"{layer}.{attn}.{q[2]}.{kind}"] = value
         elif module == "final_layer_norm":
             out[f"{layer}.{_FINAL_NORM[stack]}.{kind}"] = value
         else:
             out[f"{layer}.{_HF_LAYER.get(module, module)}.{kind}"] = value
-    for (attn, kind), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"{attn} has only {sorted(parts)} of its query/key/value {kind}s")
-        out[f"{attn}.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def _split_in_proj(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """nn.MultiheadAttention's `<attn>.in_proj_weight` (3D, D) and `in_proj_bias` (3D,) -> `<attn>.{q,k,v}_proj.*`.
+    A matrix whose rows do not split in three is kept whole: the strict load reports it as unexpected."""
+    out = {}
+    for key, value in sd.items():
+        m = re.match(r"^(.+)\.in_proj_(weight|bias)$", key)
+        if m is None or value.dim() == 0 or value.shape[0] % 3:
+            out[key] = value
+            continue
+        for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3), strict=True):
+            out[f"{m[1]}.{name}.{m[2]}"] = part
     return out
 
 
@@ -92,5 +100,5 @@ def checkpoint_filter(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str
     """Official releases (already unwrapped from {"model": ...}), Hugging Face naming and our own -> `model`'s."""
     if any(re.match(_HF_BACKBONE, k) or k.startswith("class_labels_classifier.") for k in sd):
         sd = _from_hugging_face(sd)
-    sd = {re.sub(r"^backbone\.0\.body\.", "backbone.", k): v for k, v in sd.items()}
+    sd = {re.sub(r"^backbone\.0\.body\.", "backbone.", k): v for k, v in _split_in_proj(sd).items()}
     return {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
