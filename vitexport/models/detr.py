@@ -27,8 +27,9 @@ from vitexport.preprocess import PreprocessConfig
 from vitexport.registry import ModelSpec, register
 from vitexport.weights.detr import checkpoint_filter
 
-# Added to the attention scores of padding keys. exp(-1e4) is exactly 0 in fp32 (as -inf would give) for any real
-# score, yet a row with every key masked stays finite, and the constant fits FP16 (-inf + -inf and finfo.min do not).
+# Added to the attention scores of padding keys. exp(-1e4) is exactly 0 in fp32 for any real score, as -inf would
+# give, yet a row with every key masked (a blank canvas) stays finite instead of NaN, and the constant stays finite in
+# FP16 (float32's finfo.min, Hugging Face's eager mask, becomes -inf there).
 MASK_BIAS = -1e4
 
 
