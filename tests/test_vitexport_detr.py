@@ -172,7 +172,8 @@ def test_the_official_release_names_map_onto_detr_resnet50():
         model = get_spec("detr_resnet50").build()
     target = model.state_dict()
     mapped = get_spec("detr_resnet50").checkpoint_filter({k: torch.empty(s) for k, s in OFFICIAL_R50.items()}, model)
-    assert len(mapped) == len(OFFICIAL_R50) + 2 * 4  # four fused Q, K, V tensors, each split in three
+    fused = sum(".in_proj_" in k for k in OFFICIAL_R50)
+    assert len(mapped) == len(OFFICIAL_R50) + 2 * fused  # each fused Q, K, V tensor split in three
     assert all(k in target and tuple(target[k].shape) == tuple(v.shape) for k, v in mapped.items())
     official = official_names(target)["model"]
     attentions = sum(k.endswith("q_proj.weight") for k in target)  # 6 tensors each, 2 in the release
