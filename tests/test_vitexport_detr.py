@@ -261,13 +261,3 @@ def test_onnx_runtime_matches_pytorch_on_other_batches_and_paddings(detr_export)
             assert np.abs(g - e.numpy()).max() <= ONNX_ATOL
     blank = session.run(None, {"pixel_values": x.numpy(), "pixel_mask": np.zeros_like(mask.numpy())})
     assert all(np.isfinite(o).all() for o in blank)
-
-
-@pytest.mark.slow
-def test_cli_exports_detr_resnet50_at_a_small_canvas(tmp_path):
-    out = tmp_path / "detr.onnx"
-    result = CliRunner().invoke(app, ["onnx", "detr_resnet50", "--img-size", "160", "-o", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "pred_boxes (padded)" in result.output
-    inputs = {i.name: i for i in onnx.load(out).graph.input}
-    assert [d.dim_value for d in inputs["pixel_mask"].type.tensor_type.shape.dim[1:]] == [160, 160]
