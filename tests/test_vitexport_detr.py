@@ -8,11 +8,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from _parity import ONNX_ATOL, PARITY_ATOL, export_perturbed, perturbed
+from _parity import ONNX_ATOL, PARITY_ATOL, perturbed
 from typer.testing import CliRunner
 
 from vitexport.cli import app
 from vitexport.errors import CheckpointError, ImageError
+from vitexport.export.onnx import export_onnx
 from vitexport.models import create_model, get_spec
 from vitexport.ort import ort_session
 from vitexport.preprocess import preprocess_image
@@ -217,9 +218,14 @@ def test_models_lists_the_detectors():
 
 
 @pytest.fixture(scope="module")
-def detr_export(tmp_path_factory):
-    torch.manual_seed(0)
-    return export_perturbed("test_detr", tmp_path_factory.mktemp("detr"))
+def detr_export(hf_tiny, tmp_path_factory):
+    """test_detr exported from transformers' model saved as the Hub saves it (safetensors, transformers 4 names):
+    (that reference, the validated artifact)."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("detr")
+    save_file(hub_names(hf_tiny.state_dict()), folder / "model.safetensors")
+    return hf_tiny, export_onnx("test_detr", folder / "detr.onnx", checkpoint=folder / "model.safetensors")
 
 
 def test_export_has_two_inputs_two_outputs_and_a_dynamic_batch(detr_export):
@@ -233,6 +239,7 @@ def test_export_has_two_inputs_two_outputs_and_a_dynamic_batch(detr_export):
     assert inputs["pixel_values"].shape.dim[0].dim_param == inputs["pixel_mask"].shape.dim[0].dim_param != ""
     assert [o.name for o in graph.output] == ["logits", "pred_boxes"]
     assert (artifact.task, artifact.mask_name, artifact.num_classes) == ("detection", "pixel_mask", 4)
+    assert artifact.checkpoint_sha256 is not None
     assert artifact.output_names == ("logits", "pred_boxes")
 
 
@@ -248,15 +255,15 @@ def test_export_validation_covered_padding_at_batch_1_and_4(detr_export):
     assert all((r["top1_agreement"] is None) == r["output"].startswith("pred_boxes") for r in reports)
 
 
-def test_onnx_runtime_matches_pytorch_on_other_batches_and_paddings(detr_export):
-    model, artifact = detr_export
+def test_onnx_runtime_matches_hugging_face_on_other_batches_and_paddings(detr_export):
+    reference, artifact = detr_export
     session = ort_session(artifact.path)
     for batch in (2, 5):
         x, mask = padded_batch(SIZE, batch, seed=batch)
         with torch.inference_mode():
-            expected = model(x, mask)
+            expected = reference(pixel_values=x, pixel_mask=mask)
         got = session.run(None, {"pixel_values": x.numpy(), "pixel_mask": mask.numpy()})
-        for e, g in zip(expected, got, strict=True):
+        for e, g in zip((expected.logits, expected.pred_boxes), got, strict=True):
             assert g.shape == tuple(e.shape)
             assert np.abs(g - e.numpy()).max() <= ONNX_ATOL
     blank = session.run(None, {"pixel_values": x.numpy(), "pixel_mask": np.zeros_like(mask.numpy())})
