@@ -117,7 +117,7 @@ def sine_position_embedding(mask: torch.Tensor, num_feats: int, temperature: flo
 
 class Attention(nn.Module):
     """Multi-head attention whose query, key and value come in separately: DETR adds position embeddings to queries
-    and keys, never to values. `bias` (B, 1, 1, Tk) is added to the scores: 0 for image keys, MASK_BIAS for padding.
+    and keys, never to values. `bias` (B, 1, Tq, Tk) is added to the scores: 0 for image keys, MASK_BIAS for padding.
     `sdpa` or `explicit` as `vitexport.models.layers.Attention`.
     """
 
@@ -264,10 +264,13 @@ class DETR(nn.Module):
         mask = F.interpolate(pixel_mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]  # (B, h, w)
         pos = sine_position_embedding(mask, self.cfg.d_model // 2)  # (B, L, D), L = h·w
         bias = torch.where(mask.flatten(1), 0.0, MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L)
+        # Spelled out per query row: ONNX Runtime's Attention op (opset 23) does not broadcast its mask over queries.
+        L, Q = bias.shape[-1], self.cfg.num_queries
         src = self.input_proj(features).flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, L, D)
-        memory = self.transformer.encoder(src, pos, bias)  # (B, L, D)
+        memory = self.transformer.encoder(src, pos, bias.expand(-1, -1, L, -1))  # (B, L, D)
         query_pos = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1)  # (Q, D) -> (B, Q, D)
-        hs = self.transformer.decoder(torch.zeros_like(query_pos), memory, pos, query_pos, bias)  # (B, Q, D)
+        tgt = torch.zeros_like(query_pos)
+        hs = self.transformer.decoder(tgt, memory, pos, query_pos, bias.expand(-1, -1, Q, -1))  # (B, Q, D)
         return self.class_embed(hs), self.bbox_embed(hs).sigmoid()  # (B, Q, C + 1), (B, Q, 4)
 
 
