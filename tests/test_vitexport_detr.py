@@ -268,3 +268,10 @@ def test_onnx_runtime_matches_hugging_face_on_other_batches_and_paddings(detr_ex
             assert np.abs(g - e.numpy()).max() <= ONNX_ATOL
     blank = session.run(None, {"pixel_values": x.numpy(), "pixel_mask": np.zeros_like(mask.numpy())})
     assert all(np.isfinite(o).all() for o in blank)
+
+
+def test_opset_23_exports_every_attention_as_one_op(tmp_path):
+    # ONNX Runtime's Attention op takes no mask broadcast over the queries: the model spells its masks out.
+    artifact = export_onnx("test_detr", tmp_path / "detr.onnx", opset=23)  # validated padded and not, as above
+    ops = [n.op_type for n in onnx.load(artifact.path).graph.node]
+    assert ops.count("Attention") == 3 and "Softmax" not in ops  # encoder self, decoder self and cross
