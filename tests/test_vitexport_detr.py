@@ -43,12 +43,13 @@ def hf_tiny_detr(transformers):
 
 
 def padded_batch(size: int, batch: int = 3, seed: int = 0):
-    """Images on a size x size canvas: the first fills it, the others are padded at the right and bottom (to whole
-    and partial feature cells)."""
+    """Images on a size x size canvas: the first fills it, the others are padded at the right, the bottom or both, by
+    whole and partial feature cells."""
     generator = torch.Generator().manual_seed(seed)
     mask = torch.ones(batch, size, size, dtype=torch.int64)
+    valid = [(0.85, 0.6), (0.55, 0.9), (0.45, 0.45), (0.7, 0.3)]  # (height, width) of the canvas
     for i in range(1, batch):
-        h, w = size - 13 * i, size - 29 * i  # 96: 83 x 67 and 70 x 38
+        h, w = (int(f * size) for f in valid[(i - 1) % len(valid)])
         mask[i, h:] = 0
         mask[i, :, w:] = 0
     return torch.randn(batch, 3, size, size, generator=generator) * mask[:, None], mask
@@ -87,7 +88,7 @@ def test_padding_changes_the_detections_and_a_blank_canvas_stays_finite():
         padded, _ = model(x, mask)
         blank = model(x, torch.zeros_like(mask))
     assert torch.allclose(full[0], padded[0], atol=1e-6, rtol=0)  # the unpadded image
-    assert (full[1:] - padded[1:]).abs().max() > 1e-3
+    assert all((full[i] - padded[i]).abs().max() > 1e-3 for i in range(1, len(x)))  # every padded image
     assert all(torch.isfinite(t).all() for t in blank)  # every key masked: uniform attention, not NaN
 
 
@@ -275,3 +276,14 @@ def test_opset_23_exports_every_attention_as_one_op(tmp_path):
     artifact = export_onnx("test_detr", tmp_path / "detr.onnx", opset=23)  # validated padded and not, as above
     ops = [n.op_type for n in onnx.load(artifact.path).graph.node]
     assert ops.count("Attention") == 3 and "Softmax" not in ops  # encoder self, decoder self and cross
+
+
+def test_artifact_says_detection_only_with_its_mask(tmp_path):
+    from vitexport.artifacts import ModelArtifact
+
+    p = get_spec("test_detr").preprocess
+    common = {"path": tmp_path / "m.onnx", "format": "onnx", "model": "test_detr", "preprocess": p, "num_classes": 4}
+    assert ModelArtifact(**common).task == "classification"  # what sidecars without the field mean
+    for task, mask in (("detection", None), ("classification", "pixel_mask")):
+        with pytest.raises(ValueError, match="mask input"):
+            ModelArtifact(**common, task=task, mask_name=mask)
