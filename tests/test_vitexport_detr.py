@@ -299,3 +299,14 @@ def test_stages_without_a_detection_path_refuse_detectors_in_one_line(detr_expor
         optimize(artifact, output=tmp_path / "int8.onnx")
     with pytest.raises(VitExportError, match="test_detr is a detector; the accuracy gate grades classifiers"):
         reference_for(artifact, str(artifact.path))
+
+
+def test_hugging_face_detr_resnet101_maps_onto_ours(transformers):
+    # On the meta device: every tensor of transformers' DETR-R101 (timm's ResNet-101) names one of ours, same shape.
+    with torch.device("meta"):
+        reference = transformers.DetrForObjectDetection(transformers.DetrConfig(num_labels=91, backbone="resnet101"))
+        ours = get_spec("detr_resnet101").build()
+    mapped = get_spec("detr_resnet101").checkpoint_filter(hub_names(reference.state_dict()), ours)
+    target = ours.state_dict()
+    assert set(mapped) == set(target)
+    assert all(mapped[k].shape == target[k].shape for k in target)
