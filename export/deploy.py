@@ -123,5 +123,6 @@ def _drift(validation: dict[str, Any]) -> dict[str, float | None]:
         return {"cosine": None, "top1_agreement": None}
     return {
         "cosine": min(r["cosine"] for r in reports),
-        "top1_agreement": min(r["top1_agreement"] for r in reports),
+        # Boxes have no top-1 (None): the worst of the outputs that are class scores.
+        "top1_agreement": min((r["top1_agreement"] for r in reports if r["top1_agreement"] is not None), default=None),
     }

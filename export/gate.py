@@ -207,6 +207,8 @@ def reference_for(candidate: ModelArtifact, reference: str, checkpoint: str | Pa
     from vitexport.models import get_spec
     from vitexport.weights import sha256_file
 
+    if candidate.task == "detection":  # its inputs take a mask and its outputs are per query: not a classifier's gate
+        raise VitExportError(f"{candidate.model} is a detector; the accuracy gate grades classifiers only so far")
     if looks_like_a_file(reference):
         if checkpoint is not None:
             raise VitExportError("--checkpoint applies to a registered --reference model, not to a file")

@@ -30,9 +30,15 @@ from vitexport.ort import ort_session
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
 VALIDATION_BATCHES = (1, 4)
+# Detectors' second input and outputs (DETR's, Hugging Face's names). The mask is int64, as Hugging Face's image
+# processor makes it: ONNX Runtime and Triton (TYPE_INT64) take it as is, and every runtime has int64 inputs.
+MASK_NAME = "pixel_mask"
+DETECTION_OUTPUTS = ("logits", "pred_boxes")
 
 
-def _output_names(heads: Heads) -> tuple[str, ...]:
+def _output_names(heads: Heads, task: str = "classification") -> tuple[str, ...]:
+    if task == "detection":
+        return DETECTION_OUTPUTS
     return {
         Heads.avg: ("logits",),
         Heads.all: ("logits", "logits_cls", "logits_dist"),
@@ -92,13 +98,14 @@ def export_onnx(
     head = "features" if heads is Heads.features else "logits"
     model = create_model(spec.name, checkpoint=checkpoint, img_size=img_size, attention=attention, head=head)
     exported: nn.Module = _ExportHeads(model) if heads is Heads.all else model
-    output_names = _output_names(heads)
+    output_names = _output_names(heads, spec.task)
+    mask_name = MASK_NAME if spec.task == "detection" else None
 
     progress(f"exporting to ONNX opset {opset}")
-    S = spec.img_size
     # A batch of 2 keeps the exporter from specialising the batch axis to the constant 1.
-    example = torch.randn(batch_size or 2, 3, S, S)
-    dynamic = None if batch_size else ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    (_, example), *_ = example_inputs(spec.img_size, batch_size or 2, mask_name, torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = None if batch_size else tuple({0: batch} for _ in example)
     program = _torch_export(exported, example, opset, output_names, dynamic)
 
     sha = weights.sha256_file(checkpoint) if checkpoint else None
@@ -116,7 +123,7 @@ def export_onnx(
     with staging(output) as staged:
         progress("saving and checking the graph")
         _save(program, staged, external=weight_bytes >= external_data_threshold)
-        artifact = _artifact(spec, model, staged, heads, output_names, batch_size, opset, sha)
+        artifact = _artifact(spec, model, staged, heads, output_names, mask_name, batch_size, opset, sha)
         if validate:
             progress("validating on ONNX Runtime")
             reports = validate_onnx(artifact, exported)
@@ -124,7 +131,9 @@ def export_onnx(
         return publish(artifact, output)
 
 
-def _artifact(spec, model: nn.Module, path: Path, heads: Heads, output_names, batch_size, opset, sha) -> ModelArtifact:
+def _artifact(
+    spec, model: nn.Module, path: Path, heads: Heads, output_names, mask_name, batch_size, opset, sha
+) -> ModelArtifact:
     """The export's artifact, before validation."""
     return ModelArtifact(
         path=path,
@@ -134,11 +143,32 @@ def _artifact(spec, model: nn.Module, path: Path, heads: Heads, output_names, ba
         # The output's width: the classes, or the embedding's size (serving sizes its outputs from it).
         num_classes=model.num_features if heads is Heads.features else spec.num_classes,
         output_names=output_names,
+        mask_name=mask_name,
         batch_size=batch_size,
         opset=opset,
         checkpoint_sha256=sha,
         head="features" if heads is Heads.features else "logits",
+        task=spec.task,
     )
+
+
+def example_inputs(
+    size: int, batch: int, mask_name: str | None, generator: torch.Generator
+) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(label, {input name: tensor}) of random images, in the model's argument order. A detector's come twice: on a
+    full canvas (label "") and padded (" (padded)": each image's own valid height and width, the pixels outside
+    zero as the preprocessing leaves them), so validation sees the mask change the outputs."""
+    x = torch.randn(batch, 3, size, size, generator=generator)
+    if mask_name is None:
+        return [("", {"pixel_values": x})]
+    full = torch.ones(batch, size, size, dtype=torch.int64)
+    padded = torch.zeros(batch, size, size, dtype=torch.int64)
+    for i, (h, w) in enumerate(torch.randint(size // 2, size, (batch, 2), generator=generator).tolist()):
+        padded[i, :h, :w] = 1
+    return [
+        ("", {"pixel_values": x, mask_name: full}),
+        (" (padded)", {"pixel_values": x * padded[:, None], mask_name: padded}),
+    ]
 
 
 def looks_like_a_file(model_or_file: str) -> bool:
@@ -176,7 +206,7 @@ def _check_writable(output: Path) -> None:
         raise ExportError(f"output folder {parent} is not writable")
 
 
-def _torch_export(model, example, opset, output_names, dynamic_shapes):
+def _torch_export(model, example: dict[str, torch.Tensor], opset, output_names, dynamic_shapes):
     # The exporter logs its progress with emoji to stdout and warns about things users cannot act on.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -184,10 +214,10 @@ def _torch_export(model, example, opset, output_names, dynamic_shapes):
         try:
             program = torch.onnx.export(
                 model,
-                (example,),
+                tuple(example.values()),
                 dynamo=True,
                 opset_version=opset,
-                input_names=["pixel_values"],
+                input_names=list(example),
                 output_names=list(output_names),
                 dynamic_shapes=dynamic_shapes,
                 verbose=False,
@@ -227,18 +257,22 @@ def validate_onnx(
     tolerance: Tolerance = TOLERANCES["fp32"],
     seed: int = 0,
 ) -> list[DriftReport]:
-    """Compare ONNX Runtime with PyTorch on random inputs at each batch size; raise on any failed check."""
+    """Compare ONNX Runtime with PyTorch on random inputs at each batch size (detectors: padded and not); raise on
+    any failed check."""
     session = ort_session(artifact.path)
     batch_sizes = (artifact.batch_size,) if artifact.batch_size else batch_sizes
     generator = torch.Generator().manual_seed(seed)
     reports = []
     for b in batch_sizes:
-        x = torch.randn(b, 3, artifact.preprocess.input_size, artifact.preprocess.input_size, generator=generator)
-        with torch.inference_mode():
-            expected = reference(x)
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        got = session.run(list(artifact.output_names), {artifact.input_name: x.numpy()})
-        for name, e, g in zip(artifact.output_names, expected, got, strict=True):
-            reports.append(compare(name, e.numpy(), np.asarray(g)))
+        for label, inputs in example_inputs(artifact.preprocess.input_size, b, artifact.mask_name, generator):
+            with torch.inference_mode():
+                expected = reference(*inputs.values())
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            feeds = {artifact.input_name: inputs["pixel_values"].numpy()}
+            if artifact.mask_name is not None:
+                feeds[artifact.mask_name] = inputs[artifact.mask_name].numpy()
+            got = session.run(list(artifact.output_names), feeds)
+            for name, e, g in zip(artifact.output_names, expected, got, strict=True):
+                reports.append(compare(name + label, e.numpy(), np.asarray(g)))
     check_drift(reports, tolerance)
     return reports

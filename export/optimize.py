@@ -80,6 +80,8 @@ def optimize(
             f"optimize starts from an fp32 ONNX artifact; {artifact.path.name} is "
             f"{artifact.format} {artifact.precision}"
         )
+    if artifact.task == "detection":  # its gate compares boxes and per-query classes, which the classifiers' cannot
+        raise ArtifactError(f"{artifact.model} is a detector; optimize has no accuracy gate for detectors yet")
     # The fusion rewriters match the graphs our exporter writes; an imported graph (timm's TorchScript export, Optimum)
     # is fused only when asked, and then fails loudly where nothing matched.
     imported = artifact.family is not None
@@ -151,6 +153,8 @@ def _variant(
         num_classes=artifact.num_classes,
         input_name=artifact.input_name,
         output_names=artifact.output_names,
+        mask_name=artifact.mask_name,
+        task=artifact.task,
         batch_size=artifact.batch_size,
         precision=precision.value,
         opset=details.pop("opset", None),

@@ -47,15 +47,18 @@ class DriftReport:
     max_abs: float
     mean_abs: float
     cosine: float  # the lowest per-sample cosine similarity
-    top1_agreement: float
-    top5_overlap: float
+    # Over the last axis of every row (detection logits: per query); None for outputs that are not class scores.
+    top1_agreement: float | None
+    top5_overlap: float | None
 
     def failures(self, tol: Tolerance) -> list[str]:
         checks = [
             (self.max_abs <= tol.max_abs, f"max abs diff {self.max_abs:.3g} > {tol.max_abs:g}"),
             (self.cosine >= tol.min_cosine, f"cosine {self.cosine:.7f} < {tol.min_cosine}"),
-            (self.top1_agreement >= tol.min_top1_agreement, f"top-1 agreement {self.top1_agreement:.3f}"),
         ]
+        if self.top1_agreement is not None:
+            top1 = self.top1_agreement >= tol.min_top1_agreement
+            checks.append((top1, f"top-1 agreement {self.top1_agreement:.3f}"))
         where = f"{self.output} at batch {self.batch_size}"
         return [f"{where}: {msg}" for ok, msg in checks if not ok]
 
@@ -63,24 +66,36 @@ class DriftReport:
         return asdict(self)
 
 
+# Outputs whose last axis is not class scores (DETR's boxes): compared by drift and cosine only. The gate names an
+# output "<output> (<inputs>)".
+BOX_OUTPUTS = ("pred_boxes",)
+
+
 def compare(output: str, reference: np.ndarray, candidate: np.ndarray) -> DriftReport:
-    """Drift of candidate logits (B, C) from reference logits (B, C)."""
+    """Drift of a candidate output (B, ..., C) from the reference's: classifier logits (B, C), an embedding, or a
+    detector's logits (B, Q, C) and boxes (B, Q, 4). Cosine is per sample; top-1/top-5 per row of scores."""
     if reference.shape != candidate.shape:
         raise ValidationError(f"{output}: shape {candidate.shape} differs from the reference's {reference.shape}")
     ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
     diff = np.abs(ref - cand)
-    cos = (ref * cand).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1) + 1e-30)
-    k = min(5, ref.shape[1])
-    top_ref, top_cand = np.argsort(-ref, 1)[:, :k], np.argsort(-cand, 1)[:, :k]
-    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand, strict=True)]
+    flat_ref, flat_cand = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)
+    norms = np.linalg.norm(flat_ref, axis=1) * np.linalg.norm(flat_cand, axis=1)
+    cos = (flat_ref * flat_cand).sum(1) / (norms + 1e-30)
+    top1 = top5 = None
+    if output.split(" ")[0] not in BOX_OUTPUTS:
+        rows_ref, rows_cand = ref.reshape(-1, ref.shape[-1]), cand.reshape(-1, cand.shape[-1])
+        k = min(5, ref.shape[-1])
+        top_ref, top_cand = np.argsort(-rows_ref, 1)[:, :k], np.argsort(-rows_cand, 1)[:, :k]
+        overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand, strict=True)]
+        top1, top5 = float((top_ref[:, 0] == top_cand[:, 0]).mean()), float(np.mean(overlap))
     return DriftReport(
         output=output,
         batch_size=ref.shape[0],
         max_abs=float(diff.max()),
         mean_abs=float(diff.mean()),
         cosine=float(cos.min()),
-        top1_agreement=float((top_ref[:, 0] == top_cand[:, 0]).mean()),
-        top5_overlap=float(np.mean(overlap)),
+        top1_agreement=top1,
+        top5_overlap=top5,
     )
 
 

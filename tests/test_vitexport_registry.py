@@ -15,9 +15,16 @@ def test_shape_params_and_macs_of_every_model(spec):
         model = spec.build()
     x = torch.empty(2, 3, spec.img_size, spec.img_size, device="meta")
     counter = FlopCounterMode(display=False)
-    with counter:
-        out = model(x)
-    assert out.shape == (2, spec.num_classes)
+    if spec.task == "detection":
+        mask = torch.ones(2, spec.img_size, spec.img_size, dtype=torch.int64, device="meta")
+        with counter:
+            logits, boxes = model(x, mask)
+        assert logits.shape == (2, spec.arch.num_queries, spec.num_classes + 1)  # and "no object"
+        assert boxes.shape == (2, spec.arch.num_queries, 4)
+    else:
+        with counter:
+            out = model(x)
+        assert out.shape == (2, spec.num_classes)
     assert sum(p.numel() for p in model.parameters()) == spec.num_params
     assert counter.get_total_flops() == 2 * 2 * spec.macs()  # batch 2, FLOPs = 2 x MACs
 
@@ -41,6 +48,9 @@ def test_shape_params_and_macs_of_every_model(spec):
         ("resnet18", 11.7, 1.8),
         ("resnet50", 25.6, 4.1),
         ("resnet152", 60.2, 11.5),
+        # DETR paper Table 1: 41M and 60M parameters (its GFLOPs are at COCO's mean image size, not 800 x 800)
+        ("detr_resnet50", 41.5, 60.2),
+        ("detr_resnet101", 60.5, 107.5),
     ],
 )
 def test_published_sizes(name, params_m, gmacs):
@@ -82,7 +92,7 @@ def test_preprocessing_follows_the_checkpoints():
     assert get_spec("resnet50").preprocess.interpolation == "bilinear"
     assert get_spec("swin_tiny").preprocess.crop_pct == 0.9
     assert get_spec("swin_base_384").preprocess.crop_pct == 1.0
-    assert {s.family for s in list_models()} == {"vit", "deit", "beit", "mae", "swin", "mobilevit", "resnet"}
+    assert {s.family for s in list_models()} == {"vit", "deit", "beit", "mae", "swin", "mobilevit", "resnet", "detr"}
     assert not any(s.for_tests for s in list_models())
 
 

@@ -50,9 +50,12 @@ class ModelArtifact:
     format: Format
     model: str  # registry name
     preprocess: PreprocessConfig
-    num_classes: int
+    num_classes: int  # detectors: the object classes (their logits have one more, "no object")
     input_name: str = "pixel_values"
     output_names: tuple[str, ...] = ("logits",)
+    # Detectors: the second input, (N, S, S) int64, 1 where the image is and 0 on the canvas's padding. None: the image
+    # is the only input (classifiers, and every sidecar written before detection).
+    mask_name: str | None = None
     batch_size: int | None = None  # None: dynamic batch axis
     precision: Precision = Precision.fp32
     opset: int | None = None
@@ -68,6 +71,7 @@ class ModelArtifact:
     gate_failure: str | None = None  # a variant kept though it failed its gate (the benchmark's ungated rows): why
     # What the output is: "logits" (num_classes of them) or "features" (an embedding of num_classes values).
     head: str = "logits"
+    task: str = "classification"  # or "detection": outputs logits (N, Q, num_classes + 1) and pred_boxes (N, Q, 4)
     # Models from outside the registry (`vitexport import`): "transformer" or "convnet", and their class names.
     family: str | None = None
     labels: tuple[str, ...] | None = None
@@ -88,6 +92,10 @@ class ModelArtifact:
             object.__setattr__(self, "labels", tuple(self.labels))
         if self.head not in ("logits", "features"):
             raise ValueError(f"head must be logits or features, not {self.head!r}")
+        if self.task not in ("classification", "detection"):
+            raise ValueError(f"task must be classification or detection, not {self.task!r}")
+        if (self.task == "detection") != (self.mask_name is not None):
+            raise ValueError("a detection artifact has a mask input (mask_name), a classification one has none")
 
     @property
     def sidecar(self) -> Path:

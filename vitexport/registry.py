@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+# What a model does: "classification" (pixel_values -> logits, or the pooled embedding) or "detection" (DETR:
+# pixel_values and pixel_mask -> per-query logits over num_classes + 1 ("no object") and normalised boxes).
+TASKS = ("classification", "detection")
+
 # --img-size bounds: the papers' largest inputs are 384-518 px (1333 for detection); a ViT at 100000 px would ask for
 # hundreds of GB before the first error.
 MIN_IMG_SIZE, MAX_IMG_SIZE = 16, 2048
@@ -42,6 +46,11 @@ class ModelSpec:
     for_tests: bool = False
     # Remaps foreign checkpoint layouts onto this model (timm's checkpoint_filter_fn); None: timm's names only.
     checkpoint_filter: Callable[[dict, nn.Module], dict] | None = field(default=None, repr=False, compare=False)
+    task: str = "classification"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
 
     @property
     def img_size(self) -> int:
@@ -53,6 +62,7 @@ class ModelSpec:
 
     @property
     def num_classes(self) -> int:
+        """Classifiers: their logits. Detectors: the object classes, without the logits' extra "no object"."""
         return self.arch.num_classes
 
     @property
@@ -78,6 +88,7 @@ class ModelSpec:
         return {
             "name": self.name,
             "family": self.family,
+            "task": self.task,
             "aliases": list(self.aliases),
             "distilled": self.distilled,
             "num_classes": self.num_classes,

@@ -114,6 +114,8 @@ def engine_artifact(source: ModelArtifact, paths: EnginePaths, details: EngineDe
         num_classes=source.num_classes,
         input_name=source.input_name,
         output_names=source.output_names,
+        mask_name=source.mask_name,
+        task=source.task,
         batch_size=None if details.profile.min != details.profile.max else details.profile.max,
         precision=details.precision.value,
         opset=source.opset,

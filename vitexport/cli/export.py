@@ -32,7 +32,9 @@ def onnx(
     checkpoint: Checkpoint = None,
     pretrained: Annotated[bool, typer.Option(help="Download timm's weights (needs network).")] = False,
     opset: Annotated[int | None, typer.Option(help="ONNX opset [default: 18].")] = None,
-    img_size: Annotated[int | None, typer.Option(help="Input size; position embeddings are resampled.")] = None,
+    img_size: Annotated[
+        int | None, typer.Option(help="Input size (detectors: the canvas); position embeddings are resampled.")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Fix the batch size [default: dynamic].")] = None,
     heads: Annotated[
         Heads,

@@ -13,7 +13,7 @@ from vitexport.errors import VitExportError
 def models(
     as_json: JsonFlag = False,
     family: Annotated[
-        str | None, typer.Option(help="Only this family: vit, deit, beit, mae, swin, mobilevit or resnet.")
+        str | None, typer.Option(help="Only this family: vit, deit, beit, mae, swin, mobilevit, resnet or detr.")
     ] = None,
     include_test: Annotated[bool, typer.Option("--include-test", help="Also list the tiny test configs.")] = False,
 ) -> None:
@@ -36,9 +36,15 @@ def models(
             s.img_size,
             f"{s.num_params / 1e6:.1f}M",
             f"{s.macs() / 1e9:.2f}",
-            f"{s.preprocess.interpolation} {s.preprocess.crop_pct:g}",
+            _resize(s.preprocess),
             "yes" if s.distilled else "",
         ]
         for s in specs
     ]
     print_table(None, ["model", "aliases", "size", "params", "GMACs", "resize, crop", "distilled"], rows)
+
+
+def _resize(p) -> str:
+    if p.detection:  # no crop: shorter side, longer side at most, onto the size x size canvas
+        return f"{p.interpolation} {p.shortest_edge}-{p.longest_edge}, pad"
+    return f"{p.interpolation} {p.crop_pct:g}"

@@ -19,11 +19,15 @@ def drift_table(title: str, reports: list[dict[str, Any]], *, cosine_digits: int
             r["batch_size"],
             f"{r['max_abs']:.2e}",
             f"{r['cosine']:.{cosine_digits}f}",
-            f"{r['top1_agreement']:.2f}",
+            _fraction(r["top1_agreement"], 2),
         ]
         for r in reports
     ]
     print_table(title, DRIFT_COLUMNS, rows)
+
+
+def _fraction(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"  # None: an output that is not class scores (boxes)
 
 
 def gate_table(validation: dict[str, Any]) -> None:
@@ -35,8 +39,8 @@ def gate_table(validation: dict[str, Any]) -> None:
             f"{r['max_abs']:.3g}",
             f"{r['mean_abs']:.3g}",
             f"{r['cosine']:.6f}",
-            f"{r['top1_agreement']:.3f}",
-            f"{r['top5_overlap']:.3f}",
+            _fraction(r["top1_agreement"], 3),
+            _fraction(r["top5_overlap"], 3),
         ]
         for r in [*validation["random"], *validation["images"]]
     ]

@@ -15,6 +15,7 @@ from vitexport.errors import VitExportError
 from vitexport.models import (  # noqa: F401  (importing a family registers its variants)
     beit,
     deit,
+    detr,
     mae,
     mobilevit,
     resnet,

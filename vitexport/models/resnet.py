@@ -1,11 +1,13 @@
 """ResNet baselines (He et al., arXiv 1512.03385) with torchvision/timm parameter names.
 
 Bottleneck blocks stride in the 3x3 convolution ("ResNet v1.5"), as torchvision's and timm's `tv_in1k` weights.
+`num_classes=0` builds the trunk without its classifier (timm's convention), and `norm_layer` swaps BatchNorm for
+another normalisation (DETR's backbone uses frozen BatchNorm).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +22,11 @@ class ResNetConfig:
     block: str  # "basic" (two 3x3 convs) or "bottleneck" (1x1, 3x3, 1x1 with 4x expansion)
     layers: tuple[int, int, int, int]
     width: int = 64
-    num_classes: int = 1000
+    num_classes: int = 1000  # 0: no classifier, the trunk only
+
+    @property
+    def num_features(self) -> int:
+        return self.width * 8 * self.expansion
 
     @property
     def expansion(self) -> int:
@@ -56,23 +62,27 @@ class ResNetConfig:
         convs = list(self.convs(img_size))  # parameter shapes do not depend on the input size
         weights = sum(ci * co * k * k for ci, co, k, _ in convs)
         batchnorms = sum(2 * co for _, co, _, _ in convs)
-        features = self.width * 8 * self.expansion
-        return weights + batchnorms + features * self.num_classes + self.num_classes
+        return weights + batchnorms + self.num_features * self.num_classes + self.num_classes
+
+    def conv_macs(self, img_size: int) -> int:
+        return sum(ci * co * k * k * side * side for ci, co, k, side in self.convs(img_size))
 
     def macs(self, img_size: int) -> int:
-        convs = sum(ci * co * k * k * side * side for ci, co, k, side in self.convs(img_size))
-        return convs + self.width * 8 * self.expansion * self.num_classes
+        return self.conv_macs(img_size) + self.num_features * self.num_classes
+
+
+NormLayer = Callable[[int], nn.Module]
 
 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None):
+    def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None, norm: NormLayer):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -85,14 +95,14 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None):
+    def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None, norm: NormLayer):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.bn3 = norm(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -104,12 +114,12 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, cfg: ResNetConfig):
+    def __init__(self, cfg: ResNetConfig, norm_layer: NormLayer = nn.BatchNorm2d):
         super().__init__()
         self.cfg = cfg
         block = Bottleneck if cfg.block == "bottleneck" else BasicBlock
         self.conv1 = nn.Conv2d(3, cfg.width, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(cfg.width)
+        self.bn1 = norm_layer(cfg.width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin = cfg.width
@@ -122,18 +132,20 @@ class ResNet(nn.Module):
                 if s != 1 or cin != planes * block.expansion:
                     downsample = nn.Sequential(
                         nn.Conv2d(cin, planes * block.expansion, 1, s, bias=False),
-                        nn.BatchNorm2d(planes * block.expansion),
+                        norm_layer(planes * block.expansion),
                     )
-                layers.append(block(cin, planes, s, downsample))
+                layers.append(block(cin, planes, s, downsample, norm_layer))
                 cin = planes * block.expansion
             self.add_module(f"layer{stage + 1}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, cfg.num_classes)
+        self.fc = nn.Linear(cin, cfg.num_classes) if cfg.num_classes else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 3, H, W) -> (B, w, H/4, W/4)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # -> (B, 8w·e, H/32, W/32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 3, H, W) -> (B, w, H/4, W/4)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # -> (B, 8w·e, H/32, W/32)
-        return self.fc(self.avgpool(x).flatten(1))  # -> (B, num_classes)
+        return self.fc(self.avgpool(self.forward_features(x)).flatten(1))  # -> (B, num_classes)
 
 
 def build_resnet(cfg: ResNetConfig, *, img_size: int, attention: str = "sdpa") -> ResNet:
