@@ -30,11 +30,13 @@ def subject(model_or_file: str) -> Subject:
 
     if not looks_like_a_file(model_or_file):
         spec = get_spec(model_or_file)
+        _classifier(spec.name, spec.task)
         return Subject(spec.name, spec.family, spec.num_params, spec.img_size, spec.macs())
     from vitexport.artifacts import load_artifact
     from vitexport.export.onnx_macs import onnx_macs, onnx_params
 
     artifact = load_artifact(model_or_file)
+    _classifier(artifact.path.name, artifact.task)
     if artifact.format != "onnx" or str(artifact.precision) != "fp32":
         raise VitExportError(
             f"bench takes a registered model or an fp32 ONNX artifact (it builds the variants itself); "
@@ -44,3 +46,10 @@ def subject(model_or_file: str) -> Subject:
     macs = onnx_macs(artifact.path, artifact.input_name, size)
     family = artifact.family or "imported"
     return Subject(artifact.model, family, onnx_params(artifact.path), size, macs, artifact.path)
+
+
+def _classifier(name: str, task: str) -> None:
+    # The runners feed one image tensor and count images per second of classification; a detector's rows (its mask
+    # input, DETR's paper table) are issue 13's last step.
+    if task != "classification":
+        raise VitExportError(f"bench measures classifiers; {name} is a {task} model (its rows are not built yet)")

@@ -107,6 +107,8 @@ def add_model(
     if not artifacts:
         raise ServingError("no model artifact given")
     first = artifacts[0]
+    if first.task != "classification":  # a classifier's config, labels and top-k ensemble would be wrong for it
+        raise ServingError(f"{first.path.name} is a {first.task} model; serving detectors is not built yet")
     backend = backend or ServingBackend.for_format(first.format)
     repo_dir = Path(repo_dir)
     name = first.model if name is None else name
