@@ -85,10 +85,89 @@ def _resample(name: str) -> int:
 def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
     """A PIL image, a path or encoded bytes -> float32 (3, S, S): resize the short side to S / crop_pct,
     center crop S x S, scale to [0, 1], normalise by mean/std (timm's and torchvision's eval transform)."""
-    from PIL import Image, UnidentifiedImageError
-
     if cfg.detection:  # a center crop would cut objects off and no mask would say where the image is
         raise ImageError("this is a detector's preprocessing (resize onto a padded canvas), not a classifier's crop")
+    image = _decode(image)
+    size = cfg.input_size
+    scale = math.floor(size / cfg.crop_pct)
+    w, h = image.size
+    # Short side to `scale`, long side in proportion (torchvision's Resize(int) rounding).
+    new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise ImageError(
+            f"image {w} x {h} would be resized to {new_w} x {new_h}, over the limit of {MAX_RESIZED_PIXELS} pixels "
+            "(an aspect ratio this extreme is not a photograph)"
+        )
+    image = image.resize((new_w, new_h), _resample(cfg.interpolation))
+    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
+    image = image.crop((left, top, left + size, top + size))
+    import numpy as np
+
+    return np.ascontiguousarray(_normalised(image, cfg).transpose(2, 0, 1))  # -> (3, S, S)
+
+
+def _normalised(image, cfg: PreprocessConfig) -> np.ndarray:
+    """(H, W, 3) float32: [0, 1], then (x - mean) / std."""
+    import numpy as np
+
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    return (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+
+
+@dataclass(frozen=True)
+class DetectionInput:
+    """A detector's input for one image, and what its boxes are scaled back to."""
+
+    pixels: np.ndarray  # (3, S, S) float32: the resized image top-left on a zero canvas (zero after normalising)
+    mask: np.ndarray  # (S, S) int64: 1 on the image, 0 on the padding
+    size: tuple[int, int]  # the original (height, width): DETR's boxes are fractions of the image, not the canvas
+
+
+def detection_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(height, width) after DETR's evaluation resize (transformers' get_size_with_aspect_ratio: shorter side to
+    shortest_edge unless the longer would pass longest_edge), then scaled down to fit the S x S canvas."""
+    size, max_size, raw = cfg.shortest_edge, cfg.longest_edge, None
+    if max_size is not None and max(height, width) / min(height, width) * size > max_size:
+        raw = max_size * min(height, width) / max(height, width)
+        size = round(raw)
+    if (height <= width and height == size) or (width <= height and width == size):
+        oh, ow = height, width
+    elif width < height:
+        ow, oh = size, int((raw if raw is not None else size) * height / width)
+    else:
+        oh, ow = size, int((raw if raw is not None else size) * width / height)
+    canvas = cfg.input_size
+    if max(oh, ow) > canvas:  # a fixed canvas is what lets Triton batch images of any shape
+        fit = canvas / max(oh, ow)
+        oh, ow = max(1, min(canvas, round(oh * fit))), max(1, min(canvas, round(ow * fit)))
+    return oh, ow
+
+
+def preprocess_detection(image, cfg: PreprocessConfig) -> DetectionInput:
+    """A PIL image, a path or encoded bytes -> a detector's input: the whole image resized (bilinear, as DETR's
+    processor), normalised, placed top-left on the S x S canvas, and its mask (transformers' DetrImageProcessor with
+    pad_size S x S gives the same arrays)."""
+    import numpy as np
+    from PIL import Image
+
+    if not cfg.detection:
+        raise ImageError("this is a classifier's preprocessing (a center crop), not a detector's")
+    image = _decode(image)
+    w, h = image.size
+    oh, ow = detection_size(h, w, cfg)
+    resized = _normalised(image.resize((ow, oh), Image.Resampling.BILINEAR), cfg)
+    S = cfg.input_size
+    pixels = np.zeros((3, S, S), np.float32)
+    pixels[:, :oh, :ow] = resized.transpose(2, 0, 1)
+    mask = np.zeros((S, S), np.int64)
+    mask[:oh, :ow] = 1
+    return DetectionInput(pixels, mask, (h, w))
+
+
+def _decode(image):
+    """A PIL RGB image from a PIL image, a path or encoded bytes, its size checked before its pixels are decoded."""
+    from PIL import Image, UnidentifiedImageError
+
     encoded = isinstance(image, (bytes, bytearray))
     if encoded:
         if not image:
@@ -115,25 +194,7 @@ def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
             ) from None
     else:
         _check_pixels(*image.size)
-    image = image.convert("RGB")
-    size = cfg.input_size
-    scale = math.floor(size / cfg.crop_pct)
-    w, h = image.size
-    # Short side to `scale`, long side in proportion (torchvision's Resize(int) rounding).
-    new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
-    if new_w * new_h > MAX_RESIZED_PIXELS:
-        raise ImageError(
-            f"image {w} x {h} would be resized to {new_w} x {new_h}, over the limit of {MAX_RESIZED_PIXELS} pixels "
-            "(an aspect ratio this extreme is not a photograph)"
-        )
-    image = image.resize((new_w, new_h), _resample(cfg.interpolation))
-    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
-    image = image.crop((left, top, left + size, top + size))
-    import numpy as np
-
-    x = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
-    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))  # -> (3, S, S)
+    return image.convert("RGB")
 
 
 def _check_pixels(w: int, h: int) -> None:
