@@ -61,6 +61,7 @@ def test_onnx_json_output(tmp_path):
         (["onnx", "test_vit", "--heads", "both"], "error: Invalid value for '--heads' / '--head': 'both'"),
         (["onnx", "test_vit", "--img-size", "-16"], "error: --img-size must be 16..2048 pixels, not -16"),
         (["onnx", "test_vit", "--img-size", "100000"], "error: --img-size must be 16..2048 pixels, not 100000"),
+        (["onnx", "test_vit", "--img-size", "17"], "error: --img-size must be a multiple of test_vit's patch size"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(tmp_path, args, message):

@@ -79,6 +79,10 @@ class ModelSpec:
         if not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
             # Checked before anything is built: 100000 px would ask a ViT for hundreds of GB.
             raise VitExportError(f"--img-size must be {MIN_IMG_SIZE}..{MAX_IMG_SIZE} pixels, not {img_size}")
+        patch = getattr(self.arch, "patch_size", None)  # ViT, DeiT, MAE, BEiT, Swin: the patch grid must tile it
+        if isinstance(patch, int) and img_size % patch:
+            # A strided patch embedding would drop the last pixels without a word (timm refuses such sizes too).
+            raise VitExportError(f"--img-size must be a multiple of {self.name}'s patch size {patch}, not {img_size}")
         return replace(self, preprocess=replace(self.preprocess, input_size=img_size))
 
     def build(self, **kwargs: Any) -> nn.Module:
