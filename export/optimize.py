@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vitexport.artifacts import ModelArtifact, Precision, publish
+from vitexport.artifacts import ModelArtifact, Precision, derived, publish
 from vitexport.errors import ArtifactError, ExportError, first_line
 from vitexport.export.cpu import int8_saturates
 from vitexport.export.fp16 import IOType, to_fp16
@@ -145,26 +145,16 @@ def _variant(
     artifact: ModelArtifact, staged: Path, output: Path, runtime: Runtime, precision: Precision, details: dict
 ) -> ModelArtifact:
     """The variant written at `staged` (to become `output`), described as its source is."""
-    return ModelArtifact(
+    return derived(
+        artifact,
         path=staged,
         format="onnx" if runtime is Runtime.onnxruntime else "openvino",
-        model=artifact.model,
-        preprocess=artifact.preprocess,
-        num_classes=artifact.num_classes,
-        input_name=artifact.input_name,
-        output_names=artifact.output_names,
-        mask_name=artifact.mask_name,
-        task=artifact.task,
         batch_size=artifact.batch_size,
         precision=precision.value,
         opset=details.pop("opset", None),
         fuse_attention=details.get("fuse_attention"),  # also kept in details, where older vitexports read it
         io_type=details.get("io_type", Precision.fp32),
         quant_method=details.get("quantization", {}).get("method"),
-        checkpoint_sha256=artifact.checkpoint_sha256,
-        head=artifact.head,  # what the output is, and an imported model's family and class names, carry over
-        family=artifact.family,
-        labels=artifact.labels,
         source=artifact.sidecar.name if artifact.sidecar.parent == output.parent else str(artifact.sidecar),
         details=details,
     )

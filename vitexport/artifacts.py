@@ -150,6 +150,29 @@ def publish(staged: ModelArtifact, output: Path) -> ModelArtifact:
     return published
 
 
+# What a model is, which every artifact a stage derives from it (a variant, an engine) keeps: forgetting one of these
+# once served an imported model with ImageNet's class names.
+CARRIED_OVER = (
+    "model",
+    "preprocess",
+    "num_classes",
+    "input_name",
+    "output_names",
+    "mask_name",
+    "task",
+    "checkpoint_sha256",
+    "head",
+    "family",
+    "labels",
+)
+
+
+def derived(origin: ModelArtifact, /, **made: Any) -> ModelArtifact:
+    """A new artifact a stage made from `origin`: what the model is carries over (CARRIED_OVER), how this file was
+    made (path, format, precision, source, validation, details, ...) is the stage's to say."""
+    return ModelArtifact(**({name: getattr(origin, name) for name in CARRIED_OVER} | made))
+
+
 def sidecar_path(model_file: Path) -> Path:
     return model_file.with_name(model_file.name + ".json")
 

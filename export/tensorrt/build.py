@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vitexport.artifacts import ModelArtifact, publish, sidecar_path
+from vitexport.artifacts import ModelArtifact, derived, publish, sidecar_path
 from vitexport.errors import first_line
 from vitexport.export.tensorrt.audit import _LAYERNORM, audit_layer_info, expected_attention_blocks
 from vitexport.export.tensorrt.environment import TensorRTEnvironment, tensorrt_environment
@@ -106,23 +106,13 @@ class EnginePaths:
 
 def engine_artifact(source: ModelArtifact, paths: EnginePaths, details: EngineDetails) -> ModelArtifact:
     """The sidecar-described artifact of an engine built from `source` (its preprocessing and I/O carry over)."""
-    return ModelArtifact(
+    return derived(
+        source,
         path=paths.engine,
         format="tensorrt",
-        model=source.model,
-        preprocess=source.preprocess,
-        num_classes=source.num_classes,
-        input_name=source.input_name,
-        output_names=source.output_names,
-        mask_name=source.mask_name,
-        task=source.task,
         batch_size=None if details.profile.min != details.profile.max else details.profile.max,
         precision=details.precision.value,
         opset=source.opset,
-        checkpoint_sha256=source.checkpoint_sha256,
-        head=source.head,
-        family=source.family,
-        labels=source.labels,
         source=os.path.relpath(source.sidecar, paths.engine.parent),
         batch_profile=(details.profile.min, details.profile.opt, details.profile.max),
         compute_capability=details.compute_capability,
