@@ -28,7 +28,7 @@ import numpy as np
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.serving import config as cfg
-from vitexport.serving.server import TritonServer
+from vitexport.serving.server import TritonServer, proc_stat
 
 CLIENT_ERRORS = {"400", "StatusCode.INVALID_ARGUMENT"}  # what tritonclient reports for a refused bad request
 
@@ -192,8 +192,7 @@ def _tree(root: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
+                children.setdefault(proc_stat(entry.name)[2], []).append(int(entry.name))
     out, todo = [], [root]
     while todo:
         pid = todo.pop()

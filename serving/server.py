@@ -213,13 +213,20 @@ class Stub:
     instance: str
 
 
+def proc_stat(pid: int | str) -> tuple[str, str, int]:
+    """(command name, state, parent pid) of a process, from /proc/PID/stat (OSError: no such process). The name
+    sits in parentheses and may hold spaces and parentheses itself, hence the last ")"."""
+    comm, rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+    state, ppid = rest.split()[:2]
+    return comm.split("(", 1)[1], state, int(ppid)
+
+
 def _alive(pid: int) -> bool:
     """Running, not a zombie its parent has yet to reap."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return proc_stat(pid)[1] != "Z"
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def stubs_of(server_pid: int) -> tuple[list[Stub], list[int]]:
@@ -233,9 +240,8 @@ def stubs_of(server_pid: int) -> tuple[list[Stub], list[int]]:
         if not entry.name.isdigit():
             continue
         try:
-            comm, rest = (entry / "stat").read_text().rsplit(")", 1)
-            state, ppid = rest.split()[:2]
-            if ppid != str(server_pid) or not STUB.startswith(comm.split("(", 1)[1]):  # comm: 15 characters
+            comm, state, ppid = proc_stat(entry.name)
+            if ppid != server_pid or not STUB.startswith(comm):  # comm: the first 15 characters
                 continue
             argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except (OSError, ValueError, IndexError):
