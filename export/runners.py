@@ -1,5 +1,6 @@
 """Run any ONNX or OpenVINO artifact on the CPU: float32 images in, float32 logits out, whatever the graph's I/O
-types, so that validation and benchmarks treat every variant alike."""
+types, so that validation and benchmarks treat every variant alike. A detector also takes its padding mask
+(N, S, S; 1 = image, 0 = canvas padding); without one it is given an all-ones mask (the whole canvas is image)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,21 @@ from vitexport.errors import ArtifactError, first_line
 @dataclass(frozen=True)
 class Runner:
     name: str  # "onnxruntime" | "openvino"
-    run: Callable[[np.ndarray], list[np.ndarray]]  # (B,3,S,S) float32 -> logits per output, float32
+    run: Callable[[np.ndarray, np.ndarray | None], list[np.ndarray]]  # (B,3,S,S) f32, mask -> outputs, f32
 
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.run(x)
+    def __call__(self, x: np.ndarray, mask: np.ndarray | None = None) -> list[np.ndarray]:
+        return self.run(x, mask)
+
+
+def feeds(artifact: ModelArtifact, x: np.ndarray, mask: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The graph's inputs: the images, and for a detector its int64 mask (all ones when none is given)."""
+    if artifact.mask_name is None:
+        if mask is not None:
+            raise ArtifactError(f"{artifact.path.name} is a {artifact.task} model; it takes no mask")
+        return {artifact.input_name: x}
+    if mask is None:
+        mask = np.ones((x.shape[0], *x.shape[2:]), dtype=np.int64)
+    return {artifact.input_name: x, artifact.mask_name: np.ascontiguousarray(mask, dtype=np.int64)}
 
 
 def load_runner(artifact: ModelArtifact, *, threads: int | None = None, spinning: bool = True) -> Runner:
@@ -42,8 +54,8 @@ def _onnxruntime(artifact: ModelArtifact, threads: int | None, spinning: bool) -
     in_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
     names = list(artifact.output_names)
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        out = session.run(names, {artifact.input_name: x.astype(in_type, copy=False)})
+    def run(x: np.ndarray, mask: np.ndarray | None = None) -> list[np.ndarray]:
+        out = session.run(names, feeds(artifact, x.astype(in_type, copy=False), mask))
         return [np.asarray(o, dtype=np.float32) for o in out]
 
     return Runner("onnxruntime", run)
@@ -56,8 +68,8 @@ def _openvino(artifact: ModelArtifact, threads: int | None) -> Runner:
     request = compiled.create_infer_request()
     outputs = [compiled.output(name) for name in artifact.output_names]
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        result = request.infer({artifact.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+    def run(x: np.ndarray, mask: np.ndarray | None = None) -> list[np.ndarray]:
+        result = request.infer(feeds(artifact, np.ascontiguousarray(x, dtype=np.float32), mask))
         return [np.array(result[o], dtype=np.float32) for o in outputs]
 
     return Runner("openvino", run)
