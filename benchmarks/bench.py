@@ -142,10 +142,11 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         "peak_gflops": peak,
         "models": models,
     }
-    from vitexport.bench.report import paper_table, swin_table, verdicts
+    from vitexport.bench.report import detr_table, paper_table, swin_table, verdicts
 
     result["paper_table"] = paper_table(result)
     result["swin_table"] = swin_table(result)
+    result["detr_table"] = detr_table(result)
     result["verdicts"] = verdicts(result)
     return result
 
@@ -204,11 +205,14 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
 
     # FLOPs = 2 x MACs, as the registry's (and the ONNX count's) MACs count matmuls and convolutions.
     gflop = 2 * spec.macs / 1e9 if spec.macs else None
-    in_process = [b for b in config.backends if not b.served]
-    served = [b for b in config.backends if b.served]
+    # Reference implementations that do not run this kind of model get no row (timm has no DETR; transformers is
+    # the detectors' reference only).
+    backends = [b for b in config.backends if b.applies_to(spec.task)]
+    in_process = [b for b in backends if not b.served]
+    served = [b for b in backends if b.served]
     no_bf16 = _no_native_bf16() if BenchBackend.openvino_bf16 in in_process else None
-    unregistered = [] if spec.registered else [b for b in config.backends if b in TORCH_PEERS]
-    wanted = [b for b in config.backends if not (no_bf16 and b is BenchBackend.openvino_bf16) and b not in unregistered]
+    unregistered = [] if spec.registered else [b for b in backends if b in TORCH_PEERS]
+    wanted = [b for b in backends if not (no_bf16 and b is BenchBackend.openvino_bf16) and b not in unregistered]
     paths, skipped, ungated = prepare(
         spec.name, wanted, config.workdir, validate=config.validate, source=spec.artifact, progress=progress
     )  # served paths use the onnxruntime variant
@@ -219,6 +223,8 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
     entries: dict[str, dict[str, Any]] = {}
     runnable = {}
     timm_name = _timm_peer(spec.name, skipped) if BenchBackend.timm in wanted else None
+    if BenchBackend.transformers in wanted:
+        _transformers_peer(spec.name, skipped)
     for b in in_process:
         if b in skipped:
             entries[b.value] = {"status": "skipped", "reason": skipped[b], "peer": b.peer}
@@ -252,6 +258,7 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
                 "precision": precision,
                 "artifact": paths[b].name if b in paths else None,
                 **({"peer_model": f"timm {timm_name}"} if b is BenchBackend.timm else {}),
+                **({"peer_model": "transformers DetrForObjectDetection"} if b is BenchBackend.transformers else {}),
                 "batches": batches,
                 **({"note": w.limited} if w.limited else {}),
             }
@@ -263,6 +270,7 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
         _beside_in_process(served_results, entries)
     return {
         "family": spec.family,
+        "task": spec.task,
         "params": spec.params,
         "resolution": spec.img_size,
         "gflop_per_image": None if gflop is None else round(gflop, 3),
@@ -293,6 +301,15 @@ def _timm_peer(model: str, skipped: dict[BenchBackend, str]) -> str | None:
     except VitExportError as e:
         skipped[BenchBackend.timm] = first_line(e)
         return None
+
+
+def _transformers_peer(model: str, skipped: dict[BenchBackend, str]) -> None:
+    from vitexport.bench.runners import transformers_equivalent
+
+    try:
+        transformers_equivalent(model)
+    except VitExportError as e:
+        skipped[BenchBackend.transformers] = first_line(e)
 
 
 def _no_native_bf16() -> str | None:

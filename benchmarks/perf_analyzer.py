@@ -66,6 +66,7 @@ def measure(
     stability_percent: int = 15,
     max_trials: int = 8,
     timeout_s: float = 900,
+    input_data: Path | None = None,
 ) -> dict[str, Any]:
     """One concurrency: one image per request, time windows repeated until three agree within the stability bound.
 
@@ -85,7 +86,7 @@ def measure(
             # Zeros, not perf_analyzer's default random bytes: read as FP32 those hold NaN and Inf, which the served
             # classifier refuses (a client error), and denormals, which slow fp32 arithmetic. The work of these
             # models does not depend on the values otherwise.
-            "--input-data=zero",
+            f"--input-data={input_data or 'zero'}",
             *("-f", str(report)),
             "-v",  # per-window throughput, kept when the windows never stabilise
         ]

@@ -16,17 +16,20 @@ from vitexport.errors import VitExportError, first_line
 
 CALIBRATION_IMAGES = 32  # enough for min-max ranges of a speed benchmark; NNCF's default 300 costs minutes here
 GATE_IMAGES = 64  # real images every variant is gated on, none of them a calibration image
+# A detector's: DETR-R50 takes seconds per 800 px image on 2 cores, and the gate runs the fp32 model and the variant.
+DETECTION_GATE_IMAGES = 12
 DIGITS_MODEL = "test_vit_digits"  # trained on the digits: its calibration and gate images are digits
 
 
-def _image_folders(workdir: Path, model: str, size: int) -> tuple[Path, Path]:
+def _image_folders(workdir: Path, model: str, size: int, task: str) -> tuple[Path, Path]:
     """Calibration and gate images: the digits for the model trained on them, real photographs (crops of scikit-image's
-    packaged photos, the gate's photos other than the calibration's) for every ImageNet model."""
+    packaged photos, the gate's photos other than the calibration's) for every ImageNet and COCO model."""
     if model == DIGITS_MODEL:
         return _digits_folders(workdir, size)
     from vitexport.export.photos import GATE_PHOTOS, photo_folder
 
-    return photo_folder(CALIBRATION_IMAGES), photo_folder(GATE_IMAGES, photos=GATE_PHOTOS)
+    gate = DETECTION_GATE_IMAGES if task == "detection" else GATE_IMAGES
+    return photo_folder(CALIBRATION_IMAGES), photo_folder(gate, photos=GATE_PHOTOS)
 
 
 def _digits_folders(workdir: Path, size: int) -> tuple[Path, Path]:
@@ -131,7 +134,9 @@ def _variant(
             return cached.path, cached.gate_failure
     name = f"{plain.model}: {runtime.value} {precision.value}"
     progress(f"{name}: optimizing (and the accuracy gate)" if validate else f"{name}: optimizing")
-    default_calibration, gate_images = _image_folders(folder.parent, plain.model, plain.preprocess.input_size)
+    default_calibration, gate_images = _image_folders(
+        folder.parent, plain.model, plain.preprocess.input_size, plain.task
+    )
     calib = (calibration or default_calibration) if precision.value == "int8" else None
     try:
         return _optimize(plain, runtime, precision, output, calib, gate_images, validate).path, None

@@ -46,6 +46,17 @@ SWIN_PAPER_NAMES = {
     "vit_base_patch16_384": "ViT-B/16 384²",
 }
 SWIN_REFERENCE = "deit_small_patch16_224"
+# The DETR paper's Table 1 (frames per second on one V100, one image at a time, COCO val images of about 800 x 1200;
+# GFLOPs counted by fvcore, one multiply-add as one FLOP, over the first 100 of them), ratios to DETR-R50.
+DETR_PAPER_V100 = {"detr_resnet50": 28, "detr_resnet101": 20, "faster_rcnn_r50_fpn": 26}
+DETR_PAPER_GFLOPS = {"detr_resnet50": 86, "detr_resnet101": 152, "faster_rcnn_r50_fpn": 180}
+DETR_PAPER_NAMES = {
+    "detr_resnet50": "DETR-R50",
+    "detr_resnet101": "DETR-R101",
+    "faster_rcnn_r50_fpn": "Faster RCNN-FPN R50",
+}
+DETR_REFERENCE = "detr_resnet50"
+DETR_BATCH = "1"  # the paper's frames per second are one image at a time
 # The one-backend column of the paper table (ratios that do not mix runtimes): the first of these measured for
 # every model of the run.
 SAME_BACKENDS = ("onnxruntime", "onnxruntime-plain", "torch")
@@ -114,30 +125,47 @@ def swin_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     return _paper_rows(result, SWIN_PAPER_V100, SWIN_PAPER_NAMES, SWIN_REFERENCE, "deit_s")
 
 
+def detr_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The DETR paper's Table 1, measured here: frames per second at batch 1 on the fixed 800 x 800 canvas, as ratios
+    to DETR-R50 measured in the same run, the paper's V100 figures and ratios beside them. Faster R-CNN is the
+    paper's row only (torchvision's detectors cannot run here: its CPU build for this torch is not on PyPI)."""
+    rows = _paper_rows(result, DETR_PAPER_V100, DETR_PAPER_NAMES, DETR_REFERENCE, "detr_r50", batch=DETR_BATCH)
+    names = {v: k for k, v in DETR_PAPER_NAMES.items()}
+    for r in rows:
+        key = names.get(r["model"], r["model"])
+        r["paper_gflops"] = DETR_PAPER_GFLOPS.get(key)
+        r["gflop_per_image"] = result["models"].get(key, {}).get("gflop_per_image")
+    return rows
+
+
 def _paper_rows(
     result: dict[str, Any],
     paper_v100: dict[str, float],
     paper_names: dict[str, str],
     reference: str,
     suffix: str,
+    batch: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     models = result["models"]
     ref = models.get(reference)
-    bs = str(max(result["settings"]["batch_sizes"]))
+    bs = batch or str(max(result["settings"]["batch_sizes"]))
+    # The DeiT table lists every classifier of the run; the Swin and DETR tables only their paper's models.
+    if reference == REFERENCE_MODEL:
+        listed = {n: m for n, m in models.items() if m.get("task", "classification") == "classification"}
+    else:
+        listed = {n: m for n, m in models.items() if n in paper_v100}
     same_backend = next(
         (
             b
             for b in SAME_BACKENDS
-            if all(_ok(m["in_process"].get(b, {})) and bs in m["in_process"][b]["batches"] for m in models.values())
+            if all(_ok(m["in_process"].get(b, {})) and bs in m["in_process"][b]["batches"] for m in listed.values())
         ),
         SAME_BACKENDS[0],
     )
     ref_best = best_gated(ref, bs) if ref else None
     ref_same = ref["in_process"].get(same_backend, {}) if ref else {}
     ref_same_rate = ref_same["batches"][bs]["img_s"] if _ok(ref_same) and bs in ref_same["batches"] else None
-    # The DeiT table lists every model of the run; the Swin table only the paper's (its reference is not ResNet).
-    listed = models if reference == REFERENCE_MODEL else {n: m for n, m in models.items() if n in paper_v100}
     for name, m in listed.items():
         best = best_gated(m, bs)
         same = m["in_process"].get(same_backend, {})
@@ -297,12 +325,13 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
     out.append("")
 
     rows = result["paper_table"]
-    if rows:
+    if any(r.get("measured") is not False for r in rows):
         bs = rows[0]["batch_size"]
         title = f"## The DeiT paper's throughput table, measured here (batch {bs}, {s['threads']} CPU threads)"
         out += [*_paper_markdown(title, rows, baseline="resnet50", label="ResNet-50", paper_img_s="d"), ""]
 
     out += _swin_markdown(result)
+    out += _detr_markdown(result)
 
     served = [
         (n, p, c, r) for n, mo in result["models"].items() for p, pts in mo["served"].items() for c, r in pts.items()
@@ -411,6 +440,30 @@ def _swin_markdown(result: dict[str, Any]) -> list[str]:
     )
     notes = swin_table_notes(rows)
     return [*out, "", *(f"- {n}" for n in notes), *([""] if notes else [])]
+
+
+def _detr_markdown(result: dict[str, Any]) -> list[str]:
+    """The DETR paper's table, when the run has any of its models (computed from the result when an older result has
+    none stored)."""
+    rows = result.get("detr_table") or detr_table(result)
+    measured = [r for r in rows if r.get("measured") is not False]
+    if not measured:
+        return []
+    threads = result["settings"]["threads"]
+    flops = "; ".join(
+        f"{r['model']} {r['gflop_per_image']:.0f} GFLOP here (2 per multiply-add, 800 x 800), the paper's "
+        f'{r["paper_gflops"]} "GFLOPs" being fvcore\'s multiply-adds at about 800 x 1200'
+        for r in measured
+        if r.get("gflop_per_image") and r.get("paper_gflops")
+    )
+    intro = (
+        "Frames per second, one image at a time (batch 1), on the fixed 800 x 800 canvas; the paper's on one V100 "
+        "over COCO val images of about 800 x 1200. Ratios are to DETR-R50 measured in this run. "
+        + (f"Work per image: {flops}. " if flops else "")
+        + "Faster R-CNN-FPN is the paper's row only: torchvision's detectors do not run here."
+    )
+    title = f"## The DETR paper's Table 1, measured here (batch 1, {threads} CPU threads)"
+    return [*_paper_markdown(title, rows, baseline="detr_r50", label="DETR-R50", intro=intro), ""]
 
 
 def plots(result: dict[str, Any], output: Path, prefix: str) -> dict[str, str]:

@@ -19,7 +19,8 @@ import numpy as np
 class BenchBackend(str, Enum):
     torch = "torch"  # peer: our PyTorch model, eager
     torch_compile = "torch-compile"  # peer: the same under torch.compile (inductor)
-    timm = "timm"  # peer: timm's model of the same name, eager
+    timm = "timm"  # peer: timm's model of the same name, eager (classifiers)
+    transformers = "transformers"  # peer: Hugging Face transformers' DetrForObjectDetection, eager (detectors)
     onnxruntime_plain = "onnxruntime-plain"  # peer: the exported ONNX as is on ONNX Runtime
     openvino_plain = "openvino-plain"  # peer: OpenVINO reading the exported ONNX with its own defaults
     onnxruntime = "onnxruntime"  # ours: fused fp32 variant
@@ -37,6 +38,15 @@ class BenchBackend(str, Enum):
     @property
     def served(self) -> bool:
         return self in (BenchBackend.triton_grpc, BenchBackend.triton_http)
+
+    def applies_to(self, task: str) -> bool:
+        """Each reference implementation runs its own kind of model: timm has no detectors, and transformers is the
+        detectors' reference here (the classifiers' is timm)."""
+        if self is BenchBackend.timm:
+            return task == "classification"
+        if self is BenchBackend.transformers:
+            return task == "detection"
+        return True
 
     @property
     def precision(self) -> str:
@@ -65,16 +75,19 @@ PEERS = (
     BenchBackend.torch,
     BenchBackend.torch_compile,
     BenchBackend.timm,
+    BenchBackend.transformers,
     BenchBackend.onnxruntime_plain,
     BenchBackend.openvino_plain,
 )
 ALL_BACKENDS = tuple(BenchBackend)
-TORCH_PEERS = (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm)  # run a PyTorch model, no file
+# Run a PyTorch model, no file.
+TORCH_PEERS = (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm, BenchBackend.transformers)
 QUICK_BACKENDS = (BenchBackend.torch, BenchBackend.onnxruntime_plain)
 
 
 class Runner(Protocol):
-    """What the sweep measures: one call is one batch, (B, 3, S, S) float32 images -> (B, classes) float32."""
+    """What the sweep measures: one call is one batch, (B, 3, S, S) float32 images -> its first output, float32
+    (a detector's padding mask is all ones: a full canvas; the work does not depend on it)."""
 
     name: str
     precision: str  # the precision it really computes in: fp32, bf16, int8
@@ -130,6 +143,8 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
         if name not in timm.list_models():
             raise VitExportError(f"timm {timm.__version__} has no model {name}, the equivalent of {spec.model}")
         model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    elif spec.backend is BenchBackend.transformers:
+        model = transformers_detr(spec.model)
     else:
         model = create_model(spec.model)
     if spec.backend is BenchBackend.torch_compile:
@@ -143,9 +158,47 @@ def _torch_runner(spec: RunnerSpec) -> Runner:
     def infer(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             out = model(torch.from_numpy(batch))
+        out = out.logits if hasattr(out, "logits") else out  # transformers' ModelOutput
         return (out[0] if isinstance(out, tuple) else out).numpy()
 
     return _Callable(spec.backend.value, "fp32", infer)
+
+
+def transformers_equivalent(model: str) -> dict[str, object]:
+    """The `transformers.DetrConfig` arguments of our DETR of that name. Raises VitExportError (one line, recorded
+    as the peer's skip) where transformers has no equivalent."""
+    from vitexport.errors import VitExportError
+    from vitexport.models import get_spec
+
+    ours = get_spec(model)
+    if ours.family != "detr" or ours.for_tests:
+        raise VitExportError(f"{ours.name} has no transformers DETR equivalent (the full-size DETRs have)")
+    cfg = ours.arch
+    depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101}.get(cfg.backbone.layers)
+    if depth is None:
+        raise VitExportError(f"{ours.name}'s backbone is no ResNet-50 or -101; transformers' DETR has no equivalent")
+    # timm's ResNet, as the Hub's facebook/detr-resnet-* use; random weights: the work does not depend on them.
+    return {
+        "backbone": f"resnet{depth}",
+        "use_pretrained_backbone": False,
+        "num_labels": cfg.num_classes,
+        "num_queries": cfg.num_queries,
+    }
+
+
+def transformers_detr(model: str):
+    """transformers' DetrForObjectDetection configured as our DETR of that name."""
+    from vitexport._timm_compat import declare_torchvision_ops
+    from vitexport.errors import VitExportError
+
+    config = transformers_equivalent(model)
+
+    declare_torchvision_ops()  # transformers' image utilities import torchvision's Python code
+    try:
+        import transformers
+    except ImportError:
+        raise VitExportError("transformers is not installed (the dev extras bring it)") from None
+    return transformers.DetrForObjectDetection(transformers.DetrConfig(**config)).eval()
 
 
 def timm_equivalent(model: str) -> tuple[str, dict[str, object]]:
@@ -173,7 +226,7 @@ def timm_peer_name(model: str) -> str:
 
 def _artifact_runner(spec: RunnerSpec, runtime: str) -> Runner:
     from vitexport.artifacts import load_artifact
-    from vitexport.export.runners import load_runner
+    from vitexport.export.runners import feeds, load_runner
 
     assert spec.artifact is not None
     artifact = load_artifact(spec.artifact)
@@ -190,7 +243,7 @@ def _artifact_runner(spec: RunnerSpec, runtime: str) -> Runner:
         output = compiled.output(artifact.output_names[0])
 
         def infer(batch: np.ndarray) -> np.ndarray:
-            return request.infer({artifact.input_name: batch})[output]
+            return request.infer(feeds(artifact, batch, None))[output]
 
         return _Callable(spec.backend.value, precision, infer)
     # ORT's idle spinning would slow the other workers between our windows: off, as in the Triton classifier.
@@ -213,6 +266,7 @@ def _ov_precision(ov_type: str) -> str:
 def _tensorrt_runner(spec: RunnerSpec) -> Runner:
     from vitexport.artifacts import load_artifact
     from vitexport.export.cuda import DeviceSession
+    from vitexport.export.runners import feeds
     from vitexport.export.tensorrt import EngineRunner, tensorrt_environment
 
     tensorrt_environment()  # raises the one-line reason where there is no TensorRT or GPU
@@ -226,7 +280,7 @@ def _tensorrt_runner(spec: RunnerSpec) -> Runner:
     run = EngineRunner(trt, engine, device)  # one context and reused buffers across the timed calls
 
     def infer(batch: np.ndarray) -> np.ndarray:
-        return run({artifact.input_name: batch})[name]
+        return run(feeds(artifact, batch, None))[name]
 
     return _Callable(spec.backend.value, artifact.precision, infer)
 

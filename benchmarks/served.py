@@ -44,12 +44,14 @@ def load_generator(
     s: ServedSettings,
     input_name: str = "pixel_values",
     windows: int = 3,
+    mask_name: str | None = None,
 ) -> dict[str, Any]:
     """perf_analyzer's measurement without it: `concurrency` threads, each with its own client, sending one
     request after another; a warm-up, then `windows` windows; the median window's throughput."""
     from vitexport.serving.client import connect
 
     x = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size), dtype=np.float32)
+    mask = np.ones((1, img_size, img_size), dtype=np.int64)  # a detector's: the whole canvas is image
     stop = threading.Event()
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors: list[str] = []
@@ -58,10 +60,14 @@ def load_generator(
         client, module = connect(url, protocol)
         tensor = module.InferInput(input_name, list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
+        tensors = [tensor]
+        if mask_name is not None:
+            tensors.append(module.InferInput(mask_name, list(mask.shape), "INT64"))
+            tensors[-1].set_data_from_numpy(mask)
         while not stop.is_set():
             t = time.perf_counter()
             try:
-                client.infer(model, [tensor])
+                client.infer(model, tensors)
             except Exception as e:
                 errors.append(first_line(e))
                 return
@@ -141,6 +147,21 @@ def serve_and_measure(
 
 def _measure(urls, name, artifact, protocols, settings, progress) -> dict[str, dict[int, dict[str, Any]]]:
     tool = find_perf_analyzer()
+    with tempfile.TemporaryDirectory(prefix="vitexport-pa-data-") as data:
+        input_data = _detector_inputs(Path(data), artifact) if artifact.mask_name else None
+        return _measure_points(tool, urls, name, artifact, protocols, settings, progress, input_data)
+
+
+def _detector_inputs(folder: Path, artifact) -> Path:
+    """perf_analyzer's input folder for a detector: one raw file per input, named after it. Zero images as for the
+    classifiers, but an all-ones mask: perf_analyzer's zeros would mark the whole canvas as padding."""
+    size = artifact.preprocess.input_size
+    (folder / artifact.input_name).write_bytes(np.zeros((3, size, size), np.float32).tobytes())
+    (folder / artifact.mask_name).write_bytes(np.ones((size, size), np.int64).tobytes())
+    return folder
+
+
+def _measure_points(tool, urls, name, artifact, protocols, settings, progress, input_data):
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for protocol in protocols:
         results[protocol] = {}
@@ -159,6 +180,7 @@ def _measure(urls, name, artifact, protocols, settings, progress) -> dict[str, d
                         stability_percent=settings.stability,
                         max_trials=settings.max_trials,
                         timeout_s=600,
+                        input_data=input_data,
                     )
                     if not point["stable"]:  # the load generator measures what perf_analyzer could not settle
                         raise ServingError("its measurement windows never agreed within the stability bound")
@@ -168,7 +190,9 @@ def _measure(urls, name, artifact, protocols, settings, progress) -> dict[str, d
                     fallback_reason = f"perf_analyzer: {note}"
             if point is None:
                 size = artifact.preprocess.input_size
-                point = load_generator(urls[protocol], name, protocol, c, size, settings, artifact.input_name)
+                point = load_generator(
+                    urls[protocol], name, protocol, c, size, settings, artifact.input_name, mask_name=artifact.mask_name
+                )
                 if tool is not None:
                     point["note"] = fallback_reason
             point["load_average"] = round(os.getloadavg()[0], 2)

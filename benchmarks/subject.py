@@ -1,5 +1,6 @@
 """What one model's rows measure: a registered model (exported here, with its PyTorch peers) or an ONNX artifact by
-its file (an `vitexport import`ed classifier, or any `vitexport onnx` export), which has no PyTorch peers."""
+its file (an `vitexport import`ed classifier, or any `vitexport onnx` export), which has no PyTorch peers. A detector
+(DETR) is measured as a classifier is, in images per second, its padding mask all ones (a full canvas)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class Subject:
     params: int | None
     img_size: int
     macs: int | None  # per image; None where the graph's shapes could not be inferred
+    task: str = "classification"  # or "detection"
     artifact: Path | None = None  # the fp32 ONNX artifact for a file; None: a registered model, exported here
 
     @property
@@ -30,13 +32,11 @@ def subject(model_or_file: str) -> Subject:
 
     if not looks_like_a_file(model_or_file):
         spec = get_spec(model_or_file)
-        _classifier(spec.name, spec.task)
-        return Subject(spec.name, spec.family, spec.num_params, spec.img_size, spec.macs())
+        return Subject(spec.name, spec.family, spec.num_params, spec.img_size, spec.macs(), spec.task)
     from vitexport.artifacts import load_artifact
     from vitexport.export.onnx_macs import onnx_macs, onnx_params
 
     artifact = load_artifact(model_or_file)
-    _classifier(artifact.path.name, artifact.task)
     if artifact.format != "onnx" or str(artifact.precision) != "fp32":
         raise VitExportError(
             f"bench takes a registered model or an fp32 ONNX artifact (it builds the variants itself); "
@@ -45,11 +45,4 @@ def subject(model_or_file: str) -> Subject:
     size = artifact.preprocess.input_size
     macs = onnx_macs(artifact.path, artifact.input_name, size)
     family = artifact.family or "imported"
-    return Subject(artifact.model, family, onnx_params(artifact.path), size, macs, artifact.path)
-
-
-def _classifier(name: str, task: str) -> None:
-    # The runners feed one image tensor and count images per second of classification; a detector's rows (its mask
-    # input, DETR's paper table) are issue 13's last step.
-    if task != "classification":
-        raise VitExportError(f"bench measures classifiers; {name} is a {task} model (its rows are not built yet)")
+    return Subject(artifact.model, family, onnx_params(artifact.path), size, macs, artifact.task, artifact.path)

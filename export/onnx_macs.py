@@ -24,9 +24,13 @@ def onnx_macs(path: str | Path, input_name: str, size: int) -> int | None:
 
     model = onnx.load(str(path), load_external_data=False)
     for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
         if value.name == input_name:
-            dims = value.type.tensor_type.shape.dim
-            for dim, fixed in zip(dims, (1, 3, size, size), strict=False):
+            fixed_dims = (1, 3, size, size)
+        else:  # another input (a detector's mask): batch 1, the image's size on its other dynamic dims
+            fixed_dims = tuple(1 if i == 0 else size for i in range(len(dims)))
+        for dim, fixed in zip(dims, fixed_dims, strict=False):
+            if dim.HasField("dim_param") or dim.dim_value == 0:
                 dim.ClearField("dim_param")
                 dim.dim_value = fixed
     try:

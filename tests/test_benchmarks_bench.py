@@ -150,3 +150,20 @@ def test_served_variant_is_what_deploy_would_choose(tmp_path):
     fallback = _served_variant(ungated, paths, [B.triton_grpc])
     assert (fallback["backend"], fallback["gated"]) == ("onnxruntime", False)
     assert "no gated variant" in fallback["chosen"]
+
+
+def test_a_detector_is_measured_with_its_mask_beside_its_own_reference_peers(tmp_path):
+    """DETR's rows: the runtimes feed its mask (a full canvas), timm (no detectors) gets no row, and transformers
+    (the detectors' reference) is recorded as skipped for the tiny test config, which it has no equivalent of."""
+    args = ["bench", "test_detr", "--quick", "--no-gemm", "--batch-sizes", "2", "--output", str(tmp_path / "r")]
+    args += ["--backends", "torch,timm,transformers,onnxruntime-plain,openvino-plain", "--workdir", str(tmp_path / "w")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = json.loads((tmp_path / "r" / "bench-quick.json").read_text())["models"]["test_detr"]
+    assert model["task"] == "detection" and model["gflop_per_image"] > 0
+    assert set(model["in_process"]) == {"torch", "transformers", "onnxruntime-plain", "openvino-plain"}
+    for backend in ("torch", "onnxruntime-plain", "openvino-plain"):
+        assert model["in_process"][backend]["status"] == "ok", model["in_process"][backend]
+        assert set(model["in_process"][backend]["batches"]) == {"2"}
+    skipped = model["in_process"]["transformers"]
+    assert skipped["status"] == "skipped" and "no transformers DETR equivalent" in skipped["reason"]

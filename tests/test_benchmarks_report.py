@@ -3,7 +3,7 @@ to beat it, and the DeiT-paper table's ratios. The figures are inputs here, not 
 
 from __future__ import annotations
 
-from vitexport.bench.report import markdown, paper_table, swin_table, swin_table_notes, verdicts
+from vitexport.bench.report import detr_table, markdown, paper_table, swin_table, swin_table_notes, verdicts
 
 
 def _entry(rate: float, *, peer: bool, gated: bool = True) -> dict:
@@ -137,3 +137,33 @@ def test_swin_table_markdown_has_its_columns_and_says_where_it_differs():
 def test_runs_without_any_swin_table_model_have_no_swin_section():
     result = _result({"resnet50": {"onnxruntime": _entry(60, peer=False)}})
     assert "Swin paper" not in markdown(result, {})
+
+
+def _detr_entry(rate: float, *, peer: bool) -> dict:
+    entry = _entry(rate, peer=peer)
+    entry["batches"] = {"1": entry["batches"]["8"]}
+    return entry
+
+
+def test_detr_table_is_at_batch_1_with_ratios_to_detr_r50_and_no_deit_rows():
+    result = _result(
+        {
+            "detr_resnet50": {"onnxruntime": _detr_entry(0.5, peer=False), "torch": _detr_entry(0.4, peer=True)},
+            "detr_resnet101": {"onnxruntime": _detr_entry(0.3, peer=False), "torch": _detr_entry(0.25, peer=True)},
+        }
+    )
+    for name, gflop in (("detr_resnet50", 120.4), ("detr_resnet101", 215.0)):
+        result["models"][name] |= {"task": "detection", "gflop_per_image": gflop}
+    result["paper_table"] = paper_table(result)
+    rows = {r["model"]: r for r in detr_table(result)}
+    r101 = rows["DETR-R101"]
+    assert r101["batch_size"] == 1 and r101["best_ratio_to_detr_r50"] == 0.6
+    assert (r101["same_backend"], r101["same_backend_ratio_to_detr_r50"]) == ("onnxruntime", 0.6)
+    assert r101["paper_ratio_to_detr_r50"] == round(20 / 28, 4)
+    assert (r101["paper_gflops"], r101["gflop_per_image"]) == (152, 215.0)
+    assert rows["Faster RCNN-FPN R50"]["measured"] is False  # the paper's row, kept so the table keeps its form
+    # The DeiT table is for classifiers: a run of detectors measures none of its rows and shows no DeiT section.
+    assert all(r.get("measured") is False for r in result["paper_table"])
+    page = markdown(result, {})
+    assert "DETR paper's Table 1" in page and "DeiT paper" not in page
+    assert "| DETR-R101 | 5.0M | 224² | 0.3 (onnxruntime) | 0.60 |" in page
