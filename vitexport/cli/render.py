@@ -163,9 +163,10 @@ def draw_detections(image: Any, found: list[Any], output: Any) -> None:
         x0, y0, x1, y1 = d.box
         pen.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), outline=colour, width=width)
         text = f"{d.label} {d.score:.2f}"
-        left, top, right, bottom = pen.textbbox((x0, y0), text)
-        pen.rectangle((left, top, right, bottom), fill=colour)
-        pen.text((x0, y0), text, fill="white")
+        # Inside the picture even when the box reaches past its edge (DETR's boxes may).
+        corner = (min(max(min(x0, x1), 0), picture.width - 1), min(max(min(y0, y1), 0), picture.height - 1))
+        pen.rectangle(pen.textbbox(corner, text), fill=colour)
+        pen.text(corner, text, fill="white")
     try:
         picture.save(output)
     except (OSError, ValueError) as e:  # ValueError: a suffix Pillow has no format for
