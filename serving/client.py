@@ -5,6 +5,8 @@ plain classifier (pixels in): for the latter the images are preprocessed here, f
 config the repository wrote into the model's parameters, and labels come from Triton's classification extension.
 Models exported with `--head features` answer with an embedding instead: `embed` asks them (ensemble or plain
 model alike), `classify` refuses them in one line, and `predict` (the CLI's `infer`) takes whichever the model is.
+Detectors (DETR) answer with boxes: `detect` asks their `_image` ensemble, with the score threshold and top-k as
+request parameters; a model's config (its `vitexport_task` parameter) says it is one, not its name.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from vitexport.errors import ServingError, VitExportError
+from vitexport.postprocess import Detection
 from vitexport.preprocess import PreprocessConfig
 from vitexport.serving import config as cfg
 
@@ -161,8 +164,10 @@ def infer(
     *,
     protocol: Protocol | str = Protocol.http,
     timeout: float = DEFAULT_TIMEOUT,
+    parameters: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
-    """One inference request with numpy inputs (object arrays for strings); returns the named outputs."""
+    """One inference request with numpy inputs (object arrays for strings) and request parameters; returns the
+    named outputs."""
     from tritonclient.utils import np_to_triton_dtype
 
     with connection(url, protocol, timeout=timeout) as (client, module):
@@ -172,7 +177,9 @@ def infer(
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         requested = [module.InferRequestedOutput(name) for name in outputs]
-        options = call_options(protocol, timeout)
+        options: dict[str, Any] = call_options(protocol, timeout)
+        if parameters:
+            options["parameters"] = parameters
         result = _call(
             f"{model} refused the request", timeout, client.infer, model, tensors, outputs=requested, **options
         )
@@ -223,18 +230,82 @@ def predict(
     *,
     protocol: Protocol | str = Protocol.http,
     model: str | None = None,
-    top_k: int = cfg.DEFAULT_TOP_K,
+    top_k: int | None = None,
+    threshold: float | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-) -> list[TopK] | list[np.ndarray]:
-    """What the served model answers for each image: its top-k classes (`classify`) or, for a model returning
-    embeddings, the embedding (`embed`); `top_k` applies to classes only. What `vitexport infer` shows."""
+) -> list[TopK] | list[np.ndarray] | list[list[Detection]]:
+    """What the served model answers for each image: its top-k classes (`classify`), the embedding of a model
+    returning embeddings (`embed`), or a detector's detections (`detect`). `top_k` applies to classes (default 5)
+    and detections (default: the server's), `threshold` to detections only. What `vitexport infer` shows."""
     protocol, data = _check_request(protocol, images, timeout)
     model, config = _served(url, model, protocol, timeout)
+    if cfg.is_detector(config):
+        return _detect(url, model, config, data, protocol, threshold, top_k, timeout)
+    if threshold is not None:
+        raise ServingError(f"{model} is not a detector: a score threshold is for detectors")
     if returns_embeddings(config):
         return _embed(url, model, config, data, protocol, timeout)
+    top_k = cfg.DEFAULT_TOP_K if top_k is None else top_k
     if top_k < 1:
         raise ServingError(f"top-k must be >= 1, got {top_k}")
     return _classify(url, model, config, data, protocol, top_k, timeout)
+
+
+def detect(
+    url: str,
+    images: Sequence[str | Path | bytes],
+    *,
+    protocol: Protocol | str = Protocol.http,
+    threshold: float | None = None,
+    top_k: int | None = None,
+    model: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[list[Detection]]:
+    """The objects a detector's `_image` ensemble finds in each image (file paths or encoded bytes), most confident
+    first, boxes (x0, y0, x1, y1) in the image's own pixels. `threshold` and `top_k` go with the request (None: the
+    repository's defaults, 0.5 and 100 unless `repo` was told otherwise)."""
+    protocol, data = _check_request(protocol, images, timeout)
+    model, config = _served(url, model, protocol, timeout)
+    if not cfg.is_detector(config):
+        raise ServingError(f"{model} is not a detector: use classify(), embed() or `vitexport infer`")
+    return _detect(url, model, config, data, protocol, threshold, top_k, timeout)
+
+
+def _detect(url, model, config, data, protocol, threshold, top_k, timeout) -> list[list[Detection]]:
+    if not _is_ensemble_input(config):  # the plain model's answer needs the post-processing's labels and settings
+        raise ServingError(f"{model} takes pixels and a mask: detect with its _image ensemble")
+    if threshold is not None and not 0 <= threshold < 1:
+        raise ServingError(f"threshold must be in [0, 1), got {threshold}")
+    if top_k is not None and top_k < 1:
+        raise ServingError(f"top-k must be >= 1, got {top_k}")
+    parameters = {k: v for k, v in (("threshold", threshold), ("top_k", top_k)) if v is not None}
+    found: list[list[Detection]] = []
+    step = config.max_batch_size or 1  # more images than the ensemble's max batch go as several requests
+    for i in range(0, len(data), step):
+        images = np.array([[d] for d in data[i : i + step]], dtype=np.object_)  # (B, 1): one encoded image a row
+        boxes, scores, labels, classes, count = infer(
+            url,
+            model,
+            {cfg.IMAGE_INPUT: images},
+            cfg.DETECTION_OUTPUTS,
+            protocol=protocol,
+            timeout=timeout,
+            parameters=parameters,
+        )
+        for b in range(len(images)):
+            rows = range(int(count[b, 0]))  # the rows after these are padding: another image had more detections
+            found.append(
+                [
+                    Detection(
+                        tuple(float(v) for v in boxes[b, j]),
+                        float(scores[b, j]),
+                        int(classes[b, j]),
+                        _text(labels[b, j]),
+                    )
+                    for j in rows
+                ]
+            )
+    return found
 
 
 def returns_embeddings(config: cfg.pb.ModelConfig) -> bool:

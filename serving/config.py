@@ -23,6 +23,15 @@ PIXELS = "pixel_values"
 TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES = "labels", "scores", "indices"
 EMBEDDINGS = "embeddings"  # the one output of a `--head features` export: (N, D) pooled representations
 DEFAULT_TOP_K = 5
+# Detection (DETR): the preprocessing also gives the padding mask and the original (height, width); the ensemble
+# answers boxes (x0, y0, x1, y1 in the original pixels), scores, labels, classes, and `count`, the real detections.
+MASK = "pixel_mask"
+IMAGE_SIZE = "image_size"
+BOXES, SCORES, LABELS, CLASSES, COUNT = "boxes", "scores", "labels", "classes", "count"
+DETECTION_OUTPUTS = (BOXES, SCORES, LABELS, CLASSES, COUNT)
+DEFAULT_THRESHOLD = 0.5  # transformers' post_process_object_detection default
+DEFAULT_DETECTIONS = 100  # top-k detections per image: all of DETR's 100 queries
+TASK = "vitexport_task"  # the parameter that says a model (or ensemble) is a detector: clients read it, not names
 MAX_INSTANCES = 64  # model instances: each a stub process holding its own copy of the model
 
 if TYPE_CHECKING:
@@ -180,10 +189,13 @@ def classifier_config(
         input_dims, output_prefix = [3, S, S], []
         _dynamic_batching(config, batching)
     config.input.add(name=artifact.input_name, data_type=pb.TYPE_FP32, dims=input_dims)
-    for output in artifact.output_names:
-        out = config.output.add(name=output, data_type=pb.TYPE_FP32, dims=[*output_prefix, artifact.num_classes])
-        if labels and not (artifact.head == "features" or returns_embeddings(artifact.output_names)):
-            out.label_filename = labels
+    if artifact.task == "detection":
+        _detector_io(config, artifact, output_prefix)
+    else:
+        for output in artifact.output_names:
+            out = config.output.add(name=output, data_type=pb.TYPE_FP32, dims=[*output_prefix, artifact.num_classes])
+            if labels and not (artifact.head == "features" or returns_embeddings(artifact.output_names)):
+                out.label_filename = labels
     on_gpu = backend in (ServingBackend.onnxruntime, ServingBackend.tensorrt)
     config.instance_group.add(
         count=instances, kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU
@@ -223,7 +235,29 @@ def classifier_config(
         config,
         {"vitexport_model": artifact.model, "vitexport_preprocess": json.dumps(artifact.preprocess.to_dict())},
     )
+    if artifact.task == "detection":
+        _string_parameters(config, {TASK: "detection"})
     return config
+
+
+def _detector_io(config: pb.ModelConfig, artifact: ModelArtifact, batch_prefix: list[int]) -> None:
+    """A DETR export's second input and two outputs: pixel_mask INT64 (S, S) beside pixel_values; logits
+    (Q, classes + 1) and pred_boxes (Q, 4). Q is -1: the sidecar does not record the number of queries, and every
+    backend accepts a variable dimension where the graph has a fixed one. No label_filename: Triton's classification
+    extension ranks a whole output tensor, which for (Q, classes + 1) means nothing; the ensemble labels boxes."""
+    pb = model_config_pb2()
+    S = artifact.preprocess.input_size
+    config.input.add(name=artifact.mask_name, data_type=pb.TYPE_INT64, dims=[*batch_prefix, S, S])
+    if len(artifact.output_names) != 2:
+        raise ServingError(f"a detector returns logits and boxes; {artifact.path.name} has {artifact.output_names}")
+    logits, boxes = artifact.output_names
+    config.output.add(name=logits, data_type=pb.TYPE_FP32, dims=[*batch_prefix, -1, artifact.num_classes + 1])
+    config.output.add(name=boxes, data_type=pb.TYPE_FP32, dims=[*batch_prefix, -1, 4])
+
+
+def is_detector(config: pb.ModelConfig) -> bool:
+    """Whether a served model (a detector, or its `_image` ensemble) detects objects: its config says so."""
+    return parameter(config, TASK) == "detection"
 
 
 def tensorrt_batching(profile: dict[str, int], requested: Batching | None = None) -> Batching:
@@ -239,12 +273,16 @@ def tensorrt_batching(profile: dict[str, int], requested: Batching | None = None
 
 
 def preprocess_config(name: str, preprocess: PreprocessConfig, *, max_batch_size: int, instances: int = 1):
-    """Encoded image bytes -> pixel_values, by vitexport.preprocess.preprocess_image in a Python-backend model."""
+    """Encoded image bytes -> pixel_values, by vitexport.preprocess.preprocess_image in a Python-backend model; for
+    a detector, by preprocess_detection -> pixel_values, pixel_mask and image_size (the original height, width)."""
     pb = model_config_pb2()
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     S = preprocess.input_size
     config.input.add(name=IMAGE_INPUT, data_type=pb.TYPE_STRING, dims=[1])
     config.output.add(name=PIXELS, data_type=pb.TYPE_FP32, dims=[3, S, S])
+    if preprocess.detection:  # vitexport.preprocess.preprocess_detection: the canvas, its mask, the original size
+        config.output.add(name=MASK, data_type=pb.TYPE_INT64, dims=[S, S])
+        config.output.add(name=IMAGE_SIZE, data_type=pb.TYPE_INT64, dims=[2])
     config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     _dynamic_batching(config, Batching(max_batch_size=max_batch_size, max_queue_delay_us=0))
     _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
@@ -264,6 +302,81 @@ def postprocess_config(name: str, *, num_classes: int, top_k: int, max_batch_siz
     config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
     _dynamic_batching(config, Batching(max_batch_size=max_batch_size, max_queue_delay_us=0))
     _string_parameters(config, {"top_k": str(top_k), "labels": LABELS_FILE, "logits": logits})
+    return config
+
+
+def detection_postprocess_config(
+    name: str,
+    *,
+    num_classes: int,
+    max_batch_size: int,
+    threshold: float = DEFAULT_THRESHOLD,
+    top_k: int = DEFAULT_DETECTIONS,
+    logits: str = "logits",
+    boxes: str = "pred_boxes",
+) -> pb.ModelConfig:
+    """logits, pred_boxes and the original size -> the detections above `threshold`, at most `top_k`, by
+    vitexport.postprocess.detections in a Python-backend model; a request's `threshold` and `top_k` parameters
+    override these defaults.
+
+    Images hold different numbers of detections, and a batch is one tensor: the detection outputs have a variable
+    dimension (-1). Each response is as wide as the most detections of any image in its request (Triton 2.51 takes
+    variable output dims, zero wide too, through the ensemble and its dynamic batcher, whose requests each get
+    their own response), the other images' rows padded (score 0, class -1, label ""), and `count` says how many
+    of each image's rows are real. A fixed width (top_k rows always) would send 100 rows where DETR finds 3."""
+    if not 0 <= threshold < 1:
+        raise ServingError(f"the score threshold must be in [0, 1), got {threshold}")
+    if top_k < 1:
+        raise ServingError(f"top-k must be >= 1, got {top_k}")
+    pb = model_config_pb2()
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
+    config.input.add(name=logits, data_type=pb.TYPE_FP32, dims=[-1, num_classes + 1])
+    config.input.add(name=boxes, data_type=pb.TYPE_FP32, dims=[-1, 4])
+    config.input.add(name=IMAGE_SIZE, data_type=pb.TYPE_INT64, dims=[2])
+    _detection_outputs(config)
+    config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
+    _dynamic_batching(config, Batching(max_batch_size=max_batch_size, max_queue_delay_us=0))
+    values = {"threshold": repr(float(threshold)), "top_k": str(top_k), "labels": LABELS_FILE}
+    _string_parameters(config, values | {"logits": logits, "boxes": boxes})
+    return config
+
+
+def _detection_outputs(config: pb.ModelConfig) -> None:
+    pb = model_config_pb2()
+    config.output.add(name=BOXES, data_type=pb.TYPE_FP32, dims=[-1, 4])
+    config.output.add(name=SCORES, data_type=pb.TYPE_FP32, dims=[-1])
+    config.output.add(name=LABELS, data_type=pb.TYPE_STRING, dims=[-1])
+    config.output.add(name=CLASSES, data_type=pb.TYPE_INT64, dims=[-1])
+    config.output.add(name=COUNT, data_type=pb.TYPE_INT64, dims=[1])
+
+
+def detection_ensemble_config(
+    name: str, *, detector: pb.ModelConfig, preprocess: pb.ModelConfig, postprocess: pb.ModelConfig
+) -> pb.ModelConfig:
+    """image bytes -> preprocess (canvas, mask, size) -> detector -> postprocess -> boxes, scores, labels, classes
+    and count, as one model a client calls once."""
+    pb = model_config_pb2()
+    pixels, mask = (i.name for i in detector.input)
+    logits = postprocess.parameters["logits"].string_value
+    boxes = postprocess.parameters["boxes"].string_value
+    config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=detector.max_batch_size)
+    config.input.add(name=IMAGE_INPUT, data_type=pb.TYPE_STRING, dims=[1])
+    _detection_outputs(config)
+    steps = config.ensemble_scheduling.step
+    step = steps.add(model_name=preprocess.name, model_version=-1)  # -1: the latest version of each step
+    step.input_map[IMAGE_INPUT] = IMAGE_INPUT
+    for output, tensor in ((PIXELS, "_pixels"), (MASK, "_mask"), (IMAGE_SIZE, "_size")):
+        step.output_map[output] = tensor
+    step = steps.add(model_name=detector.name, model_version=-1)
+    step.input_map[pixels], step.input_map[mask] = "_pixels", "_mask"
+    step.output_map[logits], step.output_map[boxes] = "_logits", "_boxes"
+    step = steps.add(model_name=postprocess.name, model_version=-1)
+    step.input_map[logits], step.input_map[boxes], step.input_map[IMAGE_SIZE] = "_logits", "_boxes", "_size"
+    for output in DETECTION_OUTPUTS:
+        step.output_map[output] = output
+    _string_parameters(
+        config, {"vitexport_model": detector.parameters["vitexport_model"].string_value, TASK: "detection"}
+    )
     return config
 
 

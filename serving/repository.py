@@ -1,6 +1,8 @@
 """Writes models into a Triton model repository: `<repo>/<name>/config.pbtxt`, `labels.txt` and numbered version
 folders, plus the `<name>_image` ensemble (image bytes -> preprocessing -> classifier -> top-k; for a model that
-returns embeddings, image bytes -> preprocessing -> model -> the embedding, with no labels and no top-k).
+returns embeddings, image bytes -> preprocessing -> model -> the embedding, with no labels and no top-k; for a
+detector, image bytes -> preprocessing (canvas, mask, original size) -> detector -> detections: boxes, scores,
+labels, classes and count).
 
 A version is staged in a hidden folder inside its model folder (same file system; Triton ignores non-numeric
 folders there) and renamed into place, so a server never sees half a version; an existing version is never
@@ -25,10 +27,18 @@ from vitexport.artifacts import ModelArtifact, file_record
 from vitexport.errors import ServingError
 from vitexport.fileio import STAGING_PREFIX, remove_dead_staging, write_atomic
 from vitexport.serving import config as cfg
-from vitexport.serving.backends import CLASSIFIER_MODEL, POSTPROCESS_MODEL, PREPROCESS_MODEL
+from vitexport.serving.backends import (
+    CLASSIFIER_MODEL,
+    DETECTION_POSTPROCESS_MODEL,
+    POSTPROCESS_MODEL,
+    PREPROCESS_MODEL,
+)
 from vitexport.serving.config import Batching, ServingBackend
 
 LABELS_SOURCE = Path(__file__).parent / "labels" / "imagenet1k.txt"
+# DETR's 91 COCO classes by COCO category id ("N/A" where COCO has none): transformers' id2label of
+# facebook/detr-resnet-50.
+COCO91_SOURCE = Path(__file__).parent / "labels" / "coco91.txt"
 # Triton model names become folder names and URL path segments: keep them to a safe, non-hidden alphabet.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 MODEL_FILENAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.plan"}
@@ -54,13 +64,15 @@ def check_name(repo_dir: Path, name: str) -> Path:
     return model_dir
 
 
-def labels_for(num_classes: int, names: tuple[str, ...] | None = None) -> str:
+def labels_for(num_classes: int, names: tuple[str, ...] | None = None, *, task: str = "classification") -> str:
     """One label per class: the artifact's own names (an imported model's --labels), ImageNet-1k's names for
-    1000-class heads, the class index otherwise."""
+    1000-class heads, COCO's for 91-class detectors (DETR's head), the class index otherwise."""
     if names:
         return "".join(f"{n}\n" for n in names)
-    if num_classes == 1000:
+    if num_classes == 1000 and task == "classification":
         return LABELS_SOURCE.read_text()
+    if num_classes == 91 and task == "detection":
+        return COCO91_SOURCE.read_text()
     return "".join(f"class_{i}\n" for i in range(num_classes))
 
 
@@ -87,14 +99,17 @@ def add_model(
     instances: int = 1,
     version: int | None = None,
     ensemble: bool = True,
-    top_k: int = cfg.DEFAULT_TOP_K,
+    top_k: int | None = None,
+    threshold: float | None = None,
     tensorrt_accelerator: bool = False,
     intra_op_threads: int = 0,
     require_gate: bool = True,
 ) -> AddedModel:
     """Add a classifier version (and by default the `<name>_image` ensemble) to a Triton model repository. An
     artifact whose one output is `embeddings` (`--head features`) is written without labels, and its ensemble
-    returns the raw embedding (`top_k` does not apply).
+    returns the raw embedding (`top_k` does not apply). A detector (DETR) is written with its mask input and its
+    ensemble returns detections: `top_k` (default 100) and `threshold` (default 0.5) are its defaults, which
+    requests may override.
 
     The backend defaults to the artifact's format: ONNX and OpenVINO IR to the Python backend models that serve on
     the local Triton, engines to tensorrt_plan.
@@ -107,8 +122,9 @@ def add_model(
     if not artifacts:
         raise ServingError("no model artifact given")
     first = artifacts[0]
-    if first.task != "classification":  # a classifier's config, labels and top-k ensemble would be wrong for it
-        raise ServingError(f"{first.path.name} is a {first.task} model; serving detectors is not built yet")
+    detector = first.task == "detection"
+    if threshold is not None and not detector:
+        raise ServingError(f"a score threshold is for detectors; {first.path.name} is a {first.task} model")
     backend = backend or ServingBackend.for_format(first.format)
     repo_dir = Path(repo_dir)
     name = first.model if name is None else name
@@ -170,28 +186,44 @@ def add_model(
 
     parts: list[tuple[Path, cfg.pb.ModelConfig, dict[str, Path], str | None]] = []
     # A model returning embeddings has no classes: no labels.txt, no top-k step; its ensemble returns the embedding.
-    embeddings = first.head == "features" or cfg.returns_embeddings(first.output_names)
-    labels = None if embeddings else labels_for(first.num_classes, first.labels)
+    embeddings = not detector and (first.head == "features" or cfg.returns_embeddings(first.output_names))
+    labels = None if embeddings else labels_for(first.num_classes, first.labels, task=first.task)
     if backend.runtime:
         files["model.py"] = CLASSIFIER_MODEL
-    parts.append((model_dir, classifier, files, labels))
+    # A detector's labels go with its post-processing only: nothing reads them beside the model (no classification).
+    parts.append((model_dir, classifier, files, None if detector else labels))
     if ensemble:
         if classifier.max_batch_size == 0:
             raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
         pre = cfg.preprocess_config(f"{name}_preprocess", first.preprocess, max_batch_size=classifier.max_batch_size)
         post = None
-        if not embeddings:
+        if detector:
+            post = cfg.detection_postprocess_config(
+                f"{name}_postprocess",
+                num_classes=first.num_classes,
+                max_batch_size=classifier.max_batch_size,
+                threshold=cfg.DEFAULT_THRESHOLD if threshold is None else threshold,
+                top_k=cfg.DEFAULT_DETECTIONS if top_k is None else top_k,
+                logits=first.output_names[0],
+                boxes=first.output_names[1],
+            )
+            image = cfg.detection_ensemble_config(
+                f"{name}_image", detector=classifier, preprocess=pre, postprocess=post
+            )
+        elif not embeddings:
             post = cfg.postprocess_config(
                 f"{name}_postprocess",
                 num_classes=first.num_classes,
-                top_k=top_k,
+                top_k=cfg.DEFAULT_TOP_K if top_k is None else top_k,
                 max_batch_size=classifier.max_batch_size,
                 logits=first.output_names[0],
             )
-        image = cfg.ensemble_config(f"{name}_image", classifier=classifier, preprocess=pre, postprocess=post)
+        if not detector:
+            image = cfg.ensemble_config(f"{name}_image", classifier=classifier, preprocess=pre, postprocess=post)
         parts.append((check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, None))
         if post is not None:
-            parts.append((check_name(repo_dir, post.name), post, {"model.py": POSTPROCESS_MODEL}, labels))
+            backend_file = DETECTION_POSTPROCESS_MODEL if detector else POSTPROCESS_MODEL
+            parts.append((check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
         parts.append((check_name(repo_dir, image.name), image, {}, None))  # an ensemble still needs its version folder
         for part_dir, part, *_ in parts[1:]:
             _check_compatible(part_dir, part)

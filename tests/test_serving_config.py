@@ -54,6 +54,24 @@ def _embeddings_ensemble():
     return cfg.ensemble_config("vit_image", classifier=c, preprocess=pre, postprocess=None)
 
 
+DETR = get_spec("test_detr")
+DETECTOR = artifact(
+    model=DETR.name,
+    preprocess=DETR.preprocess,
+    num_classes=4,
+    output_names=("logits", "pred_boxes"),
+    mask_name="pixel_mask",
+    task="detection",
+)
+
+
+def _detection_parts():
+    c = classifier(ServingBackend.python_onnxruntime, DETECTOR)
+    pre = cfg.preprocess_config("detr_preprocess", DETR.preprocess, max_batch_size=8)
+    post = cfg.detection_postprocess_config("detr_postprocess", num_classes=4, max_batch_size=8, top_k=50)
+    return c, pre, post
+
+
 CASES = {
     "python_onnxruntime": lambda: classifier(ServingBackend.python_onnxruntime, instances=2, intra_op_threads=2),
     "python_openvino": lambda: classifier(ServingBackend.python_openvino),
@@ -85,6 +103,15 @@ CASES = {
     "ensemble": _ensemble,
     "embeddings": lambda: classifier(ServingBackend.python_onnxruntime, EMBEDDINGS),
     "embeddings_ensemble": _embeddings_ensemble,
+    "detector": lambda: _detection_parts()[0],
+    "detection_preprocess": lambda: _detection_parts()[1],
+    "detection_postprocess": lambda: _detection_parts()[2],
+    "detection_ensemble": lambda: cfg.detection_ensemble_config(
+        "detr_image",
+        detector=_detection_parts()[0],
+        preprocess=_detection_parts()[1],
+        postprocess=_detection_parts()[2],
+    ),
 }
 
 
@@ -134,6 +161,50 @@ def test_embeddings_have_no_labels_and_their_ensemble_no_top_k():
     assert dict(ensemble.ensemble_scheduling.step[1].output_map) == {"embeddings": "embeddings"}
     assert cfg.returns_embeddings(["embeddings"]) and not cfg.returns_embeddings(["logits"])
     assert not cfg.returns_embeddings(["logits", "logits_cls", "logits_dist"])
+
+
+def test_a_detector_takes_its_mask_and_its_ensemble_returns_padded_detections_and_a_count():
+    model = cfg.parse((REFERENCES / "detector.pbtxt").read_text())
+    assert [(i.name, i.data_type, list(i.dims)) for i in model.input] == [
+        ("pixel_values", cfg.pb.TYPE_FP32, [3, 96, 96]),
+        ("pixel_mask", cfg.pb.TYPE_INT64, [96, 96]),
+    ]
+    assert [(o.name, list(o.dims), o.label_filename) for o in model.output] == [
+        ("logits", [-1, 5], ""),  # the queries: -1 (the sidecar does not record them); classes + no-object
+        ("pred_boxes", [-1, 4], ""),
+    ]
+    assert cfg.is_detector(model) and not cfg.is_detector(classifier(ServingBackend.python_onnxruntime))
+    pre = cfg.parse((REFERENCES / "detection_preprocess.pbtxt").read_text())
+    assert [(o.name, list(o.dims)) for o in pre.output] == [
+        ("pixel_values", [3, 96, 96]),
+        ("pixel_mask", [96, 96]),
+        ("image_size", [2]),
+    ]
+    post = cfg.parse((REFERENCES / "detection_postprocess.pbtxt").read_text())
+    assert {k: v.string_value for k, v in post.parameters.items()} == {
+        "threshold": "0.5",
+        "top_k": "50",
+        "labels": "labels.txt",
+        "logits": "logits",
+        "boxes": "pred_boxes",
+    }
+    ensemble = cfg.parse((REFERENCES / "detection_ensemble.pbtxt").read_text())
+    assert cfg.is_detector(ensemble) and ensemble.max_batch_size == 8
+    assert [(o.name, o.data_type, list(o.dims)) for o in ensemble.output] == [
+        ("boxes", cfg.pb.TYPE_FP32, [-1, 4]),
+        ("scores", cfg.pb.TYPE_FP32, [-1]),
+        ("labels", cfg.pb.TYPE_STRING, [-1]),
+        ("classes", cfg.pb.TYPE_INT64, [-1]),
+        ("count", cfg.pb.TYPE_INT64, [1]),
+    ]
+    steps = ensemble.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["detr_preprocess", "vit", "detr_postprocess"]
+    assert dict(steps[1].input_map) == {"pixel_values": "_pixels", "pixel_mask": "_mask"}
+    assert dict(steps[2].input_map) == {"logits": "_logits", "pred_boxes": "_boxes", "image_size": "_size"}
+    with pytest.raises(ServingError, match=r"threshold must be in \[0, 1\), got 1"):
+        cfg.detection_postprocess_config("p", num_classes=4, max_batch_size=8, threshold=1)
+    with pytest.raises(ServingError, match="top-k must be >= 1, got 0"):
+        cfg.detection_postprocess_config("p", num_classes=4, max_batch_size=8, top_k=0)
 
 
 def test_parse_rejects_what_triton_would():

@@ -19,7 +19,12 @@ class Detection:
     label: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"box": [round(v, 2) for v in self.box], "score": self.score, "label": self.label}
+        return {
+            "box": [round(v, 2) for v in self.box],
+            "score": self.score,
+            "label": self.label,
+            "class": self.class_index,
+        }
 
 
 def detections(

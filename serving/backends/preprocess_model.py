@@ -1,5 +1,7 @@
 """Triton Python-backend preprocessing: encoded image bytes -> pixel_values, with vitexport's own
-`preprocess_image`, so served images get exactly the pixels that the CLI and the accuracy gate use."""
+`preprocess_image`, so served images get exactly the pixels that the CLI and the accuracy gate use. For a detector
+(the config's preprocessing has `shortest_edge`), `preprocess_detection` -> pixel_values, pixel_mask and the
+original (height, width), in the order of the config's outputs."""
 
 import json
 
@@ -7,14 +9,24 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vitexport.errors import ImageError
-from vitexport.preprocess import PreprocessConfig, preprocess_image
+from vitexport.preprocess import PreprocessConfig, preprocess_detection, preprocess_image
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.cfg = PreprocessConfig.from_dict(json.loads(config["parameters"]["preprocess"]["string_value"]))
-        self.output_name = config["output"][0]["name"]
+        self.output_names = [o["name"] for o in config["output"]]
+
+    def _tensors(self, images: np.ndarray) -> list[np.ndarray]:
+        if not self.cfg.detection:
+            return [np.stack([preprocess_image(bytes(row[0]), self.cfg) for row in images])]
+        inputs = [preprocess_detection(bytes(row[0]), self.cfg) for row in images]
+        return [
+            np.stack([i.pixels for i in inputs]),
+            np.stack([i.mask for i in inputs]),
+            np.array([i.size for i in inputs], dtype=np.int64),
+        ]
 
     def execute(self, requests):
         responses = []
@@ -23,7 +35,7 @@ class TritonPythonModel:
             try:
                 if images.size == 0:
                     raise ImageError("no image in the request")
-                pixels = np.stack([preprocess_image(bytes(row[0]), self.cfg) for row in images])
+                tensors = self._tensors(images)
             except Exception as e:
                 # Any failure fails this request only: raised out of execute, it would fail every request Triton
                 # batched with it. The client's mistakes (undecodable, empty, over a size limit: ImageError) are
@@ -34,5 +46,6 @@ class TritonPythonModel:
                     error = pb_utils.TritonError(f"cannot preprocess image: {type(e).__name__}")
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, pixels)]))
+            outputs = [pb_utils.Tensor(name, t) for name, t in zip(self.output_names, tensors, strict=True)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
         return responses

@@ -1,5 +1,5 @@
-"""The tables the commands print: one rendering each for drift reports, the accuracy gate, op counts, engines and
-embeddings."""
+"""The tables the commands print: one rendering each for drift reports, the accuracy gate, op counts, engines,
+embeddings and detections (and the picture `infer --draw` writes)."""
 
 from __future__ import annotations
 
@@ -123,3 +123,51 @@ def embeddings_table(images: list[Any], vectors: list[Any]) -> None:
         more = ", ..." if summary["size"] > FIRST_VALUES else ""
         rows.append([str(image), summary["size"], f"{summary['norm']:.4f}", first + more])
     print_table(None, ["image", "size", "L2 norm", "first values"], rows)
+
+
+def detections_json(images: list[Any], results: list[list[Any]]) -> list[dict[str, Any]] | list[list[Any]]:
+    """`infer --json` of a detector: one image's detections as a list of {box, score, label, class}; several
+    images as one {image, detections} each."""
+    if len(images) == 1:
+        return [d.to_dict() for d in results[0]]
+    return [{"image": str(i), "detections": [d.to_dict() for d in r]} for i, r in zip(images, results, strict=True)]
+
+
+def detections_table(images: list[Any], results: list[list[Any]]) -> None:
+    """One row per detection: the label, its score and its box in the image's pixels."""
+    rows = []
+    for image, found in zip(images, results, strict=True):
+        if not found:
+            rows.append([str(image), "(nothing above the threshold)", "", "", "", "", ""])
+        for rank, d in enumerate(found):
+            rows.append([str(image) if rank == 0 else "", d.label, f"{d.score:.4f}", *(f"{v:.1f}" for v in d.box)])
+    print_table(None, ["image", "label", "score", "x0", "y0", "x1", "y1"], rows)
+
+
+def draw_detections(image: Any, found: list[Any], output: Any) -> None:
+    """The image with each box drawn and labelled, written to `output` (its format from the file's suffix)."""
+    from PIL import Image, ImageDraw
+
+    from vitexport.errors import VitExportError
+
+    try:
+        with Image.open(image) as source:
+            picture = source.convert("RGB")
+    except OSError as e:
+        raise VitExportError(f"cannot read {image} to draw on: {e}") from None
+    pen = ImageDraw.Draw(picture)
+    width = max(2, round(max(picture.size) / 300))  # visible on a large photograph, not a smear on a small one
+    colours = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c")
+    for d in found:
+        colour = colours[d.class_index % len(colours)]
+        x0, y0, x1, y1 = d.box
+        pen.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), outline=colour, width=width)
+        text = f"{d.label} {d.score:.2f}"
+        # Inside the picture even when the box reaches past its edge (DETR's boxes may).
+        corner = (min(max(min(x0, x1), 0), picture.width - 1), min(max(min(y0, y1), 0), picture.height - 1))
+        pen.rectangle(pen.textbbox(corner, text), fill=colour)
+        pen.text(corner, text, fill="white")
+    try:
+        picture.save(output)
+    except (OSError, ValueError) as e:  # ValueError: a suffix Pillow has no format for
+        raise VitExportError(f"cannot write {output}: {getattr(e, 'strerror', None) or e}") from None

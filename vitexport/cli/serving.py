@@ -40,7 +40,10 @@ def repo(
     ensemble: Annotated[
         bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> top-k, or -> the embedding).")
     ] = True,
-    top_k: Annotated[int, typer.Option(help="Classes the image ensemble returns (classifiers).")] = 5,
+    top_k: Annotated[
+        int | None, typer.Option(help="Classes the image ensemble returns (default 5); detectors: at most (100).")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="Detectors: default score threshold (0.5).")] = None,
     ort_trt_fp16: Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -73,6 +76,7 @@ def repo(
             version=version,
             ensemble=ensemble,
             top_k=top_k,
+            threshold=threshold,
             tensorrt_accelerator=ort_trt_fp16,
         )
         configs = scan(repo_dir)
@@ -165,17 +169,43 @@ def infer(
     url: Annotated[str | None, typer.Option(help="Server (default: localhost:8000 (http), :8001 (grpc)).")] = None,
     protocol: Annotated[Protocol, typer.Option(help="http or grpc.")] = Protocol.http,
     model: Annotated[str | None, typer.Option(help="Served model (default: the one NAME_image ensemble).")] = None,
-    top_k: Annotated[int, typer.Option(help="Classes per image.")] = 5,
+    top_k: Annotated[
+        int | None, typer.Option(help="Classes per image (default 5); detectors: at most this many boxes.")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Detectors: lowest score shown (default: the server's, 0.5).")
+    ] = None,
+    draw: Annotated[
+        Path | None, typer.Option(help="Detectors: write the image with its boxes and labels drawn (one image).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server at each step.")] = 60.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Classify images on a running Triton server and print labels and scores; for a model exported with
-    --head features, print each embedding's size and L2 norm (--json: the whole vector)."""
+    --head features, print each embedding's size and L2 norm (--json: the whole vector); for a detector (DETR),
+    print its boxes in the image's pixels (--draw: the picture with them)."""
     with user_errors():
         from vitexport.serving.client import TopK, predict
 
+        if draw is not None and len(images) != 1:
+            raise VitExportError(f"--draw writes one picture: give one image, not {len(images)}")
         server = url or protocol.default_url
-        results = predict(server, images, protocol=protocol, model=model, top_k=top_k, timeout=timeout)
+        results = predict(
+            server, images, protocol=protocol, model=model, top_k=top_k, threshold=threshold, timeout=timeout
+        )
+        detector = isinstance(results[0], list)
+        if draw is not None and not detector:
+            raise VitExportError("--draw is for detectors; this model answers classes or embeddings")
+        if detector:
+            from vitexport.cli.render import detections_json, detections_table, draw_detections
+
+            if draw is not None:
+                draw_detections(images[0], results[0], draw)
+            if as_json:
+                print_json(detections_json(images, results))
+            else:
+                detections_table(images, results)
+            return
     if not isinstance(results[0], TopK):  # a model exported with --head features: one embedding per image
         from vitexport.cli.render import embedding_summary, embeddings_table
 
