@@ -299,16 +299,6 @@ def test_stages_without_a_detection_path_refuse_detectors_in_one_line(detr_expor
         optimize(artifact, output=tmp_path / "int8.onnx")
     with pytest.raises(VitExportError, match="test_detr is a detector; the accuracy gate grades classifiers"):
         reference_for(artifact, str(artifact.path))
-    # A classifier's repository entry (labels, top-k ensemble) would be wrong for it: refused.
-    from typer.testing import CliRunner
-
-    from vitexport.cli import app
-
-    for args, message in (
-        (["repo", str(artifact.path), "--repo", str(tmp_path / "repo")], "is a detection model; serving detectors"),
-    ):
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 1 and message in result.output and len(result.output.splitlines()) == 1, args
 
 
 def test_hugging_face_detr_resnet101_maps_onto_ours(transformers):
