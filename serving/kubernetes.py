@@ -15,6 +15,7 @@ as `vitexport serve` keeps it closed.
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 import sys
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class ServedModel:
     k8s_name: str
     models: tuple[str, ...]  # every Triton model its server loads: the entry points and their ensembles' steps
     gpu: bool  # holds a model that runs on a GPU (a TensorRT engine, ONNX Runtime's GPU backend)
+    configs_sha256: str = ""  # of its models' config.pbtxt files (configs_sha256)
 
 
 @dataclass(frozen=True)
@@ -162,12 +164,20 @@ def served_models(repo_dir: Path) -> list[ServedModel]:
         entries = sorted(m for m in members if m not in steps) + [name] * (name in steps)
         models = tuple(with_steps(sorted(set(entries)), configs))
         gpu = any(g.kind == g.KIND_GPU for m in models for g in configs[m].instance_group)
-        out.append(ServedModel(name, k8s_name(name), models, gpu))
+        out.append(ServedModel(name, k8s_name(name), models, gpu, configs_sha256(repo_dir, models)))
     names = [s.k8s_name for s in out]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise KubernetesError(f"models of {repo_dir} share the Kubernetes name {clash[0]}; rename one with --name")
     return sorted(out, key=lambda s: s.name)
+
+
+def configs_sha256(repo_dir: Path, models: tuple[str, ...] | list[str]) -> str:
+    """One hash of the models' config.pbtxt files (name and bytes, by name): the same on the uploaded copy."""
+    digest = hashlib.sha256()
+    for model in sorted(models):
+        digest.update(f"{model}\0".encode() + (Path(repo_dir) / model / "config.pbtxt").read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def manifests(repo_dir: str | Path, settings: K8sSettings) -> Manifests:
@@ -297,6 +307,8 @@ def inference_service(served: ServedModel, settings: K8sSettings) -> dict:
                 "prometheus.io/port": str(METRICS_PORT),
                 "prometheus.io/path": "/metrics",
                 "vitexport/triton-models": ",".join(served.models),
+                # What the uploaded repository must hold: these models' config.pbtxt files, as written here.
+                "vitexport/configs-sha256": served.configs_sha256,
             },
         },
         "spec": {
