@@ -34,6 +34,10 @@ class ServingError(VitExportError):
     """A Triton repository, server or client problem: bad repository name, unreachable server, refused request."""
 
 
+class KubernetesError(ServingError):
+    """Manifests that cannot be written as asked: a value Kubernetes would refuse, a model not in the repository."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message, or its type's name when it has none: libraries (onnx, OpenVINO,
     TensorRT, torch) raise messages of many lines, and a user gets one."""

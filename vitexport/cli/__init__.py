@@ -10,7 +10,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from vitexport.cli import bench, deploy, export, models, serving
+from vitexport.cli import bench, deploy, export, k8s, models, serving
 
 
 class OneLineErrors(TyperGroup):
@@ -54,6 +54,7 @@ for command in (
     serving.serve,
     serving.infer,
     deploy.deploy,
+    k8s.k8s,
     export.optimize,
     export.validate,
     bench.bench,
