@@ -260,9 +260,11 @@ def _detector_io(artifact: ModelArtifact, model) -> tuple[tuple, tuple, tuple]:
 def gate(candidate: ModelArtifact, reference: Run, images: ImageSet | None, precision: str | None = None):
     """The accuracy gate of `candidate` against its fp32 reference (a runner of the fp32 ONNX or PyTorch model), by
     the budget of `precision` (default: the candidate's): a classifier's (gate.py) or a detector's
-    (detection_gate.py). The `validate` command calls this too. ORT's spinning is off: two runtimes share the
-    process."""
-    grade = evaluate_detection if candidate.task == "detection" else evaluate
+    (detection_gate.py). The `validate` command calls this too. A detector given no images is graded on
+    scikit-image's photographs. ORT's spinning is off: two runtimes share the process."""
+    detector = candidate.task == "detection"
+    images = gate_photos(candidate.preprocess) if detector and images is None else images
+    grade = evaluate_detection if detector else evaluate
     return grade(
         load_runner(candidate, spinning=False),
         reference,

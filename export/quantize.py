@@ -33,6 +33,10 @@ def is_convnet(family: str) -> bool:
 
 
 def default_method(family: str) -> QuantMethod:
+    # DETR: static. Its ResNet backbone is most of its work, and dynamic quantization leaves every Conv in FP32
+    # (detr_resnet50 on a 384 px canvas: static Q/DQ 656 ms, dynamic 1155 ms, fp32 1079 ms; docs/optimize.md).
+    if family == "detr":
+        return QuantMethod.static
     # MobileViT stays dynamic although mostly convolutional: on an AVX2-only EPYC (no VNNI) static Q/DQ of
     # mobilevit_xxs ran slower than fp32 (5.3 vs 6.1 img/s at batch 8), dynamic at 10.4 (docs/optimize.md).
     return QuantMethod.static if is_convnet(family) else QuantMethod.dynamic
