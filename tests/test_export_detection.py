@@ -30,7 +30,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def detr(tmp_path_factory):
-    return export_onnx("test_detr", tmp_path_factory.mktemp("detr") / "detr.onnx")
+    # Unvalidated: test_vitexport_detr.py checks the export against PyTorch; this is the gate's fp32 reference.
+    return export_onnx("test_detr", tmp_path_factory.mktemp("detr") / "detr.onnx", validate=False)
 
 
 @pytest.fixture(scope="module")
