@@ -60,7 +60,21 @@ def to_fp16(model: onnx.ModelProto, *, io_type: IOType = IOType.fp32) -> onnx.Mo
         except Exception as e:
             raise ExportError(f"FP16 conversion failed: {first_line(e)}") from e
     _pin_attention_softmax(half)
+    _retarget_float_casts(half)
     return half
+
+
+def _retarget_float_casts(model: onnx.ModelProto) -> None:
+    """Make the graph's own Casts to FLOAT (DETR's int64 pixel mask made float) cast to FLOAT16 where the converter
+    turned their output into FLOAT16: it retypes the tensor but leaves the Cast's `to`, which onnx.checker rejects."""
+    import onnx
+
+    half = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.output[0] in half:
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == onnx.TensorProto.FLOAT:
+                    attr.i = onnx.TensorProto.FLOAT16
 
 
 def _pin_attention_softmax(model: onnx.ModelProto) -> None:

@@ -1,11 +1,12 @@
 """The accuracy gate: an optimized variant against its fp32 reference, on random inputs and real images, and on a
 labelled ImageFolder-style directory also top-1/top-5 accuracy. Budgets come from vitexport.export.validate.TOLERANCES;
-every failed check is collected into one ValidationError.
+every failed check is collected into one ValidationError. The image folders are read here for detectors too (their
+canvas and masks); a detector's gate is export/detection_gate.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -14,13 +15,14 @@ import numpy as np
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ValidationError, VitExportError
 from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, compare
-from vitexport.preprocess import PreprocessConfig
+from vitexport.preprocess import DetectionInput, PreprocessConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 RANDOM_BATCHES = (1, 4)
 EVAL_BATCH = 32
 
-Run = Callable[[np.ndarray], list[np.ndarray]]  # (B,3,S,S) float32 -> float32 logits per output
+# (B,3,S,S) float32 [, a detector's (B,S,S) mask] -> float32 outputs
+Run = Callable[..., list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,18 @@ class ImageSet:
     images: np.ndarray  # (N, 3, S, S) float32, preprocessed
     labels: np.ndarray | None  # (N,) class indices of an ImageFolder layout; None for a flat folder
     classes: tuple[str, ...] = ()
+    masks: np.ndarray | None = None  # a detector's (N, S, S) int64 pixel masks (1 = image, 0 = canvas padding)
+
+    @classmethod
+    def of_detections(cls, inputs: Sequence[DetectionInput]) -> ImageSet:
+        return cls(np.stack([i.pixels for i in inputs]), None, masks=np.stack([i.mask for i in inputs]))
 
 
 def load_image_folder(folder: str | Path, cfg: PreprocessConfig, *, limit: int | None = None) -> ImageSet:
-    """Images of a folder, preprocessed by the model's config. With one subfolder per class (torchvision's
-    ImageFolder: classes in sorted name order) the images are labelled; images directly in the folder are not."""
-    from vitexport.preprocess import load_images
+    """Images of a folder, preprocessed by the model's config (a detector's: onto its canvas, with masks). With one
+    subfolder per class (torchvision's ImageFolder: classes in sorted name order) the images are labelled; images
+    directly in the folder are not."""
+    from vitexport.preprocess import load_images, preprocess_detection
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -48,9 +56,11 @@ def load_image_folder(folder: str | Path, cfg: PreprocessConfig, *, limit: int |
     if limit is not None and len(files) > limit:
         # An even spread over the sorted list, so that every class of an ImageFolder stays represented.
         files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
-    images = load_images([f for f, _ in files], cfg)
     labels = np.array([label for _, label in files]) if classes else None
-    return ImageSet(images, labels, classes)
+    if cfg.detection:
+        detected = ImageSet.of_detections([preprocess_detection(f, cfg) for f, _ in files])
+        return replace(detected, labels=labels, classes=classes)
+    return ImageSet(load_images([f for f, _ in files], cfg), labels, classes)
 
 
 def hold_out(images: ImageSet, every: int) -> tuple[ImageSet, ImageSet]:
@@ -59,9 +69,10 @@ def hold_out(images: ImageSet, every: int) -> tuple[ImageSet, ImageSet]:
     held = np.zeros(len(images.images), dtype=bool)
     held[::every] = True
 
-    def part(mask: np.ndarray) -> ImageSet:
-        labels = None if images.labels is None else images.labels[mask]
-        return ImageSet(images.images[mask], labels, images.classes)
+    def part(keep: np.ndarray) -> ImageSet:
+        labels = None if images.labels is None else images.labels[keep]
+        masks = None if images.masks is None else images.masks[keep]
+        return ImageSet(images.images[keep], labels, images.classes, masks)
 
     return part(held), part(~held)
 
@@ -177,21 +188,26 @@ def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) 
     return Accuracy(len(labels), topk(reference, 1), topk(reference, 5), topk(candidate, 1), topk(candidate, 5))
 
 
-def torch_reference(name: str, checkpoint: str | Path, output_names: tuple[str, ...] = ("logits",)) -> Run:
-    """The fp32 PyTorch model as a reference runner, on the same weights the candidate was exported from."""
+def torch_reference(
+    name: str, checkpoint: str | Path, output_names: tuple[str, ...] = ("logits",), *, img_size: int | None = None
+) -> Run:
+    """The fp32 PyTorch model as a reference runner, on the same weights the candidate was exported from (a
+    detector's takes its masks too)."""
     import torch
 
     from vitexport.export.onnx import _ExportHeads
     from vitexport.models import create_model
 
     head = "features" if output_names == ("embeddings",) else "logits"
-    model = create_model(name, checkpoint=str(checkpoint), head=head)
+    model = create_model(name, checkpoint=str(checkpoint), head=head, img_size=img_size)
     if len(output_names) == 3:  # `--heads all`: average, class head, distillation head
         model = _ExportHeads(model).eval()
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
+    def run(x: np.ndarray, mask: np.ndarray | None = None) -> list[np.ndarray]:
+        inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
+        inputs += [] if mask is None else [torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))]
         with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            out = model(*inputs)
         return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
     return run
@@ -207,8 +223,6 @@ def reference_for(candidate: ModelArtifact, reference: str, checkpoint: str | Pa
     from vitexport.models import get_spec
     from vitexport.weights import sha256_file
 
-    if candidate.task == "detection":  # its inputs take a mask and its outputs are per query: not a classifier's gate
-        raise VitExportError(f"{candidate.model} is a detector; the accuracy gate grades classifiers only so far")
     if looks_like_a_file(reference):
         if checkpoint is not None:
             raise VitExportError("--checkpoint applies to a registered --reference model, not to a file")
@@ -232,7 +246,8 @@ def reference_for(candidate: ModelArtifact, reference: str, checkpoint: str | Pa
     spec = get_spec(reference)
     if spec.name != get_spec(candidate.model).name:
         raise VitExportError(f"{candidate.path} is a {candidate.model}, not a {reference}")
-    if spec.img_size != candidate.preprocess.input_size:
+    detector = candidate.task == "detection"  # its canvas is any size: nothing of the model is resampled for it
+    if spec.img_size != candidate.preprocess.input_size and not detector:
         # The PyTorch reference is built at the registered size; the candidate's export resampled it.
         raise VitExportError(
             f"{candidate.path} takes {candidate.preprocess.input_size}px inputs, {spec.name} {spec.img_size}px: "
@@ -243,4 +258,5 @@ def reference_for(candidate: ModelArtifact, reference: str, checkpoint: str | Pa
         raise VitExportError("a registered --reference model needs --checkpoint with the candidate's weights")
     if candidate.checkpoint_sha256 and sha256_file(checkpoint) != candidate.checkpoint_sha256:
         raise VitExportError(f"{checkpoint} is not the checkpoint {candidate.path} was exported from")
-    return torch_reference(reference, checkpoint, candidate.output_names)
+    size = candidate.preprocess.input_size if detector else None
+    return torch_reference(reference, checkpoint, candidate.output_names, img_size=size)

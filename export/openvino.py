@@ -79,10 +79,19 @@ def int8_recipes(*, transformer: bool) -> tuple[Int8Recipe, ...]:
     return (Int8Recipe("transformer", transformer=True), Int8Recipe("transformer-no-smoothquant", True, False))
 
 
-def quantize_int8(model, calibration: np.ndarray, recipe: Int8Recipe, *, input_name: str, batch_size: int = 1):
+def quantize_int8(
+    model,
+    calibration: np.ndarray,
+    recipe: Int8Recipe,
+    *,
+    input_name: str,
+    masks: np.ndarray | None = None,
+    mask_name: str | None = None,
+    batch_size: int = 1,
+):
     """NNCF post-training quantization (min-max ranges over the calibration images, fast bias correction) by
     `recipe`: for transformers the MIXED preset (symmetric weights, asymmetric activations); PERFORMANCE for
-    convnets."""
+    convnets. A detector's calibration items are dicts of both inputs, its `masks` fed as `mask_name`."""
     try:
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
@@ -91,8 +100,12 @@ def quantize_int8(model, calibration: np.ndarray, recipe: Int8Recipe, *, input_n
     nncf.set_log_level(logging.ERROR)
     if calibration is None or len(calibration) == 0:
         raise ExportError("INT8 post-training quantization needs calibration images: give --calibration DIR")
-    items = [calibration[i : i + batch_size] for i in range(0, len(calibration), batch_size)]
-    dataset = nncf.Dataset(items, lambda x: {input_name: np.ascontiguousarray(x, dtype=np.float32)})
+    items = [
+        {input_name: np.ascontiguousarray(calibration[i : i + batch_size], dtype=np.float32)}
+        | ({} if masks is None or mask_name is None else {mask_name: np.asarray(masks[i : i + batch_size], np.int64)})
+        for i in range(0, len(calibration), batch_size)
+    ]
+    dataset = nncf.Dataset(items)  # each item is the model's inputs by name
     from nncf.quantization.advanced_parameters import OverflowFix
 
     from vitexport.export.cpu import int8_saturates

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vitexport.artifacts import ModelArtifact, Precision, derived, publish
 from vitexport.errors import ArtifactError, ExportError, first_line
 from vitexport.export.cpu import int8_saturates
+from vitexport.export.detection_gate import evaluate_detection, gate_photos
 from vitexport.export.fp16 import IOType, to_fp16
 from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
-from vitexport.export.gate import ImageSet, check_gate, evaluate, hold_out, load_image_folder
+from vitexport.export.gate import ImageSet, Run, check_gate, evaluate, hold_out, load_image_folder
 from vitexport.export.openvino import int8_recipes
 from vitexport.export.options import PROTOBUF_LIMIT, Runtime
 from vitexport.export.quantize import QuantMethod, default_method, is_convnet, quantize_onnx
@@ -80,8 +79,6 @@ def optimize(
             f"optimize starts from an fp32 ONNX artifact; {artifact.path.name} is "
             f"{artifact.format} {artifact.precision}"
         )
-    if artifact.task == "detection":  # its gate compares boxes and per-query classes, which the classifiers' cannot
-        raise ArtifactError(f"{artifact.model} is a detector; optimize has no accuracy gate for detectors yet")
     # The fusion rewriters match the graphs our exporter writes; an imported graph (timm's TorchScript export, Optimum)
     # is fused only when asked, and then fails loudly where nothing matched.
     imported = artifact.family is not None
@@ -131,7 +128,7 @@ def optimize(
             if not validate:
                 break
             progress("accuracy gate")
-            report = gate(variant, artifact, eval_images)
+            report = gate(variant, load_runner(artifact, spinning=False), eval_images)
             if report.passed or i == len(recipes) - 1:
                 check_gate(report)  # the last recipe over budget: one error, and the staged files go
                 variant = variant.with_(validation=report.to_dict())
@@ -168,14 +165,34 @@ def _calibration_and_gate_images(
     validate: bool,
     calibration_limit: int,
     progress: Callable[[str], None],
-) -> tuple[np.ndarray | None, ImageSet | None, str]:
+) -> tuple[ImageSet | None, ImageSet | None, str]:
     """The calibration images, the gate's images, and where the gate's images came from.
 
     The gate never grades a variant on the images that set its quantization ranges: those agree best by
     construction. Without --images, every HOLD_OUT_EVERY-th calibration image is held out for the gate (and more are
     read, so the calibration keeps `calibration_limit`); a calibration folder too small to split leaves the gate its
-    random inputs. A method that calibrates nothing (ORT dynamic INT8) gates on all the calibration images.
+    random inputs. A method that calibrates nothing (ORT dynamic INT8) gates on all the calibration images. A
+    detector left without gate images is gated on scikit-image's photographs (detection_gate.gate_photos): its
+    random-weight outputs on noise say little, and the photographs are in the wheel, offline.
     """
+    gate_set, calib, source = _calibration_and_classifier_gate_images(
+        artifact, calibration, images, needs_calibration, validate, calibration_limit, progress
+    )
+    if artifact.task == "detection" and validate and gate_set is None:
+        gate_set = gate_photos(artifact.preprocess)
+        source = f"scikit-image photographs ({len(gate_set.images)})"
+    return calib, gate_set, source
+
+
+def _calibration_and_classifier_gate_images(
+    artifact: ModelArtifact,
+    calibration: str | Path | None,
+    images: str | Path | None,
+    needs_calibration: bool,
+    validate: bool,
+    calibration_limit: int,
+    progress: Callable[[str], None],
+) -> tuple[ImageSet | None, ImageSet | None, str]:
     preprocess = artifact.preprocess
     if images is not None and validate:
         progress("loading images")
@@ -184,17 +201,17 @@ def _calibration_and_gate_images(
     else:
         gate_set, source = None, "random inputs only"
     if calibration is None or not (needs_calibration or (validate and gate_set is None)):
-        return None, gate_set, source
+        return gate_set, None, source
     progress("loading calibration images")
     split = validate and gate_set is None and needs_calibration
     limit = calibration_limit * HOLD_OUT_EVERY // (HOLD_OUT_EVERY - 1) if split else calibration_limit
     pool = load_image_folder(calibration, preprocess, limit=limit)
     if not needs_calibration:
-        return None, pool, f"calibration folder, not used to calibrate ({len(pool.images)})"
+        return pool, None, f"calibration folder, not used to calibrate ({len(pool.images)})"
     if split and len(pool.images) >= MIN_SPLIT:
         gate_set, pool = hold_out(pool, HOLD_OUT_EVERY)
         source = f"held out of the calibration folder ({len(gate_set.images)})"
-    return pool.images, gate_set, source
+    return gate_set, pool, source
 
 
 def _check_described(artifact: ModelArtifact) -> None:
@@ -208,9 +225,13 @@ def _check_described(artifact: ModelArtifact) -> None:
         model = onnx.load(str(artifact.path), load_external_data=False)
     except Exception as e:
         raise ArtifactError(f"cannot read {artifact.path.name}: {first_line(e)}") from None
-    says = (artifact.input_name, artifact.preprocess.input_size, artifact.output_names[0], artifact.num_classes)
-    found = graph_io(model, artifact.path, artifact.output_names[0])
-    for what, said, is_ in zip(("input", "input size", "output", "output width"), says, found, strict=True):
+    if artifact.task == "detection":
+        checked, says, found = _detector_io(artifact, model)
+    else:
+        checked = ("input", "input size", "output", "output width")
+        says = (artifact.input_name, artifact.preprocess.input_size, artifact.output_names[0], artifact.num_classes)
+        found = graph_io(model, artifact.path, artifact.output_names[0])
+    for what, said, is_ in zip(checked, says, found, strict=True):
         if is_ is not None and said != is_:
             raise ArtifactError(
                 f"{artifact.path.name} does not match its sidecar: {what} {is_}, the sidecar says {said}"
@@ -220,15 +241,34 @@ def _check_described(artifact: ModelArtifact) -> None:
         raise ArtifactError(f"{artifact.path.name} does not match its sidecar: no output {', '.join(sorted(missing))}")
 
 
-def gate(candidate: ModelArtifact, reference: ModelArtifact, images: ImageSet | None):
-    """The accuracy gate of `candidate` against an fp32 ONNX reference (ORT's spinning off: two runtimes share the
-    process)."""
-    cand = load_runner(candidate, spinning=False)
-    ref = load_runner(reference, spinning=False)
-    return evaluate(
-        cand,
-        ref,
-        precision=candidate.precision,
+def _detector_io(artifact: ModelArtifact, model) -> tuple[tuple, tuple, tuple]:
+    """(what is checked, what the sidecar says, what the graph has) of a detector: its two inputs, its canvas and its
+    class count (the logits' width less no-object)."""
+
+    def dims(value_info) -> list[int | None]:
+        return [d.dim_value or None for d in value_info.type.tensor_type.shape.dim]
+
+    inputs = {i.name: dims(i) for i in model.graph.input}
+    outputs = {o.name: dims(o) for o in model.graph.output}
+    image = inputs.get(artifact.input_name, [None] * 4)
+    logits = outputs.get(artifact.output_names[0], [None] * 3)
+    says = (f"{artifact.input_name}, {artifact.mask_name}", artifact.preprocess.input_size, artifact.num_classes)
+    found = (", ".join(inputs), image[-1], logits[-1] - 1 if logits[-1] else None)
+    return ("inputs", "canvas", "classes"), says, found
+
+
+def gate(candidate: ModelArtifact, reference: Run, images: ImageSet | None, precision: str | None = None):
+    """The accuracy gate of `candidate` against its fp32 reference (a runner of the fp32 ONNX or PyTorch model), by
+    the budget of `precision` (default: the candidate's): a classifier's (gate.py) or a detector's
+    (detection_gate.py). The `validate` command calls this too. A detector given no images is graded on
+    scikit-image's photographs. ORT's spinning is off: two runtimes share the process."""
+    detector = candidate.task == "detection"
+    images = gate_photos(candidate.preprocess) if detector and images is None else images
+    grade = evaluate_detection if detector else evaluate
+    return grade(
+        load_runner(candidate, spinning=False),
+        reference,
+        precision=precision or candidate.precision,
         input_size=candidate.preprocess.input_size,
         output_names=candidate.output_names,
         images=images,
@@ -281,7 +321,7 @@ def _onnxruntime_variant(
     io_type: IOType,
     quant_method: QuantMethod | None,
     family: str,
-    calib: np.ndarray | None,
+    calib: ImageSet | None,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     model = _load(artifact.path)
@@ -308,9 +348,18 @@ def _onnxruntime_variant(
         with tempfile.TemporaryDirectory(prefix="vitexport-opt-") as tmp:
             fused = Path(tmp) / "fused.onnx"
             _save_onnx(model, fused)
-            quantize_onnx(fused, output, method=method, input_name=artifact.input_name, calibration=calib)
+            quantize_onnx(
+                fused,
+                output,
+                method=method,
+                input_name=artifact.input_name,
+                calibration=None if calib is None else calib.images,
+                masks=None if calib is None else calib.masks,
+                mask_name=artifact.mask_name,
+            )
             model = _load(output)
-        details["quantization"] = {"method": method.value, "calibration_images": 0 if calib is None else len(calib)}
+        count = 0 if calib is None else len(calib.images)
+        details["quantization"] = {"method": method.value, "calibration_images": count}
         details["quantization"] |= {"weight_bits": 7} if int8_saturates() else {}
     progress("saving and checking the graph")
     _save_onnx(model, output)
@@ -323,7 +372,7 @@ def _openvino_variant(
     output: Path,
     precision: Precision,
     family: str,
-    calib: np.ndarray | None,
+    calib: ImageSet | None,
     recipe,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -335,8 +384,16 @@ def _openvino_variant(
     details: dict[str, Any] = {"runtime": "openvino", "fuse_attention": "none"}
     if precision is Precision.int8:
         progress(f"NNCF post-training quantization ({recipe.name})")
-        model = ovx.quantize_int8(model, calib, recipe, input_name=artifact.input_name)
-        details["quantization"] = {"method": "nncf-ptq", "recipe": recipe.name, "calibration_images": len(calib)}
+        model = ovx.quantize_int8(
+            model,
+            calib.images,
+            recipe,
+            input_name=artifact.input_name,
+            masks=calib.masks,
+            mask_name=artifact.mask_name,
+        )
+        count = len(calib.images)
+        details["quantization"] = {"method": "nncf-ptq", "recipe": recipe.name, "calibration_images": count}
         details["quantization"] |= {"weight_bits": 7} if int8_saturates() else {}
     ovx.save_ir(model, output)
     after: dict[str, int] = {}

@@ -138,3 +138,22 @@ def photo_folder(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def detection_photos(photos: Sequence[str] = GATE_PHOTOS) -> list[tuple[str, np.ndarray]]:
+    """(name, (H, W, 3) uint8) images of several shapes for a detector, whose canvas they are padded onto: each photo
+    whole (landscape, padded below), a portrait strip of its middle (padded on the right) and its centred square (no
+    padding)."""
+    out = []
+    for name in photos:
+        image = load_photo(name)
+        h, w = image.shape[:2]
+        short = min(h, w)
+        strip = short * 3 // 5
+        top, left = (h - short) // 2, (w - short) // 2
+        out += [
+            (name, image),
+            (f"{name}-portrait", image[top : top + short, (w - strip) // 2 : (w - strip) // 2 + strip]),
+            (f"{name}-square", image[top : top + short, left : left + short]),
+        ]
+    return out

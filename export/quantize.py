@@ -33,6 +33,10 @@ def is_convnet(family: str) -> bool:
 
 
 def default_method(family: str) -> QuantMethod:
+    # DETR: static. Its ResNet backbone is most of its work, and dynamic quantization leaves every Conv in FP32
+    # (detr_resnet50 on a 384 px canvas: static Q/DQ 656 ms, dynamic 1155 ms, fp32 1079 ms; docs/optimize.md).
+    if family == "detr":
+        return QuantMethod.static
     # MobileViT stays dynamic although mostly convolutional: on an AVX2-only EPYC (no VNNI) static Q/DQ of
     # mobilevit_xxs ran slower than fp32 (5.3 vs 6.1 img/s at batch 8), dynamic at 10.4 (docs/optimize.md).
     return QuantMethod.static if is_convnet(family) else QuantMethod.dynamic
@@ -56,9 +60,12 @@ def quantize_onnx(
     method: QuantMethod,
     input_name: str,
     calibration: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    mask_name: str | None = None,
     batch_size: int = 8,
 ) -> None:
-    """Write an INT8 ONNX model of `source` to `output`; static quantization calibrates on `calibration` (N,3,S,S)."""
+    """Write an INT8 ONNX model of `source` to `output`; static quantization calibrates on `calibration` (N,3,S,S)
+    and, for a detector, its `masks` (N,S,S) fed as `mask_name`."""
     import numpy as np
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -93,13 +100,20 @@ def quantize_onnx(
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(source), str(prepared))
 
+            parts = max(1, len(calibration) // batch_size)
+            feeds = [
+                {input_name: np.ascontiguousarray(x, dtype=np.float32)} for x in np.array_split(calibration, parts)
+            ]
+            if mask_name is not None and masks is not None:
+                for feed, m in zip(feeds, np.array_split(masks, parts), strict=True):
+                    feed[mask_name] = np.ascontiguousarray(m, dtype=np.int64)
+
             class Reader(CalibrationDataReader):
                 def __init__(self) -> None:
-                    self.batches = iter(np.array_split(calibration, max(1, len(calibration) // batch_size)))
+                    self.batches = iter(feeds)
 
                 def get_next(self):
-                    batch = next(self.batches, None)
-                    return None if batch is None else {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+                    return next(self.batches, None)
 
             quantize_static(
                 prepared,

@@ -41,6 +41,32 @@ TOLERANCES: dict[str, Tolerance] = {
 
 
 @dataclass(frozen=True)
+class DetectionTolerance:
+    """A detector variant's budget (export/detection_gate.py), on the queries the reference is confident about:
+    the share whose best class agrees, the L1 distance (normalised cx, cy, w, h) and IoU of the same query's boxes,
+    and the drift of the logits over every query."""
+
+    min_class_agreement: float
+    max_box_l1: float  # the worst confident query, in fractions of the image
+    min_mean_iou: float
+    min_iou: float  # the worst confident query
+    max_logits_abs: float
+    min_logits_cosine: float  # per image, the worst one
+    gate_random_inputs: bool = True  # as Tolerance.gate_random_inputs: calibrated INT8 clips noise it never saw
+
+
+# Measured against the fp32 ONNX model on scikit-image's photographs and random inputs (docs/optimize.md, "Detectors"):
+# test_detr (random weights) and detr_resnet50 on a 384 px canvas (random weights).
+DETECTION_TOLERANCES: dict[str, DetectionTolerance] = {
+    # Fused attention: the same arithmetic in another kernel order, ~1e-6.
+    "fp32": DetectionTolerance(1.0, 1e-3, 0.999, 0.99, 1e-3, 0.99999),
+    "fp16": DetectionTolerance(0.97, 0.02, 0.98, 0.9, 0.1, 0.999),
+    "bf16": DetectionTolerance(0.9, 0.05, 0.95, 0.75, 0.5, 0.99),
+    "int8": DetectionTolerance(0.85, 0.1, 0.9, 0.5, float("inf"), 0.95, gate_random_inputs=False),
+}
+
+
+@dataclass(frozen=True)
 class DriftReport:
     output: str
     batch_size: int

@@ -289,18 +289,6 @@ def test_artifact_says_detection_only_with_its_mask(tmp_path):
             ModelArtifact(**common, task=task, mask_name=mask)
 
 
-def test_stages_without_a_detection_path_refuse_detectors_in_one_line(detr_export, tmp_path):
-    from vitexport.errors import VitExportError
-    from vitexport.export.gate import reference_for
-    from vitexport.export.optimize import optimize
-
-    _, artifact = detr_export
-    with pytest.raises(VitExportError, match="test_detr is a detector; optimize has no accuracy gate"):
-        optimize(artifact, output=tmp_path / "int8.onnx")
-    with pytest.raises(VitExportError, match="test_detr is a detector; the accuracy gate grades classifiers"):
-        reference_for(artifact, str(artifact.path))
-
-
 def test_hugging_face_detr_resnet101_maps_onto_ours(transformers):
     # On the meta device: every tensor of transformers' DETR-R101 (timm's ResNet-101) names one of ours, same shape.
     with torch.device("meta"):

@@ -133,8 +133,8 @@ def validate(
     with user_errors():
         from vitexport.artifacts import load_artifact
         from vitexport.errors import ValidationError
-        from vitexport.export.gate import evaluate, load_image_folder, reference_for
-        from vitexport.export.runners import load_runner
+        from vitexport.export.gate import load_image_folder, reference_for
+        from vitexport.export.optimize import gate
 
         cand = load_artifact(candidate)
         budget = precision or cand.precision
@@ -142,14 +142,7 @@ def validate(
         image_set = load_image_folder(images, cand.preprocess) if images else None
         with progress_status(not as_json) as progress:
             progress("running the reference and the candidate")
-            report = evaluate(
-                load_runner(cand, spinning=False),
-                reference_run,
-                precision=budget.value,
-                input_size=cand.preprocess.input_size,
-                output_names=cand.output_names,
-                images=image_set,
-            )
+            report = gate(cand, reference_run, image_set, precision=budget.value)
         if as_json:
             print_json(report.to_dict())
         else:
