@@ -265,7 +265,7 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
     ordered = {b.value: entries[b.value] for b in in_process if b.value in entries}
     served_results, served_skipped = {}, {}
     if served:
-        variant = _served_variant(entries, paths, served)
+        variant = _served_variant(entries, paths, served, spec.task)
         served_results, served_skipped = _served(spec.name, served, variant, skipped, config, progress)
         _beside_in_process(served_results, entries)
     return {
@@ -344,18 +344,22 @@ DEPLOYABLE = (
     BenchBackend.onnxruntime_int8,
     BenchBackend.onnxruntime,
 )
-DEPLOY_BATCH = "8"  # deploy times its candidates at batch 8
 
 
-def _served_variant(entries: dict[str, dict], paths: dict[BenchBackend, Path], served) -> dict[str, Any] | None:
+def _served_variant(
+    entries: dict[str, dict], paths: dict[BenchBackend, Path], served, task: str = "classification"
+) -> dict[str, Any] | None:
     """The variant the served rows serve: what `deploy` would serve, our fastest gated in-process variant of this run
-    (at batch 8 where measured, else the largest batch); a run that gated none (--quick) serves the fp32 ONNX
+    (at deploy's batch where measured, else the largest batch); a run that gated none (--quick) serves the fp32 ONNX
     Runtime variant, and says so. Each served row carries this record as its `variant`."""
+    from vitexport.export.deploy import CLASSIFIER_BATCH, DETECTION_BATCH
+
+    deploy_batch = str(DETECTION_BATCH if task == "detection" else CLASSIFIER_BATCH)
     rates = {}
     for b in DEPLOYABLE:
         e = entries.get(b.value)
         if e and e["status"] == "ok" and e["gated"] and b in paths:
-            bs = DEPLOY_BATCH if DEPLOY_BATCH in e["batches"] else max(e["batches"], key=int)
+            bs = deploy_batch if deploy_batch in e["batches"] else max(e["batches"], key=int)
             rates[b] = (e["batches"][bs]["img_s"], bs)
     if rates:
         best = max(rates, key=lambda b: rates[b][0])

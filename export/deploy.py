@@ -26,6 +26,9 @@ CANDIDATES: tuple[tuple[Runtime, Precision], ...] = (
 )
 
 
+CLASSIFIER_BATCH, DETECTION_BATCH = 8, 1  # the batch the candidates are timed at
+
+
 def parse_candidates(text: str) -> tuple[tuple[Runtime, Precision], ...]:
     """`--runtimes openvino-int8,onnxruntime-fp32`."""
     out = []
@@ -76,13 +79,14 @@ def deploy_candidates(
     calibration: str | Path,
     images: str | Path | None = None,
     candidates: Sequence[tuple[Runtime, Precision]] = CANDIDATES,
-    batch: int = 8,
+    batch: int | None = None,
     seconds: float = 1.0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Candidate]:
     """Build and gate each candidate of the fp32 `source` in `folder` (INT8 calibrates on `calibration`; the gate
     grades on `images`, else on calibration images held out or, for what calibrates nothing, the calibration
-    folder), time the passed ones, and return them fastest first (the first `chosen`), then the others.
+    folder), time the passed ones at `batch` (default: 8 images for a classifier, 1 for a detector: DETR takes
+    seconds per 800 px image here), and return them fastest first (the first `chosen`), then the others.
     Raises VitExportError when none passes: there is nothing to serve."""
     from vitexport.export.optimize import optimize
     from vitexport.export.select import rank_by_speed
@@ -109,6 +113,7 @@ def deploy_candidates(
         reasons = "; ".join(f"{c.name} {c.verdict}" for c in built)
         raise VitExportError(f"no candidate of {source.model} passed its gate: {reasons}")
     progress("timing the candidates that passed")
+    batch = batch or (DETECTION_BATCH if source.task == "detection" else CLASSIFIER_BATCH)
     timed = rank_by_speed([c.artifact for c in passed], batch=batch, seconds=seconds)
     speed = {t.artifact.path: t.img_s for t in timed}
     ranked = sorted((replace(c, img_s=speed[c.artifact.path]) for c in passed), key=lambda c: -c.img_s)
@@ -117,7 +122,17 @@ def deploy_candidates(
 
 
 def _drift(validation: dict[str, Any]) -> dict[str, float | None]:
-    """The gate's worst cosine and top-1 agreement, on images where it had them, else on random inputs."""
+    """The gate's worst cosine and top-1 agreement, on images where it had them, else on random inputs. A detector's:
+    its logits' cosine and its class agreement on the reference's confident queries."""
+    if validation.get("task") == "detection":
+        measured = validation.get("detection") or []
+        chosen = [d for d in measured if d["inputs"] == "images"] or measured
+        if not chosen:
+            return {"cosine": None, "top1_agreement": None}
+        return {
+            "cosine": min(d["logits_cosine"] for d in chosen),
+            "top1_agreement": min(d["class_agreement"] for d in chosen),
+        }
     reports = validation.get("images") or validation.get("random") or []
     if not reports:
         return {"cosine": None, "top1_agreement": None}

@@ -81,3 +81,32 @@ def test_bad_candidates_are_one_line():
     with pytest.raises(VitExportError, match="RUNTIME-PRECISION"):
         parse_candidates("openvino-int4")
     assert parse_candidates("openvino-int8, onnxruntime-fp32")[1][0].value == "onnxruntime"
+
+
+def test_deploy_serves_a_detector_with_its_image_ensemble(tmp_path):
+    """DETR through deploy: candidates gated by the detection gate, timed one image at a time, the fastest served
+    with its image ensemble; a photograph asked over HTTP and gRPC returns boxes inside the picture."""
+    from _photos import photo_paths
+    from PIL import Image
+
+    from vitexport.serving.client import detect
+    from vitexport.serving.server import TritonServer
+
+    repo = tmp_path / "repo"
+    args = ["deploy", "test_detr", "--repo", str(repo), "--runtimes", "onnxruntime-fp32,openvino-int8"]
+    result = runner.invoke(app, [*args, "--workdir", str(tmp_path / "w"), "--name", "detr"])
+    assert result.exit_code == 0, result.output
+    assert "class agreement" in result.stdout  # a detector's gate is graded per query, not by top-1
+    assert {p.name for p in repo.iterdir()} >= {"detr", "detr_image"}
+    photo = photo_paths()[0]
+    width, height = Image.open(photo).size
+    answers = []
+    with TritonServer(repo) as server:
+        for protocol, url in (("http", server.endpoints.http), ("grpc", server.endpoints.grpc)):
+            (found,) = detect(url, [photo], protocol=protocol, threshold=0.0, top_k=3, model="detr_image")
+            assert len(found) == 3 and found[0].score >= found[-1].score
+            for d in found:  # random weights: boxes near the picture (DETR does not clip them), in its pixels
+                x0, y0, x1, y1 = d.box
+                assert -width <= x0 <= x1 <= 2 * width and -height <= y0 <= y1 <= 2 * height
+            answers.append([(d.label, round(d.score, 5), tuple(round(v, 2) for v in d.box)) for d in found])
+    assert answers[0] == answers[1]  # the same answer whichever protocol asks

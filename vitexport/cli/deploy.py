@@ -88,7 +88,8 @@ def deploy(
             ]
             for c in candidates
         ]
-        columns = ["candidate", "img/s", "worst cosine", "top-1 agreement", "gate", "chosen"]
+        agreement = "class agreement" if source.task == "detection" else "top-1 agreement"  # on confident queries
+        columns = ["candidate", "img/s", "worst cosine", agreement, "gate", "chosen"]
         print_table(f"{source.model}: candidates timed here, fastest gated first", columns, rows)
         typer.echo(str(added.path))
     if serve:
