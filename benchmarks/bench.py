@@ -72,7 +72,13 @@ class BenchConfig:
                 if v is not None  # 0 is refused by check_config, not taken for "the default"
             },
         )
-        served = replace(config.served, threads=threads, **({"concurrency": concurrency} if concurrency else {}))
+        served = replace(
+            config.served,
+            threads=threads,
+            **({"concurrency": concurrency} if concurrency else {}),
+            # A window must hold requests: DETR takes seconds per image, so --duration sets the served windows too.
+            **({"window_ms": round(duration * 1000)} if duration else {}),
+        )
         kept = {k: v for k, v in changes.items() if v is not None}
         return replace(config, backends=backends or config.backends, sweep=sweep, served=served, **kept)
 

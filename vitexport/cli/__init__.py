@@ -42,6 +42,8 @@ app = typer.Typer(
     help="Vision Transformers from PyTorch to verified ONNX, optimized variants, TensorRT engines and Triton.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help text: with rich markup, "[default: 1,8,32]" in an option's help was read as a tag and vanished.
+    rich_markup_mode=None,
     add_completion=False,
 )
 

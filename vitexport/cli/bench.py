@@ -33,7 +33,8 @@ def bench(
     concurrency: Annotated[str | None, typer.Option(help="Served concurrencies [default: 1,4,8; --quick 1,4].")] = None,
     threads: Annotated[int, typer.Option(help="Intra-op threads of every runtime.")] = 2,
     duration: Annotated[
-        float | None, typer.Option(help="Seconds per measured window [default: 2; --quick 0.4].")
+        float | None,
+        typer.Option(help="Seconds per measured window, in-process and served [default: 2; --quick 0.4 and 0.5]."),
     ] = None,
     windows: Annotated[int | None, typer.Option(help="Measured windows per point [default: 3].")] = None,
     quick: Annotated[bool, typer.Option(help="A short run (under 3 minutes for four models on 2 cores).")] = False,
