@@ -453,7 +453,14 @@ def render_yaml(content: Any) -> str:
     import yaml
 
     docs = content if isinstance(content, list) else [content]
-    return "---\n".join(yaml.safe_dump(d, sort_keys=False, default_flow_style=False, width=120) for d in docs)
+
+    class Plain(yaml.SafeDumper):
+        # No &id001 anchors and *id001 aliases where two probes share one dict: valid YAML, but not what an operator
+        # expects to read (or to patch) in a manifest.
+        def ignore_aliases(self, data):
+            return True
+
+    return "---\n".join(yaml.dump(d, Dumper=Plain, sort_keys=False, default_flow_style=False, width=120) for d in docs)
 
 
 def write(result: Manifests, folder: str | Path) -> list[Path]:

@@ -167,6 +167,8 @@ def test_every_manifest_passes_the_kserve_and_kubernetes_schemas(repo, tmp_path,
     assert sorted(kustomization["resources"]) == sorted(f for f in files if f.endswith(".yaml") and "/" not in f
                                                         and f != "kustomization.yaml")  # fmt: skip
     objects = [load(files[f]) for f in kustomization["resources"]]
+    texts = [files[f].read_text() for f in kustomization["resources"]]
+    assert not any("&id0" in t or "*id0" in t for t in texts)  # plain YAML: no anchors and aliases
     runtime = next(o for o in objects if o["kind"].endswith("ServingRuntime"))
     isvcs = [o for o in objects if o["kind"] == "InferenceService"]
     assert isvcs
