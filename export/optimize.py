@@ -175,43 +175,30 @@ def _calibration_and_gate_images(
     detector left without gate images is gated on scikit-image's photographs (detection_gate.gate_photos): its
     random-weight outputs on noise say little, and the photographs are in the wheel, offline.
     """
-    gate_set, calib, source = _calibration_and_classifier_gate_images(
-        artifact, calibration, images, needs_calibration, validate, calibration_limit, progress
-    )
-    if artifact.task == "detection" and validate and gate_set is None:
-        gate_set = gate_photos(artifact.preprocess)
-        source = f"scikit-image photographs ({len(gate_set.images)})"
-    return calib, gate_set, source
-
-
-def _calibration_and_classifier_gate_images(
-    artifact: ModelArtifact,
-    calibration: str | Path | None,
-    images: str | Path | None,
-    needs_calibration: bool,
-    validate: bool,
-    calibration_limit: int,
-    progress: Callable[[str], None],
-) -> tuple[ImageSet | None, ImageSet | None, str]:
     preprocess = artifact.preprocess
+    calib = None
     if images is not None and validate:
         progress("loading images")
         gate_set = load_image_folder(images, preprocess)
         source = f"--images ({len(gate_set.images)})"
     else:
         gate_set, source = None, "random inputs only"
-    if calibration is None or not (needs_calibration or (validate and gate_set is None)):
-        return gate_set, None, source
-    progress("loading calibration images")
-    split = validate and gate_set is None and needs_calibration
-    limit = calibration_limit * HOLD_OUT_EVERY // (HOLD_OUT_EVERY - 1) if split else calibration_limit
-    pool = load_image_folder(calibration, preprocess, limit=limit)
-    if not needs_calibration:
-        return pool, None, f"calibration folder, not used to calibrate ({len(pool.images)})"
-    if split and len(pool.images) >= MIN_SPLIT:
-        gate_set, pool = hold_out(pool, HOLD_OUT_EVERY)
-        source = f"held out of the calibration folder ({len(gate_set.images)})"
-    return gate_set, pool, source
+    if calibration is not None and (needs_calibration or (validate and gate_set is None)):
+        progress("loading calibration images")
+        split = validate and gate_set is None and needs_calibration
+        limit = calibration_limit * HOLD_OUT_EVERY // (HOLD_OUT_EVERY - 1) if split else calibration_limit
+        pool = load_image_folder(calibration, preprocess, limit=limit)
+        if not needs_calibration:
+            gate_set, source = pool, f"calibration folder, not used to calibrate ({len(pool.images)})"
+        else:
+            if split and len(pool.images) >= MIN_SPLIT:
+                gate_set, pool = hold_out(pool, HOLD_OUT_EVERY)
+                source = f"held out of the calibration folder ({len(gate_set.images)})"
+            calib = pool
+    if artifact.task == "detection" and validate and gate_set is None:
+        gate_set = gate_photos(preprocess)
+        source = f"scikit-image photographs ({len(gate_set.images)})"
+    return calib, gate_set, source
 
 
 def _check_described(artifact: ModelArtifact) -> None:

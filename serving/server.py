@@ -437,8 +437,11 @@ class TritonServer:
             if _alive(stub.pid):
                 continue
             # With model control on, the key's holder may unload a model (its stubs end, it is no longer ready) or
-            # load it again (new stubs of the same instances replace the old). A killed stub leaves it ready.
-            if not starting and ((stub.model, stub.instance) in running or not self._model_ready(stub.model)):
+            # load it again (new stubs of the same instances replace the old). A killed stub leaves it ready. Without
+            # model control nothing can unload a model, and a readiness question that timed out on a busy machine
+            # (None) is no answer: either way the stub died.
+            replaced = (stub.model, stub.instance) in running
+            if self.control_key and not starting and (replaced or self._model_ready(stub.model) is False):
                 del self._stubs[stub.pid]
             else:
                 which = f"the backend process of model {stub.model} (instance {stub.instance}, pid {stub.pid})"
@@ -462,15 +465,18 @@ class TritonServer:
         """The Python-backend models being served that Triton does not call ready."""
         configs = scan(self._repository)
         python = [m for m in self._loaded if configs[m].backend == "python"]
-        return [m for m in python if not self._model_ready(m)]
+        return [m for m in python if self._model_ready(m) is False]
 
-    def _model_ready(self, model: str) -> bool:
+    def _model_ready(self, model: str) -> bool | None:
+        """Triton's answer (a 4xx: not ready), or None when it gave none (timed out, connection refused)."""
         assert self.endpoints is not None
         try:
             with urllib.request.urlopen(f"http://{self.endpoints.http}/v2/models/{model}/ready", timeout=2) as r:
                 return r.status == 200
-        except (urllib.error.URLError, OSError):
+        except urllib.error.HTTPError:
             return False
+        except (urllib.error.URLError, OSError):
+            return None
 
     def _private_regions(self) -> None:
         """Owner-only access to the Python backend's shared-memory regions (they hold request bytes): the backend
