@@ -465,7 +465,8 @@ class TritonServer:
         """The Python-backend models being served that Triton does not call ready."""
         configs = scan(self._repository)
         python = [m for m in self._loaded if configs[m].backend == "python"]
-        return [m for m in python if self._model_ready(m) is False]
+        # Not asked (None) counts as not ready: while the models load, Triton's HTTP endpoint is not up yet.
+        return [m for m in python if not self._model_ready(m)]
 
     def _model_ready(self, model: str) -> bool | None:
         """Triton's answer (a 4xx: not ready), or None when it gave none (timed out, connection refused)."""
