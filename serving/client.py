@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vitexport.errors import ServingError, VitExportError
-from vitexport.postprocess import Detection
+from vitexport.postprocess import Detection, check_settings
 from vitexport.preprocess import PreprocessConfig
 from vitexport.serving import config as cfg
 
@@ -274,10 +274,10 @@ def detect(
 def _detect(url, model, config, data, protocol, threshold, top_k, timeout) -> list[list[Detection]]:
     if not _is_ensemble_input(config):  # the plain model's answer needs the post-processing's labels and settings
         raise ServingError(f"{model} takes pixels and a mask: detect with its _image ensemble")
-    if threshold is not None and not 0 <= threshold < 1:
-        raise ServingError(f"threshold must be in [0, 1), got {threshold}")
-    if top_k is not None and top_k < 1:
-        raise ServingError(f"top-k must be >= 1, got {top_k}")
+    try:
+        check_settings(threshold, top_k)
+    except ValueError as e:
+        raise ServingError(str(e)) from None
     parameters = {k: v for k, v in (("threshold", threshold), ("top_k", top_k)) if v is not None}
     found: list[list[Detection]] = []
     step = config.max_batch_size or 1  # more images than the ensemble's max batch go as several requests

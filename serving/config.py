@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError
+from vitexport.postprocess import check_settings
 from vitexport.preprocess import PreprocessConfig
 
 LABELS_FILE = "labels.txt"
@@ -324,10 +325,10 @@ def detection_postprocess_config(
     variable output dims, zero wide too, through the ensemble and its dynamic batcher, whose requests each get
     their own response), the other images' rows padded (score 0, class -1, label ""), and `count` says how many
     of each image's rows are real. A fixed width (top_k rows always) would send 100 rows where DETR finds 3."""
-    if not 0 <= threshold < 1:
-        raise ServingError(f"the score threshold must be in [0, 1), got {threshold}")
-    if top_k < 1:
-        raise ServingError(f"top-k must be >= 1, got {top_k}")
+    try:
+        check_settings(threshold, top_k)
+    except ValueError as e:
+        raise ServingError(str(e)) from None
     pb = model_config_pb2()
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     config.input.add(name=logits, data_type=pb.TYPE_FP32, dims=[-1, num_classes + 1])

@@ -27,6 +27,15 @@ class Detection:
         }
 
 
+def check_settings(threshold: float | None, top_k: int | None) -> None:
+    """The one rule for a detector's settings, wherever they are given (`repo`, the client, here): a score threshold
+    in [0, 1) (NaN is not), at least one detection. None: not given. Raises ValueError."""
+    if threshold is not None and not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top-k must be >= 1, got {top_k}")
+
+
 def detections(
     logits: np.ndarray,
     boxes: np.ndarray,
@@ -43,8 +52,7 @@ def detections(
     logits (Q, C + 1), boxes (Q, 4), size the original (height, width)."""
     import numpy as np
 
-    if not 0 <= threshold < 1 or top_k < 1:
-        raise ValueError(f"threshold must be in [0, 1) and top_k >= 1, not {threshold} and {top_k}")
+    check_settings(threshold, top_k)
     z = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probabilities = (z / z.sum(axis=-1, keepdims=True))[:, :-1]
     scores, classes = probabilities.max(axis=-1), probabilities.argmax(axis=-1)
