@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from enum import Enum
 
+from vitexport.variants import Runtime
+
+__all__ = ["PROTOBUF_LIMIT", "Attention", "Heads", "Runtime"]
+
 PROTOBUF_LIMIT = 2**31  # a single ONNX protobuf cannot exceed 2 GB: larger models keep weights in external data
 
 
@@ -23,10 +27,3 @@ class Attention(str, Enum):
 
     sdpa = "sdpa"  # F.scaled_dot_product_attention: the standard ONNX Attention op at opset 23
     explicit = "explicit"  # MatMul -> Softmax -> MatMul, scale on Q first: what older TensorRT parsers fuse
-
-
-class Runtime(str, Enum):
-    """The runtime an optimized variant is made for."""
-
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"

@@ -8,7 +8,6 @@ import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError
 from vitexport.postprocess import check_settings
 from vitexport.preprocess import PreprocessConfig
+from vitexport.variants import ServingBackend
 
 LABELS_FILE = "labels.txt"
 IMAGE_INPUT = "image"  # the ensemble's encoded-image input
@@ -60,37 +60,6 @@ def __getattr__(name: str):
     if name == "pb":
         return model_config_pb2()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class ServingBackend(str, Enum):
-    python_onnxruntime = "python-onnxruntime"  # Python backend + ONNX Runtime CPU: serves on the local Triton
-    python_openvino = "python-openvino"  # Python backend + OpenVINO CPU: serves locally where openvino is installed
-    onnxruntime = "onnxruntime"  # Triton's ONNX Runtime backend: the official containers only
-    openvino = "openvino"  # Triton's OpenVINO backend: the official containers only
-    tensorrt = "tensorrt"  # tensorrt_plan: the official GPU containers only
-
-    @property
-    def formats(self) -> tuple[str, ...]:
-        """The artifact formats this backend can serve."""
-        return {
-            ServingBackend.python_onnxruntime: ("onnx",),
-            ServingBackend.python_openvino: ("onnx", "openvino"),
-            ServingBackend.onnxruntime: ("onnx",),
-            ServingBackend.openvino: ("openvino", "onnx"),
-            ServingBackend.tensorrt: ("tensorrt",),
-        }[self]
-
-    @classmethod
-    def for_format(cls, fmt: str) -> ServingBackend:
-        """The default backend for an artifact format: the one that serves it on the local Triton where possible."""
-        return {"onnx": cls.python_onnxruntime, "openvino": cls.python_openvino, "tensorrt": cls.tensorrt}.get(
-            fmt, cls.python_onnxruntime
-        )
-
-    @property
-    def runtime(self) -> str | None:
-        """The library a Python-backend model imports (None: not a Python-backend model)."""
-        return {ServingBackend.python_onnxruntime: "onnxruntime", ServingBackend.python_openvino: "openvino"}.get(self)
 
 
 # Triton keeps the batch size in an int32 and sizes its buffers by it; no image model batches more on one server.
