@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from vitexport.bench.gemm import GEMMS, GemmSpec, N, peak_table
-from vitexport.bench.runners import ALL_BACKENDS, QUICK_BACKENDS, TORCH_PEERS, BenchBackend, RunnerSpec
+from vitexport.bench.runners import ALL_BACKENDS, DEPLOYABLE, QUICK_BACKENDS, TORCH_PEERS, BenchBackend, RunnerSpec
 from vitexport.bench.served import ServedSettings
 from vitexport.bench.subject import Subject
 from vitexport.bench.sweep import SweepSettings, sweep, workers
 from vitexport.errors import VitExportError, first_line
+from vitexport.tasks import CLASSIFICATION, Task, task_of
 
 QUICK_SWEEP = SweepSettings(batch_sizes=(1, 8), windows=3, duration=0.4, warmup=0.2)
 QUICK_SERVED = ServedSettings(concurrency=(1, 4), window_ms=500, max_trials=5, stability=25)
@@ -213,7 +214,7 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
     gflop = 2 * spec.macs / 1e9 if spec.macs else None
     # Reference implementations that do not run this kind of model get no row (timm has no DETR; transformers is
     # the detectors' reference only).
-    backends = [b for b in config.backends if b.applies_to(spec.task)]
+    backends = [b for b in config.backends if b.applies_to(task_of(spec))]
     in_process = [b for b in backends if not b.served]
     served = [b for b in backends if b.served]
     no_bf16 = _no_native_bf16() if BenchBackend.openvino_bf16 in in_process else None
@@ -271,7 +272,7 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
     ordered = {b.value: entries[b.value] for b in in_process if b.value in entries}
     served_results, served_skipped = {}, {}
     if served:
-        variant = _served_variant(entries, paths, served, spec.task)
+        variant = _served_variant(entries, paths, served, task_of(spec))
         served_results, served_skipped = _served(spec.name, served, variant, skipped, config, progress)
         _beside_in_process(served_results, entries)
     return {
@@ -343,24 +344,13 @@ def _mkdir(path: Path) -> bool:
     return True
 
 
-# What `vitexport deploy` chooses among (its CANDIDATES): the CPU variants a local Triton serves.
-DEPLOYABLE = (
-    BenchBackend.openvino_int8,
-    BenchBackend.openvino_bf16,
-    BenchBackend.onnxruntime_int8,
-    BenchBackend.onnxruntime,
-)
-
-
 def _served_variant(
-    entries: dict[str, dict], paths: dict[BenchBackend, Path], served, task: str = "classification"
+    entries: dict[str, dict], paths: dict[BenchBackend, Path], served, task: Task = CLASSIFICATION
 ) -> dict[str, Any] | None:
     """The variant the served rows serve: what `deploy` would serve, our fastest gated in-process variant of this run
     (at deploy's batch where measured, else the largest batch); a run that gated none (--quick) serves the fp32 ONNX
     Runtime variant, and says so. Each served row carries this record as its `variant`."""
-    from vitexport.export.deploy import CLASSIFIER_BATCH, DETECTION_BATCH
-
-    deploy_batch = str(DETECTION_BATCH if task == "detection" else CLASSIFIER_BATCH)
+    deploy_batch = str(task.timing_batch)
     rates = {}
     for b in DEPLOYABLE:
         e = entries.get(b.value)

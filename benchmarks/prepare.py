@@ -13,11 +13,12 @@ from pathlib import Path
 
 from vitexport.bench.runners import TORCH_PEERS, BenchBackend
 from vitexport.errors import VitExportError, first_line
+from vitexport.tasks import CLASSIFICATION, get_task
+from vitexport.variants import get_variant
 
 CALIBRATION_IMAGES = 32  # enough for min-max ranges of a speed benchmark; NNCF's default 300 costs minutes here
-GATE_IMAGES = 64  # real images every variant is gated on, none of them a calibration image
+GATE_IMAGES = CLASSIFICATION.bench_gate_images  # real images every variant is gated on, none calibrated on
 # A detector's: DETR-R50 takes seconds per 800 px image on 2 cores, and the gate runs the fp32 model and the variant.
-DETECTION_GATE_IMAGES = 12
 DIGITS_MODEL = "test_vit_digits"  # trained on the digits: its calibration and gate images are digits
 
 
@@ -28,8 +29,7 @@ def _image_folders(workdir: Path, model: str, size: int, task: str) -> tuple[Pat
         return _digits_folders(workdir, size)
     from vitexport.export.photos import GATE_PHOTOS, photo_folder
 
-    gate = DETECTION_GATE_IMAGES if task == "detection" else GATE_IMAGES
-    return photo_folder(CALIBRATION_IMAGES), photo_folder(gate, photos=GATE_PHOTOS)
+    return photo_folder(CALIBRATION_IMAGES), photo_folder(get_task(task).bench_gate_images, photos=GATE_PHOTOS)
 
 
 def _digits_folders(workdir: Path, size: int) -> tuple[Path, Path]:
@@ -71,7 +71,6 @@ def prepare(
     model file is an ungated variant, with the gate's verdict. `source`: the fp32 ONNX artifact to start from (an
     imported file) instead of exporting the registered `model`; its variants are made beside it in the work folder."""
     from vitexport.export.onnx import export_onnx
-    from vitexport.export.optimize import Precision, Runtime
 
     folder = workdir / (model if source is None else f"{model}-{_digest(source)}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,17 +84,12 @@ def prepare(
     if plain is None:
         progress(f"{model}: exporting to ONNX")
         plain = export_onnx(model, folder / f"{model}.onnx", validate=validate)
-    variants = {
-        BenchBackend.onnxruntime: (Runtime.onnxruntime, Precision.fp32),
-        BenchBackend.onnxruntime_int8: (Runtime.onnxruntime, Precision.int8),
-        BenchBackend.openvino_bf16: (Runtime.openvino, Precision.bf16),
-        BenchBackend.openvino_int8: (Runtime.openvino, Precision.int8),
-    }
     for backend in needs_onnx:
         if backend in (BenchBackend.onnxruntime_plain, BenchBackend.openvino_plain):
             paths[backend] = plain.path
-        elif backend in variants or backend.served:
-            runtime, precision = variants.get(backend, (Runtime.onnxruntime, Precision.fp32))
+        elif backend.builds or backend.served:  # served rows serve the onnxruntime fp32 variant
+            row = backend.variant or get_variant("onnxruntime", "fp32")
+            runtime, precision = row.runtime, row.precision
             try:
                 paths[backend], failure = _variant(plain, runtime, precision, folder, validate, calibration, progress)
             except VitExportError as e:

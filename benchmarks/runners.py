@@ -15,6 +15,10 @@ from typing import Protocol
 
 import numpy as np
 
+from vitexport import variants
+from vitexport.tasks import Task
+from vitexport.variants import VARIANTS, Variant
+
 
 class BenchBackend(str, Enum):
     torch = "torch"  # peer: our PyTorch model, eager
@@ -39,24 +43,26 @@ class BenchBackend(str, Enum):
     def served(self) -> bool:
         return self in (BenchBackend.triton_grpc, BenchBackend.triton_http)
 
-    def applies_to(self, task: str) -> bool:
+    def applies_to(self, task: Task) -> bool:
         """Each reference implementation runs its own kind of model: timm has no detectors, and transformers is the
-        detectors' reference here (the classifiers' is timm)."""
-        if self is BenchBackend.timm:
-            return task == "classification"
-        if self is BenchBackend.transformers:
-            return task == "detection"
-        return True
+        detectors' reference here (the classifiers' is timm): the task names its own."""
+        return self not in REFERENCE_PEERS or self.value == task.reference_peer
+
+    @property
+    def variant(self) -> Variant | None:
+        """The row of the variant table this backend measures (ours; None for the peers and the served rows)."""
+        return next((v for v in VARIANTS if v.bench_row == self.value), None)
+
+    @property
+    def builds(self) -> bool:
+        """Whether the optimize stage makes its model file (our CPU variants; engines are `vitexport trt`'s)."""
+        return self.variant is not None and self is not BenchBackend.tensorrt
 
     @property
     def precision(self) -> str:
         """The nominal compute precision; OpenVINO reports what it really ran in (bf16 falls back to f32 on CPUs
         without BF16 instructions), and the worker overrides this with it."""
-        if self in (BenchBackend.onnxruntime_int8, BenchBackend.openvino_int8):
-            return "int8"
-        if self is BenchBackend.openvino_bf16:
-            return "bf16"
-        return "fp32"
+        return self.variant.precision.value if self.variant else "fp32"
 
     @classmethod
     def parse_list(cls, text: str) -> tuple[BenchBackend, ...]:
@@ -79,7 +85,10 @@ PEERS = (
     BenchBackend.onnxruntime_plain,
     BenchBackend.openvino_plain,
 )
+REFERENCE_PEERS = (BenchBackend.timm, BenchBackend.transformers)  # each a task's independent implementation
 ALL_BACKENDS = tuple(BenchBackend)
+# What `vitexport deploy` chooses among: the variant table's deployable rows, as this benchmark names them.
+DEPLOYABLE = tuple(BenchBackend(v.bench_row) for v in variants.DEPLOYABLE if v.bench_row)
 # Run a PyTorch model, no file.
 TORCH_PEERS = (BenchBackend.torch, BenchBackend.torch_compile, BenchBackend.timm, BenchBackend.transformers)
 QUICK_BACKENDS = (BenchBackend.torch, BenchBackend.onnxruntime_plain)

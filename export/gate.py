@@ -1,25 +1,27 @@
 """The accuracy gate: an optimized variant against its fp32 reference, on random inputs and real images, and on a
 labelled ImageFolder-style directory also top-1/top-5 accuracy. Budgets come from vitexport.export.validate.TOLERANCES;
-every failed check is collected into one ValidationError. The image folders are read here for detectors too (their
-canvas and masks); a detector's gate is export/detection_gate.py.
+every failed check is collected into one ValidationError. The gate is the same for every task; what it measures beyond
+each output's drift, and its budgets, are the task's (vitexport/tasks/). Image folders are read for detectors too
+(their canvas and masks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ValidationError, VitExportError
-from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, compare
+from vitexport.export.validate import DriftReport, compare
 from vitexport.preprocess import DetectionInput, PreprocessConfig
+from vitexport.tasks import CLASSIFICATION, Budget, InputSet, Task, task_of
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
-RANDOM_BATCHES = (1, 4)
-EVAL_BATCH = 32
+EVAL_BATCH = 8  # images per call: DETR's 800 px canvas at 32 would hold GBs of activations
 
 # (B,3,S,S) float32 [, a detector's (B,S,S) mask] -> float32 outputs
 Run = Callable[..., list[np.ndarray]]
@@ -82,41 +84,31 @@ def _is_image(path: Path) -> bool:
 
 
 @dataclass(frozen=True)
-class Accuracy:
-    images: int
-    reference_top1: float  # percent
-    reference_top5: float
-    candidate_top1: float
-    candidate_top5: float
-
-    @property
-    def top1_drop(self) -> float:
-        return self.reference_top1 - self.candidate_top1
-
-
-@dataclass(frozen=True)
 class GateReport:
+    """A variant against its fp32 reference: the drift of every output on random inputs and on images, the task's
+    own metrics (a classifier's accuracy on a labelled folder, a detector's per-query agreement) and every failure."""
+
+    task: Task
     precision: str
-    tolerance: Tolerance
+    tolerance: Budget
     random: list[DriftReport]
     images: list[DriftReport]
-    accuracy: Accuracy | None
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # the task's, one per input set that has any
     failures: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "precision": self.precision,
-            "tolerance": asdict(self.tolerance),
+            "task": self.task.name,
+            "tolerance": self.tolerance.to_dict(),
             "random": [r.to_dict() for r in self.random],
             "images": [r.to_dict() for r in self.images],
-            "accuracy": None
-            if self.accuracy is None
-            else asdict(self.accuracy) | {"top1_drop": self.accuracy.top1_drop},
+            **self.task.report_metrics(self.metrics),
             "failures": self.failures,
         }
 
@@ -127,45 +119,51 @@ def evaluate(
     *,
     precision: str,
     input_size: int,
-    output_names: tuple[str, ...] = ("logits",),
+    task: Task = CLASSIFICATION,
+    output_names: tuple[str, ...] | None = None,
     images: ImageSet | None = None,
-    tolerance: Tolerance | None = None,
+    tolerance: Budget | None = None,
     seed: int = 0,
 ) -> GateReport:
-    """Compare candidate with reference on random inputs (batch 1 and 4) and on `images`; collect failures."""
-    tol = tolerance or TOLERANCES.get(precision)
-    if tol is None:
-        raise VitExportError(f"no accuracy budget for precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    """Compare candidate with reference on the task's random inputs and on `images`; collect every failure. What is
+    measured and judged beyond the drift of each output is the task's (`Task.grade`)."""
+    budget = tolerance or task.budget(precision)
+    names = output_names or task.output_names()
     rng = np.random.default_rng(seed)
-    random_reports = []
-    for b in RANDOM_BATCHES:
-        x = rng.standard_normal((b, 3, input_size, input_size), dtype=np.float32)
-        random_reports += _compare_outputs(output_names, reference(x), candidate(x), "random")
-    image_reports: list[DriftReport] = []
-    accuracy = None
+    sets = [InputSet("random", task.random_inputs(input_size, rng))]
     if images is not None:
-        ref_out = _run_batched(reference, images.images)
-        cand_out = _run_batched(candidate, images.images)
-        image_reports = _compare_outputs(output_names, ref_out, cand_out, "images")
-        if images.labels is not None:
-            accuracy = _accuracy(ref_out[0], cand_out[0], images.labels)
-    failures = [f for r in image_reports for f in r.failures(tol)]
-    if tol.gate_random_inputs or images is None:
-        # With real images present, top-1 agreement is judged on them: on Gaussian noise an untrained (or any) model's
-        # top two logits can be closer than BF16/INT8 rounding, and a single flipped sample says nothing.
-        random_tol = replace(tol, min_top1_agreement=0.0) if images is not None else tol
-        failures = [f for r in random_reports for f in r.failures(random_tol)] + failures
-    if accuracy is not None and tol.max_top1_drop is not None and accuracy.top1_drop > tol.max_top1_drop:
-        failures.append(
-            f"top-1 accuracy {accuracy.candidate_top1:.2f}% vs reference {accuracy.reference_top1:.2f}%: "
-            f"drop {accuracy.top1_drop:.2f} pt > {tol.max_top1_drop:g} pt on {accuracy.images} images"
+        sets.append(InputSet("images", [(images.images, _masks(task, images))], images.labels))
+    drift: dict[str, list[DriftReport]] = {"random": [], "images": []}
+    metrics, failures = [], []
+    for inputs in sets:
+        ref_parts, cand_parts = [], []
+        for x, mask in inputs.batches:
+            ref, cand = _run_batched(reference, x, mask), _run_batched(candidate, x, mask)
+            drift[inputs.where] += _compare_outputs(names, ref, cand, inputs.where)
+            ref_parts.append(ref)
+            cand_parts.append(cand)
+        judged = inputs.where == "images" or budget.gate_random_inputs or images is None
+        lenient = inputs.where == "random" and images is not None
+        grade = task.grade(
+            inputs, _joined(ref_parts), _joined(cand_parts), drift[inputs.where], budget, lenient=lenient
         )
-    return GateReport(precision, tol, random_reports, image_reports, accuracy, failures)
+        if grade.metrics is not None:
+            metrics.append(grade.metrics)
+        if judged:
+            failures += grade.failures
+    # Random inputs are listed first, as they were measured.
+    return GateReport(task, precision, budget, drift["random"], drift["images"], metrics, failures)
 
 
 def check_gate(report: GateReport) -> None:
     if report.failures:
         raise ValidationError(f"{report.precision} variant over budget: " + "; ".join(report.failures))
+
+
+def _masks(task: Task, images: ImageSet) -> np.ndarray | None:
+    if task.mask_input is None:
+        return None
+    return images.masks if images.masks is not None else np.ones_like(images.images[:, 0], dtype=np.int64)
 
 
 def _compare_outputs(names, reference: list[np.ndarray], candidate: list[np.ndarray], where: str) -> list[DriftReport]:
@@ -174,22 +172,37 @@ def _compare_outputs(names, reference: list[np.ndarray], candidate: list[np.ndar
     return [compare(f"{name} ({where})", r, c) for name, r, c in zip(names, reference, candidate, strict=True)]
 
 
-def _run_batched(run: Run, x: np.ndarray) -> list[np.ndarray]:
-    parts = [run(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)]
+def _run_batched(run: Run, x: np.ndarray, mask: np.ndarray | None) -> list[np.ndarray]:
+    def call(i: int) -> list[np.ndarray]:
+        chunk = x[i : i + EVAL_BATCH]
+        return run(chunk) if mask is None else run(chunk, mask[i : i + EVAL_BATCH])
+
+    parts = [call(i) for i in range(0, len(x), EVAL_BATCH)]
     return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
 
-def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> Accuracy:
-    def topk(logits: np.ndarray, k: int) -> float:
-        k = min(k, logits.shape[1])
-        top = np.argsort(-logits, axis=1)[:, :k]
-        return float((top == labels[:, None]).any(axis=1).mean() * 100)
+def _joined(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
-    return Accuracy(len(labels), topk(reference, 1), topk(reference, 5), topk(candidate, 1), topk(candidate, 5))
+
+def gate_photos(cfg: PreprocessConfig) -> ImageSet:
+    """scikit-image's gate photographs (never the calibration ones) in three shapes each, on a detector's canvas: its
+    random-weight outputs on noise say little, and the photographs are in the wheel, offline."""
+    from PIL import Image
+
+    from vitexport.export.photos import detection_photos
+    from vitexport.preprocess import preprocess_detection
+
+    return ImageSet.of_detections([preprocess_detection(Image.fromarray(a), cfg) for _, a in detection_photos()])
 
 
 def torch_reference(
-    name: str, checkpoint: str | Path, output_names: tuple[str, ...] = ("logits",), *, img_size: int | None = None
+    name: str,
+    checkpoint: str | Path,
+    output_names: tuple[str, ...] = ("logits",),
+    *,
+    img_size: int | None = None,
+    task: Task = CLASSIFICATION,
 ) -> Run:
     """The fp32 PyTorch model as a reference runner, on the same weights the candidate was exported from (a
     detector's takes its masks too)."""
@@ -198,8 +211,7 @@ def torch_reference(
     from vitexport.export.onnx import _ExportHeads
     from vitexport.models import create_model
 
-    head = "features" if output_names == ("embeddings",) else "logits"
-    model = create_model(name, checkpoint=str(checkpoint), head=head, img_size=img_size)
+    model = create_model(name, checkpoint=str(checkpoint), head=task.model_head, img_size=img_size)
     if len(output_names) == 3:  # `--heads all`: average, class head, distillation head
         model = _ExportHeads(model).eval()
 
@@ -246,8 +258,8 @@ def reference_for(candidate: ModelArtifact, reference: str, checkpoint: str | Pa
     spec = get_spec(reference)
     if spec.name != get_spec(candidate.model).name:
         raise VitExportError(f"{candidate.path} is a {candidate.model}, not a {reference}")
-    detector = candidate.task == "detection"  # its canvas is any size: nothing of the model is resampled for it
-    if spec.img_size != candidate.preprocess.input_size and not detector:
+    task = task_of(candidate)
+    if spec.img_size != candidate.preprocess.input_size and not task.any_input_size:
         # The PyTorch reference is built at the registered size; the candidate's export resampled it.
         raise VitExportError(
             f"{candidate.path} takes {candidate.preprocess.input_size}px inputs, {spec.name} {spec.img_size}px: "
@@ -258,5 +270,5 @@ def reference_for(candidate: ModelArtifact, reference: str, checkpoint: str | Pa
         raise VitExportError("a registered --reference model needs --checkpoint with the candidate's weights")
     if candidate.checkpoint_sha256 and sha256_file(checkpoint) != candidate.checkpoint_sha256:
         raise VitExportError(f"{checkpoint} is not the checkpoint {candidate.path} was exported from")
-    size = candidate.preprocess.input_size if detector else None
-    return torch_reference(reference, checkpoint, candidate.output_names, img_size=size)
+    size = candidate.preprocess.input_size if task.any_input_size else None
+    return torch_reference(reference, checkpoint, candidate.output_names, img_size=size, task=task)

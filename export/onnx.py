@@ -21,8 +21,10 @@ from vitexport.errors import ExportError, first_line
 from vitexport.export.options import PROTOBUF_LIMIT, Heads
 from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check_drift, compare
 from vitexport.fileio import staging
-from vitexport.models import create_model, get_spec
+from vitexport.models import ModelSpec, create_model, get_spec
 from vitexport.ort import ort_session
+from vitexport.tasks import FEATURES, Task, get_task
+from vitexport.tasks.base import FEATURES_HEAD
 
 # Opset 18 is the default: the dynamo exporter's native opset (no version conversion), run by ONNX Runtime >= 1.14
 # and parsed by TensorRT >= 8.6 alike, and the graph onnxscript's ORT fusions match. Opset 23 adds the standard
@@ -30,20 +32,11 @@ from vitexport.ort import ort_session
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
 VALIDATION_BATCHES = (1, 4)
-# Detectors' second input and outputs (DETR's, Hugging Face's names). The mask is int64, as Hugging Face's image
-# processor makes it: ONNX Runtime and Triton (TYPE_INT64) take it as is, and every runtime has int64 inputs.
-MASK_NAME = "pixel_mask"
-DETECTION_OUTPUTS = ("logits", "pred_boxes")
 
 
-def _output_names(heads: Heads, task: str = "classification") -> tuple[str, ...]:
-    if task == "detection":
-        return DETECTION_OUTPUTS
-    return {
-        Heads.avg: ("logits",),
-        Heads.all: ("logits", "logits_cls", "logits_dist"),
-        Heads.features: ("embeddings",),
-    }[heads]
+def export_task(spec: ModelSpec, heads: Heads) -> Task:
+    """What the export computes: the model's task, or its features when asked for them instead of its head."""
+    return FEATURES if heads is Heads.features else get_task(spec.task)
 
 
 class _ExportHeads(nn.Module):
@@ -95,11 +88,13 @@ def export_onnx(
         progress(f"downloading {spec.name}'s weights")
         checkpoint = weights.download_pretrained(spec)
     progress(f"building {spec.name}")
-    head = "features" if heads is Heads.features else "logits"
-    model = create_model(spec.name, checkpoint=checkpoint, img_size=img_size, attention=attention, head=head)
+    task = export_task(spec, heads)
+    model = create_model(spec.name, checkpoint=checkpoint, img_size=img_size, attention=attention, head=task.model_head)
     exported: nn.Module = _ExportHeads(model) if heads is Heads.all else model
-    output_names = _output_names(heads, spec.task)
-    mask_name = MASK_NAME if spec.task == "detection" else None
+    output_names = task.output_names(all_heads=heads is Heads.all)
+    # A detector's mask is int64, as Hugging Face's image processor makes it: ONNX Runtime and Triton (TYPE_INT64)
+    # take it as is, and every runtime has int64 inputs.
+    mask_name = task.mask_input
 
     progress(f"exporting to ONNX opset {opset}")
     # A batch of 2 keeps the exporter from specialising the batch axis to the constant 1.
@@ -123,7 +118,7 @@ def export_onnx(
     with staging(output) as staged:
         progress("saving and checking the graph")
         _save(program, staged, external=weight_bytes >= external_data_threshold)
-        artifact = _artifact(spec, model, staged, heads, output_names, mask_name, batch_size, opset, sha)
+        artifact = _artifact(spec, model, staged, task, output_names, batch_size, opset, sha)
         if validate:
             progress("validating on ONNX Runtime")
             reports = validate_onnx(artifact, exported)
@@ -131,9 +126,7 @@ def export_onnx(
         return publish(artifact, output)
 
 
-def _artifact(
-    spec, model: nn.Module, path: Path, heads: Heads, output_names, mask_name, batch_size, opset, sha
-) -> ModelArtifact:
+def _artifact(spec, model: nn.Module, path: Path, task: Task, output_names, batch_size, opset, sha) -> ModelArtifact:
     """The export's artifact, before validation."""
     return ModelArtifact(
         path=path,
@@ -141,14 +134,13 @@ def _artifact(
         model=spec.name,
         preprocess=spec.preprocess,
         # The output's width: the classes, or the embedding's size (serving sizes its outputs from it).
-        num_classes=model.num_features if heads is Heads.features else spec.num_classes,
+        num_classes=model.num_features if task.model_head == FEATURES_HEAD else spec.num_classes,
         output_names=output_names,
-        mask_name=mask_name,
+        mask_name=task.mask_input,
         batch_size=batch_size,
         opset=opset,
         checkpoint_sha256=sha,
-        head="features" if heads is Heads.features else "logits",
-        task=spec.task,
+        task=task.name,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from vitexport.artifacts import ModelArtifact, sidecar_path
 from vitexport.errors import ArtifactError, first_line
 from vitexport.preprocess import PreprocessConfig
+from vitexport.tasks import CLASSIFICATION, FEATURES
 
 # Ops that only attention has; a graph without them is treated as a convnet by the optimizer (INT8 recipes).
 ATTENTION_OPS = {"Softmax", "Attention", "MultiHeadAttention"}
@@ -80,7 +81,7 @@ def import_onnx(
         output_names=(output_name,),
         batch_size=batch,
         opset=opsets.get("", opsets.get("ai.onnx")),
-        head="features" if embeddings else "logits",
+        task=(FEATURES if embeddings else CLASSIFICATION).name,
         family="transformer" if ops & ATTENTION_OPS else "convnet",
         labels=class_names,
         details={"producer": f"{model.producer_name} {model.producer_version}".strip() or "unknown"},

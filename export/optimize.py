@@ -17,15 +17,25 @@ from typing import Any
 from vitexport.artifacts import ModelArtifact, Precision, derived, publish
 from vitexport.errors import ArtifactError, ExportError, first_line
 from vitexport.export.cpu import int8_saturates
-from vitexport.export.detection_gate import evaluate_detection, gate_photos
 from vitexport.export.fp16 import IOType, to_fp16
 from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
-from vitexport.export.gate import ImageSet, Run, check_gate, evaluate, hold_out, load_image_folder
+from vitexport.export.gate import (
+    GateReport,
+    ImageSet,
+    Run,
+    check_gate,
+    evaluate,
+    gate_photos,
+    hold_out,
+    load_image_folder,
+)
 from vitexport.export.openvino import int8_recipes
 from vitexport.export.options import PROTOBUF_LIMIT, Runtime
 from vitexport.export.quantize import QuantMethod, default_method, is_convnet, quantize_onnx
 from vitexport.export.runners import load_runner
 from vitexport.fileio import staging
+from vitexport.tasks import task_of
+from vitexport.variants import get_variant
 
 CALIBRATION_LIMIT = 300  # NNCF's default subset size: more images barely move the ranges and cost minutes
 HOLD_OUT_EVERY = 5  # without --images, one calibration image in five is kept back for the accuracy gate
@@ -42,10 +52,8 @@ def default_fusion(runtime: Runtime, precision: Precision) -> Fusion:
 
 def default_output(source: Path, runtime: Runtime, precision: Precision, fusion: Fusion) -> Path:
     stem = source.name.removesuffix(".onnx")
-    if runtime is Runtime.openvino:
-        return source.with_name(f"{stem}.openvino-{precision.value}.xml")
     tag = "" if fusion is Fusion.none else f"-{fusion.value}"
-    return source.with_name(f"{stem}.onnxruntime{tag}-{precision.value}.onnx")
+    return source.with_name(f"{stem}.{runtime.value}{tag}-{precision.value}{get_variant(runtime, precision).suffix}")
 
 
 def optimize(
@@ -87,7 +95,7 @@ def optimize(
     output = Path(output) if output else default_output(artifact.path, runtime, precision, fusion)
     if output.resolve() == artifact.path.resolve():
         raise ExportError(f"output {output} would overwrite the source model")
-    expected = ".xml" if runtime is Runtime.openvino else ".onnx"
+    expected = get_variant(runtime, precision).suffix
     if output.suffix != expected:
         raise ExportError(f"the {runtime.value} output must end in {expected}: {output}")
     _check_described(artifact)
@@ -118,7 +126,7 @@ def optimize(
                 details = _onnxruntime_variant(
                     artifact, staged, precision, fusion, io_type, quant_method, family, calib, progress
                 )
-            else:
+            else:  # _check_combination let only the two runtimes optimize builds through
                 details = _openvino_variant(artifact, staged, precision, family, calib, recipe, progress)
             if validate:
                 details["gate_images"] = gate_images
@@ -145,7 +153,7 @@ def _variant(
     return derived(
         artifact,
         path=staged,
-        format="onnx" if runtime is Runtime.onnxruntime else "openvino",
+        format=get_variant(runtime, precision).format,
         batch_size=artifact.batch_size,
         precision=precision.value,
         opset=details.pop("opset", None),
@@ -172,7 +180,7 @@ def _calibration_and_gate_images(
     construction. Without --images, every HOLD_OUT_EVERY-th calibration image is held out for the gate (and more are
     read, so the calibration keeps `calibration_limit`); a calibration folder too small to split leaves the gate its
     random inputs. A method that calibrates nothing (ORT dynamic INT8) gates on all the calibration images. A
-    detector left without gate images is gated on scikit-image's photographs (detection_gate.gate_photos): its
+    detector left without gate images is gated on scikit-image's photographs (gate.gate_photos): its
     random-weight outputs on noise say little, and the photographs are in the wheel, offline.
     """
     preprocess = artifact.preprocess
@@ -195,7 +203,7 @@ def _calibration_and_gate_images(
                 gate_set, pool = hold_out(pool, HOLD_OUT_EVERY)
                 source = f"held out of the calibration folder ({len(gate_set.images)})"
             calib = pool
-    if artifact.task == "detection" and validate and gate_set is None:
+    if task_of(artifact).mask_input is not None and validate and gate_set is None:
         gate_set = gate_photos(preprocess)
         source = f"scikit-image photographs ({len(gate_set.images)})"
     return calib, gate_set, source
@@ -212,8 +220,8 @@ def _check_described(artifact: ModelArtifact) -> None:
         model = onnx.load(str(artifact.path), load_external_data=False)
     except Exception as e:
         raise ArtifactError(f"cannot read {artifact.path.name}: {first_line(e)}") from None
-    if artifact.task == "detection":
-        checked, says, found = _detector_io(artifact, model)
+    if artifact.mask_name is not None:
+        checked, says, found = _masked_io(artifact, model)
     else:
         checked = ("input", "input size", "output", "output width")
         says = (artifact.input_name, artifact.preprocess.input_size, artifact.output_names[0], artifact.num_classes)
@@ -228,9 +236,9 @@ def _check_described(artifact: ModelArtifact) -> None:
         raise ArtifactError(f"{artifact.path.name} does not match its sidecar: no output {', '.join(sorted(missing))}")
 
 
-def _detector_io(artifact: ModelArtifact, model) -> tuple[tuple, tuple, tuple]:
-    """(what is checked, what the sidecar says, what the graph has) of a detector: its two inputs, its canvas and its
-    class count (the logits' width less no-object)."""
+def _masked_io(artifact: ModelArtifact, model) -> tuple[tuple, tuple, tuple]:
+    """(what is checked, what the sidecar says, what the graph has) of a model with a mask input (a detector): its two
+    inputs, its canvas and its class count (the first output's width, as the task sizes it)."""
 
     def dims(value_info) -> list[int | None]:
         return [d.dim_value or None for d in value_info.type.tensor_type.shape.dim]
@@ -240,21 +248,23 @@ def _detector_io(artifact: ModelArtifact, model) -> tuple[tuple, tuple, tuple]:
     image = inputs.get(artifact.input_name, [None] * 4)
     logits = outputs.get(artifact.output_names[0], [None] * 3)
     says = (f"{artifact.input_name}, {artifact.mask_name}", artifact.preprocess.input_size, artifact.num_classes)
-    found = (", ".join(inputs), image[-1], logits[-1] - 1 if logits[-1] else None)
+    extra = task_of(artifact).output_width(0)  # the width beyond the classes: a detector's no-object
+    found = (", ".join(inputs), image[-1], logits[-1] - extra if logits[-1] else None)
     return ("inputs", "canvas", "classes"), says, found
 
 
-def gate(candidate: ModelArtifact, reference: Run, images: ImageSet | None, precision: str | None = None):
+def gate(candidate: ModelArtifact, reference: Run, images: ImageSet | None, precision: str | None = None) -> GateReport:
     """The accuracy gate of `candidate` against its fp32 reference (a runner of the fp32 ONNX or PyTorch model), by
-    the budget of `precision` (default: the candidate's): a classifier's (gate.py) or a detector's
-    (detection_gate.py). The `validate` command calls this too. A detector given no images is graded on
-    scikit-image's photographs. ORT's spinning is off: two runtimes share the process."""
-    detector = candidate.task == "detection"
-    images = gate_photos(candidate.preprocess) if detector and images is None else images
-    grade = evaluate_detection if detector else evaluate
-    return grade(
+    its task's budget for `precision` (default: the candidate's). The `validate` command calls this too. A model with
+    a mask input (a detector) given no images is graded on scikit-image's photographs. ORT's spinning is off: two
+    runtimes share the process."""
+    task = task_of(candidate)
+    if images is None and task.mask_input is not None:
+        images = gate_photos(candidate.preprocess)
+    return evaluate(
         load_runner(candidate, spinning=False),
         reference,
+        task=task,
         precision=precision or candidate.precision,
         input_size=candidate.preprocess.input_size,
         output_names=candidate.output_names,
@@ -263,6 +273,8 @@ def gate(candidate: ModelArtifact, reference: Run, images: ImageSet | None, prec
 
 
 def _check_combination(runtime: Runtime, precision: Precision, fusion: Fusion, io_type: IOType) -> None:
+    if runtime is Runtime.tensorrt:
+        raise ExportError("TensorRT engines are built by `vitexport trt` (on a GPU host), not by optimize")
     if runtime is Runtime.onnxruntime and precision is Precision.bf16:
         raise ExportError("ONNX Runtime's CPU provider has no BF16 kernels; use --runtime openvino for bf16")
     if runtime is Runtime.openvino and fusion is not Fusion.none:

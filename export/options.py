@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 
+from vitexport.tasks.base import FEATURES_HEAD
 from vitexport.variants import Runtime
 
 __all__ = ["PROTOBUF_LIMIT", "Attention", "Heads", "Runtime"]
@@ -19,7 +20,7 @@ class Heads(str, Enum):
     all = "all"  # also `logits_cls` and `logits_dist`
     # No classifier: `embeddings` (N, D), the pooled representation the classifier would see. Checkpoints without
     # a classifier (pretrained encoders) load too: vitexport.models.create_model(head="features").
-    features = "features"
+    features = FEATURES_HEAD
 
 
 class Attention(str, Enum):

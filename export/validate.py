@@ -11,59 +11,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from vitexport.errors import ValidationError
+from vitexport.tasks.classification import TOLERANCES, Tolerance
+from vitexport.tasks.detection import PRED_BOXES
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    max_abs: float  # on logits
-    min_cosine: float  # per sample, the worst one
-    min_top1_agreement: float = 1.0
-    # On a labelled image folder: the most top-1 accuracy (percentage points) a variant may lose to the reference.
-    max_top1_drop: float | None = None
-    # Whether drift on random (Gaussian) inputs is gated or only reported. Calibrated INT8 clips activations to the
-    # ranges seen on real images, so out-of-distribution noise drifts far (cosine ~0.9) while images agree.
-    gate_random_inputs: bool = True
-
-
-# One place for the budgets. fp32 ONNX vs PyTorch differs only by kernel order: ~1e-6 on ViT-B logits.
-TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999),
-    # Optimized variants, measured against the fp32 reference (export/gate.py). Max abs is loose where the logit
-    # scale decides it (INT8); cosine, top-1 agreement and the accuracy drop carry the gate there.
-    # FP16 with FP32 LayerNorm/Softmax: ~2e-3 on DeiT logits.
-    "fp16": Tolerance(max_abs=0.05, min_cosine=0.9995, min_top1_agreement=0.97, max_top1_drop=0.3),
-    # BF16 (OpenVINO): 8-bit mantissa, ~0.02 on DeiT-B logits, cosine 0.9999.
-    "bf16": Tolerance(max_abs=0.5, min_cosine=0.995, min_top1_agreement=0.9, max_top1_drop=0.5),
-    "int8": Tolerance(
-        max_abs=float("inf"), min_cosine=0.98, min_top1_agreement=0.85, max_top1_drop=1.0, gate_random_inputs=False
-    ),
-}
-
-
-@dataclass(frozen=True)
-class DetectionTolerance:
-    """A detector variant's budget (export/detection_gate.py), on the queries the reference is confident about:
-    the share whose best class agrees, the L1 distance (normalised cx, cy, w, h) and IoU of the same query's boxes,
-    and the drift of the logits over every query."""
-
-    min_class_agreement: float
-    max_box_l1: float  # the worst confident query, in fractions of the image
-    min_mean_iou: float
-    min_iou: float  # the worst confident query
-    max_logits_abs: float
-    min_logits_cosine: float  # per image, the worst one
-    gate_random_inputs: bool = True  # as Tolerance.gate_random_inputs: calibrated INT8 clips noise it never saw
-
-
-# Measured against the fp32 ONNX model on scikit-image's photographs and random inputs (docs/optimize.md, "Detectors"):
-# test_detr (random weights) and detr_resnet50 on a 384 px canvas (random weights).
-DETECTION_TOLERANCES: dict[str, DetectionTolerance] = {
-    # Fused attention: the same arithmetic in another kernel order, ~1e-6.
-    "fp32": DetectionTolerance(1.0, 1e-3, 0.999, 0.99, 1e-3, 0.99999),
-    "fp16": DetectionTolerance(0.97, 0.02, 0.98, 0.9, 0.1, 0.999),
-    "bf16": DetectionTolerance(0.9, 0.05, 0.95, 0.75, 0.5, 0.99),
-    "int8": DetectionTolerance(0.85, 0.1, 0.9, 0.5, float("inf"), 0.95, gate_random_inputs=False),
-}
+# The budgets are the tasks' (vitexport/tasks/): a classifier's drift budget is also what every export is checked by.
+__all__ = ["TOLERANCES", "DriftReport", "Tolerance", "check_drift", "compare"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +46,7 @@ class DriftReport:
 
 # Outputs whose last axis is not class scores (DETR's boxes): compared by drift and cosine only. The gate names an
 # output "<output> (<inputs>)".
-BOX_OUTPUTS = ("pred_boxes",)
+BOX_OUTPUTS = (PRED_BOXES,)
 
 
 def compare(output: str, reference: np.ndarray, candidate: np.ndarray) -> DriftReport:

@@ -16,14 +16,14 @@ from typer.testing import CliRunner
 from vitexport.artifacts import load_artifact
 from vitexport.cli import app
 from vitexport.errors import ValidationError
-from vitexport.export.detection_gate import box_iou, confident, evaluate_detection, gate_photos
-from vitexport.export.gate import check_gate, hold_out, load_image_folder
+from vitexport.export.gate import check_gate, evaluate, gate_photos, hold_out, load_image_folder
 from vitexport.export.onnx import export_onnx
 from vitexport.export.optimize import Precision, Runtime, optimize
 from vitexport.export.photos import CALIBRATION_PHOTOS, detection_photos
 from vitexport.export.quantize import QuantMethod
 from vitexport.export.runners import load_runner
-from vitexport.export.validate import DETECTION_TOLERANCES
+from vitexport.tasks import DETECTION
+from vitexport.tasks.detection import DETECTION_TOLERANCES, box_iou, confident
 
 runner = CliRunner()
 
@@ -149,9 +149,10 @@ def test_cli_validate_rejects_a_scrambled_class_head_naming_the_metric(detr, scr
 
 def test_a_budget_too_tight_fails_with_every_metric_over_it(detr, variants):
     tight = replace(DETECTION_TOLERANCES["int8"], max_box_l1=1e-7, min_iou=0.9999999)
-    report = evaluate_detection(
+    report = evaluate(
         load_runner(variants["ort-int8-dynamic"]),
         load_runner(detr),
+        task=DETECTION,
         precision="int8",
         input_size=detr.preprocess.input_size,
         images=gate_photos(detr.preprocess),

@@ -60,8 +60,8 @@ def test_folder_errors(tmp_path, make):
 def test_identical_runner_passes_fp32_with_accuracy(folder):
     images = load_image_folder(folder, CFG)
     report = evaluate(linear, linear, precision="fp32", input_size=16, images=images)
-    assert report.passed and report.accuracy.top1_drop == 0
-    assert report.accuracy.reference_top1 == report.accuracy.candidate_top1
+    assert report.passed and report.to_dict()["accuracy"]["top1_drop"] == 0
+    assert report.to_dict()["accuracy"]["reference_top1"] == report.to_dict()["accuracy"]["candidate_top1"]
     check_gate(report)
 
 
@@ -95,7 +95,7 @@ def test_accuracy_drop_alone_fails(folder):
 
     tol = Tolerance(max_abs=2.0, min_cosine=-1.0, min_top1_agreement=0.0, max_top1_drop=1.0)
     report = evaluate(candidate, reference, precision="fp16", input_size=16, images=images, tolerance=tol)
-    assert report.accuracy.top1_drop == pytest.approx(50.0)
+    assert report.to_dict()["accuracy"]["top1_drop"] == pytest.approx(50.0)
     assert report.failures == ["top-1 accuracy 50.00% vs reference 100.00%: drop 50.00 pt > 1 pt on 6 images"]
 
 

@@ -89,7 +89,7 @@ def test_timm_exporter_convnext_imports_with_flags(timm_convnext, tmp_path):
     model, path = timm_convnext
     path = _copy(path, tmp_path)
     artifact = import_onnx(path, flags=IMAGENET)
-    assert (artifact.model, artifact.family, artifact.head) == ("test_convnext", "convnet", "logits")
+    assert (artifact.model, artifact.family, artifact.task) == ("test_convnext", "convnet", "classification")
     assert artifact.preprocess.input_size == 64 and artifact.num_classes == model.num_classes
     assert artifact.validation["passed"] and artifact.validation["imported"]
     assert load_artifact(path) == artifact  # the sidecar makes it an artifact every later command reads
@@ -122,7 +122,7 @@ def test_an_imported_model_is_optimized_and_gated(torchscript_vit, digits, tmp_p
     assert variant.fuse_attention == "none"  # an imported graph is fused only when asked
     assert (variant.input_name, variant.output_names) == ("image", ("scores",))
     # What the model is carries over, so a repository of the variant serves the imported class names.
-    assert (variant.family, variant.labels, variant.head) == ("transformer", source.labels, "logits")
+    assert (variant.family, variant.labels, variant.task) == ("transformer", source.labels, "classification")
     assert load_artifact(output).labels[7] == "digit 7"
 
 

@@ -19,6 +19,7 @@ from vitexport import __version__
 from vitexport.errors import ArtifactError
 from vitexport.fileio import move_into_place, write_atomic
 from vitexport.preprocess import PreprocessConfig
+from vitexport.tasks import TASKS
 
 
 class Format(str, Enum):
@@ -69,9 +70,9 @@ class ModelArtifact:
     batch_profile: tuple[int, int, int] | None = None  # engines: the (min, opt, max) batch they were built for
     compute_capability: str | None = None  # engines: the GPU architecture they run on
     gate_failure: str | None = None  # a variant kept though it failed its gate (the benchmark's ungated rows): why
-    # What the output is: "logits" (num_classes of them) or "features" (an embedding of num_classes values).
-    head: str = "logits"
-    task: str = "classification"  # or "detection": outputs logits (N, Q, num_classes + 1) and pred_boxes (N, Q, 4)
+    # What the model does, a name in vitexport.tasks.TASKS: "classification" (logits, num_classes of them),
+    # "features" (an embedding of num_classes values) or "detection" (logits (N, Q, num_classes + 1), pred_boxes).
+    task: str = "classification"
     # Models from outside the registry (`vitexport import`): "transformer" or "convnet", and their class names.
     family: str | None = None
     labels: tuple[str, ...] | None = None
@@ -90,12 +91,10 @@ class ModelArtifact:
             object.__setattr__(self, "batch_profile", tuple(int(b) for b in self.batch_profile))
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(self.labels))
-        if self.head not in ("logits", "features"):
-            raise ValueError(f"head must be logits or features, not {self.head!r}")
-        if self.task not in ("classification", "detection"):
-            raise ValueError(f"task must be classification or detection, not {self.task!r}")
-        if (self.task == "detection") != (self.mask_name is not None):
-            raise ValueError("a detection artifact has a mask input (mask_name), a classification one has none")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if (TASKS[self.task].mask_input is not None) != (self.mask_name is not None):
+            raise ValueError(f"a {self.task} artifact {'has' if self.mask_name is None else 'has no'} mask input")
 
     @property
     def sidecar(self) -> Path:
@@ -161,7 +160,6 @@ CARRIED_OVER = (
     "mask_name",
     "task",
     "checkpoint_sha256",
-    "head",
     "family",
     "labels",
 )
@@ -311,4 +309,7 @@ def _from_legacy_details(d: dict[str, Any]) -> dict[str, Any]:
         "compute_capability": details.get("compute_capability"),
         "gate_failure": details.get("gate_failure"),
     }
-    return {k: v for k, v in legacy.items() if v is not None} | {k: v for k, v in d.items() if v is not None}
+    d = {k: v for k, v in legacy.items() if v is not None} | {k: v for k, v in d.items() if v is not None}
+    if d.pop("head", None) == "features":  # before tasks, an embedding model was a classification with this head
+        d["task"] = "features"
+    return d

@@ -18,14 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from vitexport.errors import UnknownModelError, VitExportError
 from vitexport.preprocess import PreprocessConfig
+from vitexport.tasks import TASKS
 
 if TYPE_CHECKING:
     from torch import nn
 
-
-# What a model does: "classification" (pixel_values -> logits, or the pooled embedding) or "detection" (DETR:
-# pixel_values and pixel_mask -> per-query logits over num_classes + 1 ("no object") and normalised boxes).
-TASKS = ("classification", "detection")
 
 # --img-size bounds: the papers' largest inputs are 384-518 px (1333 for detection); a ViT at 100000 px would ask for
 # hundreds of GB before the first error.
@@ -46,7 +43,7 @@ class ModelSpec:
     for_tests: bool = False
     # Remaps foreign checkpoint layouts onto this model (timm's checkpoint_filter_fn); None: timm's names only.
     checkpoint_filter: Callable[[dict, nn.Module], dict] | None = field(default=None, repr=False, compare=False)
-    task: str = "classification"
+    task: str = "classification"  # what the model does: a name in vitexport.tasks.TASKS
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -88,8 +88,9 @@ def deploy(
             ]
             for c in candidates
         ]
-        agreement = "class agreement" if source.task == "detection" else "top-1 agreement"  # on confident queries
-        columns = ["candidate", "img/s", "worst cosine", agreement, "gate", "chosen"]
+        from vitexport.tasks import task_of
+
+        columns = ["candidate", "img/s", "worst cosine", task_of(source).agreement, "gate", "chosen"]
         print_table(f"{source.model}: candidates timed here, fastest gated first", columns, rows)
         typer.echo(str(added.path))
     if serve:

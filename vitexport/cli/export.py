@@ -228,7 +228,7 @@ def import_(
     p = artifact.preprocess
     rows = [
         ["input", f"{artifact.input_name}: {artifact.batch_size or 'N'} x 3 x {p.input_size} x {p.input_size}"],
-        ["output", f"{artifact.output_names[0]}: {artifact.head}, {artifact.num_classes} values"],
+        ["output", f"{artifact.output_names[0]}: {artifact.task}, {artifact.num_classes} values"],
         ["preprocess", f"mean {list(p.mean)}, std {list(p.std)}, crop {p.crop_pct:g}, {p.interpolation}"],
         ["family", f"{artifact.family} (INT8 recipes follow it)"],
         ["labels", f"{len(artifact.labels)} names" if artifact.labels else "none (class indices)"],

@@ -23,6 +23,7 @@ from vitexport.models import (  # noqa: F401  (importing a family registers its 
     vit,
 )
 from vitexport.registry import ModelSpec, get_spec, list_models
+from vitexport.tasks.base import FEATURES_HEAD, LOGITS_HEAD
 
 if TYPE_CHECKING:
     from torch import nn
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["HEADS", "ModelSpec", "create_model", "get_spec", "list_models"]
 
 # What a model outputs: its classifier's logits, or the pooled embedding that classifier would see.
-HEADS = ("logits", "features")
+HEADS = (LOGITS_HEAD, FEATURES_HEAD)
 
 
 def create_model(
@@ -40,7 +41,7 @@ def create_model(
     pretrained: bool = False,
     img_size: int | None = None,
     attention: str = "sdpa",
-    head: str = "logits",
+    head: str = LOGITS_HEAD,
 ) -> nn.Module:
     """Build a registered model in eval mode, with weights from a checkpoint file or timm's hub weights.
 
@@ -57,7 +58,7 @@ def create_model(
     spec = get_spec(name).with_img_size(img_size)
     model = spec.build(attention=attention)
     checkpoint_filter = spec.checkpoint_filter
-    if head == "features":
+    if head == FEATURES_HEAD:
         if not hasattr(model, "remove_head"):
             raise VitExportError(f"{spec.name} ({spec.family}) has no features head; its models output logits only")
         before = set(model.state_dict())

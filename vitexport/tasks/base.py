@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 # Triton's data type names, the ones its config and both protocols use.
 FP32, INT64, BYTES = "FP32", "INT64", "BYTES"
 
+# What `create_model(head=...)` builds: the model with its classifier, or without it (the pooled embedding).
+LOGITS_HEAD, FEATURES_HEAD = "logits", "features"
+
 IMAGE_INPUT = "image"  # an image ensemble's one input: the encoded image (JPEG, PNG, ...)
 PIXELS = "pixel_values"
 
@@ -81,6 +84,12 @@ class Task(ABC):
     timing_batch: ClassVar[int] = 8
     # bench: the independent implementation our models are compared with ("timm", "transformers")
     reference_peer: ClassVar[str]
+    # bench: how many real images each variant is gated on (a 800 px DETR canvas costs seconds per image)
+    bench_gate_images: ClassVar[int] = 64
+    # define: what `create_model(head=...)` builds for it ("logits": with its classifier, "features": without)
+    model_head: ClassVar[str] = LOGITS_HEAD
+    # whether a model's input size is its own (a detector's canvas is any size: nothing in it is resampled for one)
+    any_input_size: ClassVar[bool] = False
 
     # --- define and export ------------------------------------------------------------------------------------------
     @abstractmethod
@@ -114,6 +123,10 @@ class Task(ABC):
         """Metrics and failures of `candidate`'s outputs against `reference`'s on one input set (the batches'
         outputs concatenated); `drift` is the gate's per-output, per-batch DriftReports. `lenient`: random inputs of
         a gate that also has images, where agreement on noise decides nothing."""
+
+    def report_metrics(self, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+        """The task's metrics as the gate report's dict (and so the sidecar's `validation`) keeps them."""
+        return {self.metrics_key: metrics}
 
     @abstractmethod
     def worst(self, report: Mapping[str, Any]) -> tuple[float | None, float | None]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from vitexport.errors import VitExportError
-from vitexport.tasks.base import BYTES, FP32, INT64, PIXELS, Budget, Grade, InputSet, Task, TensorSpec
+from vitexport.tasks.base import BYTES, FEATURES_HEAD, FP32, INT64, PIXELS, Budget, Grade, InputSet, Task, TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -124,6 +124,9 @@ class Classification(Task):
             )
         return Grade(acc.to_dict(), failures)
 
+    def report_metrics(self, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"accuracy": metrics[-1] if metrics else None}  # only a labelled folder has any
+
     def worst(self, report: Mapping[str, Any]) -> tuple[float | None, float | None]:
         drift = report.get("images") or report.get("random") or []
         if not drift:
@@ -172,6 +175,7 @@ class Features(Classification):
     metrics_key = "accuracy"  # always None: an embedding has no classes to be accurate about
     agreement = "top-1 agreement"
     postprocess = None
+    model_head = FEATURES_HEAD
 
     def output_names(self, *, all_heads: bool = False) -> tuple[str, ...]:
         return (EMBEDDINGS,)
