@@ -242,33 +242,12 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
         for w in pool.values():
             w.wait_ready()
         measured = sweep(pool, config.sweep, spec.img_size, progress, spec.name)
+        peer_models = {BenchBackend.timm: f"timm {timm_name}", BenchBackend.transformers: TRANSFORMERS_DETR}
         for backend_name, w in pool.items():
             b = BenchBackend(backend_name)
-            if backend_name not in measured or not measured[backend_name]:
-                reason = w.error or w.limited or "not measured"
-                entries[backend_name] = {"status": "failed", "reason": reason, "peer": b.peer}
-                continue
-            precision = w.precision or b.precision
-            batches = {}
-            for bs, m in measured[backend_name].items():
-                s = m.summary()
-                s["gflops"] = _significant(s["img_s"] * gflop) if gflop else None
-                s["fraction_of_peak"] = (
-                    _significant(s["img_s"] * gflop / peak[precision]) if gflop and precision in peak else None
-                )
-                batches[str(bs)] = s
-            entries[backend_name] = {
-                "status": "ok",
-                "peer": b.peer,
-                "gated": not b.peer and b not in ungated and _passed_gate(paths.get(b)),
-                **({"gate_failure": ungated[b]} if b in ungated else {}),
-                "precision": precision,
-                "artifact": paths[b].name if b in paths else None,
-                **({"peer_model": f"timm {timm_name}"} if b is BenchBackend.timm else {}),
-                **({"peer_model": "transformers DetrForObjectDetection"} if b is BenchBackend.transformers else {}),
-                "batches": batches,
-                **({"note": w.limited} if w.limited else {}),
-            }
+            gate = (b not in ungated and _passed_gate(paths.get(b)), ungated.get(b))
+            facts = _Measured(b, w.precision or b.precision, gflop, peak, paths.get(b), peer_models.get(b), gate)
+            entries[backend_name] = _entry(facts, measured.get(backend_name), w.error or w.limited, w.limited)
     ordered = {b.value: entries[b.value] for b in in_process if b.value in entries}
     served_results, served_skipped = {}, {}
     if served:
@@ -285,6 +264,49 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
         "in_process": ordered,
         "served": served_results,
         "served_skipped": served_skipped,
+    }
+
+
+TRANSFORMERS_DETR = "transformers DetrForObjectDetection"
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What a row's entry says beside its measurements."""
+
+    backend: BenchBackend
+    precision: str  # what it really computed in (OpenVINO reports it)
+    gflop: float | None  # per image
+    peak: dict[str, float]  # GEMM peaks of this run, by precision
+    path: Path | None  # its model file
+    peer_model: str | None  # a reference peer's model, as the report names it
+    gate: tuple[bool, str | None]  # (passed its gate, why a kept variant failed it)
+
+
+def _entry(facts: _Measured, measured: dict | None, failure: str | None, note: str | None) -> dict[str, Any]:
+    """One in-process row of the results: its batches' throughput and fraction of the GEMM peak, or why it failed."""
+    b = facts.backend
+    if not measured:
+        return {"status": "failed", "reason": failure or "not measured", "peer": b.peer}
+    batches = {}
+    for bs, m in measured.items():
+        s = m.summary()
+        rate = s["img_s"] * facts.gflop if facts.gflop else None
+        s["gflops"] = _significant(rate) if rate else None
+        peak = facts.peak.get(facts.precision)
+        s["fraction_of_peak"] = _significant(rate / peak) if rate and peak else None
+        batches[str(bs)] = s
+    passed, gate_failure = facts.gate
+    return {
+        "status": "ok",
+        "peer": b.peer,
+        "gated": not b.peer and passed,
+        **({"gate_failure": gate_failure} if gate_failure else {}),
+        "precision": facts.precision,
+        "artifact": facts.path.name if facts.path else None,
+        **({"peer_model": facts.peer_model} if facts.peer_model else {}),
+        "batches": batches,
+        **({"note": note} if note else {}),
     }
 
 

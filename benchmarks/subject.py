@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitexport.errors import VitExportError
+from vitexport.tasks import CLASSIFICATION
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class Subject:
     params: int | None
     img_size: int
     macs: int | None  # per image; None where the graph's shapes could not be inferred
-    task: str = "classification"  # or "detection"
+    task: str = CLASSIFICATION.name  # a name in vitexport.tasks.TASKS
     artifact: Path | None = None  # the fp32 ONNX artifact for a file; None: a registered model, exported here
 
     @property

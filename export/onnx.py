@@ -73,13 +73,7 @@ def export_onnx(
     previous export and its sidecar as they were.
     """
     spec = get_spec(name).with_img_size(img_size)
-    if opset not in SUPPORTED_OPSETS:
-        first, last = SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1
-        raise ExportError(f"opset {opset} is not supported; choose {first}-{last}")
-    if heads is Heads.all and not spec.distilled:
-        raise ExportError(f"--heads all needs a distilled model; {spec.name} has one head")
-    if batch_size is not None and batch_size < 1:
-        raise ExportError(f"batch size must be >= 1, got {batch_size}")
+    _check_request(spec, opset, heads, batch_size)
     output = Path(output)
     _check_writable(output)
 
@@ -104,15 +98,7 @@ def export_onnx(
     program = _torch_export(exported, example, opset, output_names, dynamic)
 
     sha = weights.sha256_file(checkpoint) if checkpoint else None
-    program.model.metadata_props.update(
-        {
-            "vitexport.model": spec.name,
-            "vitexport.preprocess": json.dumps(spec.preprocess.to_dict()),
-            "vitexport.opset": str(opset),
-            "vitexport.checkpoint_sha256": sha or "",
-            "vitexport.version": __version__,
-        }
-    )
+    program.model.metadata_props.update(_metadata(spec, opset, sha))
 
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with staging(output) as staged:
@@ -124,6 +110,27 @@ def export_onnx(
             reports = validate_onnx(artifact, exported)
             artifact = artifact.with_(validation={"passed": True, "reports": [r.to_dict() for r in reports]})
         return publish(artifact, output)
+
+
+def _check_request(spec: ModelSpec, opset: int, heads: Heads, batch_size: int | None) -> None:
+    if opset not in SUPPORTED_OPSETS:
+        first, last = SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1
+        raise ExportError(f"opset {opset} is not supported; choose {first}-{last}")
+    if heads is Heads.all and not spec.distilled:
+        raise ExportError(f"--heads all needs a distilled model; {spec.name} has one head")
+    if batch_size is not None and batch_size < 1:
+        raise ExportError(f"batch size must be >= 1, got {batch_size}")
+
+
+def _metadata(spec: ModelSpec, opset: int, sha: str | None) -> dict[str, str]:
+    """What the ONNX file says of itself (`metadata_props`), for tools that read no sidecar (`vitexport import`)."""
+    return {
+        "vitexport.model": spec.name,
+        "vitexport.preprocess": json.dumps(spec.preprocess.to_dict()),
+        "vitexport.opset": str(opset),
+        "vitexport.checkpoint_sha256": sha or "",
+        "vitexport.version": __version__,
+    }
 
 
 def _artifact(spec, model: nn.Module, path: Path, task: Task, output_names, batch_size, opset, sha) -> ModelArtifact:

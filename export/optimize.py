@@ -9,8 +9,9 @@ checked by the accuracy gate against the fp32 source before its sidecar is writt
 
 from __future__ import annotations
 
+import functools
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,26 +79,13 @@ def optimize(
     ValidationError. The variant is written and gated in a staging folder and moved into place with its sidecar only
     once it passed: a failure or an interruption leaves an earlier variant at `output` and its sidecar as they were.
     """
-    if artifact.source is not None:
-        # A variant's graph is already rewritten (contrib ops, casts, Q/DQ): fusing or converting it again fails
-        # late, and its gate would compare it with another variant instead of with the exported model.
-        raise ArtifactError(f"{artifact.path.name} is already an optimized variant; optimize the ONNX it came from")
-    if artifact.format != "onnx" or artifact.precision != "fp32":
-        raise ArtifactError(
-            f"optimize starts from an fp32 ONNX artifact; {artifact.path.name} is "
-            f"{artifact.format} {artifact.precision}"
-        )
+    _check_source(artifact)
     # The fusion rewriters match the graphs our exporter writes; an imported graph (timm's TorchScript export, Optimum)
     # is fused only when asked, and then fails loudly where nothing matched.
     imported = artifact.family is not None
     fusion = fuse_attention or (Fusion.none if imported else default_fusion(runtime, precision))
     _check_combination(runtime, precision, fusion, io_type)
-    output = Path(output) if output else default_output(artifact.path, runtime, precision, fusion)
-    if output.resolve() == artifact.path.resolve():
-        raise ExportError(f"output {output} would overwrite the source model")
-    expected = get_variant(runtime, precision).suffix
-    if output.suffix != expected:
-        raise ExportError(f"the {runtime.value} output must end in {expected}: {output}")
+    output = _checked_output(artifact, output, runtime, precision, fusion)
     _check_described(artifact)
 
     from vitexport.models import get_spec  # torch: only when the family is not on the sidecar
@@ -112,38 +100,78 @@ def optimize(
         artifact, calibration, images, needs_calibration, validate, calibration_limit, progress
     )
 
+    def build(staged: Path, recipe: Any) -> dict[str, Any]:
+        if runtime is Runtime.onnxruntime:
+            return _onnxruntime_variant(
+                artifact, staged, precision, fusion, io_type, quant_method, family, calib, progress
+            )
+        # _check_combination let only the two runtimes optimize builds through
+        return _openvino_variant(artifact, staged, precision, family, calib, recipe, progress)
+
     # OpenVINO INT8 has more than one recipe; the first whose variant passes the gate is kept (without the gate,
     # the first). Every other runtime and precision has one way to build it.
-    recipes = (
-        int8_recipes(transformer=not is_convnet(family))
-        if (runtime, precision) == (Runtime.openvino, Precision.int8)
-        else (None,)
-    )
-    rejected: list[dict[str, Any]] = []
+    openvino_int8 = (runtime, precision) == (Runtime.openvino, Precision.int8)
+    recipes = int8_recipes(transformer=not is_convnet(family)) if openvino_int8 else (None,)
     with staging(output) as staged:
-        for i, recipe in enumerate(recipes):
-            if runtime is Runtime.onnxruntime:
-                details = _onnxruntime_variant(
-                    artifact, staged, precision, fusion, io_type, quant_method, family, calib, progress
-                )
-            else:  # _check_combination let only the two runtimes optimize builds through
-                details = _openvino_variant(artifact, staged, precision, family, calib, recipe, progress)
-            if validate:
-                details["gate_images"] = gate_images
-            if rejected:
-                details["rejected_recipes"] = rejected
-            variant = _variant(artifact, staged, output, runtime, precision, details)
-            if not validate:
-                break
-            progress("accuracy gate")
-            report = gate(variant, load_runner(artifact, spinning=False), eval_images)
-            if report.passed or i == len(recipes) - 1:
-                check_gate(report)  # the last recipe over budget: one error, and the staged files go
-                variant = variant.with_(validation=report.to_dict())
-                break
-            progress(f"recipe {recipe.name} over budget; trying {recipes[i + 1].name}")
-            rejected.append({"recipe": recipe.name, "failures": report.failures})
-        return publish(variant, output)
+        make = functools.partial(_variant, artifact, staged, output, runtime, precision)
+        gate_set = (eval_images, gate_images) if validate else None
+        return publish(_first_passing(recipes, build, make, artifact, staged, gate_set, progress), output)
+
+
+def _check_source(artifact: ModelArtifact) -> None:
+    if artifact.source is not None:
+        # A variant's graph is already rewritten (contrib ops, casts, Q/DQ): fusing or converting it again fails
+        # late, and its gate would compare it with another variant instead of with the exported model.
+        raise ArtifactError(f"{artifact.path.name} is already an optimized variant; optimize the ONNX it came from")
+    if artifact.format != "onnx" or artifact.precision != "fp32":
+        raise ArtifactError(
+            f"optimize starts from an fp32 ONNX artifact; {artifact.path.name} is "
+            f"{artifact.format} {artifact.precision}"
+        )
+
+
+def _checked_output(
+    artifact: ModelArtifact, output: str | Path | None, runtime: Runtime, precision: Precision, fusion: Fusion
+) -> Path:
+    """Where the variant goes: the asked path (with the variant's suffix, never the source) or the default."""
+    output = Path(output) if output else default_output(artifact.path, runtime, precision, fusion)
+    if output.resolve() == artifact.path.resolve():
+        raise ExportError(f"output {output} would overwrite the source model")
+    expected = get_variant(runtime, precision).suffix
+    if output.suffix != expected:
+        raise ExportError(f"the {runtime.value} output must end in {expected}: {output}")
+    return output
+
+
+def _first_passing(
+    recipes: Sequence[Any],
+    build: Callable[[Path, Any], dict[str, Any]],
+    make: Callable[[dict[str, Any]], ModelArtifact],
+    source: ModelArtifact,
+    staged: Path,
+    gate_set: tuple[ImageSet | None, str] | None,
+    progress: Callable[[str], None],
+) -> ModelArtifact:
+    """The variant of the first recipe that passes its gate (without a gate, the first); the last recipe over budget
+    raises its one ValidationError, and the staged files go."""
+    rejected: list[dict[str, Any]] = []
+    for i, recipe in enumerate(recipes):
+        details = build(staged, recipe)
+        if gate_set is not None:
+            details["gate_images"] = gate_set[1]
+        if rejected:
+            details["rejected_recipes"] = rejected
+        variant = make(details)
+        if gate_set is None:
+            return variant
+        progress("accuracy gate")
+        report = gate(variant, load_runner(source, spinning=False), gate_set[0])
+        if report.passed or i == len(recipes) - 1:
+            check_gate(report)
+            return variant.with_(validation=report.to_dict())
+        progress(f"recipe {recipe.name} over budget; trying {recipes[i + 1].name}")
+        rejected.append({"recipe": recipe.name, "failures": report.failures})
+    raise AssertionError("unreachable: no recipe")
 
 
 def _variant(
