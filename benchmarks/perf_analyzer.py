@@ -37,7 +37,7 @@ def find_perf_analyzer(folder: Path | None = None) -> PerfAnalyzer | None:
             return None
         binary = Path(found)
     try:
-        from vitexport.serving.server import TritonInstall
+        from vitexport.serving.install import TritonInstall
 
         libs = TritonInstall.find().libs
     except ServingError:

@@ -28,7 +28,8 @@ import numpy as np
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.serving import config as cfg
-from vitexport.serving.server import TritonServer, proc_stat
+from vitexport.serving.processes import proc_stat, stubs_of
+from vitexport.serving.server import TritonServer
 
 CLIENT_ERRORS = {"400", "StatusCode.INVALID_ARGUMENT"}  # what tritonclient reports for a refused bad request
 
@@ -287,8 +288,6 @@ def soak(server: TritonServer, model: str, expected: Expected, s: SoakSettings, 
 
 
 def _stubs(server: TritonServer):
-    from vitexport.serving.server import stubs_of
-
     return stubs_of(server.process_group)[0]
 
 
