@@ -119,6 +119,25 @@ def audit_layer_info(info: str | dict[str, Any], *, expected_attention: int, pre
         if id(la) not in fused_ids
         and (la.get("LayerType") == "Normalization" or _LAYERNORM.search(_text(la, "Name", "Metadata")))
     ]
+    not_fp32, unknown, behind_casts = _layernorm_precisions(norms)
+    warnings = _warnings(precision, expected_attention, fused, softmax, norms, not_fp32, unknown)
+    return FusionAudit(
+        layers=len(layers),
+        detailed=True,
+        expected_attention=expected_attention,
+        fused_attention=len(fused),
+        unfused_softmax=len(softmax),
+        layernorm_layers=len(norms),
+        layernorm_not_fp32=tuple(not_fp32),
+        layernorm_unknown=unknown,
+        warnings=tuple(warnings),
+        layernorm_fp32_behind_casts=behind_casts,
+    )
+
+
+def _layernorm_precisions(norms: list[dict[str, Any]]) -> tuple[list[str], int, int]:
+    """Of the LayerNorm layers: the names of those not in FP32, how many the inspector gave no types for, and how many
+    compute in FP32 behind Casts (computes_in_fp32_behind_casts)."""
     not_fp32, unknown, behind_casts = [], 0, 0
     for la in norms:
         types = {tensor_precision(t) for t in [*la.get("Inputs", []), *la.get("Outputs", [])]}
@@ -129,7 +148,18 @@ def audit_layer_info(info: str | dict[str, Any], *, expected_attention: int, pre
                 not_fp32.append(str(la.get("Name", "?")))
         elif types <= {None}:
             unknown += 1
+    return not_fp32, unknown, behind_casts
 
+
+def _warnings(
+    precision: Precision,
+    expected_attention: int,
+    fused: list[dict[str, Any]],
+    softmax: list[dict[str, Any]],
+    norms: list[dict[str, Any]],
+    not_fp32: list[str],
+    unknown: int,
+) -> list[str]:
     warnings = []
     if precision is not Precision.fp32 and expected_attention:
         if len(fused) < expected_attention:
@@ -146,18 +176,7 @@ def audit_layer_info(info: str | dict[str, Any], *, expected_attention: int, pre
         warnings.append(f"the precision of {unknown} LayerNorm layers is not reported by the inspector")
     if expected_attention and not norms:
         warnings.append("no LayerNorm layers found in the layer information: their precision cannot be checked")
-    return FusionAudit(
-        layers=len(layers),
-        detailed=True,
-        expected_attention=expected_attention,
-        fused_attention=len(fused),
-        unfused_softmax=len(softmax),
-        layernorm_layers=len(norms),
-        layernorm_not_fp32=tuple(not_fp32),
-        layernorm_unknown=unknown,
-        warnings=tuple(warnings),
-        layernorm_fp32_behind_casts=behind_casts,
-    )
+    return warnings
 
 
 def expected_attention_blocks(model: str) -> int:
