@@ -37,7 +37,7 @@ def find_perf_analyzer(folder: Path | None = None) -> PerfAnalyzer | None:
             return None
         binary = Path(found)
     try:
-        from vitexport.serving.server import TritonInstall
+        from vitexport.serving.install import TritonInstall
 
         libs = TritonInstall.find().libs
     except ServingError:
@@ -92,17 +92,7 @@ def measure(
         ]
         done = subprocess.run(command, env=tool.env, capture_output=True, text=True, timeout=timeout_s)
         if report.is_file():
-            us = report_row(report)
-            return {
-                "tool": "perf_analyzer",
-                "img_s": round(us["Inferences/Second"], 3),
-                "latency_ms_p50": round(us["p50 latency"] / 1e3, 3),
-                "latency_ms_p90": round(us["p90 latency"] / 1e3, 3),
-                "latency_ms_p99": round(us["p99 latency"] / 1e3, 3),
-                "server_queue_ms": round(us.get("Server Queue", 0) / 1e3, 3),
-                "server_compute_ms": round(us.get("Server Compute Infer", 0) / 1e3, 3),
-                "stable": True,
-            }
+            return _stable(report_row(report))
     passes = [float(x) for x in re.findall(r"Pass \[\d+\] throughput: ([0-9.]+) infer/sec", done.stdout)]
     if not passes:
         tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
@@ -115,6 +105,20 @@ def measure(
         "server_compute_ms": None,
         "stable": False,
         "windows_img_s": passes,
+    }
+
+
+def _stable(us: dict[str, float]) -> dict[str, Any]:
+    """The measurement of a run whose windows agreed: perf_analyzer's report (microseconds) in img/s and ms."""
+    return {
+        "tool": "perf_analyzer",
+        "img_s": round(us["Inferences/Second"], 3),
+        "latency_ms_p50": round(us["p50 latency"] / 1e3, 3),
+        "latency_ms_p90": round(us["p90 latency"] / 1e3, 3),
+        "latency_ms_p99": round(us["p99 latency"] / 1e3, 3),
+        "server_queue_ms": round(us.get("Server Queue", 0) / 1e3, 3),
+        "server_compute_ms": round(us.get("Server Compute Infer", 0) / 1e3, 3),
+        "stable": True,
     }
 
 

@@ -86,6 +86,12 @@ def load_generator(
         t.join(30)
     if errors:
         raise ServingError(f"{model} refused requests: {errors[0]}")
+    return _windows(latencies, marks)
+
+
+def _windows(latencies: list[list[tuple[float, float]]], marks: list[float]) -> dict[str, Any]:
+    """The median window's throughput and the latencies of the requests that ended within the windows (between the
+    first and the last mark), from each client's (latency, end time) pairs."""
     done = [(lat, end) for per in latencies for lat, end in per if end >= marks[0]]
     rates = [sum(1 for _, end in done if a <= end < b) / (b - a) for a, b in itertools.pairwise(marks)]
     lat_ms = np.array([lat * 1e3 for lat, end in done if end < marks[-1]])

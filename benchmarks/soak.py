@@ -11,14 +11,10 @@ the client's mistake (HTTP 400 / gRPC INVALID_ARGUMENT) and how fast.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import socket
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from vitexport.artifacts import ModelArtifact
+from vitexport.bench.hostile import ABANDONED, CLIENT_ERRORS, HALF_A_REQUEST, hostile_cases, hostile_request, send
+from vitexport.bench.memory import last_half_slope, process_tree, rss_mb
 from vitexport.serving import config as cfg
-from vitexport.serving.server import TritonServer, proc_stat
-
-CLIENT_ERRORS = {"400", "StatusCode.INVALID_ARGUMENT"}  # what tritonclient reports for a refused bad request
+from vitexport.serving.processes import stubs_of
+from vitexport.serving.server import TritonServer
 
 
 @dataclass(frozen=True)
@@ -81,79 +78,6 @@ def expected_answers(artifact: ModelArtifact, count: int) -> Expected:
     return Expected(images, e / e.sum(axis=1, keepdims=True), tensors, run(tensors))
 
 
-# -- hostile requests ------------------------------------------------------------------------------------------------
-
-
-def _png(width: int, height: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("L", (width, height)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _bomb_png(side: int = 20_000) -> bytes:
-    """A PNG whose header claims side x side pixels (and whose data is empty): a decoder that trusts it allocates
-    side^2 x 3 bytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-ABANDONED = "request abandoned mid-flight"  # a good request whose client gives up after 20 ms
-HALF_A_REQUEST = "half an HTTP request"  # headers promising a body that never comes
-
-
-def hostile_cases(model: str, image_model: str, input_name: str, size: int) -> dict[str, tuple[str, dict]]:
-    """name -> (served model, inputs): the client mistakes the server must refuse as such, without harm, and a
-    request its client abandons."""
-
-    def image(data: bytes) -> tuple[str, dict]:
-        return image_model, {cfg.IMAGE_INPUT: np.array([[data]], dtype=np.object_)}
-
-    return {
-        "decompression bomb (20000 x 20000 PNG)": image(_bomb_png()),
-        "20000 x 1 strip": image(_png(20000, 1)),
-        "undecodable bytes": image(b"\x89PNG\r\n\x1a\n but not really"),
-        "empty image": image(b""),
-        "NaN pixels": (model, {input_name: np.full((1, 3, size, size), np.nan, np.float32)}),
-        "wrong shape": (model, {input_name: np.zeros((1, 3, size // 2, size // 2), np.float32)}),
-        ABANDONED: (model, {input_name: np.zeros((4, 3, size, size), np.float32)}),
-    }
-
-
-def _send(client, module, model: str, inputs: dict[str, np.ndarray], outputs: list[str], options: dict):
-    from tritonclient.utils import np_to_triton_dtype
-
-    tensors = []
-    for name, array in inputs.items():
-        tensors.append(module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype)))
-        tensors[-1].set_data_from_numpy(array)
-    requested = [module.InferRequestedOutput(name) for name in outputs]
-    return client.infer(model, tensors, outputs=requested, **options)
-
-
-def _raw_http(host: str, port: int, request: bytes) -> None:
-    """Send bytes on a new HTTP connection and close it without reading a reply."""
-    with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(request)
-
-
-def _infer_request(model: str, inputs: dict[str, np.ndarray]) -> bytes:
-    """A whole KServe v2 JSON infer request over HTTP/1.1."""
-    import json
-
-    tensors = [
-        {"name": k, "shape": list(v.shape), "datatype": "FP32", "data": v.ravel().tolist()} for k, v in inputs.items()
-    ]
-    body = json.dumps({"inputs": tensors}).encode()
-    head = f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body
-
-
 # -- the soak --------------------------------------------------------------------------------------------------------
 
 
@@ -186,109 +110,101 @@ class _Record:
                 self.errors.append(f"{kind}: {error}")
 
 
-def _tree(root: int) -> list[int]:
-    """A process and its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                children.setdefault(proc_stat(entry.name)[2], []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
+@dataclass(frozen=True)
+class _Soak:
+    """One soak: what its threads (the clients, the hostile sender, the memory sampler) share and record into."""
 
+    server: TritonServer
+    model: str
+    input_name: str
+    expected: Expected
+    s: SoakSettings
+    record: _Record
+    start: float
+    deadline: float
 
-def _rss_mb(pids: list[int]) -> dict[str, float]:
-    """RSS in MB of each process, named: tritonserver, or a stub by its model instance."""
-    out = {}
-    for pid in pids:
-        with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
-            status = Path(f"/proc/{pid}/status").read_text().splitlines()
-            kb = int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            name = argv[8] if argv[0].endswith("triton_python_backend_stub") else Path(argv[0]).name
-            out[name] = out.get(name, 0.0) + kb / 1024
-    return out
+    def client(self, index: int) -> None:
+        """Requests one after another until the deadline, alternating photographs (the `<model>_image` ensemble) and
+        tensors (the model itself), each answer checked."""
+        from vitexport.serving.client import connect
 
-
-def soak(server: TritonServer, model: str, expected: Expected, s: SoakSettings, input_name: str) -> dict[str, Any]:
-    """Run the clients against a started server for `s.duration_s`; what they saw, checked."""
-    from vitexport.serving.client import connect
-
-    assert server.endpoints is not None and server.process_group is not None
-    e, image_model = server.endpoints, f"{model}_image"
-    record, start = _Record(), time.monotonic()
-    deadline = start + s.duration_s
-    stubs_before = sorted(st.pid for st in _stubs(server))
-
-    def client(index: int) -> None:
+        e, s = self.server.endpoints, self.s
         protocol = "http" if index % 2 == 0 else "grpc"
         triton, module = connect(e.http if protocol == "http" else e.grpc, protocol, timeout=s.timeout_s)
         options = {"client_timeout": s.timeout_s} if protocol == "grpc" else {}
         n = index
         try:
-            while time.monotonic() < deadline:
-                i, n = n % len(expected.images), n + 1
+            while time.monotonic() < self.deadline:
+                i, n = n % len(self.expected.images), n + 1
                 kind = f"{protocol} {'image' if n % 2 else 'tensor'}"
                 t0 = time.perf_counter()
                 try:
-                    if n % 2:
-                        inputs = {cfg.IMAGE_INPUT: np.array([[expected.images[i]]], dtype=np.object_)}
-                        outputs = [cfg.TOP_K_SCORES, cfg.TOP_K_INDICES]
-                        result = _send(triton, module, image_model, inputs, outputs, options)
-                        problem = _check_top_k(result, expected.probabilities[i], s)
-                    else:
-                        inputs = {input_name: expected.tensors[i : i + 1]}
-                        result = _send(triton, module, model, inputs, ["logits"], options)
-                        got = result.as_numpy("logits")[0]
-                        worst = float(np.abs(got - expected.logits[i]).max())
-                        problem = None if worst <= s.atol else f"logits differ by {worst:.2e}"
+                    problem = (
+                        self._image(triton, module, options, i) if n % 2 else self._tensor(triton, module, options, i)
+                    )
                     outcome = "mismatch" if problem else "ok"
                 except Exception as error:  # every failure is recorded, none ends the soak
                     problem, outcome = f"{type(error).__name__}: {error}", "error"
-                record.request(time.monotonic() - start, kind, (time.perf_counter() - t0) * 1e3, outcome, problem)
+                ms = (time.perf_counter() - t0) * 1e3
+                self.record.request(time.monotonic() - self.start, kind, ms, outcome, problem)
         finally:
             triton.close()
 
-    def hostile() -> None:
-        cases = hostile_cases(model, image_model, input_name, expected.tensors.shape[-1])
+    def _image(self, triton, module, options: dict, i: int) -> str | None:
+        inputs = {cfg.IMAGE_INPUT: np.array([[self.expected.images[i]]], dtype=np.object_)}
+        outputs = [cfg.TOP_K_SCORES, cfg.TOP_K_INDICES]
+        result = send(triton, module, f"{self.model}_image", inputs, outputs, options)
+        return _check_top_k(result, self.expected.probabilities[i], self.s)
+
+    def _tensor(self, triton, module, options: dict, i: int) -> str | None:
+        inputs = {self.input_name: self.expected.tensors[i : i + 1]}
+        result = send(triton, module, self.model, inputs, ["logits"], options)
+        worst = float(np.abs(result.as_numpy("logits")[0] - self.expected.logits[i]).max())
+        return None if worst <= self.s.atol else f"logits differ by {worst:.2e}"
+
+    def hostile(self) -> None:
+        """One hostile request every `hostile_every_s`, the cases in turn, over HTTP then gRPC."""
+        cases = hostile_cases(self.model, f"{self.model}_image", self.input_name, self.expected.tensors.shape[-1])
         names, n = [*cases, HALF_A_REQUEST], 0
-        while time.monotonic() + s.hostile_every_s < deadline:
+        while time.monotonic() + self.s.hostile_every_s < self.deadline:
             name, protocol = names[n % len(names)], ("http", "grpc")[(n // len(names)) % 2]
             n += 1
             t0 = time.perf_counter()
-            status = _hostile_request(name, cases, protocol, e)
-            record.hostile.append(
+            status = hostile_request(name, cases, protocol, self.server.endpoints)
+            self.record.hostile.append(
                 {"case": name, "protocol": protocol, "status": status, "ms": (time.perf_counter() - t0) * 1e3}
             )
-            time.sleep(s.hostile_every_s)
+            time.sleep(self.s.hostile_every_s)
 
-    def memory() -> None:
-        while time.monotonic() < deadline:
-            pids = _tree(server.process_group)
-            rss = _rss_mb(pids)
-            record.memory.append((time.monotonic() - start, sum(rss.values()), len(pids)))
-            record.by_process.append(rss)
-            time.sleep(s.memory_every_s)
+    def memory(self) -> None:
+        """The resident memory of Triton and its stubs every `memory_every_s`."""
+        while time.monotonic() < self.deadline:
+            pids = process_tree(self.server.process_group)
+            rss = rss_mb(pids)
+            self.record.memory.append((time.monotonic() - self.start, sum(rss.values()), len(pids)))
+            self.record.by_process.append(rss)
+            time.sleep(self.s.memory_every_s)
 
-    threads = [threading.Thread(target=record.guarded(client), args=(i,)) for i in range(s.clients)]
-    threads += [threading.Thread(target=record.guarded(fn)) for fn in (hostile, memory)]
+
+def soak(server: TritonServer, model: str, expected: Expected, s: SoakSettings, input_name: str) -> dict[str, Any]:
+    """Run the clients against a started server for `s.duration_s`; what they saw, checked."""
+    assert server.endpoints is not None and server.process_group is not None
+    start = time.monotonic()
+    run = _Soak(server, model, input_name, expected, s, _Record(), start, start + s.duration_s)
+    stubs_before = sorted(st.pid for st in _stubs(server))
+    threads = [threading.Thread(target=run.record.guarded(run.client), args=(i,)) for i in range(s.clients)]
+    threads += [threading.Thread(target=run.record.guarded(fn)) for fn in (run.hostile, run.memory)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     server.check_backends()  # raises, naming the model, if a stub died
     return summarise(
-        record, s, ready=server.is_ready(), stubs_kept=stubs_before == sorted(st.pid for st in _stubs(server))
+        run.record, s, ready=server.is_ready(), stubs_kept=stubs_before == sorted(st.pid for st in _stubs(server))
     )
 
 
 def _stubs(server: TritonServer):
-    from vitexport.serving.server import stubs_of
-
     return stubs_of(server.process_group)[0]
 
 
@@ -302,46 +218,8 @@ def _check_top_k(result, probabilities: np.ndarray, s: SoakSettings) -> str | No
     return None
 
 
-def _hostile_request(name: str, cases: dict[str, tuple[str, dict]], protocol: str, e) -> str:
-    """The status the server answered with, or what became of the request."""
-    from tritonclient.utils import InferenceServerException
-
-    from vitexport.serving.client import connect
-
-    if name == HALF_A_REQUEST:  # headers promising a body that never comes
-        _raw_http(e.host, e.http_port, b"POST /v2/models/x/infer HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n{")
-        return "sent"
-    if name == ABANDONED and protocol == "http":  # the whole request, and the connection closed at once
-        _raw_http(e.host, e.http_port, _infer_request(*cases[name]))
-        return "sent"
-    timeout = 0.001 if name == ABANDONED else 30.0  # gRPC: a deadline the server cannot meet
-    triton, module = connect(e.http if protocol == "http" else e.grpc, protocol, timeout=timeout)
-    options = {"client_timeout": timeout} if protocol == "grpc" else {}
-    model, inputs = cases[name]
-    try:
-        _send(triton, module, model, inputs, [], options)
-        return "answered"
-    except InferenceServerException as error:
-        return str(error.status())
-    except Exception as error:  # the client's own timeout (HTTP): what abandoning is
-        return type(error).__name__
-    finally:
-        with contextlib.suppress(Exception):
-            triton.close()
-
-
 def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
-
-
-def last_half_slope(series: list[tuple[float, float, int]]) -> float | None:
-    """MB per minute over the second half of the run (least squares): a leak keeps climbing there; the runtimes'
-    arenas grow in steps early on, as they meet new batch sizes, and then stay."""
-    half = series[len(series) // 2 :]
-    if len(half) < 3:
-        return None
-    t, mb = np.array([p[0] for p in half]), np.array([p[1] for p in half])
-    return round(float(np.polyfit(t, mb, 1)[0]) * 60, 2)
 
 
 def summarise(record: _Record, s: SoakSettings, *, ready: bool, stubs_kept: bool) -> dict[str, Any]:

@@ -78,14 +78,7 @@ def quantize_onnx(
     """Write an INT8 ONNX model of `source` to `output`; static quantization calibrates on `calibration` (N,3,S,S)
     and, for a detector, its `masks` (N,S,S) fed as `mask_name`, `batch_size` images per run (default:
     `calibration_batch(S)`)."""
-    import numpy as np
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from vitexport.export.cpu import int8_saturates
 
@@ -105,39 +98,55 @@ def quantize_onnx(
                     weight_type=QuantType.QInt8,
                 )
                 return
-            # quant_pre_process runs symbolic shape inference and ORT's basic optimisations (folding BatchNorm into
-            # Conv) so that Q/DQ pairs land on the ops that execute.
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(source), str(prepared))
-
             parts = max(1, len(calibration) // (batch_size or calibration_batch(calibration.shape[-1])))
-            feeds = [
-                {input_name: np.ascontiguousarray(x, dtype=np.float32)} for x in np.array_split(calibration, parts)
-            ]
-            if mask_name is not None and masks is not None:
-                for feed, m in zip(feeds, np.array_split(masks, parts), strict=True):
-                    feed[mask_name] = np.ascontiguousarray(m, dtype=np.int64)
-
-            class Reader(CalibrationDataReader):
-                def __init__(self) -> None:
-                    self.batches = iter(feeds)
-
-                def get_next(self):
-                    return next(self.batches, None)
-
-            quantize_static(
-                prepared,
-                output,
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-            )
+            feeds = _calibration_feeds(calibration, parts, input_name, masks, mask_name)
+            _quantize_static(source, output, feeds, Path(tmp), reduce_range=reduce_range)
         except ExportError:
             raise
         except Exception as e:  # onnxruntime.quantization raises bare exceptions of many types
             raise ExportError(f"INT8 quantization ({method.value}) failed: {first_line(e)}") from e
+
+
+def _calibration_feeds(
+    calibration: np.ndarray, parts: int, input_name: str, masks: np.ndarray | None, mask_name: str | None
+) -> list[dict[str, np.ndarray]]:
+    """The calibration images in `parts` runs, each with its masks when the model takes them."""
+    import numpy as np
+
+    feeds = [{input_name: np.ascontiguousarray(x, dtype=np.float32)} for x in np.array_split(calibration, parts)]
+    if mask_name is not None and masks is not None:
+        for feed, m in zip(feeds, np.array_split(masks, parts), strict=True):
+            feed[mask_name] = np.ascontiguousarray(m, dtype=np.int64)
+    return feeds
+
+
+def _quantize_static(
+    source: Path, output: Path, feeds: list[dict[str, np.ndarray]], tmp: Path, *, reduce_range: bool
+) -> None:
+    """Static Q/DQ: u8 activations calibrated on `feeds`, s8 per-channel weights."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    # quant_pre_process runs symbolic shape inference and ORT's basic optimisations (folding BatchNorm into Conv) so
+    # that Q/DQ pairs land on the ops that execute.
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = tmp / "prepared.onnx"
+    quant_pre_process(str(source), str(prepared))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(feeds)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(
+        prepared,
+        output,
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )

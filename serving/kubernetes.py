@@ -14,112 +14,32 @@ as `vitexport serve` keeps it closed.
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import vitexport
 from vitexport.errors import KubernetesError
 from vitexport.fileio import write_atomic
+from vitexport.serving.install import with_steps
+from vitexport.serving.kubernetes_image import IMAGE_DIR, MODEL_STORE, USER_ID, image_context
+from vitexport.serving.kubernetes_settings import DEFAULT_IMAGE, K8sSettings, k8s_name
 from vitexport.serving.repository import scan
-from vitexport.serving.server import with_steps
 
-# Triton 2.51 (the server of the nvidia-pytriton wheel `vitexport serve` runs) is NGC's container release 24.10.
-TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-TRITON_PYTHON = (3, 10)  # the container's python3 (Ubuntu 22.04), which runs the Python backend's stubs
-DEFAULT_IMAGE = f"vitexport-triton:{vitexport.__version__}"
+# What `vitexport k8s` takes from here; the image's build folder is kubernetes_image.py's, the settings' checks
+# kubernetes_settings.py's.
+__all__ = ["DEFAULT_IMAGE", "IMAGE_DIR", "K8sSettings", "Manifests", "ServedModel", "manifests", "write"]
+
 RUNTIME_NAME = "vitexport-triton"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8080, 9000, 8002  # KServe's Triton runtime's ports; Triton's metrics port
-MODEL_STORE = "/mnt/models"  # where KServe's storage initializer (or a PVC mount) puts storageUri
-STORAGE_SCHEMES = ("s3", "gs", "pvc")
 CONTROL_HEADER = "vitexport-control-key"
 SCALE_TARGET = 75  # % of the CPU request at which the autoscaler adds a replica
-IMAGE_DIR = "image"  # the serving image's build context inside the output folder
-IMAGE_ROOT = "/opt/vitexport"  # where the image keeps vitexport's modules (on PYTHONPATH)
-USER_ID = 1000  # the official Triton images' unprivileged user (triton-server)
-
-# What the Python-backend models import inside the Triton container, pinned: the newest releases within pyproject's
-# ranges that have wheels for the container's Python 3.10. pyproject's `serving-image` extra holds the same pins
-# (tests/test_serving_kubernetes.py).
-IMAGE_REQUIREMENTS = {"numpy": "1.26.4", "pillow": "12.3.0", "onnxruntime": "1.23.2", "openvino": "2026.4.1"}
-# Import name -> distribution, for the third-party modules the backends import.
-DISTRIBUTIONS = {"numpy": "numpy", "PIL": "pillow", "onnxruntime": "onnxruntime", "openvino": "openvino"}
-PROVIDED = {"triton_python_backend_utils"}  # the Python backend's own module, in the container already
-
-# Kubernetes names: DNS-1123 labels. An InferenceService's name also starts a Service name (`<name>-predictor`,
-# at most 63 characters) and must start with a letter (KServe's rule).
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_ISVC_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-MAX_ISVC_NAME = 63 - len("-predictor")
-_QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)([eE][-+]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?")
-_IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?", re.IGNORECASE)
 # Triton's health endpoints (the v2 protocol's), its metrics, and the lock on its model-repository API.
 LOCKED_START = (
     "key=`head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'`; "
     f'exec tritonserver "--http-restricted-api=model-repository:{CONTROL_HEADER}=$key" '
     f'"--grpc-restricted-protocol=model-repository:{CONTROL_HEADER}=$key" "$@"'
 )
-
-
-@dataclass(frozen=True)
-class K8sSettings:
-    """What `vitexport k8s` writes. Checked here, so a bad value is one line before anything is written."""
-
-    models: tuple[str, ...] = ()  # served models to write (their Triton names); empty: every one
-    image: str = DEFAULT_IMAGE
-    storage_uri: str = "pvc://vitexport-models"
-    min_replicas: int = 1
-    max_replicas: int = 4
-    gpu: bool = False
-    cpu: str = "2"
-    memory: str = "2Gi"
-    namespace: str | None = None
-    cluster_runtime: bool = False  # a ClusterServingRuntime (one for the cluster) instead of a namespaced one
-
-    def __post_init__(self) -> None:
-        if self.min_replicas < 1:
-            raise KubernetesError(f"--min-replicas must be 1 or more, got {self.min_replicas}")
-        if self.max_replicas < self.min_replicas:
-            raise KubernetesError(f"--max-replicas {self.max_replicas} is below --min-replicas {self.min_replicas}")
-        check_storage_uri(self.storage_uri)
-        for what, value in (("--cpu", self.cpu), ("--memory", self.memory)):
-            if not _QUANTITY.fullmatch(value) or float(re.match(r"[\d.]*", value).group() or 0) <= 0:
-                raise KubernetesError(f"{what} must be a positive Kubernetes quantity (2, 500m, 4Gi), got {value!r}")
-        if not _IMAGE.fullmatch(self.image):
-            raise KubernetesError(f"--image {self.image!r} is not an image reference (registry/name:tag)")
-        if self.namespace is not None and not (len(self.namespace) <= 63 and _DNS_LABEL.fullmatch(self.namespace)):
-            raise KubernetesError(
-                f"--namespace {self.namespace!r} is not a Kubernetes name: lowercase letters, digits and '-', "
-                "starting and ending with a letter or digit, at most 63 characters"
-            )
-
-
-def check_storage_uri(uri: str) -> None:
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme not in STORAGE_SCHEMES:
-        raise KubernetesError(f"--storage-uri must start with s3://, gs:// or pvc://, got {uri!r}")
-    bucket = rest.split("/", 1)[0]
-    if not bucket:
-        raise KubernetesError(f"--storage-uri {uri!r} names no {'claim' if scheme == 'pvc' else 'bucket'}")
-    if scheme == "pvc" and not (len(bucket) <= 253 and _DNS_LABEL.fullmatch(bucket.replace(".", "-"))):
-        raise KubernetesError(f"--storage-uri: {bucket!r} is not a PersistentVolumeClaim name")
-
-
-def k8s_name(model: str) -> str:
-    """The InferenceService name of a served model: its Triton name in lowercase, '_' and '.' as '-'; refused in one
-    line when Kubernetes would refuse it."""
-    name = model.lower().replace("_", "-").replace(".", "-")
-    if len(name) > MAX_ISVC_NAME or not _ISVC_NAME.fullmatch(name):
-        raise KubernetesError(
-            f"model {model!r} cannot name a Kubernetes InferenceService ({name!r}): it must start with a letter, "
-            f"end with a letter or digit and be at most {MAX_ISVC_NAME} characters; write it again with "
-            "`vitexport repo --name`"
-        )
-    return name
 
 
 @dataclass(frozen=True)
@@ -346,104 +266,6 @@ def kustomization(files: dict[str, Any], settings: K8sSettings) -> dict:
     if settings.namespace:
         out["namespace"] = settings.namespace
     return out
-
-
-# -- the serving image ----------------------------------------------------------------------------------------------
-
-
-def backend_imports(backends_dir: Path | None = None) -> tuple[list[str], list[str]]:
-    """What the Python-backend models import at run time, transitively through vitexport's modules: (vitexport's
-    modules, third-party import names). Function-level imports count (the runtime a config chooses); imports under
-    `if TYPE_CHECKING:` do not; the standard library and Triton's own module need nothing."""
-    from vitexport.serving.backends import BACKENDS_DIR
-
-    root = Path(vitexport.__file__).parent
-    backends_dir = backends_dir or BACKENDS_DIR
-    ours: set[str] = set()
-    third: set[str] = set()
-    todo = [p for p in sorted(backends_dir.glob("*.py")) if p.name != "__init__.py"]
-    while todo:
-        for name in _imports(todo.pop().read_text()):
-            top = name.split(".")[0]
-            if top == "vitexport":
-                parts = name.split(".")
-                for i in range(1, len(parts) + 1):  # a package's __init__ runs before its modules
-                    module = ".".join(parts[:i])
-                    path = _module_path(root, module)
-                    if path is not None and module not in ours:
-                        ours.add(module)
-                        todo.append(path)
-            elif top not in sys.stdlib_module_names and top not in PROVIDED:
-                third.add(top)
-    return sorted(ours), sorted(third)
-
-
-def _module_path(root: Path, module: str) -> Path | None:
-    """The file of a vitexport module (a package's __init__.py), or None: a name imported from a module."""
-    rel = Path(*module.split(".")[1:])
-    for path in (root / rel / "__init__.py", root / f"{rel}.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def _imports(source: str) -> list[str]:
-    names = []
-    skipped = set()
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped.update(id(n) for child in node.body for n in ast.walk(child))
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.append(node.module)
-            names += [f"{node.module}.{a.name}" for a in node.names]  # `from vitexport.x import module`
-    return names
-
-
-def image_context() -> dict[str, str]:
-    """The serving image's build folder: its Dockerfile and vitexport's modules the backends import."""
-    ours, third = backend_imports()
-    missing = [m for m in third if m not in DISTRIBUTIONS]
-    if missing:
-        raise KubernetesError(f"the Python-backend models import {', '.join(missing)}, which the image does not pin")
-    root = Path(vitexport.__file__).parent
-    files = {}
-    for module in ours:
-        path = _module_path(root, module)
-        assert path is not None
-        files[f"{IMAGE_DIR}/{path.relative_to(root.parent).as_posix()}"] = path.read_text()
-    requirements = {DISTRIBUTIONS[m]: IMAGE_REQUIREMENTS[DISTRIBUTIONS[m]] for m in third}
-    files[f"{IMAGE_DIR}/Dockerfile"] = dockerfile(requirements, sorted({Path(p).parts[1] for p in files}))
-    return files
-
-
-def dockerfile(requirements: dict[str, str], copied: list[str]) -> str:
-    pins = " \\\n      ".join(f"{name}=={version}" for name, version in sorted(requirements.items()))
-    copies = "\n".join(f"COPY {c} {IMAGE_ROOT}/{c}" for c in copied)
-    return f"""\
-# The serving image of `vitexport k8s`: the official Triton container of the release `vitexport serve` runs
-# (Triton 2.51 = NGC 24.10) plus exactly what the repository's Python-backend models import: vitexport's modules
-# below and their pinned runtime dependencies (pyproject.toml's serving-image extra). The models themselves are not
-# in it: KServe puts the repository at {MODEL_STORE}. Build from this folder:
-#   docker build -t REGISTRY/{DEFAULT_IMAGE.split(":")[0]}:TAG .
-ARG TRITON_IMAGE={TRITON_IMAGE}
-FROM ${{TRITON_IMAGE}}
-USER root
-RUN python3 -m pip --version >/dev/null 2>&1 || \\
-    (apt-get update && apt-get install -y --no-install-recommends python3-pip && rm -rf /var/lib/apt/lists/*)
-RUN python3 -m pip install --no-cache-dir \\
-      {pins}
-{copies}
-RUN chmod -R a+rX {IMAGE_ROOT}
-ENV PYTHONPATH={IMAGE_ROOT} \\
-    PYTHONDONTWRITEBYTECODE=1
-USER {USER_ID}:{USER_ID}
-"""
 
 
 # -- writing ----------------------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ restart of the whole server is its supervisor's job (systemd, Kubernetes), which
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import secrets
@@ -30,8 +29,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -42,14 +39,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitexport.errors import ServingError
-from vitexport.fileio import left_by_a_dead_process
-from vitexport.serving import config as cfg
+from vitexport.serving.install import TritonInstall, unavailable_reason, with_steps
+from vitexport.serving.processes import (
+    SHM_DIR,
+    WORKDIR_PREFIX,
+    Stub,
+    in_child,
+    process_alive,
+    remove_orphaned_regions,
+    remove_orphaned_workdirs,
+    stubs_of,
+)
 from vitexport.serving.repository import scan
 
-SHM_DIR = Path("/dev/shm")
-_WORKDIR_PREFIX = "vitexport-triton-"
-STUB = "triton_python_backend_stub"
-_LOCAL_PLATFORMS = {"ensemble"}  # platforms this build serves without a backend library
+# The server's names; stubs_of and unavailable_reason (processes.py, install.py) too, for callers that ask the server.
+__all__ = ["CONTROL_HEADER", "SHM_DIR", "Endpoints", "TritonServer", "free_ports", "stubs_of", "unavailable_reason"]
+
 CONTROL_HEADER = "vitexport-control-key"  # the header Triton asks of model-repository requests (model_control=True)
 
 
@@ -73,34 +78,6 @@ class Endpoints:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
-@dataclass(frozen=True)
-class TritonInstall:
-    """Where the nvidia-pytriton wheel keeps the server, the Python backend, the stubs and their libraries."""
-
-    server: Path
-    python_backend: Path
-    stub: Path
-    libs: Path
-
-    @classmethod
-    def find(cls) -> TritonInstall:
-        spec = importlib.util.find_spec("pytriton")
-        if spec is None or not spec.submodule_search_locations:
-            raise ServingError("Triton is not installed: pip install 'vitexport[serve]' (nvidia-pytriton)")
-        root = Path(spec.submodule_search_locations[0]) / "tritonserver"
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        install = cls(
-            server=root / "bin" / "tritonserver",
-            python_backend=root / "backends" / "python",
-            stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
-            libs=root.parent.parent / "nvidia_pytriton.libs",
-        )
-        for path in (install.server, install.python_backend, install.stub, install.libs):
-            if not path.exists():
-                raise ServingError(f"the nvidia-pytriton install lacks {path} (Python {version} supported?)")
-        return install
-
-
 def free_ports(host: str, count: int) -> list[int]:
     """Ports the kernel reports free right now; all bound at once so they are distinct."""
     with contextlib.ExitStack() as stack:
@@ -108,28 +85,6 @@ def free_ports(host: str, count: int) -> list[int]:
         for s in socks:
             s.bind((host, 0))
         return [s.getsockname()[1] for s in socks]
-
-
-def unavailable_reason(name: str, configs: dict[str, cfg.pb.ModelConfig], _seen: frozenset = frozenset()) -> str | None:
-    """Why a model cannot load on this local Triton (None: it can)."""
-    config = configs.get(name)
-    if config is None:
-        return "not in the repository"
-    if config.platform == "ensemble":
-        if name in _seen:
-            return "ensemble refers to itself"
-        for step in config.ensemble_scheduling.step:
-            reason = unavailable_reason(step.model_name, configs, _seen | {name})
-            if reason:
-                return f"step {step.model_name}: {reason}"
-        return None
-    if config.backend != "python":
-        kind = f'platform "{config.platform}"' if config.platform else f'backend "{config.backend}"'
-        return f"{kind} has no backend in this Triton build; serve it with the official Triton container"
-    runtime = cfg.parameter(config, "runtime")
-    if runtime and importlib.util.find_spec(runtime) is None:
-        return f"the Python backend model needs {runtime}, which is not installed here"
-    return None
 
 
 def _check_host(host: str) -> str:
@@ -155,102 +110,6 @@ def check_free(host: str, ports: dict[str, int]) -> None:
                 s.bind((host, port))
             except OSError:
                 raise ServingError(f"the {what} port {port} on {host} is in use (another server?)") from None
-
-
-def with_steps(models: Sequence[str], configs: dict[str, cfg.pb.ModelConfig]) -> list[str]:
-    """The models and every model their ensembles' steps run, each once: what a server in model-control mode NONE
-    must find in its repository (it loads what is there, and nothing on demand)."""
-    out: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in out:
-            return
-        out.append(name)
-        for step in configs[name].ensemble_scheduling.step if configs[name].platform == "ensemble" else ():
-            visit(step.model_name)
-
-    for m in models:
-        visit(m)
-    return out
-
-
-def _remove_orphaned_workdirs() -> None:
-    """Remove the work folders (backend links, log) of servers whose owner was killed before it could clean up;
-    the owner's pid is in the folder's name."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
-        if left_by_a_dead_process(folder.name[len(_WORKDIR_PREFIX) :].split("-", 1)[0]):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _remove_orphaned_regions() -> None:
-    """Remove the Python backend's shared-memory regions of servers whose owner died before it could clean up (they
-    hold request bytes); the owner's pid is in our prefix, vitexport_<pid>_."""
-    for region in SHM_DIR.glob("vitexport_*_*"):
-        if left_by_a_dead_process(region.name.split("_")[1]):
-            with contextlib.suppress(OSError):
-                region.unlink()
-
-
-def _in_child() -> None:
-    """In the child before exec: files Triton and its stubs create are private to this user (umask 077; their
-    shared-memory regions are created 0644 regardless, and `_private_regions` changes those); and SIGTERM when the
-    process (thread) that started Triton dies, even by SIGKILL, so that a killed `vitexport serve` leaves no server
-    behind (Linux only; elsewhere stop() is the only guard)."""
-    import ctypes
-
-    os.umask(0o077)
-    PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass(frozen=True)
-class Stub:
-    """A Python backend stub process: one per model instance (`<model>_<group>_<index>`)."""
-
-    pid: int
-    model: str
-    instance: str
-
-
-def proc_stat(pid: int | str) -> tuple[str, str, int]:
-    """(command name, state, parent pid) of a process, from /proc/PID/stat (OSError: no such process). The name
-    sits in parentheses and may hold spaces and parentheses itself, hence the last ")"."""
-    comm, rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
-    state, ppid = rest.split()[:2]
-    return comm.split("(", 1)[1], state, int(ppid)
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie its parent has yet to reap."""
-    try:
-        return proc_stat(pid)[1] != "Z"
-    except OSError:
-        return False
-
-
-def stubs_of(server_pid: int) -> tuple[list[Stub], list[int]]:
-    """The instance stubs a tritonserver runs, from /proc, and the pids of its stubs that died unreaped (zombies,
-    whose command line is gone). A stub's arguments are the model file (<repository>/<model>/<version>/model.py),
-    the shm region, two sizes, the parent's pid, the backend folder, the IPC handle, the instance name and the
-    runtime. Stubs named as the model itself are the short-lived ones that auto-complete its config, not an
-    instance; Triton reaps those as they exit."""
-    alive, dead = [], []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            comm, state, ppid = proc_stat(entry.name)
-            if ppid != server_pid or not STUB.startswith(comm):  # comm: the first 15 characters
-                continue
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if state == "Z":
-            dead.append(int(entry.name))
-        elif len(argv) > 8 and argv[8] != (model := Path(argv[1]).parent.parent.name):
-            alive.append(Stub(int(entry.name), model, argv[8]))
-    return alive, dead
 
 
 class TritonServer:
@@ -307,11 +166,11 @@ class TritonServer:
         if self._proc is not None:
             raise ServingError("the server is already running")
         install = TritonInstall.find()
-        _remove_orphaned_workdirs()
-        _remove_orphaned_regions()
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
+        remove_orphaned_workdirs()
+        remove_orphaned_regions()
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         backends = self._workdir / "backends"
-        self._backend_dir(install, backends / "python")
+        install.backend_dir(backends / "python")
         self._repository = self.repo_dir if self.control_key else self._repository_view(self._workdir / "repository")
         auto_ports = None in self._ports
         # Free ports can be taken by another process between our check and Triton's bind: retry with new ones.
@@ -336,16 +195,6 @@ class TritonServer:
                 raise
         raise AssertionError("unreachable")
 
-    def _backend_dir(self, install: TritonInstall, target: Path) -> None:
-        # The stub must sit in the backend folder itself; symlinks keep this cheap.
-        target.mkdir(parents=True)
-        for source in (
-            install.python_backend / "libtriton_python.so",
-            install.python_backend / "triton_python_backend_utils.py",
-            install.stub,
-        ):
-            (target / source.name).symlink_to(source)
-
     def _repository_view(self, view: Path) -> Path:
         """A folder of links to the models this server loads (ensembles with their steps): in mode NONE Triton loads
         all it finds, so the view is how a subset is served with the repository APIs closed."""
@@ -364,18 +213,6 @@ class TritonServer:
             f"--http-restricted-api={restricted}",
             f"--grpc-restricted-protocol={restricted}",  # 2.51's name for the gRPC side of the same setting
         ]
-
-    def _environment(self, install: TritonInstall) -> dict[str, str]:
-        env = dict(os.environ)
-        # The stub links libpython: without this interpreter's LIBDIR it picks the system's (another patch
-        # release) and fails oddly; without the wheel's libs it dies and the server hangs.
-        libdir = sysconfig.get_config_var("LIBDIR") or ""
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (libdir, str(install.libs), env.get("LD_LIBRARY_PATH", "")) if p
-        )
-        # The stub runs the first `python3` on PATH's environment: this venv's, not sys.executable resolved.
-        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-        return env
 
     def _launch(self, install: TritonInstall, backends: Path, attempt: int) -> None:
         assert self.endpoints is not None and self._workdir is not None
@@ -405,9 +242,9 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self._environment(install),
+                env=install.environment(),
                 start_new_session=True,
-                preexec_fn=_in_child,
+                preexec_fn=in_child,
             )
 
     def _wait_ready(self) -> None:
@@ -434,7 +271,7 @@ class TritonServer:
         self._stubs.update((s.pid, s) for s in alive if s.pid not in self._stubs)
         running = {(s.model, s.instance) for s in alive}
         for stub in list(self._stubs.values()):
-            if _alive(stub.pid):
+            if process_alive(stub.pid):
                 continue
             # With model control on, the key's holder may unload a model (its stubs end, it is no longer ready) or
             # load it again (new stubs of the same instances replace the old). A killed stub leaves it ready. Without

@@ -268,9 +268,9 @@ def test_a_killed_serve_leaves_no_server_behind(repo):
     assert _gone(proc.pid)
     # Its work folder (backend links, log) is left behind; the next server start removes it (a test running beside
     # this one may be that start).
-    from vitexport.serving.server import _remove_orphaned_workdirs
+    from vitexport.serving.processes import remove_orphaned_workdirs
 
-    _remove_orphaned_workdirs()
+    remove_orphaned_workdirs()
     assert not list(Path(tempfile.gettempdir()).glob(f"vitexport-triton-{proc.pid}-*"))
 
 

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from vitexport.cli import app
 from vitexport.serving import kubernetes as k8s
+from vitexport.serving import kubernetes_image as k8s_image
 from vitexport.serving.config import ServingBackend
 from vitexport.serving.repository import add_model
 from vitexport.serving.server import TritonServer
@@ -94,7 +95,7 @@ def pod_of(runtime: dict, isvc: dict) -> dict:
     container["resources"] = model["resources"]
     volumes = runtime["spec"]["volumes"] + [{"name": "kserve-provision-location", "emptyDir": {}}]
     container["volumeMounts"] = container["volumeMounts"] + [
-        {"name": "kserve-provision-location", "mountPath": k8s.MODEL_STORE, "readOnly": True}
+        {"name": "kserve-provision-location", "mountPath": k8s_image.MODEL_STORE, "readOnly": True}
     ]
     return {
         "apiVersion": "v1",
@@ -265,13 +266,13 @@ def test_the_lock_passes_every_argument_to_tritonserver(tmp_path):
 def test_the_dockerfile_installs_what_the_backends_import_pinned_as_pyproject(repo, tmp_path):
     files = generate(repo, tmp_path / "out")
     parser = DockerfileParser(path=str(files["image/Dockerfile"]))
-    assert parser.baseimage == k8s.TRITON_IMAGE == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert parser.baseimage == k8s_image.TRITON_IMAGE == "nvcr.io/nvidia/tritonserver:24.10-py3"
     users = [i["value"] for i in parser.structure if i["instruction"] == "USER"]
     assert users[-1] == "1000:1000"  # non-root
     runs = " ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN")
     installed = dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s\\]*)", runs))
     copies = [i["value"].split() for i in parser.structure if i["instruction"] == "COPY"]
-    assert parser.envs["PYTHONPATH"] == k8s.IMAGE_ROOT
+    assert parser.envs["PYTHONPATH"] == k8s_image.IMAGE_ROOT
 
     # What the Python-backend models import, found independently of the generator: modulefinder follows every
     # import (function-level too) through this checkout's vitexport, and what it cannot find without
@@ -285,22 +286,22 @@ def test_the_dockerfile_installs_what_the_backends_import_pinned_as_pyproject(re
     third -= {"vitexport", "triton_python_backend_utils", "__main__"}
     assert {"numpy", "PIL", "onnxruntime", "openvino"} <= third
     for module in third:
-        assert k8s.DISTRIBUTIONS[module] in installed, module
+        assert k8s_image.DISTRIBUTIONS[module] in installed, module
     for module in ours:  # each copied into the image, byte for byte, and parsed by the container's Python 3.10
         rel = Path(*module.split(".")).with_suffix(".py")
         if not (ROOT / rel).is_file():
             rel = Path(*module.split("."), "__init__.py")
         source = (ROOT / rel).read_bytes()
         assert files[f"image/{rel.as_posix()}"].read_bytes() == source
-        compile(source, str(rel), "exec", flags=0, dont_inherit=True, _feature_version=k8s.TRITON_PYTHON[1])
-        assert any(rel.parts[0] == src and dest == f"{k8s.IMAGE_ROOT}/{src}" for src, dest in copies)
-    assert sorted(ours) == k8s.backend_imports()[0]
+        compile(source, str(rel), "exec", flags=0, dont_inherit=True, _feature_version=k8s_image.TRITON_PYTHON[1])
+        assert any(rel.parts[0] == src and dest == f"{k8s_image.IMAGE_ROOT}/{src}" for src, dest in copies)
+    assert sorted(ours) == k8s_image.backend_imports()[0]
 
     # Pinned as pyproject's serving-image extra, and within pyproject's own ranges.
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = {Requirement(r).name.lower(): str(Requirement(r).specifier).removeprefix("==")
             for r in pyproject["optional-dependencies"]["serving-image"]}  # fmt: skip
-    assert installed == pins == k8s.IMAGE_REQUIREMENTS
+    assert installed == pins == k8s_image.IMAGE_REQUIREMENTS
     ranges = {Requirement(r).name.lower(): Requirement(r).specifier for r in pyproject["dependencies"]}
     ranges |= {
         Requirement(r).name.lower(): Requirement(r).specifier for r in pyproject["optional-dependencies"]["cpu-opt"]

@@ -9,29 +9,15 @@ choice, trtexec line, fusion audit) is plain Python and is tested on machines wi
 
 The stage is split by job: `settings` (precision, batch profile, limits, build errors), `environment` (TensorRT
 version and GPU probe), `plan` (graph choice, builder flags, trtexec line), `audit` (fusion audit of the layer
-information) and `build` (the TensorRT build, validation and the engine's sidecar). Import from here.
+information), `engine` (the engine's sidecar details and files), `runner` (inference and layer information on a
+built engine), `validation` (the engine against ONNX Runtime) and `build` (the TensorRT build). Import from here.
 """
 
 from __future__ import annotations
 
 from vitexport.export.tensorrt.audit import FusionAudit, audit_layer_info, expected_attention_blocks, tensor_precision
-from vitexport.export.tensorrt.build import (
-    QDQ_ENGINE_TOLERANCE,
-    VALIDATION_RULES,
-    EngineDetails,
-    EnginePaths,
-    EngineRunner,
-    ValidationReferences,
-    ValidationRule,
-    build_engine,
-    compare_with_onnx,
-    engine_artifact,
-    engine_for,
-    run_engine,
-    validate_engine,
-    validation_references,
-    validation_tolerance,
-)
+from vitexport.export.tensorrt.build import build_engine, engine_for
+from vitexport.export.tensorrt.engine import EngineDetails, EnginePaths, engine_artifact
 from vitexport.export.tensorrt.environment import (
     INSTALL_HINT,
     SUPPORTED_MAJORS,
@@ -56,6 +42,7 @@ from vitexport.export.tensorrt.plan import (
     trtexec_layer_info,
     trtexec_script,
 )
+from vitexport.export.tensorrt.runner import EngineRunner, run_engine
 from vitexport.export.tensorrt.settings import (
     DEFAULT_OPT_LEVEL,
     MAX_BATCH,
@@ -67,6 +54,16 @@ from vitexport.export.tensorrt.settings import (
     EngineBuildError,
     GraphPrecisionError,
     Precision,
+)
+from vitexport.export.tensorrt.validation import (
+    QDQ_ENGINE_TOLERANCE,
+    VALIDATION_RULES,
+    ValidationReferences,
+    ValidationRule,
+    compare_with_onnx,
+    validate_engine,
+    validation_references,
+    validation_tolerance,
 )
 
 __all__ = [

@@ -10,46 +10,58 @@ import typer
 
 from vitexport.cli.console import JsonFlag, int_list, print_json, progress_status, user_errors
 
+# The options, named once here so that the command's signature reads as a list.
+Models = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="MODEL...",
+        help="Registered models (deit_small resnet50) or fp32 ONNX artifacts (a `vitexport import`ed file).",
+    ),
+]
+Backends = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated backends [default: all; --quick: torch,onnxruntime-plain]. Peers: torch, "
+        "torch-compile, timm, onnxruntime-plain, openvino-plain; ours: onnxruntime, onnxruntime-int8, "
+        "openvino-bf16, openvino-int8, tensorrt, triton-grpc, triton-http."
+    ),
+]
+BatchSizes = Annotated[str | None, typer.Option(help="In-process batch sizes [default: 1,8,32; --quick 1,8].")]
+Concurrency = Annotated[str | None, typer.Option(help="Served concurrencies [default: 1,4,8; --quick 1,4].")]
+Threads = Annotated[int, typer.Option(help="Intra-op threads of every runtime.")]
+Duration = Annotated[
+    float | None,
+    typer.Option(help="Seconds per measured window, in-process and served [default: 2; --quick 0.4 and 0.5]."),
+]
+Windows = Annotated[int | None, typer.Option(help="Measured windows per point [default: 3].")]
+Quick = Annotated[bool, typer.Option(help="A short run (under 3 minutes for four models on 2 cores).")]
+Output = Annotated[
+    Path, typer.Option("--output", "-o", help="Folder for bench.json/.md/_*.png (--quick: bench-quick.*).")
+]
+Workdir = Annotated[
+    Path | None,
+    typer.Option(help="Artifacts cache (exports, variants) and worker logs [default: ~/.cache/vitexport/bench]."),
+]
+TritonUrl = Annotated[
+    str | None,
+    typer.Option(help="HOST:HTTP_PORT:GRPC_PORT of a running Triton serving each MODEL [default: start one]."),
+]
+Gemm = Annotated[bool, typer.Option(help="Measure the GEMM peaks (fraction-of-peak columns need them).")]
+
 
 def bench(
-    models: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="MODEL...",
-            help="Registered models (deit_small resnet50) or fp32 ONNX artifacts (a `vitexport import`ed file).",
-        ),
-    ],
-    backends: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated backends [default: all; --quick: torch,onnxruntime-plain]. Peers: torch, "
-            "torch-compile, timm, onnxruntime-plain, openvino-plain; ours: onnxruntime, onnxruntime-int8, "
-            "openvino-bf16, openvino-int8, tensorrt, triton-grpc, triton-http."
-        ),
-    ] = None,
-    batch_sizes: Annotated[
-        str | None, typer.Option(help="In-process batch sizes [default: 1,8,32; --quick 1,8].")
-    ] = None,
-    concurrency: Annotated[str | None, typer.Option(help="Served concurrencies [default: 1,4,8; --quick 1,4].")] = None,
-    threads: Annotated[int, typer.Option(help="Intra-op threads of every runtime.")] = 2,
-    duration: Annotated[
-        float | None,
-        typer.Option(help="Seconds per measured window, in-process and served [default: 2; --quick 0.4 and 0.5]."),
-    ] = None,
-    windows: Annotated[int | None, typer.Option(help="Measured windows per point [default: 3].")] = None,
-    quick: Annotated[bool, typer.Option(help="A short run (under 3 minutes for four models on 2 cores).")] = False,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for bench.json/.md/_*.png (--quick: bench-quick.*).")
-    ] = Path("benchmarks/results"),
-    workdir: Annotated[
-        Path | None,
-        typer.Option(help="Artifacts cache (exports, variants) and worker logs [default: ~/.cache/vitexport/bench]."),
-    ] = None,
-    triton_url: Annotated[
-        str | None,
-        typer.Option(help="HOST:HTTP_PORT:GRPC_PORT of a running Triton serving each MODEL [default: start one]."),
-    ] = None,
-    gemm: Annotated[bool, typer.Option(help="Measure the GEMM peaks (fraction-of-peak columns need them).")] = True,
+    models: Models,
+    backends: Backends = None,
+    batch_sizes: BatchSizes = None,
+    concurrency: Concurrency = None,
+    threads: Threads = 2,
+    duration: Duration = None,
+    windows: Windows = None,
+    quick: Quick = False,
+    output: Output = Path("benchmarks/results"),
+    workdir: Workdir = None,
+    triton_url: TritonUrl = None,
+    gemm: Gemm = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Benchmark models in-process (ours against the peers, side by side) and served through Triton: JSON, Markdown
