@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from vitexport.bench.gemm import GEMMS, GemmSpec, N, peak_table
-from vitexport.bench.runners import ALL_BACKENDS, DEPLOYABLE, QUICK_BACKENDS, TORCH_PEERS, BenchBackend, RunnerSpec
+from vitexport.bench.runners import ALL_BACKENDS, QUICK_BACKENDS, TORCH_PEERS, BenchBackend, RunnerSpec
 from vitexport.bench.served import ServedSettings
+from vitexport.bench.served_rows import beside_in_process, passed_gate, served_rows, served_variant
 from vitexport.bench.subject import Subject
 from vitexport.bench.sweep import SweepSettings, sweep, workers
 from vitexport.errors import VitExportError, first_line
-from vitexport.tasks import CLASSIFICATION, Task, task_of
+from vitexport.tasks import task_of
 
 QUICK_SWEEP = SweepSettings(batch_sizes=(1, 8), windows=3, duration=0.4, warmup=0.2)
 QUICK_SERVED = ServedSettings(concurrency=(1, 4), window_ms=500, max_trials=5, stability=25)
@@ -245,15 +246,15 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
         peer_models = {BenchBackend.timm: f"timm {timm_name}", BenchBackend.transformers: TRANSFORMERS_DETR}
         for backend_name, w in pool.items():
             b = BenchBackend(backend_name)
-            gate = (b not in ungated and _passed_gate(paths.get(b)), ungated.get(b))
+            gate = (b not in ungated and passed_gate(paths.get(b)), ungated.get(b))
             facts = _Measured(b, w.precision or b.precision, gflop, peak, paths.get(b), peer_models.get(b), gate)
             entries[backend_name] = _entry(facts, measured.get(backend_name), w.error or w.limited, w.limited)
     ordered = {b.value: entries[b.value] for b in in_process if b.value in entries}
     served_results, served_skipped = {}, {}
     if served:
-        variant = _served_variant(entries, paths, served, task_of(spec))
-        served_results, served_skipped = _served(spec.name, served, variant, skipped, config, progress)
-        _beside_in_process(served_results, entries)
+        variant = served_variant(entries, paths, served, task_of(spec))
+        served_results, served_skipped = served_rows(spec.name, served, variant, skipped, config, progress)
+        beside_in_process(served_results, entries)
     return {
         "family": spec.family,
         "task": spec.task,
@@ -310,17 +311,6 @@ def _entry(facts: _Measured, measured: dict | None, failure: str | None, note: s
     }
 
 
-def _passed_gate(path: Path | None) -> bool:
-    """Whether the variant's sidecar records a passed accuracy gate: a run without validation (--quick) reuses
-    gated variants from the cache, but the ones it makes anew are not gated and are not called so."""
-    from vitexport.artifacts import load_artifact
-
-    if path is None:
-        return False
-    validation = load_artifact(path).validation or {}
-    return bool(validation.get("passed")) and "images" in validation
-
-
 def _timm_peer(model: str, skipped: dict[BenchBackend, str]) -> str | None:
     """timm's name for the model (the report shows it), or None with the reason recorded as the peer's skip."""
     from vitexport.bench.runners import timm_peer_name
@@ -364,73 +354,3 @@ def _significant(x: float, digits: int = 4) -> float:
 def _mkdir(path: Path) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     return True
-
-
-def _served_variant(
-    entries: dict[str, dict], paths: dict[BenchBackend, Path], served, task: Task = CLASSIFICATION
-) -> dict[str, Any] | None:
-    """The variant the served rows serve: what `deploy` would serve, our fastest gated in-process variant of this run
-    (at deploy's batch where measured, else the largest batch); a run that gated none (--quick) serves the fp32 ONNX
-    Runtime variant, and says so. Each served row carries this record as its `variant`."""
-    deploy_batch = str(task.timing_batch)
-    rates = {}
-    for b in DEPLOYABLE:
-        e = entries.get(b.value)
-        if e and e["status"] == "ok" and e["gated"] and b in paths:
-            bs = deploy_batch if deploy_batch in e["batches"] else max(e["batches"], key=int)
-            rates[b] = (e["batches"][bs]["img_s"], bs)
-    if rates:
-        best = max(rates, key=lambda b: rates[b][0])
-        rate, bs = rates[best]
-        chosen = f"the fastest gated in-process variant of this run ({rate:.4g} img/s at batch {bs}), as deploy chooses"
-        backend, path, gated = best, paths[best], True
-    elif served[0] in paths:
-        chosen = "no gated variant was measured in this run: the fp32 ONNX Runtime variant"
-        backend, path = BenchBackend.onnxruntime, paths[served[0]]
-        row = entries.get(backend.value)  # its gate verdict, from the in-process row or else from its sidecar
-        gated = bool(row["gated"]) if row and "gated" in row else _passed_gate(path)
-    else:
-        return None
-    e = entries.get(backend.value, {})
-    return {
-        "backend": backend.value,
-        "runtime": "openvino" if backend.value.startswith("openvino") else "onnxruntime",
-        "precision": e.get("precision", backend.precision),
-        "artifact": path.name,
-        "path": str(path),
-        "gated": gated,
-        "chosen": chosen,
-    }
-
-
-def _beside_in_process(served: dict[str, dict[str, dict]], entries: dict[str, dict]) -> None:
-    """Each served row at concurrency C beside the same variant in-process at batch C (what dynamic batching can at
-    best turn C one-image requests into), when this run measured that batch."""
-    for points in served.values():
-        for c, row in points.items():
-            batches = entries.get(row["variant"]["backend"], {}).get("batches", {})
-            if c in batches:
-                row["in_process_img_s"] = batches[c]["img_s"]
-                row["served_over_in_process"] = round(row["img_s"] / batches[c]["img_s"], 3)
-
-
-def _served(model, served, variant, skipped, config: BenchConfig, progress):
-    from vitexport.bench.served import serve_and_measure
-
-    protocols = [b.value.removeprefix("triton-") for b in served]
-    if variant is None:
-        return {}, {b.value: skipped.get(b, "no served artifact") for b in served}
-    try:
-        results = serve_and_measure(
-            Path(variant["path"]),
-            config.workdir,
-            protocols,
-            config.served,
-            triton_url=config.triton_url,
-            served_name=model,
-            progress=progress,
-        )
-    except VitExportError as e:
-        return {}, {b.value: first_line(e) for b in served}
-    record = {k: v for k, v in variant.items() if k != "path"}
-    return {f"triton-{p}": {str(c): r | {"variant": record} for c, r in pts.items()} for p, pts in results.items()}, {}

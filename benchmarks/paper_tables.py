@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from vitexport.bench.verdicts import best_gated, ok
+from vitexport.tasks import CLASSIFICATION, get_task
 
 # The DeiT paper's Table 1 throughput (img/s, one 16 GB V100, largest batch, 224 px), with its ratio to ResNet-50.
 PAPER_V100 = {
@@ -101,7 +102,7 @@ def _paper_rows(
     bs = batch or str(max(result["settings"]["batch_sizes"]))
     # The DeiT table lists every classifier of the run; the Swin and DETR tables only their paper's models.
     if reference == REFERENCE_MODEL:
-        listed = {n: m for n, m in models.items() if m.get("task", "classification") == "classification"}
+        listed = {n: m for n, m in models.items() if get_task(m.get("task", CLASSIFICATION.name)) is CLASSIFICATION}
     else:
         listed = {n: m for n, m in models.items() if n in paper_v100}
     same_backend = next(

@@ -10,16 +10,15 @@ checked by the accuracy gate against the fp32 source before its sidecar is writt
 from __future__ import annotations
 
 import functools
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from vitexport.artifacts import ModelArtifact, Precision, derived, publish
 from vitexport.errors import ArtifactError, ExportError, first_line
-from vitexport.export.cpu import int8_saturates
-from vitexport.export.fp16 import IOType, to_fp16
-from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
+from vitexport.export.builders import onnxruntime_variant, openvino_variant
+from vitexport.export.fp16 import IOType
+from vitexport.export.fusion import Fusion
 from vitexport.export.gate import (
     GateReport,
     ImageSet,
@@ -31,8 +30,8 @@ from vitexport.export.gate import (
     load_image_folder,
 )
 from vitexport.export.openvino import int8_recipes
-from vitexport.export.options import PROTOBUF_LIMIT, Runtime
-from vitexport.export.quantize import QuantMethod, default_method, is_convnet, quantize_onnx
+from vitexport.export.options import Runtime
+from vitexport.export.quantize import QuantMethod, default_method, is_convnet
 from vitexport.export.runners import load_runner
 from vitexport.fileio import staging
 from vitexport.tasks import task_of
@@ -102,11 +101,11 @@ def optimize(
 
     def build(staged: Path, recipe: Any) -> dict[str, Any]:
         if runtime is Runtime.onnxruntime:
-            return _onnxruntime_variant(
+            return onnxruntime_variant(
                 artifact, staged, precision, fusion, io_type, quant_method, family, calib, progress
             )
         # _check_combination let only the two runtimes optimize builds through
-        return _openvino_variant(artifact, staged, precision, family, calib, recipe, progress)
+        return openvino_variant(artifact, staged, precision, family, calib, recipe, progress)
 
     # OpenVINO INT8 has more than one recipe; the first whose variant passes the gate is kept (without the gate,
     # the first). Every other runtime and precision has one way to build it.
@@ -312,126 +311,3 @@ def _check_combination(runtime: Runtime, precision: Precision, fusion: Fusion, i
         raise ExportError("int8 cannot start from the opset-23 Attention graph; use --fuse-attention ort or none")
     if io_type is IOType.fp16 and precision is not Precision.fp16:
         raise ExportError("--io-type fp16 applies to --precision fp16 only")
-
-
-def _load(path: Path):
-    import onnx
-
-    try:
-        return onnx.load(str(path))
-    except Exception as e:
-        raise ArtifactError(f"cannot read {path}: {first_line(e)}") from None
-
-
-def _save_onnx(model, output: Path) -> None:
-    import onnx
-
-    data = output.with_name(output.name + ".data")
-    data.unlink(missing_ok=True)
-    try:
-        if model.ByteSize() >= PROTOBUF_LIMIT:
-            onnx.save_model(model, str(output), save_as_external_data=True, location=data.name)
-        else:
-            onnx.save_model(model, str(output))
-        onnx.checker.check_model(str(output), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"onnx.checker rejected the optimized graph: {first_line(e)}") from None
-    except (OSError, ValueError) as e:
-        raise ExportError(f"cannot write {output}: {e}") from None
-
-
-def _onnxruntime_variant(
-    artifact: ModelArtifact,
-    output: Path,
-    precision: Precision,
-    fusion: Fusion,
-    io_type: IOType,
-    quant_method: QuantMethod | None,
-    family: str,
-    calib: ImageSet | None,
-    progress: Callable[[str], None],
-) -> dict[str, Any]:
-    model = _load(artifact.path)
-    before = op_counts(model)
-    details: dict[str, Any] = {"runtime": "onnxruntime", "fuse_attention": fusion.value}
-    if fusion is not Fusion.none:
-        progress(f"fusing attention ({fusion.value})")
-        model, fusions = fuse(model, fusion)
-        audit = attention_audit(op_counts(model), fusion)
-        # A ViT whose attention was matched has no Softmax left; a CNN has none to begin with.
-        if not is_convnet(family) and (audit["softmax"] or not audit["fused_attention"]):
-            raise ExportError(
-                f"attention fusion ({fusion.value}) incomplete: {audit['fused_attention']} fused blocks, "
-                f"{audit['softmax']} Softmax left"
-            )
-        details |= {"fusions": fusions, "attention": audit}
-    if precision is Precision.fp16:
-        progress("converting to FP16")
-        model = to_fp16(model, io_type=io_type)
-        details["io_type"] = io_type.value
-    if precision is Precision.int8:
-        method = quant_method or default_method(family)
-        progress(f"quantizing to INT8 ({method.value})")
-        with tempfile.TemporaryDirectory(prefix="vitexport-opt-") as tmp:
-            fused = Path(tmp) / "fused.onnx"
-            _save_onnx(model, fused)
-            quantize_onnx(
-                fused,
-                output,
-                method=method,
-                input_name=artifact.input_name,
-                calibration=None if calib is None else calib.images,
-                masks=None if calib is None else calib.masks,
-                mask_name=artifact.mask_name,
-            )
-            model = _load(output)
-        count = 0 if calib is None else len(calib.images)
-        details["quantization"] = {"method": method.value, "calibration_images": count}
-        details["quantization"] |= {"weight_bits": 7} if int8_saturates() else {}
-    progress("saving and checking the graph")
-    _save_onnx(model, output)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    return details | {"op_counts": {"before": before, "after": op_counts(model)}, "opset": opset}
-
-
-def _openvino_variant(
-    artifact: ModelArtifact,
-    output: Path,
-    precision: Precision,
-    family: str,
-    calib: ImageSet | None,
-    recipe,
-    progress: Callable[[str], None],
-) -> dict[str, Any]:
-    from vitexport.export import openvino as ovx
-
-    before = op_counts(_load(artifact.path))
-    progress("converting to OpenVINO IR")
-    model = ovx.convert_onnx(artifact.path)
-    details: dict[str, Any] = {"runtime": "openvino", "fuse_attention": "none"}
-    if precision is Precision.int8:
-        progress(f"NNCF post-training quantization ({recipe.name})")
-        model = ovx.quantize_int8(
-            model,
-            calib.images,
-            recipe,
-            input_name=artifact.input_name,
-            masks=calib.masks,
-            mask_name=artifact.mask_name,
-        )
-        count = len(calib.images)
-        details["quantization"] = {"method": "nncf-ptq", "recipe": recipe.name, "calibration_images": count}
-        details["quantization"] |= {"weight_bits": 7} if int8_saturates() else {}
-    ovx.save_ir(model, output)
-    after: dict[str, int] = {}
-    for op in model.get_ordered_ops():
-        after[op.get_type_name()] = after.get(op.get_type_name(), 0) + 1
-    details |= {
-        "inference_precision": ovx.OV_PRECISION[precision.value],
-        # What this machine's CPU plugin computes the floating-point ops in, read back from the compiled model.
-        "executes_as": ovx.execution_precision(output, precision.value),
-        "cpu_capabilities": ovx.cpu_capabilities(),
-        "native_bf16": ovx.native_bf16(),
-        "op_counts": {"before": before, "after": dict(sorted(after.items(), key=lambda kv: (-kv[1], kv[0])))},
-    }
-    return details

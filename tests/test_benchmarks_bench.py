@@ -122,8 +122,9 @@ def _row(img_s: dict[str, float], gated: bool = True, precision: str = "int8") -
 
 
 def test_served_variant_is_what_deploy_would_choose(tmp_path):
-    from vitexport.bench.bench import _beside_in_process, _served_variant
     from vitexport.bench.runners import BenchBackend as B
+    from vitexport.bench.served_rows import beside_in_process as _beside_in_process
+    from vitexport.bench.served_rows import served_variant as _served_variant
 
     paths = {b: tmp_path / f"{b.value}.onnx" for b in (B.onnxruntime, B.onnxruntime_int8, B.openvino_int8)}
     paths[B.triton_grpc] = paths[B.onnxruntime]
