@@ -90,8 +90,6 @@ def quantize_onnx(
     from vitexport.export.cpu import int8_saturates
 
     reduce_range = int8_saturates()  # 7-bit weights where 8-bit products would saturate (export/cpu.py)
-    if method is QuantMethod.static and (calibration is None or len(calibration) == 0):
-        raise ExportError("static INT8 quantization needs calibration images: give --calibration DIR")
     # ORT's quantizer logs a pre-processing hint on the root logger at every call; a stage prints nothing.
     with tempfile.TemporaryDirectory(prefix="vitexport-quant-") as tmp, _quiet_root_logger():
         try:
@@ -105,6 +103,8 @@ def quantize_onnx(
                     weight_type=QuantType.QInt8,
                 )
                 return
+            if calibration is None or len(calibration) == 0:
+                raise ExportError("static INT8 quantization needs calibration images: give --calibration DIR")
             # quant_pre_process runs symbolic shape inference and ORT's basic optimisations (folding BatchNorm into
             # Conv) so that Q/DQ pairs land on the ops that execute.
             from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -124,7 +124,7 @@ def quantize_onnx(
                 def __init__(self) -> None:
                     self.batches = iter(feeds)
 
-                def get_next(self):
+                def get_next(self) -> dict[str, np.ndarray] | None:
                     return next(self.batches, None)
 
             quantize_static(

@@ -87,7 +87,8 @@ class K8sSettings:
             raise KubernetesError(f"--max-replicas {self.max_replicas} is below --min-replicas {self.min_replicas}")
         check_storage_uri(self.storage_uri)
         for what, value in (("--cpu", self.cpu), ("--memory", self.memory)):
-            if not _QUANTITY.fullmatch(value) or float(re.match(r"[\d.]*", value).group() or 0) <= 0:
+            quantity = _QUANTITY.fullmatch(value)
+            if quantity is None or float(quantity[1]) <= 0:  # [1]: the number before the unit
                 raise KubernetesError(f"{what} must be a positive Kubernetes quantity (2, 500m, 4Gi), got {value!r}")
         if not _IMAGE.fullmatch(self.image):
             raise KubernetesError(f"--image {self.image!r} is not an image reference (registry/name:tag)")
@@ -388,8 +389,8 @@ def _module_path(root: Path, module: str) -> Path | None:
 
 
 def _imports(source: str) -> list[str]:
-    names = []
-    skipped = set()
+    names: list[str] = []
+    skipped: set[int] = set()  # id() of the nodes under `if TYPE_CHECKING:`
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -457,7 +458,7 @@ def render_yaml(content: Any) -> str:
     class Plain(yaml.SafeDumper):
         # No &id001 anchors and *id001 aliases where two probes share one dict: valid YAML, but not what an operator
         # expects to read (or to patch) in a manifest.
-        def ignore_aliases(self, data):
+        def ignore_aliases(self, data: Any) -> bool:
             return True
 
     return "---\n".join(yaml.dump(d, Dumper=Plain, sort_keys=False, default_flow_style=False, width=120) for d in docs)

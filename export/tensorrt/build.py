@@ -489,7 +489,8 @@ def compare_with_onnx(
 
     rule = VALIDATION_RULES[settings.precision]
     gate_session = ort_session(references.gate.path)
-    fp32_session = ort_session(references.fp32.path) if references.fp32 is not None else None
+    fp32 = references.fp32
+    fp32_run = None if fp32 is None else (ort_session(fp32.path), list(fp32.output_names))
     rng = np.random.default_rng(seed)
     size = artifact.preprocess.input_size
     gated: list[DriftReport] = []
@@ -498,8 +499,9 @@ def compare_with_onnx(
         x = rng.standard_normal((b, 3, size, size), dtype=np.float32)
         got = run(x)
         gated += _compare(artifact, got, gate_session.run(list(references.gate.output_names), {artifact.input_name: x}))
-        if fp32_session is not None:
-            expected = fp32_session.run(list(references.fp32.output_names), {artifact.input_name: x})
+        if fp32_run is not None:
+            fp32_session, fp32_outputs = fp32_run
+            expected = fp32_session.run(fp32_outputs, {artifact.input_name: x})
             reported += _compare(artifact, got, expected)
     what = f"the {settings.precision.value} engine differs from {references.gate.path.name} on ONNX Runtime"
     check_drift(gated, rule.tolerance, what=what)
