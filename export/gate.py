@@ -168,7 +168,9 @@ def check_gate(report: GateReport) -> None:
         raise ValidationError(f"{report.precision} variant over budget: " + "; ".join(report.failures))
 
 
-def _compare_outputs(names, reference: list[np.ndarray], candidate: list[np.ndarray], where: str) -> list[DriftReport]:
+def _compare_outputs(
+    names: Sequence[str], reference: list[np.ndarray], candidate: list[np.ndarray], where: str
+) -> list[DriftReport]:
     if len(candidate) != len(names) or len(reference) != len(names):
         raise ValidationError(f"expected outputs {', '.join(names)}; got {len(candidate)} from the candidate")
     return [compare(f"{name} ({where})", r, c) for name, r, c in zip(names, reference, candidate, strict=True)]
