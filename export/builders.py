@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import ModelArtifact, Precision
 from vitexport.errors import ArtifactError, ExportError, first_line
@@ -18,8 +18,13 @@ from vitexport.export.gate import ImageSet
 from vitexport.export.options import PROTOBUF_LIMIT
 from vitexport.export.quantize import QuantMethod, default_method, is_convnet, quantize_onnx
 
+if TYPE_CHECKING:
+    import onnx
 
-def _load(path: Path):
+    from vitexport.export.openvino import Int8Recipe
+
+
+def _load(path: Path) -> onnx.ModelProto:
     import onnx
 
     try:
@@ -28,7 +33,7 @@ def _load(path: Path):
         raise ArtifactError(f"cannot read {path}: {first_line(e)}") from None
 
 
-def _save_onnx(model, output: Path) -> None:
+def _save_onnx(model: onnx.ModelProto, output: Path) -> None:
     import onnx
 
     data = output.with_name(output.name + ".data")
@@ -105,7 +110,7 @@ def openvino_variant(
     precision: Precision,
     family: str,
     calib: ImageSet | None,
-    recipe,
+    recipe: Int8Recipe | None,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     from vitexport.export import openvino as ovx
@@ -115,6 +120,8 @@ def openvino_variant(
     model = ovx.convert_onnx(artifact.path)
     details: dict[str, Any] = {"runtime": "openvino", "fuse_attention": "none"}
     if precision is Precision.int8:
+        if calib is None or recipe is None:  # optimize asks for calibration images before building
+            raise ExportError("OpenVINO INT8 needs calibration images: give --calibration DIR")
         progress(f"NNCF post-training quantization ({recipe.name})")
         model = ovx.quantize_int8(
             model,

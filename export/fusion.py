@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vitexport.errors import ExportError, first_line
 
 if TYPE_CHECKING:
     import onnx
     import onnx_ir as ir
+    from onnxscript.rewriter.pattern import RewriteRuleSet
 
 ONNX_ATTENTION_OPSET = 23
 # Ops whose presence proves a fused attention block, per target; a Softmax left beside them means a block was missed.
@@ -38,7 +39,7 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Node counts by op type, `domain::Op` for non-default domains, sorted by count (subgraphs included)."""
     counts: Counter[str] = Counter()
 
-    def visit(graph) -> None:
+    def visit(graph: onnx.GraphProto) -> None:
         for node in graph.node:
             domain = "" if node.domain in ("", "ai.onnx") else f"{node.domain}::"
             counts[domain + node.op_type] += 1
@@ -103,38 +104,69 @@ def _fuse_onnx(model: ir.Model) -> dict[str, int]:
     return {"sdpa": sdpa, "attention": attention}
 
 
-def _sdpa_to_attention_rules():
+def _sdpa_to_attention_rules() -> RewriteRuleSet:
     from onnxscript.rewriter import pattern
 
-    class SDPAToAttention(pattern.RewriteRuleClassBase):
+    # onnxscript matches a rule's variables to its methods' parameters by name: pattern variables (Any) in
+    # `pattern`, the matched ir.Value and ir.Attr in `rewrite`. `op` is Any: its builders make ops by attribute
+    # (op.Attention), which their types do not declare.
+    class _ToAttention(pattern.RewriteRuleClassBase):
+        @staticmethod
+        def attention(
+            op: Any,
+            query: ir.Value,
+            key: ir.Value,
+            value: ir.Value,
+            mask: ir.Value | None,
+            key_format: ir.Attr,
+            sdpa_out: ir.Value,
+        ) -> ir.Value:
+            sdpa = sdpa_out.producer()
+            scale = None if sdpa is None else sdpa.attributes.get("scale", None)  # the match: sdpa_out has one
+            if key_format.value == "BSHd":
+                key = op.Transpose(key, perm=[0, 2, 1, 3])
+            kwargs = {} if scale is None else {"scale": scale.as_float()}
+            inputs = (query, key, value) if mask is None else (query, key, value, mask)
+            return op.Attention(*inputs, **kwargs)
+
+    class SDPAToAttention(_ToAttention):
         """onnxscript's intermediate SDPA node (Q, K, V in B,H,S,Dh) -> ONNX Attention, which takes the same 4-D
         layout; a key in B,S,H,Dh is transposed first. An absent scale means 1/sqrt(Dh) in both ops."""
 
-        def pattern(self, op, query, key, value, key_format):
+        def pattern(self, op: Any, query: Any, key: Any, value: Any, key_format: Any) -> Any:
             return op.SDPA(
                 query, key, value, key_format=key_format, _outputs=["sdpa_out"], _domain="ai.onnxruntime._fusion"
             )
 
-        def rewrite(self, op, query, key, value, key_format, sdpa_out):
-            scale = sdpa_out.producer().attributes.get("scale", None)
-            if key_format.value == "BSHd":
-                key = op.Transpose(key, perm=[0, 2, 1, 3])
-            kwargs = {} if scale is None else {"scale": scale.as_float()}
-            return op.Attention(query, key, value, **kwargs)
+        def rewrite(
+            self,
+            op: Any,
+            query: ir.Value,
+            key: ir.Value,
+            value: ir.Value,
+            key_format: ir.Attr,
+            sdpa_out: ir.Value,
+        ) -> ir.Value:
+            return self.attention(op, query, key, value, None, key_format, sdpa_out)
 
-    class MaskedSDPAToAttention(SDPAToAttention):
+    class MaskedSDPAToAttention(_ToAttention):
         """The same with an additive float mask (BEiT's relative position bias), Attention's fourth input."""
 
-        def pattern(self, op, query, key, value, mask, key_format):
+        def pattern(self, op: Any, query: Any, key: Any, value: Any, mask: Any, key_format: Any) -> Any:
             return op.SDPA(
                 query, key, value, mask, key_format=key_format, _outputs=["sdpa_out"], _domain="ai.onnxruntime._fusion"
             )
 
-        def rewrite(self, op, query, key, value, mask, key_format, sdpa_out):
-            scale = sdpa_out.producer().attributes.get("scale", None)
-            if key_format.value == "BSHd":
-                key = op.Transpose(key, perm=[0, 2, 1, 3])
-            kwargs = {} if scale is None else {"scale": scale.as_float()}
-            return op.Attention(query, key, value, mask, **kwargs)
+        def rewrite(
+            self,
+            op: Any,
+            query: ir.Value,
+            key: ir.Value,
+            value: ir.Value,
+            mask: ir.Value,
+            key_format: ir.Attr,
+            sdpa_out: ir.Value,
+        ) -> ir.Value:
+            return self.attention(op, query, key, value, mask, key_format, sdpa_out)
 
     return pattern.RewriteRuleSet([SDPAToAttention.rule(), MaskedSDPAToAttention.rule()])

@@ -166,7 +166,9 @@ def _masks(task: Task, images: ImageSet) -> np.ndarray | None:
     return images.masks if images.masks is not None else np.ones_like(images.images[:, 0], dtype=np.int64)
 
 
-def _compare_outputs(names, reference: list[np.ndarray], candidate: list[np.ndarray], where: str) -> list[DriftReport]:
+def _compare_outputs(
+    names: Sequence[str], reference: list[np.ndarray], candidate: list[np.ndarray], where: str
+) -> list[DriftReport]:
     if len(candidate) != len(names) or len(reference) != len(names):
         raise ValidationError(f"expected outputs {', '.join(names)}; got {len(candidate)} from the candidate")
     return [compare(f"{name} ({where})", r, c) for name, r, c in zip(names, reference, candidate, strict=True)]

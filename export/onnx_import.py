@@ -13,12 +13,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import ModelArtifact, sidecar_path
 from vitexport.errors import ArtifactError, first_line
 from vitexport.preprocess import PreprocessConfig
 from vitexport.tasks import CLASSIFICATION, FEATURES
+
+if TYPE_CHECKING:
+    import onnx
 
 # Ops that only attention has; a graph without them is treated as a convnet by the optimizer (INT8 recipes).
 ATTENTION_OPS = {"Softmax", "Attention", "MultiHeadAttention"}
@@ -92,7 +95,7 @@ def import_onnx(
     return artifact
 
 
-def graph_io(model, path: Path, output: str | None = None) -> tuple[str, int | None, str, int]:
+def graph_io(model: onnx.ModelProto, path: Path, output: str | None = None) -> tuple[str, int | None, str, int]:
     """(input name, square side or None, output name, output width) of an image model's graph; ArtifactError in one
     line when it is not one."""
     input_name, _, size = _image_input(model, path)
@@ -128,12 +131,12 @@ def _check_runs(artifact: ModelArtifact) -> dict[str, Any]:
     return {"passed": True, "imported": True, "reference": "itself (imported, not derived)", "runs": runs}
 
 
-def _dims(value_info) -> list[int | str | None]:
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
     shape = value_info.type.tensor_type.shape
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
 
 
-def _image_input(model, path: Path) -> tuple[str, int | None, int | None]:
+def _image_input(model: onnx.ModelProto, path: Path) -> tuple[str, int | None, int | None]:
     """(name, fixed batch or None, square side or None) of the one image input."""
     from onnx import TensorProto
 
@@ -155,7 +158,7 @@ def _image_input(model, path: Path) -> tuple[str, int | None, int | None]:
     return image.name, batch, h if isinstance(h, int) and h > 0 else None
 
 
-def _output(model, path: Path, wanted: str | None) -> tuple[str, int]:
+def _output(model: onnx.ModelProto, path: Path, wanted: str | None) -> tuple[str, int]:
     """(name, width) of the logits or embeddings output: N x C with C fixed."""
     outputs = {o.name: o for o in model.graph.output}
     if wanted is not None and wanted not in outputs:

@@ -25,6 +25,7 @@ def onnx_macs(path: str | Path, input_name: str, size: int) -> int | None:
     model = onnx.load(str(path), load_external_data=False)
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
+        fixed_dims: tuple[int, ...]
         if value.name == input_name:
             fixed_dims = (1, 3, size, size)
         else:  # another input (a detector's mask): batch 1, the image's size on its other dynamic dims

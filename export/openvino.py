@@ -14,17 +14,22 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vitexport.errors import ExportError, first_line
+
+if TYPE_CHECKING:  # OpenVINO is imported where it is used (and has no type information: its objects are Any)
+    import openvino as ov
 
 # The hint's values, by our precision names. INT8 sets none: the plugin then runs the ops NNCF left in floating
 # point in BF16 where the CPU has it (OpenVINO's default there) and in FP32 elsewhere.
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
 
 
-def _ov():
+def _ov() -> ModuleType:
     try:
         import openvino as ov
     except ImportError:
@@ -51,7 +56,7 @@ def native_bf16() -> bool:
     return "BF16" in cpu_capabilities()
 
 
-def convert_onnx(source: Path) -> object:
+def convert_onnx(source: Path) -> ov.Model:
     """An ov.Model from an ONNX file."""
     ov = _ov()
     try:
@@ -80,7 +85,7 @@ def int8_recipes(*, transformer: bool) -> tuple[Int8Recipe, ...]:
 
 
 def quantize_int8(
-    model,
+    model: ov.Model,
     calibration: np.ndarray,
     recipe: Int8Recipe,
     *,
@@ -88,7 +93,7 @@ def quantize_int8(
     masks: np.ndarray | None = None,
     mask_name: str | None = None,
     batch_size: int = 1,
-):
+) -> ov.Model:
     """NNCF post-training quantization (min-max ranges over the calibration images, fast bias correction) by
     `recipe`: for transformers the MIXED preset (symmetric weights, asymmetric activations); PERFORMANCE for
     convnets. A detector's calibration items are dicts of both inputs, its `masks` fed as `mask_name`."""
@@ -132,7 +137,7 @@ def quantize_int8(
         raise ExportError(f"NNCF quantization failed: {first_line(e)}") from e
 
 
-def save_ir(model, output: Path) -> None:
+def save_ir(model: ov.Model, output: Path) -> None:
     """Write `output` (.xml) and its .bin; weights stay FP32 (compress_to_fp16 would round them for every hint)."""
     ov = _ov()
     try:
@@ -141,13 +146,13 @@ def save_ir(model, output: Path) -> None:
         raise ExportError(f"cannot write {output}: {first_line(e)}") from e
 
 
-def compile_ir(path: Path, precision: str, threads: int | None = None):
+def compile_ir(path: Path, precision: str, threads: int | None = None) -> ov.CompiledModel:
     """A compiled CPU model in latency mode (best on few cores) with the precision hint of the artifact."""
     ov = _ov()
     import openvino.properties as props
     import openvino.properties.hint as hints
 
-    config: dict = {hints.performance_mode: hints.PerformanceMode.LATENCY}
+    config: dict[str, Any] = {hints.performance_mode: hints.PerformanceMode.LATENCY}
     if OV_PRECISION.get(precision, "f32"):
         config[hints.inference_precision] = OV_PRECISION.get(precision, "f32")
     if threads:

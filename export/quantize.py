@@ -83,8 +83,6 @@ def quantize_onnx(
     from vitexport.export.cpu import int8_saturates
 
     reduce_range = int8_saturates()  # 7-bit weights where 8-bit products would saturate (export/cpu.py)
-    if method is QuantMethod.static and (calibration is None or len(calibration) == 0):
-        raise ExportError("static INT8 quantization needs calibration images: give --calibration DIR")
     # ORT's quantizer logs a pre-processing hint on the root logger at every call; a stage prints nothing.
     with tempfile.TemporaryDirectory(prefix="vitexport-quant-") as tmp, _quiet_root_logger():
         try:
@@ -98,6 +96,8 @@ def quantize_onnx(
                     weight_type=QuantType.QInt8,
                 )
                 return
+            if calibration is None or len(calibration) == 0:
+                raise ExportError("static INT8 quantization needs calibration images: give --calibration DIR")
             parts = max(1, len(calibration) // (batch_size or calibration_batch(calibration.shape[-1])))
             feeds = _calibration_feeds(calibration, parts, input_name, masks, mask_name)
             _quantize_static(source, output, feeds, Path(tmp), reduce_range=reduce_range)
@@ -137,7 +137,7 @@ def _quantize_static(
         def __init__(self) -> None:
             self.batches = iter(feeds)
 
-        def get_next(self):
+        def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
     quantize_static(

@@ -55,7 +55,7 @@ def model_config_pb2() -> ModuleType:
     return import_tritonclient("tritonclient.grpc.model_config_pb2")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> ModuleType:
     # `cfg.pb` keeps working for callers (pb.ModelConfig, pb.TYPE_STRING) without importing tritonclient eagerly.
     if name == "pb":
         return model_config_pb2()
@@ -242,7 +242,9 @@ def tensorrt_batching(profile: dict[str, int], requested: Batching | None = None
     return Batching(max_batch_size=hi, preferred_batch_sizes=tuple(sorted({opt, hi})), max_queue_delay_us=delay)
 
 
-def preprocess_config(name: str, preprocess: PreprocessConfig, *, max_batch_size: int, instances: int = 1):
+def preprocess_config(
+    name: str, preprocess: PreprocessConfig, *, max_batch_size: int, instances: int = 1
+) -> pb.ModelConfig:
     """Encoded image bytes -> pixel_values, by vitexport.preprocess.preprocess_image in a Python-backend model; for
     a detector, by preprocess_detection -> pixel_values, pixel_mask and image_size (the original height, width)."""
     pb = model_config_pb2()
@@ -259,7 +261,9 @@ def preprocess_config(name: str, preprocess: PreprocessConfig, *, max_batch_size
     return config
 
 
-def postprocess_config(name: str, *, num_classes: int, top_k: int, max_batch_size: int, logits: str = "logits"):
+def postprocess_config(
+    name: str, *, num_classes: int, top_k: int, max_batch_size: int, logits: str = "logits"
+) -> pb.ModelConfig:
     """Logits -> the top-k labels, softmax scores and class indices, in a Python-backend model."""
     if not 1 <= top_k <= num_classes:
         raise ServingError(f"top-k must be within 1..{num_classes}, got {top_k}")

@@ -279,7 +279,7 @@ def render_yaml(content: Any) -> str:
     class Plain(yaml.SafeDumper):
         # No &id001 anchors and *id001 aliases where two probes share one dict: valid YAML, but not what an operator
         # expects to read (or to patch) in a manifest.
-        def ignore_aliases(self, data):
+        def ignore_aliases(self, data: Any) -> bool:
             return True
 
     return "---\n".join(yaml.dump(d, Dumper=Plain, sort_keys=False, default_flow_style=False, width=120) for d in docs)

@@ -67,7 +67,7 @@ def _module_path(root: Path, module: str) -> Path | None:
 
 def _imports(source: str) -> list[str]:
     names = []
-    skipped = set()
+    skipped: set[int] = set()  # ids of the nodes under `if TYPE_CHECKING:`
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):

@@ -43,7 +43,8 @@ class K8sSettings:
             raise KubernetesError(f"--max-replicas {self.max_replicas} is below --min-replicas {self.min_replicas}")
         check_storage_uri(self.storage_uri)
         for what, value in (("--cpu", self.cpu), ("--memory", self.memory)):
-            if not _QUANTITY.fullmatch(value) or float(re.match(r"[\d.]*", value).group() or 0) <= 0:
+            quantity = _QUANTITY.fullmatch(value)
+            if quantity is None or float(quantity[1]) <= 0:  # [1]: the number before the unit
                 raise KubernetesError(f"{what} must be a positive Kubernetes quantity (2, 500m, 4Gi), got {value!r}")
         if not _IMAGE.fullmatch(self.image):
             raise KubernetesError(f"--image {self.image!r} is not an image reference (registry/name:tag)")

@@ -92,11 +92,13 @@ def _check_host(host: str) -> str:
     then fail to bind, after minutes of loading)."""
     try:
         for *_, address in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM):
-            with socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET) as s:
-                s.bind((address[0], 0))
+            ip = str(address[0])  # an IPv4 or IPv6 address (AF_INET, AF_INET6 are the families asked for)
+            with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
+                s.bind((ip, 0))
             return host
-    except (OSError, UnicodeError) as e:
-        raise ServingError(f"cannot listen on --host {host!r}: {e.strerror or e}") from None
+    except (OSError, UnicodeError) as e:  # UnicodeError: a name IDNA cannot encode
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise ServingError(f"cannot listen on --host {host!r}: {reason}") from None
     raise ServingError(f"cannot listen on --host {host!r}: it resolves to no address")
 
 
@@ -159,7 +161,7 @@ class TritonServer:
     def __enter__(self) -> TritonServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> TritonServer:

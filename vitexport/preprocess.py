@@ -22,7 +22,13 @@ MAX_IMAGE_PIXELS = 50_000_000
 MAX_RESIZED_PIXELS = 16_777_216
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the CLI imports this module for --help
+    from typing import BinaryIO, TypeAlias
+
     import numpy as np
+    from PIL import Image
+
+    # What the preprocessing functions take: a PIL image, a path, encoded bytes or an open binary file.
+    ImageSource: TypeAlias = Image.Image | str | Path | bytes | bytearray | BinaryIO
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,15 +88,15 @@ def _resample(name: str) -> int:
     return {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[name]
 
 
-def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
+def preprocess_image(image: ImageSource, cfg: PreprocessConfig) -> np.ndarray:
     """A PIL image, a path or encoded bytes -> float32 (3, S, S): resize the short side to S / crop_pct,
     center crop S x S, scale to [0, 1], normalise by mean/std (timm's and torchvision's eval transform)."""
     if cfg.detection:  # a center crop would cut objects off and no mask would say where the image is
         raise ImageError("this is a detector's preprocessing (resize onto a padded canvas), not a classifier's crop")
-    image = _decode(image)
+    decoded = _decode(image)
     size = cfg.input_size
     scale = math.floor(size / cfg.crop_pct)
-    w, h = image.size
+    w, h = decoded.size
     # Short side to `scale`, long side in proportion (torchvision's Resize(int) rounding).
     new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
     if new_w * new_h > MAX_RESIZED_PIXELS:
@@ -98,15 +104,15 @@ def preprocess_image(image, cfg: PreprocessConfig) -> np.ndarray:
             f"image {w} x {h} would be resized to {new_w} x {new_h}, over the limit of {MAX_RESIZED_PIXELS} pixels "
             "(an aspect ratio this extreme is not a photograph)"
         )
-    image = image.resize((new_w, new_h), _resample(cfg.interpolation))
+    resized = decoded.resize((new_w, new_h), _resample(cfg.interpolation))
     left, top = round((new_w - size) / 2), round((new_h - size) / 2)
-    image = image.crop((left, top, left + size, top + size))
+    cropped = resized.crop((left, top, left + size, top + size))
     import numpy as np
 
-    return np.ascontiguousarray(_normalised(image, cfg).transpose(2, 0, 1))  # -> (3, S, S)
+    return np.ascontiguousarray(_normalised(cropped, cfg).transpose(2, 0, 1))  # -> (3, S, S)
 
 
-def _normalised(image, cfg: PreprocessConfig) -> np.ndarray:
+def _normalised(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """(H, W, 3) float32: [0, 1], then (x - mean) / std."""
     import numpy as np
 
@@ -126,7 +132,10 @@ class DetectionInput:
 def detection_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, int]:
     """(height, width) after DETR's evaluation resize (transformers' get_size_with_aspect_ratio: shorter side to
     shortest_edge unless the longer would pass longest_edge), then scaled down to fit the S x S canvas."""
-    size, max_size, raw = cfg.shortest_edge, cfg.longest_edge, None
+    size, max_size = cfg.shortest_edge, cfg.longest_edge
+    if size is None:
+        raise ImageError("this is a classifier's preprocessing (a center crop), not a detector's")
+    raw: float | None = None
     if max_size is not None and max(height, width) / min(height, width) * size > max_size:
         raw = max_size * min(height, width) / max(height, width)
         size = round(raw)
@@ -143,7 +152,7 @@ def detection_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int,
     return oh, ow
 
 
-def preprocess_detection(image, cfg: PreprocessConfig) -> DetectionInput:
+def preprocess_detection(image: ImageSource, cfg: PreprocessConfig) -> DetectionInput:
     """A PIL image, a path or encoded bytes -> a detector's input: the whole image resized (bilinear, as DETR's
     processor), normalised, placed top-left on the S x S canvas, and its mask (transformers' DetrImageProcessor with
     pad_size S x S gives the same arrays)."""
@@ -152,10 +161,10 @@ def preprocess_detection(image, cfg: PreprocessConfig) -> DetectionInput:
 
     if not cfg.detection:
         raise ImageError("this is a classifier's preprocessing (a center crop), not a detector's")
-    image = _decode(image)
-    w, h = image.size
+    decoded = _decode(image)
+    w, h = decoded.size
     oh, ow = detection_size(h, w, cfg)
-    resized = _normalised(image.resize((ow, oh), Image.Resampling.BILINEAR), cfg)
+    resized = _normalised(decoded.resize((ow, oh), Image.Resampling.BILINEAR), cfg)
     S = cfg.input_size
     pixels = np.zeros((3, S, S), np.float32)
     pixels[:, :oh, :ow] = resized.transpose(2, 0, 1)
@@ -164,12 +173,12 @@ def preprocess_detection(image, cfg: PreprocessConfig) -> DetectionInput:
     return DetectionInput(pixels, mask, (h, w))
 
 
-def _decode(image):
+def _decode(image: ImageSource) -> Image.Image:
     """A PIL RGB image from a PIL image, a path or encoded bytes, its size checked before its pixels are decoded."""
     from PIL import Image, UnidentifiedImageError
 
     encoded = isinstance(image, (bytes, bytearray))
-    if encoded:
+    if isinstance(image, (bytes, bytearray)):  # `encoded`, spelt out for the type checker's narrowing
         if not image:
             raise ImageError("empty image: 0 bytes")
         image = io.BytesIO(image)

@@ -59,10 +59,11 @@ def create_model(
     model = spec.build(attention=attention)
     checkpoint_filter = spec.checkpoint_filter
     if head == FEATURES_HEAD:
-        if not hasattr(model, "remove_head"):
+        remove_head = getattr(model, "remove_head", None)
+        if remove_head is None:
             raise VitExportError(f"{spec.name} ({spec.family}) has no features head; its models output logits only")
         before = set(model.state_dict())
-        model.remove_head()
+        remove_head()
         checkpoint_filter = _ignoring(before - set(model.state_dict()), checkpoint_filter)
     if checkpoint is not None:
         weights.load_checkpoint(model, checkpoint, checkpoint_filter)

@@ -77,6 +77,8 @@ class BeitAttention(nn.Module):
     `vitexport.models.layers.Attention` does and for the same reasons.
     """
 
+    relative_position_index: torch.Tensor  # a buffer, declared for the type checker
+
     def __init__(self, dim: int, num_heads: int, grid: int, attention: str = "sdpa"):
         super().__init__()
         self.num_heads = num_heads
@@ -140,15 +142,14 @@ class Beit(nn.Module):
         self.num_features = D  # width of forward_embeddings
         self.patch_embed = PatchEmbed(cfg.patch_size, 3, D)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed: nn.Parameter | None = None
         if cfg.abs_pos_embed:
             self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_tokens(img_size), D) * 0.02)
-        else:
-            self.pos_embed = None
         self.blocks = nn.Sequential(
             *[BeitBlock(D, cfg.num_heads, cfg.mlp_ratio, grid, cfg.init_values, attention) for _ in range(cfg.depth)]
         )
         self.fc_norm = nn.LayerNorm(D, eps=1e-6)  # after pooling; no final norm over all tokens
-        self.head = nn.Linear(D, cfg.num_classes)
+        self.head: nn.Module = nn.Linear(D, cfg.num_classes)  # nn.Identity() after remove_head()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # (B, 3, H, W) -> (B, N, D)

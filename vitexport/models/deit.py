@@ -18,7 +18,7 @@ class DistilledVisionTransformer(VisionTransformer):
     def __init__(self, cfg: ViTConfig, img_size: int = 224, attention: str = "sdpa"):
         super().__init__(cfg, img_size, attention)
         self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        self.head_dist = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        self.head_dist: nn.Module = nn.Linear(cfg.embed_dim, cfg.num_classes)  # nn.Identity() after remove_head()
 
     def prefix_tokens(self, batch: int) -> torch.Tensor:
         return torch.cat([self.cls_token, self.dist_token], dim=1).expand(batch, -1, -1)  # (B, 2, D)

@@ -84,6 +84,12 @@ class FrozenBatchNorm2d(nn.Module):
     one op, which the exporter's optimizer folds into the convolution before it. DETR's own six elementwise ops per
     layer gave ResNet-50 some 500 more nodes to trace, and the export took twice as long."""
 
+    # Buffers, declared for the type checker (register_buffer sets them where it cannot see).
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, n: int):
         super().__init__()
         self.register_buffer("weight", torch.ones(n))
@@ -185,7 +191,12 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(D)
 
     def forward(
-        self, tgt: torch.Tensor, memory: torch.Tensor, memory_key: torch.Tensor, query_pos: torch.Tensor, bias
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        memory_key: torch.Tensor,
+        query_pos: torch.Tensor,
+        bias: torch.Tensor,
     ) -> torch.Tensor:
         qk = tgt + query_pos  # (B, Q, D)
         tgt = self.norm1(tgt + self.self_attn(qk, qk, tgt))
@@ -210,7 +221,9 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, attention) for _ in range(cfg.dec_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, tgt, memory, pos, query_pos, bias) -> torch.Tensor:
+    def forward(
+        self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
         memory_key = memory + pos  # the cross-attention's keys, the same in every layer
         for layer in self.layers:
             tgt = layer(tgt, memory, memory_key, query_pos, bias)

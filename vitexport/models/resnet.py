@@ -114,6 +114,13 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    # The stages, added by name in __init__'s loop (timm's and torchvision's state-dict keys), declared for the type
+    # checker.
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, cfg: ResNetConfig, norm_layer: NormLayer = nn.BatchNorm2d):
         super().__init__()
         self.cfg = cfg

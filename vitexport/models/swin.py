@@ -134,6 +134,10 @@ class WindowAttention(nn.Module):
     `vitexport.models.layers.Attention`: "sdpa", or "explicit" MatMul-Softmax-MatMul with the scale on Q first.
     """
 
+    # Buffers, declared for the type checker (register_buffer sets them where it cannot see).
+    relative_position_index: torch.Tensor
+    attn_mask: torch.Tensor | None
+
     def __init__(self, dim: int, num_heads: int, window: int, mask: torch.Tensor | None, attention: str = "sdpa"):
         super().__init__()
         self.num_heads = num_heads

@@ -65,7 +65,7 @@ class VisionTransformer(nn.Module):
             self.fc_norm = nn.LayerNorm(D, eps=1e-6)
         else:
             self.norm = nn.LayerNorm(D, eps=1e-6)
-        self.head = nn.Linear(D, cfg.num_classes)
+        self.head: nn.Module = nn.Linear(D, cfg.num_classes)  # nn.Identity() after remove_head()
 
     def prefix_tokens(self, batch: int) -> torch.Tensor:
         return self.cls_token.expand(batch, -1, -1)  # (B, 1, D)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vitexport.errors import VitExportError
 from vitexport.tasks.base import BYTES, FEATURES_HEAD, FP32, INT64, PIXELS, Budget, Grade, InputSet, Task, TensorSpec
@@ -85,7 +85,7 @@ class Classification(Task):
     summary = "pixel_values (N, 3, S, S) -> logits (N, classes); served with its top-k labels"
     metrics_key = "accuracy"
     agreement = "top-1 agreement"
-    postprocess = "topk_model.py"
+    postprocess: ClassVar[str | None] = "topk_model.py"
     reference_peer = "timm"
 
     def output_names(self, *, all_heads: bool = False) -> tuple[str, ...]:

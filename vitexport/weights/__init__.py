@@ -12,12 +12,16 @@ import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vitexport.errors import CheckpointError, first_line
+
+if TYPE_CHECKING:
+    from vitexport.registry import ModelSpec
 
 # A family's remapping of foreign layouts onto its model: (unwrapped state dict, model) -> state dict.
 CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
@@ -111,7 +115,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, checkpoint_filter: Check
     load_state_dict(model, read_state_dict(path), f"checkpoint {Path(path).name}", checkpoint_filter)
 
 
-def download_pretrained(spec) -> Path:
+def download_pretrained(spec: ModelSpec) -> Path:
     """timm's weights for `spec` from the Hugging Face Hub (needs network access and `huggingface_hub`)."""
     if spec.hub_id is None:
         raise CheckpointError(f"{spec.name} has no published weights; pass --checkpoint PATH")
