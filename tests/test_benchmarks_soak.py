@@ -1,4 +1,4 @@
-"""The soak, shortened to 20 s for CI: the script the README's reliability figures come from, run as a user runs it,
+"""The soak, shortened to 20 s for CI: the script docs/reliability.md's figures come from, run as a user runs it,
 against a real Triton. It asserts what happened, not how fast: every answer right, every client mistake refused
 as one, the server ready with the backend processes it started."""
 
