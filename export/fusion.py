@@ -104,32 +104,31 @@ def _fuse_onnx(model: ir.Model) -> dict[str, int]:
     return {"sdpa": sdpa, "attention": attention}
 
 
+def _attention(
+    op: Any,
+    query: ir.Value,
+    key: ir.Value,
+    value: ir.Value,
+    mask: ir.Value | None,
+    key_format: ir.Attr,
+    sdpa_out: ir.Value,
+) -> ir.Value:
+    """The ONNX Attention op for a matched SDPA node (`op` is Any: its builders make ops by attribute)."""
+    sdpa = sdpa_out.producer()
+    scale = None if sdpa is None else sdpa.attributes.get("scale", None)  # the match: sdpa_out has one
+    if key_format.value == "BSHd":
+        key = op.Transpose(key, perm=[0, 2, 1, 3])
+    kwargs = {} if scale is None else {"scale": scale.as_float()}
+    inputs = (query, key, value) if mask is None else (query, key, value, mask)
+    return op.Attention(*inputs, **kwargs)
+
+
 def _sdpa_to_attention_rules() -> RewriteRuleSet:
     from onnxscript.rewriter import pattern
 
     # onnxscript matches a rule's variables to its methods' parameters by name: pattern variables (Any) in
-    # `pattern`, the matched ir.Value and ir.Attr in `rewrite`. `op` is Any: its builders make ops by attribute
-    # (op.Attention), which their types do not declare.
-    class _ToAttention(pattern.RewriteRuleClassBase):
-        @staticmethod
-        def attention(
-            op: Any,
-            query: ir.Value,
-            key: ir.Value,
-            value: ir.Value,
-            mask: ir.Value | None,
-            key_format: ir.Attr,
-            sdpa_out: ir.Value,
-        ) -> ir.Value:
-            sdpa = sdpa_out.producer()
-            scale = None if sdpa is None else sdpa.attributes.get("scale", None)  # the match: sdpa_out has one
-            if key_format.value == "BSHd":
-                key = op.Transpose(key, perm=[0, 2, 1, 3])
-            kwargs = {} if scale is None else {"scale": scale.as_float()}
-            inputs = (query, key, value) if mask is None else (query, key, value, mask)
-            return op.Attention(*inputs, **kwargs)
-
-    class SDPAToAttention(_ToAttention):
+    # `pattern`, the matched ir.Value and ir.Attr in `rewrite`.
+    class SDPAToAttention(pattern.RewriteRuleClassBase):
         """onnxscript's intermediate SDPA node (Q, K, V in B,H,S,Dh) -> ONNX Attention, which takes the same 4-D
         layout; a key in B,S,H,Dh is transposed first. An absent scale means 1/sqrt(Dh) in both ops."""
 
@@ -147,9 +146,9 @@ def _sdpa_to_attention_rules() -> RewriteRuleSet:
             key_format: ir.Attr,
             sdpa_out: ir.Value,
         ) -> ir.Value:
-            return self.attention(op, query, key, value, None, key_format, sdpa_out)
+            return _attention(op, query, key, value, None, key_format, sdpa_out)
 
-    class MaskedSDPAToAttention(_ToAttention):
+    class MaskedSDPAToAttention(pattern.RewriteRuleClassBase):
         """The same with an additive float mask (BEiT's relative position bias), Attention's fourth input."""
 
         def pattern(self, op: Any, query: Any, key: Any, value: Any, mask: Any, key_format: Any) -> Any:
@@ -167,6 +166,6 @@ def _sdpa_to_attention_rules() -> RewriteRuleSet:
             key_format: ir.Attr,
             sdpa_out: ir.Value,
         ) -> ir.Value:
-            return self.attention(op, query, key, value, mask, key_format, sdpa_out)
+            return _attention(op, query, key, value, mask, key_format, sdpa_out)
 
     return pattern.RewriteRuleSet([SDPAToAttention.rule(), MaskedSDPAToAttention.rule()])
