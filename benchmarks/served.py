@@ -24,6 +24,7 @@ import numpy as np
 
 from vitexport.bench.perf_analyzer import find_perf_analyzer, measure
 from vitexport.errors import ServingError, first_line
+from vitexport.tasks.base import PIXELS
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def load_generator(
     concurrency: int,
     img_size: int,
     s: ServedSettings,
-    input_name: str = "pixel_values",
+    input_name: str = PIXELS,
     windows: int = 3,
     mask_name: str | None = None,
 ) -> dict[str, Any]:

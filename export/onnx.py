@@ -24,7 +24,7 @@ from vitexport.fileio import staging
 from vitexport.models import ModelSpec, create_model, get_spec
 from vitexport.ort import ort_session
 from vitexport.tasks import FEATURES, Task, get_task
-from vitexport.tasks.base import FEATURES_HEAD
+from vitexport.tasks.base import FEATURES_HEAD, PIXELS
 
 # Opset 18 is the default: the dynamo exporter's native opset (no version conversion), run by ONNX Runtime >= 1.14
 # and parsed by TensorRT >= 8.6 alike, and the graph onnxscript's ORT fusions match. Opset 23 adds the standard
@@ -159,14 +159,14 @@ def example_inputs(
     zero as the preprocessing leaves them), so validation sees the mask change the outputs."""
     x = torch.randn(batch, 3, size, size, generator=generator)
     if mask_name is None:
-        return [("", {"pixel_values": x})]
+        return [("", {PIXELS: x})]
     full = torch.ones(batch, size, size, dtype=torch.int64)
     padded = torch.zeros(batch, size, size, dtype=torch.int64)
     for i, (h, w) in enumerate(torch.randint(size // 2, size, (batch, 2), generator=generator).tolist()):
         padded[i, :h, :w] = 1
     return [
-        ("", {"pixel_values": x, mask_name: full}),
-        (" (padded)", {"pixel_values": x * padded[:, None], mask_name: padded}),
+        ("", {PIXELS: x, mask_name: full}),
+        (" (padded)", {PIXELS: x * padded[:, None], mask_name: padded}),
     ]
 
 
@@ -267,7 +267,7 @@ def validate_onnx(
             with torch.inference_mode():
                 expected = reference(*inputs.values())
             expected = expected if isinstance(expected, tuple) else (expected,)
-            feeds = {artifact.input_name: inputs["pixel_values"].numpy()}
+            feeds = {artifact.input_name: inputs[PIXELS].numpy()}
             if artifact.mask_name is not None:
                 feeds[artifact.mask_name] = inputs[artifact.mask_name].numpy()
             got = session.run(list(artifact.output_names), feeds)

@@ -20,6 +20,7 @@ from vitexport.errors import ArtifactError
 from vitexport.fileio import move_into_place, write_atomic
 from vitexport.preprocess import PreprocessConfig
 from vitexport.tasks import TASKS
+from vitexport.tasks.base import PIXELS
 
 
 class Format(str, Enum):
@@ -52,7 +53,7 @@ class ModelArtifact:
     model: str  # registry name
     preprocess: PreprocessConfig
     num_classes: int  # detectors: the object classes (their logits have one more, "no object")
-    input_name: str = "pixel_values"
+    input_name: str = PIXELS
     output_names: tuple[str, ...] = ("logits",)
     # Detectors: the second input, (N, S, S) int64, 1 where the image is and 0 on the canvas's padding. None: the image
     # is the only input (classifiers, and every sidecar written before detection).
