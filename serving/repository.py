@@ -1,8 +1,7 @@
 """Writes models into a Triton model repository: `<repo>/<name>/config.pbtxt`, `labels.txt` and numbered version
-folders, plus the `<name>_image` ensemble (image bytes -> preprocessing -> classifier -> top-k; for a model that
-returns embeddings, image bytes -> preprocessing -> model -> the embedding, with no labels and no top-k; for a
-detector, image bytes -> preprocessing (canvas, mask, original size) -> detector -> detections: boxes, scores,
-labels, classes and count).
+folders, plus the `<name>_image` ensemble: image bytes -> preprocessing -> the model -> its task's post-processing
+(`vitexport.tasks`: a classifier's top-k; a detector's boxes, scores, labels, classes and count; none for an
+embedding model, whose ensemble answers the embedding, with no labels).
 
 A version is staged in a hidden folder inside its model folder (same file system; Triton ignores non-numeric
 folders there) and renamed into place, so a server never sees half a version; an existing version is never
@@ -22,23 +21,19 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vitexport.artifacts import ModelArtifact, file_record
-from vitexport.errors import ServingError
+from vitexport.errors import ServingError, VitExportError
 from vitexport.fileio import STAGING_PREFIX, remove_dead_staging, write_atomic
 from vitexport.serving import config as cfg
-from vitexport.serving.backends import (
-    CLASSIFIER_MODEL,
-    DETECTION_POSTPROCESS_MODEL,
-    POSTPROCESS_MODEL,
-    PREPROCESS_MODEL,
-)
+from vitexport.serving.backends import MODEL_RUNNER, PREPROCESS_MODEL, postprocess_model
 from vitexport.serving.config import Batching, ServingBackend
+from vitexport.tasks import Task
 
-LABELS_SOURCE = Path(__file__).parent / "labels" / "imagenet1k.txt"
-# DETR's 91 COCO classes by COCO category id ("N/A" where COCO has none): transformers' id2label of
-# facebook/detr-resnet-50.
-COCO91_SOURCE = Path(__file__).parent / "labels" / "coco91.txt"
+# The tasks' usual classes (Task.default_labels): ImageNet-1k; DETR's 91 COCO classes by COCO category id ("N/A"
+# where COCO has none), transformers' id2label of facebook/detr-resnet-50.
+LABELS_DIR = Path(__file__).parent / "labels"
 # Triton model names become folder names and URL path segments: keep them to a safe, non-hidden alphabet.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 MODEL_FILENAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.plan"}
@@ -48,9 +43,9 @@ MODEL_FILENAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "m
 class AddedModel:
     name: str
     version: int
-    path: Path  # the classifier's version folder
+    path: Path  # the model's version folder
     backend: ServingBackend
-    models: tuple[str, ...] = field(default=())  # every model written: classifier, then the ensemble's parts
+    models: tuple[str, ...] = field(default=())  # every model written: the model, then the ensemble's parts
 
 
 def check_name(repo_dir: Path, name: str) -> Path:
@@ -64,15 +59,14 @@ def check_name(repo_dir: Path, name: str) -> Path:
     return model_dir
 
 
-def labels_for(num_classes: int, names: tuple[str, ...] | None = None, *, task: str = "classification") -> str:
-    """One label per class: the artifact's own names (an imported model's --labels), ImageNet-1k's names for
-    1000-class heads, COCO's for 91-class detectors (DETR's head), the class index otherwise."""
+def labels_for(num_classes: int, names: tuple[str, ...] | None = None, *, task: Task) -> str:
+    """One label per class: the artifact's own names (an imported model's --labels), else the task's usual classes
+    where the head has their number (ImageNet-1k's 1000, COCO's 91), else the class index."""
     if names:
         return "".join(f"{n}\n" for n in names)
-    if num_classes == 1000 and task == "classification":
-        return LABELS_SOURCE.read_text()
-    if num_classes == 91 and task == "detection":
-        return COCO91_SOURCE.read_text()
+    default = task.default_labels(num_classes)
+    if default is not None:
+        return (LABELS_DIR / default).read_text()
     return "".join(f"class_{i}\n" for i in range(num_classes))
 
 
@@ -87,6 +81,18 @@ def scan(repo_dir: Path) -> dict[str, cfg.pb.ModelConfig]:
     if not repo_dir.is_dir():
         raise ServingError(f"model repository {repo_dir} does not exist; write one with `vitexport repo`")
     return {p.name: cfg.read_config(p) for p in sorted(repo_dir.iterdir()) if (p / "config.pbtxt").is_file()}
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One model a call writes: its folder, config, the files of its new version, its labels.txt (None: none) and
+    the copied model file's sidecar (the model's only)."""
+
+    model_dir: Path
+    config: cfg.pb.ModelConfig
+    files: dict[str, Path]
+    labels: str | None = None
+    sidecar: dict | None = None
 
 
 def add_model(
@@ -105,11 +111,11 @@ def add_model(
     intra_op_threads: int = 0,
     require_gate: bool = True,
 ) -> AddedModel:
-    """Add a classifier version (and by default the `<name>_image` ensemble) to a Triton model repository. An
-    artifact whose one output is `embeddings` (`--head features`) is written without labels, and its ensemble
-    returns the raw embedding (`top_k` does not apply). A detector (DETR) is written with its mask input and its
-    ensemble returns detections: `top_k` (default 100) and `threshold` (default 0.5) are its defaults, which
-    requests may override.
+    """Add a model version (and by default the `<name>_image` ensemble) to a Triton model repository. The model's
+    task (`vitexport.tasks`) says what is written: a classifier with its labels, its ensemble answering the top
+    `top_k` (default 5); an embedding model without labels, its ensemble answering the raw embedding; a detector
+    with its mask input, its ensemble answering detections, `top_k` (default 100) and `threshold` (default 0.5)
+    the defaults that requests may override.
 
     The backend defaults to the artifact's format: ONNX and OpenVINO IR to the Python backend models that serve on
     the local Triton, engines to tensorrt_plan.
@@ -122,9 +128,8 @@ def add_model(
     if not artifacts:
         raise ServingError("no model artifact given")
     first = artifacts[0]
-    detector = first.task == "detection"
-    if threshold is not None and not detector:
-        raise ServingError(f"a score threshold is for detectors; {first.path.name} is a {first.task} model")
+    task = cfg.task_for(first)
+    settings = _settings(first, task, top_k=top_k, threshold=threshold)
     backend = backend or ServingBackend.for_format(first.format)
     repo_dir = Path(repo_dir)
     name = first.model if name is None else name
@@ -133,7 +138,54 @@ def add_model(
         repo_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ServingError(f"cannot create the model repository {repo_dir}: {e.strerror or e}") from None
+    _check_artifacts(artifacts, backend, require_gate=require_gate)
+    if backend is ServingBackend.tensorrt and first.batch_size is None:
+        # A fixed-batch engine is served unbatched, with the batch in its dims; others batch as their profile says.
+        batching = cfg.tensorrt_batching(_engine_profile(first), batching)
+    model_filename, files, cc_files = _model_files(artifacts, backend)
+    # Several engines: the sidecar is the first one's (the others differ only in the GPU they were built for).
+    sidecar = _version_sidecar(first, dict(list(files.items())[:1]) if cc_files else dict(files))
+    model = cfg.model_config(
+        name,
+        first,
+        backend=backend,
+        batching=batching or Batching(),
+        instances=instances,
+        model_filename=model_filename,
+        cc_model_filenames=cc_files,
+        tensorrt_accelerator=tensorrt_accelerator,
+        intra_op_threads=intra_op_threads,
+    )
+    _check_compatible(model_dir, model)
+    version = _next_version(model_dir, version)
+    labels = labels_for(first.num_classes, first.labels, task=task) if task.has_labels else None
+    if backend.runtime:
+        files["model.py"] = MODEL_RUNNER
+    # labels.txt goes beside the model only for the outputs Triton's classification extension labels (a
+    # detector's labels are its post-processing's alone).
+    labelled = any(output.label_filename for output in model.output)
+    parts = [_Part(model_dir, model, files, labels if labelled else None, sidecar)]
+    if ensemble:
+        parts += _ensemble_parts(repo_dir, name, first, task, model, settings, labels, version)
+    _check_ensembles(repo_dir, model, rewritten={part.config.name for part in parts})
+    _write_parts(parts, version)
+    return AddedModel(name, version, model_dir / str(version), backend, tuple(part.config.name for part in parts))
 
+
+def _settings(artifact: ModelArtifact, task: Task, *, top_k: int | None, threshold: float | None) -> dict[str, Any]:
+    """The post-processing's settings as given (None: the task's default), checked by the task now, whether or not
+    an ensemble is written: a score threshold only for a task whose post-processing takes one."""
+    if threshold is not None and "threshold" not in cfg.settings_of(task):
+        raise ServingError(f"a score threshold is for detectors; {artifact.path.name} is a {task.name} model")
+    settings = {"top_k": top_k, "threshold": threshold}
+    try:
+        task.check_settings(settings, artifact.num_classes)
+    except VitExportError as e:
+        raise ServingError(str(e)) from None
+    return settings
+
+
+def _check_artifacts(artifacts: list[ModelArtifact], backend: ServingBackend, *, require_gate: bool) -> None:
     for a in artifacts:
         if a.format not in backend.formats:
             raise ServingError(
@@ -144,105 +196,79 @@ def add_model(
                 f"{a.path.name} has not passed its accuracy gate (its sidecar records no passed validation); "
                 "export, optimize or build it again with vitexport"
             )
-    files: dict[str, Path] = {}  # file name in the version folder -> source
-    cc_files: dict[str, str] | None = None
-    if backend is ServingBackend.tensorrt:
-        if first.batch_size is None:  # a fixed-batch engine is served unbatched, with the batch in its dims
-            batching = cfg.tensorrt_batching(_engine_profile(first), batching)
-        if len(artifacts) > 1:
-            cc_files = {}
-            for engine in artifacts:
-                _same_model(first, engine)
-                cc = engine.compute_capability or ""
-                if not cc or cc in cc_files:
-                    raise ServingError(f"engines need distinct compute capabilities; {engine.path} has {cc or 'none'}")
-                cc_files[cc] = f"model.{cc}.plan"
-                files[cc_files[cc]] = engine.path
-    elif len(artifacts) > 1:
+    if len(artifacts) > 1 and backend is not ServingBackend.tensorrt:
         raise ServingError("several artifacts are only accepted for --backend tensorrt (one engine per GPU)")
-    batching = batching or Batching()
+
+
+def _model_files(
+    artifacts: list[ModelArtifact], backend: ServingBackend
+) -> tuple[str, dict[str, Path], dict[str, str] | None]:
+    """The model file's name in the version folder, the files to copy there (name -> source), and several engines'
+    file per GPU compute capability (None: one model file)."""
+    first = artifacts[0]
+    files: dict[str, Path] = {}
     model_filename = MODEL_FILENAMES.get(first.format, first.path.name)
     if first.format == "onnx" and backend is ServingBackend.openvino:
         model_filename = "model.onnx"
-    if not cc_files:
+    if len(artifacts) == 1:
         files[model_filename] = first.path
         files.update(_companion_files(first, model_filename))
-    # Several engines: the sidecar is the first one's (the others differ only in the GPU they were built for).
-    sidecar = _version_sidecar(first, dict(list(files.items())[:1]) if cc_files else dict(files))
+        return model_filename, files, None
+    cc_files: dict[str, str] = {}
+    for engine in artifacts:
+        _same_model(first, engine)
+        cc = engine.compute_capability or ""
+        if not cc or cc in cc_files:
+            raise ServingError(f"engines need distinct compute capabilities; {engine.path} has {cc or 'none'}")
+        cc_files[cc] = f"model.{cc}.plan"
+        files[cc_files[cc]] = engine.path
+    return model_filename, files, cc_files
 
-    classifier = cfg.classifier_config(
-        name,
-        first,
-        backend=backend,
-        batching=batching,
-        instances=instances,
-        model_filename=model_filename,
-        cc_model_filenames=cc_files,
-        tensorrt_accelerator=tensorrt_accelerator,
-        intra_op_threads=intra_op_threads,
-    )
-    _check_compatible(model_dir, classifier)
-    version = _next_version(model_dir, version)
 
-    parts: list[tuple[Path, cfg.pb.ModelConfig, dict[str, Path], str | None]] = []
-    # A model returning embeddings has no classes: no labels.txt, no top-k step; its ensemble returns the embedding.
-    embeddings = not detector and (first.head == "features" or cfg.returns_embeddings(first.output_names))
-    labels = None if embeddings else labels_for(first.num_classes, first.labels, task=first.task)
-    if backend.runtime:
-        files["model.py"] = CLASSIFIER_MODEL
-    # A detector's labels go with its post-processing only: nothing reads them beside the model (no classification).
-    parts.append((model_dir, classifier, files, None if detector else labels))
-    if ensemble:
-        if classifier.max_batch_size == 0:
-            raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
-        pre = cfg.preprocess_config(f"{name}_preprocess", first.preprocess, max_batch_size=classifier.max_batch_size)
-        post = None
-        if detector:
-            post = cfg.detection_postprocess_config(
-                f"{name}_postprocess",
-                num_classes=first.num_classes,
-                max_batch_size=classifier.max_batch_size,
-                threshold=cfg.DEFAULT_THRESHOLD if threshold is None else threshold,
-                top_k=cfg.DEFAULT_DETECTIONS if top_k is None else top_k,
-                logits=first.output_names[0],
-                boxes=first.output_names[1],
-            )
-            image = cfg.detection_ensemble_config(
-                f"{name}_image", detector=classifier, preprocess=pre, postprocess=post
-            )
-        elif not embeddings:
-            post = cfg.postprocess_config(
-                f"{name}_postprocess",
-                num_classes=first.num_classes,
-                top_k=cfg.DEFAULT_TOP_K if top_k is None else top_k,
-                max_batch_size=classifier.max_batch_size,
-                logits=first.output_names[0],
-            )
-        if not detector:
-            image = cfg.ensemble_config(f"{name}_image", classifier=classifier, preprocess=pre, postprocess=post)
-        parts.append((check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, None))
-        if post is not None:
-            backend_file = DETECTION_POSTPROCESS_MODEL if detector else POSTPROCESS_MODEL
-            parts.append((check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
-        parts.append((check_name(repo_dir, image.name), image, {}, None))  # an ensemble still needs its version folder
-        for part_dir, part, *_ in parts[1:]:
-            _check_compatible(part_dir, part)
-            if version in versions(part_dir):
-                raise ServingError(f"{part_dir}/{version} already exists; choose another --version")
-    _check_ensembles(repo_dir, classifier, rewritten={part.name for _, part, *_ in parts})
+def _ensemble_parts(
+    repo_dir: Path,
+    name: str,
+    artifact: ModelArtifact,
+    task: Task,
+    model: cfg.pb.ModelConfig,
+    settings: dict[str, Any],
+    labels: str | None,
+    version: int,
+) -> list[_Part]:
+    """The image ensemble's preprocessing, its post-processing (where the task has one) and the ensemble itself."""
+    if model.max_batch_size == 0:
+        raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
+    batch = model.max_batch_size
+    pre = cfg.preprocess_config(f"{name}_preprocess", artifact.preprocess, task, max_batch_size=batch)
+    parts = [_Part(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL})]
+    post, backend_file = None, postprocess_model(task)
+    if backend_file is not None:
+        outputs = cfg.tensor_specs(model.output)
+        num_classes = artifact.num_classes
+        post = cfg.postprocess_config(
+            f"{name}_postprocess", task, outputs, settings, num_classes=num_classes, max_batch_size=batch
+        )
+        parts.append(_Part(check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
+    image = cfg.ensemble_config(f"{name}_image", task, model, pre, post)
+    parts.append(_Part(check_name(repo_dir, image.name), image, {}))  # an ensemble still needs its version folder
+    for part in parts:
+        _check_compatible(part.model_dir, part.config)
+        if version in versions(part.model_dir):
+            raise ServingError(f"{part.model_dir}/{version} already exists; choose another --version")
+    return parts
 
+
+def _write_parts(parts: list[_Part], version: int) -> None:
+    """Write every part's version, or none: an ensemble whose parts disagree (a new model, an old preprocessing)
+    would not load."""
     undo: list[_Undo] = []
     try:
-        for part_dir, part, part_files, part_labels in parts:
-            undo.append(
-                _write_model(part_dir, part, version, part_files, part_labels, sidecar if part is classifier else None)
-            )
+        for part in parts:
+            undo.append(_write_model(part.model_dir, part.config, version, part.files, part.labels, part.sidecar))
     except BaseException:
-        # All or nothing: an ensemble whose parts disagree (a new classifier, an old preprocessing) would not load.
         for step in reversed(undo):
             step.revert()
         raise
-    return AddedModel(name, version, model_dir / str(version), backend, tuple(p[1].name for p in parts))
 
 
 def _engine_profile(engine: ModelArtifact) -> dict[str, int]:
@@ -298,9 +324,9 @@ def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig) -> None:
             raise ServingError(f"{model_dir.name} in the repository has a different {key}; choose another --name")
 
 
-def _check_ensembles(repo_dir: Path, classifier: cfg.pb.ModelConfig, *, rewritten: set[str]) -> None:
+def _check_ensembles(repo_dir: Path, model: cfg.pb.ModelConfig, *, rewritten: set[str]) -> None:
     """Triton refuses an ensemble that batches more than one of its steps: a smaller max batch size for the
-    classifier would stop the ensembles already built on it (and not written again now) from loading."""
+    model would stop the ensembles already built on it (and not written again now) from loading."""
     for model_dir in sorted(repo_dir.iterdir()):
         if model_dir.name in rewritten or not (model_dir / "config.pbtxt").is_file():
             continue
@@ -309,10 +335,10 @@ def _check_ensembles(repo_dir: Path, classifier: cfg.pb.ModelConfig, *, rewritte
         except ServingError:  # another model's broken config is for the server to report, not a reason to stop here
             continue
         steps = {step.model_name for step in config.ensemble_scheduling.step}
-        if classifier.name in steps and config.max_batch_size > classifier.max_batch_size:
+        if model.name in steps and config.max_batch_size > model.max_batch_size:
             raise ServingError(
                 f"the ensemble {model_dir.name} in the repository batches up to {config.max_batch_size}: give "
-                f"{classifier.name} --max-batch-size {config.max_batch_size} or more, or write the ensemble again"
+                f"{model.name} --max-batch-size {config.max_batch_size} or more, or write the ensemble again"
             )
 
 
