@@ -139,35 +139,15 @@ def add_model(
     except OSError as e:
         raise ServingError(f"cannot create the model repository {repo_dir}: {e.strerror or e}") from None
     _check_artifacts(artifacts, backend, require_gate=require_gate)
-    if backend is ServingBackend.tensorrt and first.batch_size is None:
-        # A fixed-batch engine is served unbatched, with the batch in its dims; others batch as their profile says.
-        batching = cfg.tensorrt_batching(_engine_profile(first), batching)
-    model_filename, files, cc_files = _model_files(artifacts, backend)
-    # Several engines: the sidecar is the first one's (the others differ only in the GPU they were built for).
-    sidecar = _version_sidecar(first, dict(list(files.items())[:1]) if cc_files else dict(files))
-    model = cfg.model_config(
-        name,
-        first,
-        backend=backend,
-        batching=batching or Batching(),
-        instances=instances,
-        model_filename=model_filename,
-        cc_model_filenames=cc_files,
-        tensorrt_accelerator=tensorrt_accelerator,
-        intra_op_threads=intra_op_threads,
-    )
-    _check_compatible(model_dir, model)
-    version = _next_version(model_dir, version)
     labels = labels_for(first.num_classes, first.labels, task=task) if task.has_labels else None
-    if backend.runtime:
-        files["model.py"] = MODEL_RUNNER
-    # labels.txt goes beside the model only for the outputs Triton's classification extension labels (a
-    # detector's labels are its post-processing's alone).
-    labelled = any(output.label_filename for output in model.output)
-    parts = [_Part(model_dir, model, files, labels if labelled else None, sidecar)]
+    served = dict(instances=instances, tensorrt_accelerator=tensorrt_accelerator, intra_op_threads=intra_op_threads)
+    model = _model_part(model_dir, artifacts, backend, batching, labels, **served)
+    _check_compatible(model_dir, model.config)
+    version = _next_version(model_dir, version)
+    parts = [model]
     if ensemble:
-        parts += _ensemble_parts(repo_dir, name, first, task, model, settings, labels, version)
-    _check_ensembles(repo_dir, model, rewritten={part.config.name for part in parts})
+        parts += _ensemble_parts(repo_dir, name, first, task, model.config, settings, labels, version)
+    _check_ensembles(repo_dir, model.config, rewritten={part.config.name for part in parts})
     _write_parts(parts, version)
     return AddedModel(name, version, model_dir / str(version), backend, tuple(part.config.name for part in parts))
 
@@ -183,6 +163,40 @@ def _settings(artifact: ModelArtifact, task: Task, *, top_k: int | None, thresho
     except VitExportError as e:
         raise ServingError(str(e)) from None
     return settings
+
+
+def _model_part(
+    model_dir: Path,
+    artifacts: list[ModelArtifact],
+    backend: ServingBackend,
+    batching: Batching | None,
+    labels: str | None,
+    **served: Any,
+) -> _Part:
+    """The model itself: its config, the files of its version (the model file and its companions; several engines'
+    one per GPU; our runner for the Python backend), and labels.txt where its config labels outputs."""
+    first = artifacts[0]
+    if backend is ServingBackend.tensorrt and first.batch_size is None:
+        # A fixed-batch engine is served unbatched, with the batch in its dims; others batch as their profile says.
+        batching = cfg.tensorrt_batching(_engine_profile(first), batching)
+    model_filename, files, cc_files = _model_files(artifacts, backend)
+    # Several engines: the sidecar is the first one's (the others differ only in the GPU they were built for).
+    sidecar = _version_sidecar(first, dict(list(files.items())[:1]) if cc_files else dict(files))
+    config = cfg.model_config(
+        model_dir.name,
+        first,
+        backend=backend,
+        batching=batching or Batching(),
+        model_filename=model_filename,
+        cc_model_filenames=cc_files,
+        **served,
+    )
+    if backend.runtime:
+        files["model.py"] = MODEL_RUNNER
+    # labels.txt goes beside the model only for the outputs Triton's classification extension labels (a
+    # detector's labels are its post-processing's alone).
+    labelled = any(output.label_filename for output in config.output)
+    return _Part(model_dir, config, files, labels if labelled else None, sidecar)
 
 
 def _check_artifacts(artifacts: list[ModelArtifact], backend: ServingBackend, *, require_gate: bool) -> None:
