@@ -166,7 +166,7 @@ def test_the_detections_model_reads_the_names_its_config_gives(backend_utils, tm
         task="detection",
     )
     config = cfg.postprocess_config(
-        "p", DETECTION, _model_outputs(artifact), {"threshold": 0.1}, num_classes=2, max_batch_size=8
+        "p", DETECTION, _model_outputs(artifact), {"threshold": 0.6}, num_classes=2, max_batch_size=8
     )
     (tmp_path / cfg.LABELS_FILE).write_text("cat\ndog\n")
     model = load_model(DETECTIONS_MODEL, triton_json(config), str(tmp_path))
@@ -187,7 +187,7 @@ def test_the_detections_model_reads_the_names_its_config_gives(backend_utils, tm
     assert list(answer) == ["boxes", "scores", "labels", "classes", "count"]
     assert 0 < answer["count"].sum() < 10  # some queries over the threshold, not all
     for i in range(2):
-        expected = detections(logits[i], boxes[i], tuple(sizes[i]), threshold=0.1, labels=["cat", "dog"])
+        expected = detections(logits[i], boxes[i], tuple(sizes[i]), threshold=0.6, labels=["cat", "dog"])
         assert answer["count"][i, 0] == len(expected)
         rows = range(len(expected))
         assert [answer["labels"][i, j].decode() for j in rows] == [d.label for d in expected]
