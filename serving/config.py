@@ -311,16 +311,12 @@ def postprocess_config(
     num_classes: int,
     max_batch_size: int,
 ) -> pb.ModelConfig:
-    """The model's outputs (and what the preprocessing kept aside) -> the task's answer, in a Python-backend model
-    (`Task.postprocess`): a classifier's top-k labels, scores and indices; a detector's boxes, scores, labels,
-    classes and count. `settings` (top_k; a detector's threshold) are checked by the task and written as
-    parameters with the labels file and the names of the inputs the backend reads (`inputs`, a JSON list in the
-    order the task gives them); a detector's requests may override its settings.
-
-    A detector's outputs have a variable dimension (-1): images hold different numbers of detections, and a batch
-    is one tensor, so each response is as wide as the most detections of any image in its request (Triton 2.51
-    takes variable output dims, zero wide too, through the ensemble and its dynamic batcher), the other rows padded
-    and `count` says how many are real. A fixed width (top_k rows always) would send 100 rows where DETR finds 3."""
+    """The model's outputs (and what the preprocessing kept aside) -> the task's answer (`Task.ensemble_outputs`:
+    top-k labels, scores, indices; a detector's boxes, scores, labels, classes, count), in the Python-backend model
+    `Task.postprocess`. `settings` (top_k; a detector's threshold, which requests may override) are checked by the
+    task and written as parameters, with the labels file and the names of the inputs the backend reads (`inputs`, a
+    JSON list in the task's order). A detector's answers are as wide as the most detections of an image in the
+    request (-1 dims, which Triton 2.51 passes through ensembles and dynamic batching), `count` the real ones."""
     try:
         parameters = task.check_settings(settings, num_classes)
     except VitExportError as e:

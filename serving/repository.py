@@ -3,21 +3,14 @@ folders, plus the `<name>_image` ensemble: image bytes -> preprocessing -> the m
 (`vitexport.tasks`: a classifier's top-k; a detector's boxes, scores, labels, classes and count; none for an
 embedding model, whose ensemble answers the embedding, with no labels).
 
-A version is staged in a hidden folder inside its model folder (same file system; Triton ignores non-numeric
-folders there) and renamed into place, so a server never sees half a version; an existing version is never
-replaced. config.pbtxt and labels.txt are staged with it and moved over the old ones only after that rename, and a
-failure anywhere takes back what this call wrote (the ensemble's parts too), so the models stay as they were.
+Versions are written all or nothing (serving/versions.py): a server never sees half a version, an existing one is
+never replaced, and a failure takes back every part this call wrote.
 Reads artifacts from disk: never imports the export package.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +18,10 @@ from typing import Any
 
 from vitexport.artifacts import ModelArtifact, file_record
 from vitexport.errors import ServingError, VitExportError
-from vitexport.fileio import STAGING_PREFIX, remove_dead_staging, write_atomic
 from vitexport.serving import config as cfg
 from vitexport.serving.backends import MODEL_RUNNER, PREPROCESS_MODEL, postprocess_model
 from vitexport.serving.config import Batching, ServingBackend
+from vitexport.serving.versions import ModelPart, next_version, versions, write_parts
 from vitexport.tasks import Task
 
 # The tasks' usual classes (Task.default_labels): ImageNet-1k; DETR's 91 COCO classes by COCO category id ("N/A"
@@ -70,29 +63,11 @@ def labels_for(num_classes: int, names: tuple[str, ...] | None = None, *, task: 
     return "".join(f"class_{i}\n" for i in range(num_classes))
 
 
-def versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def scan(repo_dir: Path) -> dict[str, cfg.pb.ModelConfig]:
     """Every model folder's parsed config, by name."""
     if not repo_dir.is_dir():
         raise ServingError(f"model repository {repo_dir} does not exist; write one with `vitexport repo`")
     return {p.name: cfg.read_config(p) for p in sorted(repo_dir.iterdir()) if (p / "config.pbtxt").is_file()}
-
-
-@dataclass(frozen=True)
-class _Part:
-    """One model a call writes: its folder, config, the files of its new version, its labels.txt (None: none) and
-    the copied model file's sidecar (the model's only)."""
-
-    model_dir: Path
-    config: cfg.pb.ModelConfig
-    files: dict[str, Path]
-    labels: str | None = None
-    sidecar: dict | None = None
 
 
 def add_model(
@@ -143,12 +118,12 @@ def add_model(
     served = dict(instances=instances, tensorrt_accelerator=tensorrt_accelerator, intra_op_threads=intra_op_threads)
     model = _model_part(model_dir, artifacts, backend, batching, labels, **served)
     _check_compatible(model_dir, model.config)
-    version = _next_version(model_dir, version)
+    version = next_version(model_dir, version)
     parts = [model]
     if ensemble:
         parts += _ensemble_parts(repo_dir, name, first, task, model.config, settings, labels, version)
     _check_ensembles(repo_dir, model.config, rewritten={part.config.name for part in parts})
-    _write_parts(parts, version)
+    write_parts(parts, version)
     return AddedModel(name, version, model_dir / str(version), backend, tuple(part.config.name for part in parts))
 
 
@@ -172,7 +147,7 @@ def _model_part(
     batching: Batching | None,
     labels: str | None,
     **served: Any,
-) -> _Part:
+) -> ModelPart:
     """The model itself: its config, the files of its version (the model file and its companions; several engines'
     one per GPU; our runner for the Python backend), and labels.txt where its config labels outputs."""
     first = artifacts[0]
@@ -196,7 +171,7 @@ def _model_part(
     # labels.txt goes beside the model only for the outputs Triton's classification extension labels (a
     # detector's labels are its post-processing's alone).
     labelled = any(output.label_filename for output in config.output)
-    return _Part(model_dir, config, files, labels if labelled else None, sidecar)
+    return ModelPart(model_dir, config, files, labels if labelled else None, sidecar)
 
 
 def _check_artifacts(artifacts: list[ModelArtifact], backend: ServingBackend, *, require_gate: bool) -> None:
@@ -248,13 +223,13 @@ def _ensemble_parts(
     settings: dict[str, Any],
     labels: str | None,
     version: int,
-) -> list[_Part]:
+) -> list[ModelPart]:
     """The image ensemble's preprocessing, its post-processing (where the task has one) and the ensemble itself."""
     if model.max_batch_size == 0:
         raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
     batch = model.max_batch_size
     pre = cfg.preprocess_config(f"{name}_preprocess", artifact.preprocess, task, max_batch_size=batch)
-    parts = [_Part(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL})]
+    parts = [ModelPart(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL})]
     post, backend_file = None, postprocess_model(task)
     if backend_file is not None:
         outputs = cfg.tensor_specs(model.output)
@@ -262,27 +237,14 @@ def _ensemble_parts(
         post = cfg.postprocess_config(
             f"{name}_postprocess", task, outputs, settings, num_classes=num_classes, max_batch_size=batch
         )
-        parts.append(_Part(check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
+        parts.append(ModelPart(check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
     image = cfg.ensemble_config(f"{name}_image", task, model, pre, post)
-    parts.append(_Part(check_name(repo_dir, image.name), image, {}))  # an ensemble still needs its version folder
+    parts.append(ModelPart(check_name(repo_dir, image.name), image, {}))  # an ensemble still needs its version folder
     for part in parts:
         _check_compatible(part.model_dir, part.config)
         if version in versions(part.model_dir):
             raise ServingError(f"{part.model_dir}/{version} already exists; choose another --version")
     return parts
-
-
-def _write_parts(parts: list[_Part], version: int) -> None:
-    """Write every part's version, or none: an ensemble whose parts disagree (a new model, an old preprocessing)
-    would not load."""
-    undo: list[_Undo] = []
-    try:
-        for part in parts:
-            undo.append(_write_model(part.model_dir, part.config, version, part.files, part.labels, part.sidecar))
-    except BaseException:
-        for step in reversed(undo):
-            step.revert()
-        raise
 
 
 def _engine_profile(engine: ModelArtifact) -> dict[str, int]:
@@ -354,101 +316,3 @@ def _check_ensembles(repo_dir: Path, model: cfg.pb.ModelConfig, *, rewritten: se
                 f"the ensemble {model_dir.name} in the repository batches up to {config.max_batch_size}: give "
                 f"{model.name} --max-batch-size {config.max_batch_size} or more, or write the ensemble again"
             )
-
-
-MAX_VERSION = 2**31 - 1  # Triton reads version folders with stoll and keeps them in int64: far above, it dies
-
-
-def _next_version(model_dir: Path, version: int | None) -> int:
-    existing = versions(model_dir)
-    if version is None:
-        return (existing[-1] + 1) if existing else 1
-    if not 1 <= version <= MAX_VERSION:
-        raise ServingError(f"version must be 1..{MAX_VERSION}, got {version}")
-    if version in existing:
-        raise ServingError(f"{model_dir}/{version} already exists; versions are never overwritten")
-    return version
-
-
-@dataclass(frozen=True)
-class _Undo:
-    """How to take back one written model: its new version folder, and the files beside it as they were."""
-
-    version_dir: Path
-    previous: dict[Path, str | None]  # config.pbtxt / labels.txt -> former text (None: there was none)
-
-    def revert(self) -> None:
-        shutil.rmtree(self.version_dir, ignore_errors=True)
-        for path, text in self.previous.items():
-            with contextlib.suppress(OSError):
-                if text is None:
-                    path.unlink(missing_ok=True)
-                else:
-                    write_atomic(path, text)
-        with contextlib.suppress(OSError):  # a model folder the call created, empty again (rmdir refuses otherwise)
-            self.version_dir.parent.rmdir()
-
-
-def _write_model(
-    model_dir: Path,
-    config: cfg.pb.ModelConfig,
-    version: int,
-    files: dict[str, Path],
-    labels: str | None,
-    sidecar: dict | None,
-) -> _Undo:
-    """Stage the version folder, config.pbtxt and labels.txt in one hidden folder, rename the version into place,
-    then move the config and labels over the old ones: until the version exists, the model is untouched."""
-    text = cfg.render(config)
-    cfg.parse(text, f"{config.name}/config.pbtxt")  # what we write must read back
-    created = not model_dir.exists()
-    try:  # a read-only repository (or a file where the model folder goes) fails here: one line, as below
-        model_dir.mkdir(parents=True, exist_ok=True)
-        remove_dead_staging(model_dir)
-        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=model_dir))
-    except OSError as e:
-        raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from None
-    target = model_dir / str(version)
-    # Config last: it is what makes a polling server (re)load the model with the new settings.
-    beside = ({model_dir / cfg.LABELS_FILE: labels} if labels is not None else {}) | {model_dir / "config.pbtxt": text}
-    undo = _Undo(target, {path: _read_text(path) for path in beside})
-    renamed = False
-    try:
-        staged = staging / "version"
-        staged.mkdir()
-        staged.chmod(0o755)  # explicit: a server running as another user must be able to read the version
-        for name, source in files.items():
-            shutil.copyfile(source, staged / name)
-        if sidecar is not None:
-            write_atomic(staged / f"{sidecar['path']}.json", json.dumps(sidecar, indent=2) + "\n")
-        for path, content in beside.items():
-            write_atomic(staging / path.name, content)
-        if target.exists():  # a concurrent writer got there first
-            raise ServingError(f"{target} already exists; versions are never overwritten")
-        # rename(2) refuses a non-empty target, so even a racing writer cannot replace a finished version.
-        staged.rename(target)
-        renamed = True
-        for path in beside:
-            os.replace(staging / path.name, path)
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if renamed:
-            undo.revert()
-        elif created:  # nothing of the model was visible yet: leave no empty folder behind either
-            with contextlib.suppress(OSError):
-                model_dir.rmdir()
-        if isinstance(e, OSError):
-            raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from None
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return undo
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ServingError(f"cannot read {path}: {e.strerror or e}") from None

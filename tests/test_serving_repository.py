@@ -94,7 +94,7 @@ def test_a_failed_write_leaves_no_version_and_no_staging(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_copy(src, dst)
 
-    monkeypatch.setattr(repository.shutil, "copyfile", copy_then_fail)
+    monkeypatch.setattr(shutil, "copyfile", copy_then_fail)
     with pytest.raises(ServingError, match="No space left"):
         add_model(repo, artifact, ensemble=False)
     assert repository.versions(repo / "test_vit") == []
@@ -116,7 +116,7 @@ def test_a_failed_ensemble_part_takes_back_the_whole_version(tmp_path, monkeypat
             raise OSError(28, "No space left on device")
         return real_copy(src, dst)
 
-    monkeypatch.setattr(repository.shutil, "copyfile", fail_on_preprocessing)
+    monkeypatch.setattr(shutil, "copyfile", fail_on_preprocessing)
     with pytest.raises(ServingError, match="No space left"):
         add_model(repo, make_artifact(tmp_path, file="v2.onnx"), instances=2)
     # The classifier's version 2 (written first) and its new config are gone again: the ensemble's parts agree.
