@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from typing import Any
 
@@ -85,7 +85,7 @@ def call_options(protocol: Protocol | str, timeout: float) -> dict[str, float]:
     return {"client_timeout": timeout} if parse_protocol(protocol) is Protocol.grpc else {}
 
 
-def call(what: str, timeout: float, fn, *args, **kwargs):
+def call(what: str, timeout: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a tritonclient call, turning its errors (a timeout included) into one-line ServingErrors."""
     from http.client import HTTPException
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError, VitExportError
@@ -51,7 +51,7 @@ def model_config_pb2() -> ModuleType:
     return import_tritonclient("tritonclient.grpc.model_config_pb2")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> ModuleType:
     # `cfg.pb` keeps working for callers (pb.ModelConfig, pb.TYPE_STRING) without importing tritonclient eagerly.
     if name == "pb":
         return model_config_pb2()
@@ -107,8 +107,7 @@ def _dynamic_batching(config: pb.ModelConfig, batching: Batching) -> None:
 
 
 def task_for(artifact: ModelArtifact) -> Task:
-    """The task an artifact's model does. Sidecars that say `head: features` (or whose one output is `embeddings`)
-    describe an embedding model whatever their `task` says."""
+    """The task an artifact's model does; `head: features` (or the one output `embeddings`) is an embedding model."""
     if getattr(artifact, "head", None) == FEATURES.name or tuple(artifact.output_names) == (EMBEDDINGS,):
         return FEATURES
     return task_of(artifact)
@@ -131,7 +130,9 @@ def settings_of(task: Task) -> frozenset[str]:
     return frozenset(task.check_settings({}, 1))
 
 
-def _add_tensors(field, specs: Sequence[TensorSpec], *, batch: Sequence[int] = (), labels: str | None = None) -> None:
+def _add_tensors(
+    field: Any, specs: Sequence[TensorSpec], *, batch: Sequence[int] = (), labels: str | None = None
+) -> None:
     """Add the specs as a config's inputs or outputs; `batch` prefixes the dims of a fixed-batch model, and `labels`
     labels the outputs that Triton's classification extension ranks."""
     pb = model_config_pb2()
@@ -141,7 +142,7 @@ def _add_tensors(field, specs: Sequence[TensorSpec], *, batch: Sequence[int] = (
             tensor.label_filename = labels
 
 
-def tensor_specs(tensors) -> tuple[TensorSpec, ...]:
+def tensor_specs(tensors: Iterable[Any]) -> tuple[TensorSpec, ...]:
     """A config's inputs or outputs as the tasks describe tensors (the dims as the config has them)."""
     dtypes = {getattr(model_config_pb2(), v): k for k, v in DATA_TYPES.items()}
     return tuple(TensorSpec(t.name, dtypes[t.data_type], tuple(t.dims), bool(t.label_filename)) for t in tensors)
@@ -176,9 +177,8 @@ def model_config(
     tensorrt_accelerator: bool = False,
     intra_op_threads: int = 0,
 ) -> pb.ModelConfig:
-    """The model, whatever its task: the inputs and outputs its task declares for it (a classifier's logits
-    labelled for the classification extension; an embedding, a detector's logits and boxes unlabelled), run by
-    `backend`."""
+    """The model, whatever its task, run by `backend`: the inputs and outputs its task declares (`Task.model_io`),
+    the labelled ones (a classifier's logits) with `labels` for Triton's classification extension."""
     _check_servable(artifact, backend, instances, tensorrt_accelerator)
     pb = model_config_pb2()
     task = task_for(artifact)
