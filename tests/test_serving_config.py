@@ -164,7 +164,7 @@ def test_embeddings_have_no_labels_and_their_ensemble_no_top_k():
     assert (output.name, output.data_type, list(output.dims)) == ("embeddings", cfg.pb.TYPE_FP32, [64])
     assert dict(ensemble.ensemble_scheduling.step[1].output_map) == {"embeddings": "embeddings"}
     assert cfg.task_of_config(model) is FEATURES and cfg.task_of_config(ensemble) is FEATURES
-    assert cfg.task_for(EMBEDDINGS) is FEATURES and cfg.task_for(artifact(head="features")) is FEATURES
+    assert cfg.task_for(EMBEDDINGS) is FEATURES
     assert cfg.task_for(artifact(output_names=("logits", "logits_cls", "logits_dist"))) is CLASSIFICATION
 
 
