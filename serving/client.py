@@ -1,22 +1,20 @@
-"""Classify images (or embed them) on a running Triton server over HTTP or gRPC with tritonclient (imported lazily).
+"""Ask a running Triton server what its models answer for images: classes (`classify`), embeddings (`embed`) or
+detections (`detect`), or whichever the model gives (`predict`, the CLI's `infer`). A served model's task is its
+config's (`vitexport_task`, read through serving.config.task_of_config), never its name; asking a model for what
+its task does not answer is one line.
 
-Two kinds of served model are handled: the `<name>_image` ensemble (encoded bytes in, top-k labels out) and a
-plain classifier (pixels in): for the latter the images are preprocessed here, following the preprocessing
-config the repository wrote into the model's parameters, and labels come from Triton's classification extension.
-Models exported with `--head features` answer with an embedding instead: `embed` asks them (ensemble or plain
-model alike), `classify` refuses them in one line, and `predict` (the CLI's `infer`) takes whichever the model is.
-Detectors (DETR) answer with boxes: `detect` asks their `_image` ensemble, with the score threshold and top-k as
-request parameters; a model's config (its `vitexport_task` parameter) says it is one, not its name.
+Two kinds of served model are handled: the `<name>_image` ensemble (encoded bytes in, the task's answer out) and a
+plain model (pixels in): for the latter the images are preprocessed here, following the preprocessing config the
+repository wrote into the model's parameters, and a classifier's labels come from Triton's classification
+extension. A detector's threshold and top-k go with the request as parameters, to its `_image` ensemble.
+Connections and calls are serving/calls.py's; their names are importable from here too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +24,41 @@ from vitexport.errors import ServingError, VitExportError
 from vitexport.postprocess import Detection, check_settings
 from vitexport.preprocess import PreprocessConfig
 from vitexport.serving import config as cfg
+from vitexport.serving.calls import (
+    DEFAULT_TIMEOUT,
+    Protocol,
+    call,
+    call_options,
+    connect,
+    connection,
+    infer,
+    model_config,
+    parse_protocol,
+    read_metrics,
+    ready_models,
+)
+from vitexport.tasks import CLASSIFICATION, DETECTION, FEATURES, Task
+from vitexport.tasks.base import IMAGE_INPUT
+from vitexport.tasks.classification import DEFAULT_TOP_K, EMBEDDINGS, TOP_K_INDICES, TOP_K_LABELS, TOP_K_SCORES
+from vitexport.tasks.detection import DETECTION_OUTPUTS
 
-# Seconds to wait for a connection and for each reply: long enough for a large batch on a busy CPU server, short
-# enough that a server that accepted the connection but hangs does not hang the client forever.
-DEFAULT_TIMEOUT = 60.0
-
-
-class Protocol(str, Enum):
-    http = "http"
-    grpc = "grpc"
-
-    @property
-    def default_url(self) -> str:
-        return "localhost:8000" if self is Protocol.http else "localhost:8001"
-
-
-def parse_protocol(value: Protocol | str) -> Protocol:
-    try:
-        return Protocol(value)
-    except ValueError:
-        raise ServingError(f"protocol must be http or grpc, not {value!r}") from None
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Protocol",
+    "TopK",
+    "call_options",
+    "classify",
+    "connect",
+    "connection",
+    "detect",
+    "embed",
+    "infer",
+    "model_config",
+    "parse_protocol",
+    "predict",
+    "read_metrics",
+    "ready_models",
+]
 
 
 @dataclass(frozen=True)
@@ -60,150 +73,21 @@ class TopK:
         return {"labels": list(self.labels), "scores": list(self.scores), "indices": list(self.indices)}
 
 
-def connect(url: str, protocol: Protocol | str = Protocol.http, *, timeout: float = DEFAULT_TIMEOUT) -> tuple[Any, Any]:
-    """A tritonclient InferenceServerClient for the protocol, and its module (for InferInput). Close it when done
-    (or use `connection`): an idle open connection makes the server wait its whole exit timeout when it stops.
-
-    The HTTP client gets `timeout` for connecting and for each reply; gRPC takes it per call (`call_options`)."""
-    protocol = parse_protocol(protocol)
-    url = re.sub(r"^https?://", "", url)
-    _check_url(url)
-    if protocol is Protocol.http:
-        module = cfg.import_tritonclient("tritonclient.http")
-        options = {"connection_timeout": timeout, "network_timeout": timeout}
-    else:
-        module = cfg.import_tritonclient("tritonclient.grpc")
-        options = {}
-    try:
-        return module.InferenceServerClient(url=url, **options), module
-    except Exception as e:  # tritonclient raises plain exceptions for malformed URLs
-        raise ServingError(f"cannot connect to {url}: {e}") from None
-
-
-def _check_url(url: str) -> None:
-    """HOST:PORT, refused here in one line: tritonclient's own failure also prints a traceback from its destructor."""
-    import urllib.parse
-
-    try:
-        parts = urllib.parse.urlsplit(f"//{url}")
-        parts.port  # noqa: B018 (parsing it is the check: ValueError outside 0..65535 or not a number)
-    except ValueError as e:
-        raise ServingError(f"cannot connect to {url}: {e} (give HOST:PORT)") from None
-    if not parts.hostname:
-        raise ServingError(f"cannot connect to {url}: no host (give HOST:PORT)")
-
-
-@contextlib.contextmanager
-def connection(
-    url: str, protocol: Protocol | str = Protocol.http, *, timeout: float = DEFAULT_TIMEOUT
-) -> Iterator[tuple[Any, Any]]:
-    """`connect`, closed on exit."""
-    client, module = connect(url, protocol, timeout=timeout)
-    try:
-        yield client, module
-    finally:
-        client.close()
-
-
-def call_options(protocol: Protocol | str, timeout: float) -> dict[str, float]:
-    """Keyword arguments that bound one gRPC call to `timeout` seconds (HTTP clients carry theirs from `connect`)."""
-    return {"client_timeout": timeout} if parse_protocol(protocol) is Protocol.grpc else {}
-
-
-def _call(what: str, timeout: float, fn, *args, **kwargs):
-    """Run a tritonclient call, turning its errors (a timeout included) into one-line ServingErrors."""
-    from http.client import HTTPException
-
-    from tritonclient.utils import InferenceServerException
-
-    try:
-        return fn(*args, **kwargs)
-    except InferenceServerException as e:
-        if str(e.status()).endswith("DEADLINE_EXCEEDED"):
-            raise ServingError(f"{what}: no reply within {timeout:g} s") from None
-        message = e.message() or str(e)
-        if "Socket closed" in message:  # something listens there, and it does not speak gRPC
-            message += " (not a gRPC port? try --protocol http)"
-        raise ServingError(f"{what}: {message}") from None
-    except HTTPException:  # geventhttpclient's parser: the reply was not HTTP, as a gRPC port's is not
-        raise ServingError(f"{what}: the reply is not HTTP (a gRPC port? try --protocol grpc)") from None
-    except TimeoutError:
-        raise ServingError(f"{what}: no reply within {timeout:g} s") from None
-    except (ConnectionError, OSError) as e:
-        raise ServingError(f"{what}: {e}") from None
-
-
-def model_config(
-    url: str, model: str, *, protocol: Protocol | str = Protocol.http, timeout: float = DEFAULT_TIMEOUT
-) -> cfg.pb.ModelConfig:
-    """The config Triton serves for a model, as a ModelConfig message whichever the protocol."""
-    from google.protobuf import json_format
-
-    with connection(url, protocol, timeout=timeout) as (client, _):
-        what = f"cannot read {model}'s config from {url}"
-        data = _call(what, timeout, client.get_model_config, model, **call_options(protocol, timeout))
-    if Protocol(protocol) is Protocol.grpc:
-        return data.config
-    return json_format.ParseDict(data, cfg.pb.ModelConfig(), ignore_unknown_fields=True)
-
-
-def ready_models(url: str, *, protocol: Protocol | str = Protocol.http, timeout: float = DEFAULT_TIMEOUT) -> list[str]:
-    with connection(url, protocol, timeout=timeout) as (client, _):
-        what = f"cannot reach Triton at {url}"
-        index = _call(what, timeout, client.get_model_repository_index, **call_options(protocol, timeout))
-    if Protocol(protocol) is Protocol.grpc:
-        return [m.name for m in index.models if m.state == "READY"]
-    return [m["name"] for m in index if m.get("state") == "READY"]
-
-
-def infer(
-    url: str,
-    model: str,
-    inputs: dict[str, np.ndarray],
-    outputs: Sequence[str],
-    *,
-    protocol: Protocol | str = Protocol.http,
-    timeout: float = DEFAULT_TIMEOUT,
-    parameters: dict[str, Any] | None = None,
-) -> list[np.ndarray]:
-    """One inference request with numpy inputs (object arrays for strings) and request parameters; returns the
-    named outputs."""
-    from tritonclient.utils import np_to_triton_dtype
-
-    with connection(url, protocol, timeout=timeout) as (client, module):
-        tensors = []
-        for name, array in inputs.items():
-            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        requested = [module.InferRequestedOutput(name) for name in outputs]
-        options: dict[str, Any] = call_options(protocol, timeout)
-        if parameters:
-            options["parameters"] = parameters
-        result = _call(
-            f"{model} refused the request", timeout, client.infer, model, tensors, outputs=requested, **options
-        )
-    return [result.as_numpy(name) for name in outputs]
-
-
 def classify(
     url: str,
     images: Sequence[str | Path | bytes],
     *,
     protocol: Protocol | str = Protocol.http,
     model: str | None = None,
-    top_k: int = cfg.DEFAULT_TOP_K,
+    top_k: int = DEFAULT_TOP_K,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> list[TopK]:
     """Top-k classes for each image (file paths or encoded bytes), in one batched request; each call to the server
     waits at most `timeout` seconds."""
     protocol, data = _check_request(protocol, images, timeout)
-    if top_k < 1:
-        raise ServingError(f"top-k must be >= 1, got {top_k}")
-    model, config = _served(url, model, protocol, timeout)
-    if returns_embeddings(config):
-        raise ServingError(f"{model} returns embeddings, not classes: use embed() or `vitexport infer`")
-    return _classify(url, model, config, data, protocol, top_k, timeout)
+    _check_top_k(top_k)
+    model, config = _served(url, model, protocol, timeout, CLASSIFICATION)
+    return _classify(url, model, config, data, protocol, timeout, top_k=top_k)
 
 
 def embed(
@@ -218,37 +102,8 @@ def embed(
     `--head features`: its `_image` ensemble, or the model itself with the images preprocessed here. The vectors
     are the model's raw output, not normalised."""
     protocol, data = _check_request(protocol, images, timeout)
-    model, config = _served(url, model, protocol, timeout)
-    if not returns_embeddings(config):
-        raise ServingError(f"{model} returns classes, not embeddings: use classify() or `vitexport infer`")
+    model, config = _served(url, model, protocol, timeout, FEATURES)
     return _embed(url, model, config, data, protocol, timeout)
-
-
-def predict(
-    url: str,
-    images: Sequence[str | Path | bytes],
-    *,
-    protocol: Protocol | str = Protocol.http,
-    model: str | None = None,
-    top_k: int | None = None,
-    threshold: float | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> list[TopK] | list[np.ndarray] | list[list[Detection]]:
-    """What the served model answers for each image: its top-k classes (`classify`), the embedding of a model
-    returning embeddings (`embed`), or a detector's detections (`detect`). `top_k` applies to classes (default 5)
-    and detections (default: the server's), `threshold` to detections only. What `vitexport infer` shows."""
-    protocol, data = _check_request(protocol, images, timeout)
-    model, config = _served(url, model, protocol, timeout)
-    if cfg.is_detector(config):
-        return _detect(url, model, config, data, protocol, threshold, top_k, timeout)
-    if threshold is not None:
-        raise ServingError(f"{model} is not a detector: a score threshold is for detectors")
-    if returns_embeddings(config):
-        return _embed(url, model, config, data, protocol, timeout)
-    top_k = cfg.DEFAULT_TOP_K if top_k is None else top_k
-    if top_k < 1:
-        raise ServingError(f"top-k must be >= 1, got {top_k}")
-    return _classify(url, model, config, data, protocol, top_k, timeout)
 
 
 def detect(
@@ -265,13 +120,76 @@ def detect(
     first, boxes (x0, y0, x1, y1) in the image's own pixels. `threshold` and `top_k` go with the request (None: the
     repository's defaults, 0.5 and 100 unless `repo` was told otherwise)."""
     protocol, data = _check_request(protocol, images, timeout)
+    model, config = _served(url, model, protocol, timeout, DETECTION)
+    return _detect(url, model, config, data, protocol, timeout, threshold=threshold, top_k=top_k)
+
+
+def predict(
+    url: str,
+    images: Sequence[str | Path | bytes],
+    *,
+    protocol: Protocol | str = Protocol.http,
+    model: str | None = None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[TopK] | list[np.ndarray] | list[list[Detection]]:
+    """What the served model answers for each image, as its task says: its top-k classes (`classify`), its
+    embedding (`embed`), or its detections (`detect`). `top_k` applies to classes (default 5) and detections
+    (default: the server's), `threshold` only to a task whose post-processing takes one. What `vitexport infer`
+    shows."""
+    protocol, data = _check_request(protocol, images, timeout)
     model, config = _served(url, model, protocol, timeout)
-    if not cfg.is_detector(config):
-        raise ServingError(f"{model} is not a detector: use classify(), embed() or `vitexport infer`")
-    return _detect(url, model, config, data, protocol, threshold, top_k, timeout)
+    task = cfg.task_of_config(config)
+    if threshold is not None and "threshold" not in cfg.settings_of(task):
+        raise ServingError(f"{model} is not a detector: a score threshold is for detectors")
+    return _answer(task).run(url, model, config, data, protocol, timeout, top_k=top_k, threshold=threshold)
 
 
-def _detect(url, model, config, data, protocol, threshold, top_k, timeout) -> list[list[Detection]]:
+def _check_top_k(top_k: int) -> None:
+    if top_k < 1:
+        raise ServingError(f"top-k must be >= 1, got {top_k}")
+
+
+def _classify(url, model, config, data: list[bytes], protocol, timeout: float, *, top_k=None, **_) -> list[TopK]:
+    top_k = DEFAULT_TOP_K if top_k is None else top_k
+    _check_top_k(top_k)
+    run = _classify_ensemble if _is_ensemble_input(config) else _classify_pixels
+    # More images than the model's max batch go as several requests; a fixed-batch model takes one at a time.
+    step = config.max_batch_size or 1
+    return [
+        r
+        for i in range(0, len(data), step)
+        for r in run(url, model, config, data[i : i + step], protocol, top_k, timeout)
+    ]
+
+
+def _embed(url, model, config, data: list[bytes], protocol, timeout: float, **_) -> list[np.ndarray]:
+    ensemble = _is_ensemble_input(config)
+    # A fixed-batch model (max_batch_size 0, the batch in its dims) takes exactly that batch: the last request is
+    # filled up with zero images, whose rows are dropped (each image's embedding depends on that image alone).
+    fixed = None if ensemble or config.max_batch_size else config.input[0].dims[0]
+    preprocess = None if ensemble else _preprocess_config(model, config)
+    step = fixed or config.max_batch_size  # more images than a batch go as several requests
+    vectors: list[np.ndarray] = []
+    for i in range(0, len(data), step):
+        chunk = data[i : i + step]
+        if preprocess is None:
+            inputs = {IMAGE_INPUT: np.array([[d] for d in chunk], dtype=np.object_)}  # (B, 1) encoded images
+        else:
+            pixels = _pixels(chunk, preprocess)
+            if fixed and len(chunk) < fixed:
+                pixels = np.concatenate([pixels, np.zeros((fixed - len(chunk), *pixels.shape[1:]), np.float32)])
+            inputs = {config.input[0].name: pixels}
+        (out,) = infer(url, model, inputs, [EMBEDDINGS], protocol=protocol, timeout=timeout)
+        rows = np.asarray(out, dtype=np.float32).reshape(-1, out.shape[-1])  # (B, D); a fixed batch's padding too
+        vectors += list(rows[: len(chunk)])
+    return vectors
+
+
+def _detect(
+    url, model, config, data: list[bytes], protocol, timeout: float, *, threshold=None, top_k=None
+) -> list[list[Detection]]:
     if not _is_ensemble_input(config):  # the plain model's answer needs the post-processing's labels and settings
         raise ServingError(f"{model} takes pixels and a mask: detect with its _image ensemble")
     try:
@@ -286,8 +204,8 @@ def _detect(url, model, config, data, protocol, threshold, top_k, timeout) -> li
         boxes, scores, labels, classes, count = infer(
             url,
             model,
-            {cfg.IMAGE_INPUT: images},
-            cfg.DETECTION_OUTPUTS,
+            {IMAGE_INPUT: images},
+            DETECTION_OUTPUTS,
             protocol=protocol,
             timeout=timeout,
             parameters=parameters,
@@ -308,9 +226,27 @@ def _detect(url, model, config, data, protocol, threshold, top_k, timeout) -> li
     return found
 
 
-def returns_embeddings(config: cfg.pb.ModelConfig) -> bool:
-    """Whether a served model (a `--head features` export, or its `_image` ensemble) answers with an embedding."""
-    return cfg.returns_embeddings([output.name for output in config.output])
+@dataclass(frozen=True)
+class _Answer:
+    """What the client asks a model of a task: `run(url, model, config, data, protocol, timeout, top_k=,
+    threshold=)`, named for messages by what it answers and the function that asks for it."""
+
+    what: str
+    ask: str
+    run: Callable[..., list]
+
+
+ANSWERS: dict[Task, _Answer] = {
+    CLASSIFICATION: _Answer("classes", "classify", _classify),
+    FEATURES: _Answer("embeddings", "embed", _embed),
+    DETECTION: _Answer("detections", "detect", _detect),
+}
+
+
+def _answer(task: Task) -> _Answer:
+    if task not in ANSWERS:
+        raise ServingError(f"the client does not read the answers of {task.name} models")
+    return ANSWERS[task]
 
 
 def _check_request(
@@ -324,47 +260,22 @@ def _check_request(
     return protocol, [_read(image) for image in images]
 
 
-def _served(url: str, model: str | None, protocol: Protocol, timeout: float) -> tuple[str, cfg.pb.ModelConfig]:
+def _served(
+    url: str, model: str | None, protocol: Protocol, timeout: float, task: Task | None = None
+) -> tuple[str, cfg.pb.ModelConfig]:
+    """The model asked (by default the server's one `_image` ensemble) and its config; where the caller asks for
+    one task's answer, a model of another task is refused in one line."""
     model = model or _default_model(url, protocol, timeout)
-    return model, model_config(url, model, protocol=protocol, timeout=timeout)
+    config = model_config(url, model, protocol=protocol, timeout=timeout)
+    served = cfg.task_of_config(config)
+    if task is not None and served is not task:
+        got, want = _answer(served), _answer(task)
+        raise ServingError(f"{model} returns {got.what}, not {want.what}: use {got.ask}() or `vitexport infer`")
+    return model, config
 
 
 def _is_ensemble_input(config: cfg.pb.ModelConfig) -> bool:
     return bool(config.input) and config.input[0].data_type == cfg.pb.TYPE_STRING
-
-
-def _classify(url, model, config, data: list[bytes], protocol, top_k: int, timeout: float) -> list[TopK]:
-    run = _classify_ensemble if _is_ensemble_input(config) else _classify_pixels
-    # More images than the model's max batch go as several requests; a fixed-batch model takes one at a time.
-    step = config.max_batch_size or 1
-    return [
-        r
-        for i in range(0, len(data), step)
-        for r in run(url, model, config, data[i : i + step], protocol, top_k, timeout)
-    ]
-
-
-def _embed(url, model, config, data: list[bytes], protocol, timeout: float) -> list[np.ndarray]:
-    ensemble = _is_ensemble_input(config)
-    # A fixed-batch model (max_batch_size 0, the batch in its dims) takes exactly that batch: the last request is
-    # filled up with zero images, whose rows are dropped (each image's embedding depends on that image alone).
-    fixed = None if ensemble or config.max_batch_size else config.input[0].dims[0]
-    preprocess = None if ensemble else _preprocess_config(model, config)
-    step = fixed or config.max_batch_size  # more images than a batch go as several requests
-    vectors: list[np.ndarray] = []
-    for i in range(0, len(data), step):
-        chunk = data[i : i + step]
-        if preprocess is None:
-            inputs = {cfg.IMAGE_INPUT: np.array([[d] for d in chunk], dtype=np.object_)}  # (B, 1) encoded images
-        else:
-            pixels = _pixels(chunk, preprocess)
-            if fixed and len(chunk) < fixed:
-                pixels = np.concatenate([pixels, np.zeros((fixed - len(chunk), *pixels.shape[1:]), np.float32)])
-            inputs = {config.input[0].name: pixels}
-        (out,) = infer(url, model, inputs, [cfg.EMBEDDINGS], protocol=protocol, timeout=timeout)
-        rows = np.asarray(out, dtype=np.float32).reshape(-1, out.shape[-1])  # (B, D); a fixed batch's padding too
-        vectors += list(rows[: len(chunk)])
-    return vectors
 
 
 MAX_IMAGE_BYTES = 128 << 20  # an encoded image file: 50 MP (the server's decoded limit) even as an uncompressed PNG
@@ -407,8 +318,8 @@ def _classify_ensemble(url, model, config, data: list[bytes], protocol, top_k: i
     labels, scores, indices = infer(
         url,
         model,
-        {cfg.IMAGE_INPUT: images},
-        [cfg.TOP_K_LABELS, cfg.TOP_K_SCORES, cfg.TOP_K_INDICES],
+        {IMAGE_INPUT: images},
+        [TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES],
         protocol=protocol,
         timeout=timeout,
     )
@@ -455,7 +366,7 @@ def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int
         requested = module.InferRequestedOutput(output.name, class_count=num_classes)
         options = call_options(protocol, timeout)
         what = f"{model} refused the request"
-        result = _call(what, timeout, client.infer, model, [tensor], outputs=[requested], **options)
+        result = call(what, timeout, client.infer, model, [tensor], outputs=[requested], **options)
     rows = result.as_numpy(output.name).reshape(len(pixels), num_classes)
     results = []
     for row in rows:
@@ -476,19 +387,3 @@ def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def read_metrics(metrics_url: str) -> dict[tuple[str, str], float]:
-    """Triton's Prometheus counters summed per (metric, model): e.g. ("nv_inference_exec_count", "deit")."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as r:
-            text = r.read().decode()
-    except OSError as e:
-        raise ServingError(f"cannot read metrics from {metrics_url}: {e}") from None
-    totals: dict[tuple[str, str], float] = {}
-    for match in re.finditer(r'^(\w+)\{[^}]*model="([^"]+)"[^}]*\}\s+([0-9.eE+-]+)$', text, re.MULTILINE):
-        key = (match.group(1), match.group(2))
-        totals[key] = totals.get(key, 0.0) + float(match.group(3))
-    return totals

@@ -6,34 +6,30 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import ModelArtifact
-from vitexport.errors import ServingError
-from vitexport.postprocess import check_settings
+from vitexport.errors import ServingError, VitExportError
 from vitexport.preprocess import PreprocessConfig
+from vitexport.tasks import CLASSIFICATION, FEATURES, Task, TensorSpec, get_task, task_of
+from vitexport.tasks.base import BYTES, FP32, IMAGE_INPUT, INT64
+from vitexport.tasks.classification import EMBEDDINGS
+
+# The tensor names are the tasks' own; re-exported for the callers that read them here (the soak).
+from vitexport.tasks.classification import TOP_K_INDICES as TOP_K_INDICES
+from vitexport.tasks.classification import TOP_K_LABELS as TOP_K_LABELS
+from vitexport.tasks.classification import TOP_K_SCORES as TOP_K_SCORES
 from vitexport.variants import ServingBackend
 
 LABELS_FILE = "labels.txt"
-IMAGE_INPUT = "image"  # the ensemble's encoded-image input
-PIXELS = "pixel_values"
-TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES = "labels", "scores", "indices"
-EMBEDDINGS = "embeddings"  # the one output of a `--head features` export: (N, D) pooled representations
-DEFAULT_TOP_K = 5
-# Detection (DETR): the preprocessing also gives the padding mask and the original (height, width); the ensemble
-# answers boxes (x0, y0, x1, y1 in the original pixels), scores, labels, classes, and `count`, the real detections.
-MASK = "pixel_mask"
-IMAGE_SIZE = "image_size"
-BOXES, SCORES, LABELS, CLASSES, COUNT = "boxes", "scores", "labels", "classes", "count"
-DETECTION_OUTPUTS = (BOXES, SCORES, LABELS, CLASSES, COUNT)
-DEFAULT_THRESHOLD = 0.5  # transformers' post_process_object_detection default
-DEFAULT_DETECTIONS = 100  # top-k detections per image: all of DETR's 100 queries
-TASK = "vitexport_task"  # the parameter that says a model (or ensemble) is a detector: clients read it, not names
+TASK = "vitexport_task"  # the parameter that says what a model (or ensemble) does: clients read it, not names
 MAX_INSTANCES = 64  # model instances: each a stub process holding its own copy of the model
+# Triton's config data types of the tasks' dtype names (BYTES is TYPE_STRING in a config).
+DATA_TYPES = {FP32: "TYPE_FP32", INT64: "TYPE_INT64", BYTES: "TYPE_STRING"}
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2 as pb
@@ -84,12 +80,6 @@ class Batching:
             raise ServingError(f"preferred batch sizes {bad} are outside 1..{self.max_batch_size} (the max batch size)")
 
 
-def returns_embeddings(outputs: Sequence[str]) -> bool:
-    """Whether a model's outputs (an artifact's output_names, a config's output names) are an embedding, not logits:
-    such a model has no classes, so no labels and no top-k."""
-    return tuple(outputs) == (EMBEDDINGS,)
-
-
 def batching_from_options(
     max_batch_size: int | None, preferred_batch_sizes: tuple[int, ...] = (), max_queue_delay_us: int | None = None
 ) -> Batching | None:
@@ -116,7 +106,58 @@ def _dynamic_batching(config: pb.ModelConfig, batching: Batching) -> None:
         config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
 
 
-def classifier_config(
+def task_of_config(config: pb.ModelConfig) -> Task:
+    """What a served model (or its `_image` ensemble) does: its config's `vitexport_task`. Configs written before
+    every model carried one (classifiers and embedding models did not) are told apart by their outputs."""
+    name = parameter(config, TASK)
+    if name is None:
+        return FEATURES if [o.name for o in config.output] == [EMBEDDINGS] else CLASSIFICATION
+    try:
+        return get_task(name)
+    except VitExportError as e:
+        raise ServingError(f"{config.name}: {e}") from None
+
+
+def settings_of(task: Task) -> frozenset[str]:
+    """The settings a task's post-processing takes (top_k; a detector's threshold too), none for a task without."""
+    return frozenset(task.check_settings({}, 1))
+
+
+def _add_tensors(
+    field: Any, specs: Sequence[TensorSpec], *, batch: Sequence[int] = (), labels: str | None = None
+) -> None:
+    """Add the specs as a config's inputs or outputs; `batch` prefixes the dims of a fixed-batch model, and `labels`
+    labels the outputs that Triton's classification extension ranks."""
+    pb = model_config_pb2()
+    for spec in specs:
+        tensor = field.add(name=spec.name, data_type=getattr(pb, DATA_TYPES[spec.dtype]), dims=[*batch, *spec.dims])
+        if labels and spec.labelled:
+            tensor.label_filename = labels
+
+
+def tensor_specs(tensors: Iterable[Any]) -> tuple[TensorSpec, ...]:
+    """A config's inputs or outputs as the tasks describe tensors (the dims as the config has them)."""
+    dtypes = {getattr(model_config_pb2(), v): k for k, v in DATA_TYPES.items()}
+    return tuple(TensorSpec(t.name, dtypes[t.data_type], tuple(t.dims), bool(t.label_filename)) for t in tensors)
+
+
+def model_specs(
+    artifact: ModelArtifact, task: Task | None = None
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The served model's (inputs, outputs), one item's dims, as its task defines them for this artifact."""
+    task = task or task_of(artifact)
+    try:
+        return task.model_io(
+            input_name=artifact.input_name,
+            output_names=artifact.output_names,
+            size=artifact.preprocess.input_size,
+            num_classes=artifact.num_classes,
+        )
+    except VitExportError as e:
+        raise ServingError(f"{artifact.path.name}: {e}") from None
+
+
+def model_config(
     name: str,
     artifact: ModelArtifact,
     *,
@@ -129,48 +170,67 @@ def classifier_config(
     tensorrt_accelerator: bool = False,
     intra_op_threads: int = 0,
 ) -> pb.ModelConfig:
-    """The classifier: pixel_values (3, S, S) -> logits (num_classes,), labelled for the classification extension;
-    or, for a `--head features` export, -> embeddings (D,), with no labels (an embedding has no classes)."""
+    """The model, whatever its task, run by `backend`: the inputs and outputs its task declares (`Task.model_io`),
+    the labelled ones (a classifier's logits) with `labels` for Triton's classification extension."""
+    _check_servable(artifact, backend, instances, tensorrt_accelerator)
+    pb = model_config_pb2()
+    task = task_of(artifact)
+    config = pb.ModelConfig(name=name)
+    batch: list[int] = []
+    if artifact.batch_size is not None:
+        # A fixed-batch graph accepts exactly that batch, so Triton must not batch: the batch is part of the dims.
+        config.max_batch_size, batch = 0, [artifact.batch_size]
+    else:
+        config.max_batch_size = batching.max_batch_size
+        _dynamic_batching(config, batching)
+    inputs, outputs = model_specs(artifact, task)
+    _add_tensors(config.input, inputs, batch=batch)
+    _add_tensors(config.output, outputs, batch=batch, labels=labels)
+    on_gpu = backend in (ServingBackend.onnxruntime, ServingBackend.tensorrt)
+    config.instance_group.add(
+        count=instances, kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU
+    )
+    _backend(config, artifact, backend, model_filename, cc_model_filenames, tensorrt_accelerator, intra_op_threads)
+    # Clients that only hold the served name can still preprocess images the way the model expects.
+    _string_parameters(
+        config,
+        {
+            "vitexport_model": artifact.model,
+            "vitexport_preprocess": json.dumps(artifact.preprocess.to_dict()),
+            TASK: task.name,
+        },
+    )
+    return config
+
+
+def _check_servable(artifact: ModelArtifact, backend: ServingBackend, instances: int, accelerator: bool) -> None:
     if not 1 <= instances <= MAX_INSTANCES:  # each is a process with its own copy of the model
         raise ServingError(f"instance count must be 1..{MAX_INSTANCES} (one process each), got {instances}")
     if artifact.format not in backend.formats:
         raise ServingError(
             f"backend {backend.value} serves {' or '.join(backend.formats)} models, not {artifact.format}"
         )
-    io_type = artifact.io_type
-    if io_type != "fp32":
-        # The preprocessing model, the top-k model and the client all exchange FP32 pixels and logits; a config
+    if artifact.io_type != "fp32":
+        # The preprocessing model, the post-processing and the client all exchange FP32 pixels and outputs; a config
         # declaring FP32 for an FP16-I/O graph would have every request fail at run time instead.
         raise ServingError(
-            f"{artifact.path.name} takes and returns {io_type} tensors; served models exchange fp32: "
+            f"{artifact.path.name} takes and returns {artifact.io_type} tensors; served models exchange fp32: "
             "optimize it with --io-type fp32 (the default)"
         )
-    if tensorrt_accelerator and backend is not ServingBackend.onnxruntime:
+    if accelerator and backend is not ServingBackend.onnxruntime:
         raise ServingError("the TensorRT execution accelerator is an option of the onnxruntime backend only")
-    pb = model_config_pb2()
-    config = pb.ModelConfig(name=name)
-    S = artifact.preprocess.input_size
-    if artifact.batch_size is not None:
-        # A fixed-batch graph accepts exactly that batch, so Triton must not batch: the batch is part of the dims.
-        config.max_batch_size = 0
-        input_dims, output_prefix = [artifact.batch_size, 3, S, S], [artifact.batch_size]
-    else:
-        config.max_batch_size = batching.max_batch_size
-        input_dims, output_prefix = [3, S, S], []
-        _dynamic_batching(config, batching)
-    config.input.add(name=artifact.input_name, data_type=pb.TYPE_FP32, dims=input_dims)
-    if artifact.task == "detection":
-        _detector_io(config, artifact, output_prefix)
-    else:
-        for output in artifact.output_names:
-            out = config.output.add(name=output, data_type=pb.TYPE_FP32, dims=[*output_prefix, artifact.num_classes])
-            if labels and not (artifact.head == "features" or returns_embeddings(artifact.output_names)):
-                out.label_filename = labels
-    on_gpu = backend in (ServingBackend.onnxruntime, ServingBackend.tensorrt)
-    config.instance_group.add(
-        count=instances, kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU
-    )
 
+
+def _backend(
+    config: pb.ModelConfig,
+    artifact: ModelArtifact,
+    backend: ServingBackend,
+    model_filename: str,
+    cc_model_filenames: dict[str, str] | None,
+    tensorrt_accelerator: bool,
+    intra_op_threads: int,
+) -> None:
+    """How Triton runs the model: our Python-backend runner, or one of Triton's own backends."""
     if backend.runtime:
         config.backend = "python"
         _string_parameters(
@@ -200,34 +260,6 @@ def classifier_config(
                 config.cc_model_filenames[cc] = filename
         else:
             config.default_model_filename = model_filename
-    # Clients that only hold the served name can still preprocess images the way the model expects.
-    _string_parameters(
-        config,
-        {"vitexport_model": artifact.model, "vitexport_preprocess": json.dumps(artifact.preprocess.to_dict())},
-    )
-    if artifact.task == "detection":
-        _string_parameters(config, {TASK: "detection"})
-    return config
-
-
-def _detector_io(config: pb.ModelConfig, artifact: ModelArtifact, batch_prefix: list[int]) -> None:
-    """A DETR export's second input and two outputs: pixel_mask INT64 (S, S) beside pixel_values; logits
-    (Q, classes + 1) and pred_boxes (Q, 4). Q is -1: the sidecar does not record the number of queries, and every
-    backend accepts a variable dimension where the graph has a fixed one. No label_filename: Triton's classification
-    extension ranks a whole output tensor, which for (Q, classes + 1) means nothing; the ensemble labels boxes."""
-    pb = model_config_pb2()
-    S = artifact.preprocess.input_size
-    config.input.add(name=artifact.mask_name, data_type=pb.TYPE_INT64, dims=[*batch_prefix, S, S])
-    if len(artifact.output_names) != 2:
-        raise ServingError(f"a detector returns logits and boxes; {artifact.path.name} has {artifact.output_names}")
-    logits, boxes = artifact.output_names
-    config.output.add(name=logits, data_type=pb.TYPE_FP32, dims=[*batch_prefix, -1, artifact.num_classes + 1])
-    config.output.add(name=boxes, data_type=pb.TYPE_FP32, dims=[*batch_prefix, -1, 4])
-
-
-def is_detector(config: pb.ModelConfig) -> bool:
-    """Whether a served model (a detector, or its `_image` ensemble) detects objects: its config says so."""
-    return parameter(config, TASK) == "detection"
 
 
 def tensorrt_batching(profile: dict[str, int], requested: Batching | None = None) -> Batching:
@@ -242,158 +274,93 @@ def tensorrt_batching(profile: dict[str, int], requested: Batching | None = None
     return Batching(max_batch_size=hi, preferred_batch_sizes=tuple(sorted({opt, hi})), max_queue_delay_us=delay)
 
 
-def preprocess_config(
-    name: str, preprocess: PreprocessConfig, *, max_batch_size: int, instances: int = 1
-) -> pb.ModelConfig:
-    """Encoded image bytes -> pixel_values, by vitexport.preprocess.preprocess_image in a Python-backend model; for
-    a detector, by preprocess_detection -> pixel_values, pixel_mask and image_size (the original height, width)."""
+def _python_step(name: str, max_batch_size: int, instances: int = 1) -> pb.ModelConfig:
+    """A Python-backend step of an image ensemble, on the CPU, batching what arrives together without waiting."""
     pb = model_config_pb2()
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
-    S = preprocess.input_size
-    config.input.add(name=IMAGE_INPUT, data_type=pb.TYPE_STRING, dims=[1])
-    config.output.add(name=PIXELS, data_type=pb.TYPE_FP32, dims=[3, S, S])
-    if preprocess.detection:  # vitexport.preprocess.preprocess_detection: the canvas, its mask, the original size
-        config.output.add(name=MASK, data_type=pb.TYPE_INT64, dims=[S, S])
-        config.output.add(name=IMAGE_SIZE, data_type=pb.TYPE_INT64, dims=[2])
     config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     _dynamic_batching(config, Batching(max_batch_size=max_batch_size, max_queue_delay_us=0))
+    return config
+
+
+def preprocess_config(
+    name: str, preprocess: PreprocessConfig, task: Task, *, max_batch_size: int, instances: int = 1
+) -> pb.ModelConfig:
+    """Encoded image bytes -> what the task's model takes (`Task.preprocess_outputs`: pixel_values; a detector's
+    canvas, its mask and the original height and width), by vitexport.preprocess in a Python-backend model."""
+    config = _python_step(name, max_batch_size, instances)
+    _add_tensors(config.input, [TensorSpec(IMAGE_INPUT, BYTES, (1,))])
+    _add_tensors(config.output, task.preprocess_outputs(preprocess.input_size))
     _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
     return config
 
 
 def postprocess_config(
-    name: str, *, num_classes: int, top_k: int, max_batch_size: int, logits: str = "logits"
-) -> pb.ModelConfig:
-    """Logits -> the top-k labels, softmax scores and class indices, in a Python-backend model."""
-    if not 1 <= top_k <= num_classes:
-        raise ServingError(f"top-k must be within 1..{num_classes}, got {top_k}")
-    pb = model_config_pb2()
-    config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
-    config.input.add(name=logits, data_type=pb.TYPE_FP32, dims=[num_classes])
-    config.output.add(name=TOP_K_LABELS, data_type=pb.TYPE_STRING, dims=[top_k])
-    config.output.add(name=TOP_K_SCORES, data_type=pb.TYPE_FP32, dims=[top_k])
-    config.output.add(name=TOP_K_INDICES, data_type=pb.TYPE_INT64, dims=[top_k])
-    config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
-    _dynamic_batching(config, Batching(max_batch_size=max_batch_size, max_queue_delay_us=0))
-    _string_parameters(config, {"top_k": str(top_k), "labels": LABELS_FILE, "logits": logits})
-    return config
-
-
-def detection_postprocess_config(
     name: str,
+    task: Task,
+    model_outputs: Sequence[TensorSpec],
+    settings: Mapping[str, object],
     *,
     num_classes: int,
     max_batch_size: int,
-    threshold: float = DEFAULT_THRESHOLD,
-    top_k: int = DEFAULT_DETECTIONS,
-    logits: str = "logits",
-    boxes: str = "pred_boxes",
 ) -> pb.ModelConfig:
-    """logits, pred_boxes and the original size -> the detections above `threshold`, at most `top_k`, by
-    vitexport.postprocess.detections in a Python-backend model; a request's `threshold` and `top_k` parameters
-    override these defaults.
-
-    Images hold different numbers of detections, and a batch is one tensor: the detection outputs have a variable
-    dimension (-1). Each response is as wide as the most detections of any image in its request (Triton 2.51 takes
-    variable output dims, zero wide too, through the ensemble and its dynamic batcher, whose requests each get
-    their own response), the other images' rows padded (score 0, class -1, label ""), and `count` says how many
-    of each image's rows are real. A fixed width (top_k rows always) would send 100 rows where DETR finds 3."""
+    """The model's outputs (and what the preprocessing kept aside) -> the task's answer (`Task.ensemble_outputs`:
+    top-k labels, scores, indices; a detector's boxes, scores, labels, classes, count), in the Python-backend model
+    `Task.postprocess`. `settings` (top_k; a detector's threshold, which requests may override) are checked by the
+    task and written as parameters, with the labels file and the names of the inputs the backend reads (`inputs`, a
+    JSON list in the task's order). A detector's answers are as wide as the most detections of an image in the
+    request (-1 dims, which Triton 2.51 passes through ensembles and dynamic batching), `count` the real ones."""
     try:
-        check_settings(threshold, top_k)
-    except ValueError as e:
+        parameters = task.check_settings(settings, num_classes)
+    except VitExportError as e:
         raise ServingError(str(e)) from None
-    pb = model_config_pb2()
-    config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
-    config.input.add(name=logits, data_type=pb.TYPE_FP32, dims=[-1, num_classes + 1])
-    config.input.add(name=boxes, data_type=pb.TYPE_FP32, dims=[-1, 4])
-    config.input.add(name=IMAGE_SIZE, data_type=pb.TYPE_INT64, dims=[2])
-    _detection_outputs(config)
-    config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
-    _dynamic_batching(config, Batching(max_batch_size=max_batch_size, max_queue_delay_us=0))
-    values = {"threshold": repr(float(threshold)), "top_k": str(top_k), "labels": LABELS_FILE}
-    _string_parameters(config, values | {"logits": logits, "boxes": boxes})
-    return config
-
-
-def _detection_outputs(config: pb.ModelConfig) -> None:
-    pb = model_config_pb2()
-    config.output.add(name=BOXES, data_type=pb.TYPE_FP32, dims=[-1, 4])
-    config.output.add(name=SCORES, data_type=pb.TYPE_FP32, dims=[-1])
-    config.output.add(name=LABELS, data_type=pb.TYPE_STRING, dims=[-1])
-    config.output.add(name=CLASSES, data_type=pb.TYPE_INT64, dims=[-1])
-    config.output.add(name=COUNT, data_type=pb.TYPE_INT64, dims=[1])
-
-
-def detection_ensemble_config(
-    name: str, *, detector: pb.ModelConfig, preprocess: pb.ModelConfig, postprocess: pb.ModelConfig
-) -> pb.ModelConfig:
-    """image bytes -> preprocess (canvas, mask, size) -> detector -> postprocess -> boxes, scores, labels, classes
-    and count, as one model a client calls once."""
-    pb = model_config_pb2()
-    pixels, mask = (i.name for i in detector.input)
-    logits = postprocess.parameters["logits"].string_value
-    boxes = postprocess.parameters["boxes"].string_value
-    config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=detector.max_batch_size)
-    config.input.add(name=IMAGE_INPUT, data_type=pb.TYPE_STRING, dims=[1])
-    _detection_outputs(config)
-    steps = config.ensemble_scheduling.step
-    step = steps.add(model_name=preprocess.name, model_version=-1)  # -1: the latest version of each step
-    step.input_map[IMAGE_INPUT] = IMAGE_INPUT
-    for output, tensor in ((PIXELS, "_pixels"), (MASK, "_mask"), (IMAGE_SIZE, "_size")):
-        step.output_map[output] = tensor
-    step = steps.add(model_name=detector.name, model_version=-1)
-    step.input_map[pixels], step.input_map[mask] = "_pixels", "_mask"
-    step.output_map[logits], step.output_map[boxes] = "_logits", "_boxes"
-    step = steps.add(model_name=postprocess.name, model_version=-1)
-    step.input_map[logits], step.input_map[boxes], step.input_map[IMAGE_SIZE] = "_logits", "_boxes", "_size"
-    for output in DETECTION_OUTPUTS:
-        step.output_map[output] = output
-    _string_parameters(
-        config, {"vitexport_model": detector.parameters["vitexport_model"].string_value, TASK: "detection"}
-    )
+    inputs = task.postprocess_inputs(model_outputs)
+    config = _python_step(name, max_batch_size)
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, task.ensemble_outputs(model_outputs, parameters))
+    files = {"labels": LABELS_FILE} if task.has_labels else {}
+    _string_parameters(config, parameters | files | {"inputs": json.dumps([i.name for i in inputs])})
     return config
 
 
 def ensemble_config(
-    name: str,
-    *,
-    classifier: pb.ModelConfig,
-    preprocess: pb.ModelConfig,
-    postprocess: pb.ModelConfig | None,
+    name: str, task: Task, model: pb.ModelConfig, preprocess: pb.ModelConfig, postprocess: pb.ModelConfig | None
 ) -> pb.ModelConfig:
-    """image bytes -> preprocess -> classifier -> postprocess (top-k), as one model a client calls once.
-
-    Without a postprocess (a model returning embeddings), the ensemble returns the model's outputs as they are:
-    image bytes -> preprocess -> model -> embeddings (D,)."""
+    """image bytes -> preprocess -> model -> postprocess, as one model a client calls once, wired from the configs:
+    the preprocessing's outputs feed the model's inputs in order (an imported model names its pixels its own way),
+    the rest of them (a detector's image size) and the model's outputs feed the post-processing's inputs by name,
+    and the post-processing's outputs are the ensemble's. Without a post-processing (an embedding model), the
+    ensemble answers the model's outputs under the task's names (`Task.ensemble_outputs`: `embeddings`)."""
     pb = model_config_pb2()
-    pixels = classifier.input[0].name
-    config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=classifier.max_batch_size)
-    config.input.add(name=IMAGE_INPUT, data_type=pb.TYPE_STRING, dims=[1])
+    if len(model.input) > len(preprocess.output):
+        raise ServingError(f"{preprocess.name} makes {len(preprocess.output)} tensors; {model.name} takes more")
+    config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=model.max_batch_size)
+    _add_tensors(config.input, [TensorSpec(IMAGE_INPUT, BYTES, (1,))])
     steps = config.ensemble_scheduling.step
-    # Version -1: each step uses the latest version, so a new classifier version takes over the ensemble too.
-    step = steps.add(model_name=preprocess.name, model_version=-1)
-    step.input_map[IMAGE_INPUT] = IMAGE_INPUT
-    step.output_map[PIXELS] = "_pixels"
-    step = steps.add(model_name=classifier.name, model_version=-1)
-    step.input_map[pixels] = "_pixels"
+    # Version -1: each step uses the latest version, so a new model version takes over the ensemble too.
+    pre = steps.add(model_name=preprocess.name, model_version=-1)
+    pre.input_map[IMAGE_INPUT] = IMAGE_INPUT
+    for tensor in preprocess.output:
+        pre.output_map[tensor.name] = f"_{tensor.name}"
+    step = steps.add(model_name=model.name, model_version=-1)
+    for model_input, made in zip(model.input, preprocess.output, strict=False):  # the side outputs are left over
+        step.input_map[model_input.name] = f"_{made.name}"
     if postprocess is None:
-        # The ensemble of an embedding model answers `embeddings`, whatever the model calls its output (an imported
-        # model keeps its own names), so that clients recognise it.
-        (output,) = classifier.output
-        config.output.add(name=EMBEDDINGS, data_type=output.data_type, dims=output.dims)
-        step.output_map[output.name] = EMBEDDINGS
+        outputs = task.ensemble_outputs(tensor_specs(model.output), {})
+        for model_output, answer in zip(model.output, outputs, strict=True):
+            step.output_map[model_output.name] = answer.name
     else:
-        logits = postprocess.parameters["logits"].string_value
-        top_k = int(postprocess.parameters["top_k"].string_value)
-        config.output.add(name=TOP_K_LABELS, data_type=pb.TYPE_STRING, dims=[top_k])
-        config.output.add(name=TOP_K_SCORES, data_type=pb.TYPE_FP32, dims=[top_k])
-        config.output.add(name=TOP_K_INDICES, data_type=pb.TYPE_INT64, dims=[top_k])
-        step.output_map[logits] = "_logits"
-        step = steps.add(model_name=postprocess.name, model_version=-1)
-        step.input_map[logits] = "_logits"
-        for output in (TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES):
-            step.output_map[output] = output
-    _string_parameters(config, {"vitexport_model": classifier.parameters["vitexport_model"].string_value})
+        outputs = tensor_specs(postprocess.output)
+        made = {t.name for t in model.output}
+        post = steps.add(model_name=postprocess.name, model_version=-1)
+        for tensor in postprocess.input:
+            if tensor.name in made:
+                step.output_map[tensor.name] = f"_{tensor.name}"
+            post.input_map[tensor.name] = f"_{tensor.name}"
+        for tensor in postprocess.output:
+            post.output_map[tensor.name] = tensor.name
+    _add_tensors(config.output, outputs)
+    _string_parameters(config, {"vitexport_model": model.parameters["vitexport_model"].string_value, TASK: task.name})
     return config
 
 

@@ -1,44 +1,32 @@
 """Writes models into a Triton model repository: `<repo>/<name>/config.pbtxt`, `labels.txt` and numbered version
-folders, plus the `<name>_image` ensemble (image bytes -> preprocessing -> classifier -> top-k; for a model that
-returns embeddings, image bytes -> preprocessing -> model -> the embedding, with no labels and no top-k; for a
-detector, image bytes -> preprocessing (canvas, mask, original size) -> detector -> detections: boxes, scores,
-labels, classes and count).
+folders, plus the `<name>_image` ensemble: image bytes -> preprocessing -> the model -> its task's post-processing
+(`vitexport.tasks`: a classifier's top-k; a detector's boxes, scores, labels, classes and count; none for an
+embedding model, whose ensemble answers the embedding, with no labels).
 
-A version is staged in a hidden folder inside its model folder (same file system; Triton ignores non-numeric
-folders there) and renamed into place, so a server never sees half a version; an existing version is never
-replaced. config.pbtxt and labels.txt are staged with it and moved over the old ones only after that rename, and a
-failure anywhere takes back what this call wrote (the ensemble's parts too), so the models stay as they were.
+Versions are written all or nothing (serving/versions.py): a server never sees half a version, an existing one is
+never replaced, and a failure takes back every part this call wrote.
 Reads artifacts from disk: never imports the export package.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vitexport.artifacts import ModelArtifact, file_record
-from vitexport.errors import ServingError
-from vitexport.fileio import STAGING_PREFIX, remove_dead_staging, write_atomic
+from vitexport.errors import ServingError, VitExportError
 from vitexport.serving import config as cfg
-from vitexport.serving.backends import (
-    CLASSIFIER_MODEL,
-    DETECTION_POSTPROCESS_MODEL,
-    POSTPROCESS_MODEL,
-    PREPROCESS_MODEL,
-)
+from vitexport.serving.backends import MODEL_RUNNER, PREPROCESS_MODEL, postprocess_model
 from vitexport.serving.config import Batching, ServingBackend
+from vitexport.serving.versions import ModelPart, next_version, versions, write_parts
+from vitexport.tasks import Task, task_of
 
-LABELS_SOURCE = Path(__file__).parent / "labels" / "imagenet1k.txt"
-# DETR's 91 COCO classes by COCO category id ("N/A" where COCO has none): transformers' id2label of
-# facebook/detr-resnet-50.
-COCO91_SOURCE = Path(__file__).parent / "labels" / "coco91.txt"
+# The tasks' usual classes (Task.default_labels): ImageNet-1k; DETR's 91 COCO classes by COCO category id ("N/A"
+# where COCO has none), transformers' id2label of facebook/detr-resnet-50.
+LABELS_DIR = Path(__file__).parent / "labels"
 # Triton model names become folder names and URL path segments: keep them to a safe, non-hidden alphabet.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 MODEL_FILENAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.plan"}
@@ -48,9 +36,9 @@ MODEL_FILENAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "m
 class AddedModel:
     name: str
     version: int
-    path: Path  # the classifier's version folder
+    path: Path  # the model's version folder
     backend: ServingBackend
-    models: tuple[str, ...] = field(default=())  # every model written: classifier, then the ensemble's parts
+    models: tuple[str, ...] = field(default=())  # every model written: the model, then the ensemble's parts
 
 
 def check_name(repo_dir: Path, name: str) -> Path:
@@ -64,22 +52,15 @@ def check_name(repo_dir: Path, name: str) -> Path:
     return model_dir
 
 
-def labels_for(num_classes: int, names: tuple[str, ...] | None = None, *, task: str = "classification") -> str:
-    """One label per class: the artifact's own names (an imported model's --labels), ImageNet-1k's names for
-    1000-class heads, COCO's for 91-class detectors (DETR's head), the class index otherwise."""
+def labels_for(num_classes: int, names: tuple[str, ...] | None = None, *, task: Task) -> str:
+    """One label per class: the artifact's own names (an imported model's --labels), else the task's usual classes
+    where the head has their number (ImageNet-1k's 1000, COCO's 91), else the class index."""
     if names:
         return "".join(f"{n}\n" for n in names)
-    if num_classes == 1000 and task == "classification":
-        return LABELS_SOURCE.read_text()
-    if num_classes == 91 and task == "detection":
-        return COCO91_SOURCE.read_text()
+    default = task.default_labels(num_classes)
+    if default is not None:
+        return (LABELS_DIR / default).read_text()
     return "".join(f"class_{i}\n" for i in range(num_classes))
-
-
-def versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def scan(repo_dir: Path) -> dict[str, cfg.pb.ModelConfig]:
@@ -105,11 +86,11 @@ def add_model(
     intra_op_threads: int = 0,
     require_gate: bool = True,
 ) -> AddedModel:
-    """Add a classifier version (and by default the `<name>_image` ensemble) to a Triton model repository. An
-    artifact whose one output is `embeddings` (`--head features`) is written without labels, and its ensemble
-    returns the raw embedding (`top_k` does not apply). A detector (DETR) is written with its mask input and its
-    ensemble returns detections: `top_k` (default 100) and `threshold` (default 0.5) are its defaults, which
-    requests may override.
+    """Add a model version (and by default the `<name>_image` ensemble) to a Triton model repository. The model's
+    task (`vitexport.tasks`) says what is written: a classifier with its labels, its ensemble answering the top
+    `top_k` (default 5); an embedding model without labels, its ensemble answering the raw embedding; a detector
+    with its mask input, its ensemble answering detections, `top_k` (default 100) and `threshold` (default 0.5)
+    the defaults that requests may override.
 
     The backend defaults to the artifact's format: ONNX and OpenVINO IR to the Python backend models that serve on
     the local Triton, engines to tensorrt_plan.
@@ -122,9 +103,8 @@ def add_model(
     if not artifacts:
         raise ServingError("no model artifact given")
     first = artifacts[0]
-    detector = first.task == "detection"
-    if threshold is not None and not detector:
-        raise ServingError(f"a score threshold is for detectors; {first.path.name} is a {first.task} model")
+    task = task_of(first)
+    settings = _settings(first, task, top_k=top_k, threshold=threshold)
     backend = backend or ServingBackend.for_format(first.format)
     repo_dir = Path(repo_dir)
     name = first.model if name is None else name
@@ -133,7 +113,68 @@ def add_model(
         repo_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ServingError(f"cannot create the model repository {repo_dir}: {e.strerror or e}") from None
+    _check_artifacts(artifacts, backend, require_gate=require_gate)
+    labels = labels_for(first.num_classes, first.labels, task=task) if task.has_labels else None
+    served = dict(instances=instances, tensorrt_accelerator=tensorrt_accelerator, intra_op_threads=intra_op_threads)
+    model = _model_part(model_dir, artifacts, backend, batching, labels, **served)
+    _check_compatible(model_dir, model.config)
+    version = next_version(model_dir, version)
+    parts = [model]
+    if ensemble:
+        parts += _ensemble_parts(repo_dir, name, first, task, model.config, settings, labels, version)
+    _check_ensembles(repo_dir, model.config, rewritten={part.config.name for part in parts})
+    write_parts(parts, version)
+    return AddedModel(name, version, model_dir / str(version), backend, tuple(part.config.name for part in parts))
 
+
+def _settings(artifact: ModelArtifact, task: Task, *, top_k: int | None, threshold: float | None) -> dict[str, Any]:
+    """The post-processing's settings as given (None: the task's default), checked by the task now, whether or not
+    an ensemble is written: a score threshold only for a task whose post-processing takes one."""
+    if threshold is not None and "threshold" not in cfg.settings_of(task):
+        raise ServingError(f"a score threshold is for detectors; {artifact.path.name} is a {task.name} model")
+    settings = {"top_k": top_k, "threshold": threshold}
+    try:
+        task.check_settings(settings, artifact.num_classes)
+    except VitExportError as e:
+        raise ServingError(str(e)) from None
+    return settings
+
+
+def _model_part(
+    model_dir: Path,
+    artifacts: list[ModelArtifact],
+    backend: ServingBackend,
+    batching: Batching | None,
+    labels: str | None,
+    **served: Any,
+) -> ModelPart:
+    """The model itself: its config, the files of its version (the model file and its companions; several engines'
+    one per GPU; our runner for the Python backend), and labels.txt where its config labels outputs."""
+    first = artifacts[0]
+    if backend is ServingBackend.tensorrt and first.batch_size is None:
+        # A fixed-batch engine is served unbatched, with the batch in its dims; others batch as their profile says.
+        batching = cfg.tensorrt_batching(_engine_profile(first), batching)
+    model_filename, files, cc_files = _model_files(artifacts, backend)
+    # Several engines: the sidecar is the first one's (the others differ only in the GPU they were built for).
+    sidecar = _version_sidecar(first, dict(list(files.items())[:1]) if cc_files else dict(files))
+    config = cfg.model_config(
+        model_dir.name,
+        first,
+        backend=backend,
+        batching=batching or Batching(),
+        model_filename=model_filename,
+        cc_model_filenames=cc_files,
+        **served,
+    )
+    if backend.runtime:
+        files["model.py"] = MODEL_RUNNER
+    # labels.txt goes beside the model only for the outputs Triton's classification extension labels (a
+    # detector's labels are its post-processing's alone).
+    labelled = any(output.label_filename for output in config.output)
+    return ModelPart(model_dir, config, files, labels if labelled else None, sidecar)
+
+
+def _check_artifacts(artifacts: list[ModelArtifact], backend: ServingBackend, *, require_gate: bool) -> None:
     for a in artifacts:
         if a.format not in backend.formats:
             raise ServingError(
@@ -144,105 +185,66 @@ def add_model(
                 f"{a.path.name} has not passed its accuracy gate (its sidecar records no passed validation); "
                 "export, optimize or build it again with vitexport"
             )
-    files: dict[str, Path] = {}  # file name in the version folder -> source
-    cc_files: dict[str, str] | None = None
-    if backend is ServingBackend.tensorrt:
-        if first.batch_size is None:  # a fixed-batch engine is served unbatched, with the batch in its dims
-            batching = cfg.tensorrt_batching(_engine_profile(first), batching)
-        if len(artifacts) > 1:
-            cc_files = {}
-            for engine in artifacts:
-                _same_model(first, engine)
-                cc = engine.compute_capability or ""
-                if not cc or cc in cc_files:
-                    raise ServingError(f"engines need distinct compute capabilities; {engine.path} has {cc or 'none'}")
-                cc_files[cc] = f"model.{cc}.plan"
-                files[cc_files[cc]] = engine.path
-    elif len(artifacts) > 1:
+    if len(artifacts) > 1 and backend is not ServingBackend.tensorrt:
         raise ServingError("several artifacts are only accepted for --backend tensorrt (one engine per GPU)")
-    batching = batching or Batching()
+
+
+def _model_files(
+    artifacts: list[ModelArtifact], backend: ServingBackend
+) -> tuple[str, dict[str, Path], dict[str, str] | None]:
+    """The model file's name in the version folder, the files to copy there (name -> source), and several engines'
+    file per GPU compute capability (None: one model file)."""
+    first = artifacts[0]
+    files: dict[str, Path] = {}
     model_filename = MODEL_FILENAMES.get(first.format, first.path.name)
     if first.format == "onnx" and backend is ServingBackend.openvino:
         model_filename = "model.onnx"
-    if not cc_files:
+    if len(artifacts) == 1:
         files[model_filename] = first.path
         files.update(_companion_files(first, model_filename))
-    # Several engines: the sidecar is the first one's (the others differ only in the GPU they were built for).
-    sidecar = _version_sidecar(first, dict(list(files.items())[:1]) if cc_files else dict(files))
+        return model_filename, files, None
+    cc_files: dict[str, str] = {}
+    for engine in artifacts:
+        _same_model(first, engine)
+        cc = engine.compute_capability or ""
+        if not cc or cc in cc_files:
+            raise ServingError(f"engines need distinct compute capabilities; {engine.path} has {cc or 'none'}")
+        cc_files[cc] = f"model.{cc}.plan"
+        files[cc_files[cc]] = engine.path
+    return model_filename, files, cc_files
 
-    classifier = cfg.classifier_config(
-        name,
-        first,
-        backend=backend,
-        batching=batching,
-        instances=instances,
-        model_filename=model_filename,
-        cc_model_filenames=cc_files,
-        tensorrt_accelerator=tensorrt_accelerator,
-        intra_op_threads=intra_op_threads,
-    )
-    _check_compatible(model_dir, classifier)
-    version = _next_version(model_dir, version)
 
-    parts: list[tuple[Path, cfg.pb.ModelConfig, dict[str, Path], str | None]] = []
-    # A model returning embeddings has no classes: no labels.txt, no top-k step; its ensemble returns the embedding.
-    embeddings = not detector and (first.head == "features" or cfg.returns_embeddings(first.output_names))
-    labels = None if embeddings else labels_for(first.num_classes, first.labels, task=first.task)
-    if backend.runtime:
-        files["model.py"] = CLASSIFIER_MODEL
-    # A detector's labels go with its post-processing only: nothing reads them beside the model (no classification).
-    parts.append((model_dir, classifier, files, None if detector else labels))
-    if ensemble:
-        if classifier.max_batch_size == 0:
-            raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
-        pre = cfg.preprocess_config(f"{name}_preprocess", first.preprocess, max_batch_size=classifier.max_batch_size)
-        post = None
-        if detector:
-            post = cfg.detection_postprocess_config(
-                f"{name}_postprocess",
-                num_classes=first.num_classes,
-                max_batch_size=classifier.max_batch_size,
-                threshold=cfg.DEFAULT_THRESHOLD if threshold is None else threshold,
-                top_k=cfg.DEFAULT_DETECTIONS if top_k is None else top_k,
-                logits=first.output_names[0],
-                boxes=first.output_names[1],
-            )
-            image = cfg.detection_ensemble_config(
-                f"{name}_image", detector=classifier, preprocess=pre, postprocess=post
-            )
-        elif not embeddings:
-            post = cfg.postprocess_config(
-                f"{name}_postprocess",
-                num_classes=first.num_classes,
-                top_k=cfg.DEFAULT_TOP_K if top_k is None else top_k,
-                max_batch_size=classifier.max_batch_size,
-                logits=first.output_names[0],
-            )
-        if not detector:
-            image = cfg.ensemble_config(f"{name}_image", classifier=classifier, preprocess=pre, postprocess=post)
-        parts.append((check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, None))
-        if post is not None:
-            backend_file = DETECTION_POSTPROCESS_MODEL if detector else POSTPROCESS_MODEL
-            parts.append((check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
-        parts.append((check_name(repo_dir, image.name), image, {}, None))  # an ensemble still needs its version folder
-        for part_dir, part, *_ in parts[1:]:
-            _check_compatible(part_dir, part)
-            if version in versions(part_dir):
-                raise ServingError(f"{part_dir}/{version} already exists; choose another --version")
-    _check_ensembles(repo_dir, classifier, rewritten={part.name for _, part, *_ in parts})
-
-    undo: list[_Undo] = []
-    try:
-        for part_dir, part, part_files, part_labels in parts:
-            undo.append(
-                _write_model(part_dir, part, version, part_files, part_labels, sidecar if part is classifier else None)
-            )
-    except BaseException:
-        # All or nothing: an ensemble whose parts disagree (a new classifier, an old preprocessing) would not load.
-        for step in reversed(undo):
-            step.revert()
-        raise
-    return AddedModel(name, version, model_dir / str(version), backend, tuple(p[1].name for p in parts))
+def _ensemble_parts(
+    repo_dir: Path,
+    name: str,
+    artifact: ModelArtifact,
+    task: Task,
+    model: cfg.pb.ModelConfig,
+    settings: dict[str, Any],
+    labels: str | None,
+    version: int,
+) -> list[ModelPart]:
+    """The image ensemble's preprocessing, its post-processing (where the task has one) and the ensemble itself."""
+    if model.max_batch_size == 0:
+        raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
+    batch = model.max_batch_size
+    pre = cfg.preprocess_config(f"{name}_preprocess", artifact.preprocess, task, max_batch_size=batch)
+    parts = [ModelPart(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL})]
+    post, backend_file = None, postprocess_model(task)
+    if backend_file is not None:
+        outputs = cfg.tensor_specs(model.output)
+        num_classes = artifact.num_classes
+        post = cfg.postprocess_config(
+            f"{name}_postprocess", task, outputs, settings, num_classes=num_classes, max_batch_size=batch
+        )
+        parts.append(ModelPart(check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
+    image = cfg.ensemble_config(f"{name}_image", task, model, pre, post)
+    parts.append(ModelPart(check_name(repo_dir, image.name), image, {}))  # an ensemble still needs its version folder
+    for part in parts:
+        _check_compatible(part.model_dir, part.config)
+        if version in versions(part.model_dir):
+            raise ServingError(f"{part.model_dir}/{version} already exists; choose another --version")
+    return parts
 
 
 def _engine_profile(engine: ModelArtifact) -> dict[str, int]:
@@ -298,9 +300,9 @@ def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig) -> None:
             raise ServingError(f"{model_dir.name} in the repository has a different {key}; choose another --name")
 
 
-def _check_ensembles(repo_dir: Path, classifier: cfg.pb.ModelConfig, *, rewritten: set[str]) -> None:
+def _check_ensembles(repo_dir: Path, model: cfg.pb.ModelConfig, *, rewritten: set[str]) -> None:
     """Triton refuses an ensemble that batches more than one of its steps: a smaller max batch size for the
-    classifier would stop the ensembles already built on it (and not written again now) from loading."""
+    model would stop the ensembles already built on it (and not written again now) from loading."""
     for model_dir in sorted(repo_dir.iterdir()):
         if model_dir.name in rewritten or not (model_dir / "config.pbtxt").is_file():
             continue
@@ -309,106 +311,8 @@ def _check_ensembles(repo_dir: Path, classifier: cfg.pb.ModelConfig, *, rewritte
         except ServingError:  # another model's broken config is for the server to report, not a reason to stop here
             continue
         steps = {step.model_name for step in config.ensemble_scheduling.step}
-        if classifier.name in steps and config.max_batch_size > classifier.max_batch_size:
+        if model.name in steps and config.max_batch_size > model.max_batch_size:
             raise ServingError(
                 f"the ensemble {model_dir.name} in the repository batches up to {config.max_batch_size}: give "
-                f"{classifier.name} --max-batch-size {config.max_batch_size} or more, or write the ensemble again"
+                f"{model.name} --max-batch-size {config.max_batch_size} or more, or write the ensemble again"
             )
-
-
-MAX_VERSION = 2**31 - 1  # Triton reads version folders with stoll and keeps them in int64: far above, it dies
-
-
-def _next_version(model_dir: Path, version: int | None) -> int:
-    existing = versions(model_dir)
-    if version is None:
-        return (existing[-1] + 1) if existing else 1
-    if not 1 <= version <= MAX_VERSION:
-        raise ServingError(f"version must be 1..{MAX_VERSION}, got {version}")
-    if version in existing:
-        raise ServingError(f"{model_dir}/{version} already exists; versions are never overwritten")
-    return version
-
-
-@dataclass(frozen=True)
-class _Undo:
-    """How to take back one written model: its new version folder, and the files beside it as they were."""
-
-    version_dir: Path
-    previous: dict[Path, str | None]  # config.pbtxt / labels.txt -> former text (None: there was none)
-
-    def revert(self) -> None:
-        shutil.rmtree(self.version_dir, ignore_errors=True)
-        for path, text in self.previous.items():
-            with contextlib.suppress(OSError):
-                if text is None:
-                    path.unlink(missing_ok=True)
-                else:
-                    write_atomic(path, text)
-        with contextlib.suppress(OSError):  # a model folder the call created, empty again (rmdir refuses otherwise)
-            self.version_dir.parent.rmdir()
-
-
-def _write_model(
-    model_dir: Path,
-    config: cfg.pb.ModelConfig,
-    version: int,
-    files: dict[str, Path],
-    labels: str | None,
-    sidecar: dict | None,
-) -> _Undo:
-    """Stage the version folder, config.pbtxt and labels.txt in one hidden folder, rename the version into place,
-    then move the config and labels over the old ones: until the version exists, the model is untouched."""
-    text = cfg.render(config)
-    cfg.parse(text, f"{config.name}/config.pbtxt")  # what we write must read back
-    created = not model_dir.exists()
-    try:  # a read-only repository (or a file where the model folder goes) fails here: one line, as below
-        model_dir.mkdir(parents=True, exist_ok=True)
-        remove_dead_staging(model_dir)
-        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=model_dir))
-    except OSError as e:
-        raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from None
-    target = model_dir / str(version)
-    # Config last: it is what makes a polling server (re)load the model with the new settings.
-    beside = ({model_dir / cfg.LABELS_FILE: labels} if labels is not None else {}) | {model_dir / "config.pbtxt": text}
-    undo = _Undo(target, {path: _read_text(path) for path in beside})
-    renamed = False
-    try:
-        staged = staging / "version"
-        staged.mkdir()
-        staged.chmod(0o755)  # explicit: a server running as another user must be able to read the version
-        for name, source in files.items():
-            shutil.copyfile(source, staged / name)
-        if sidecar is not None:
-            write_atomic(staged / f"{sidecar['path']}.json", json.dumps(sidecar, indent=2) + "\n")
-        for path, content in beside.items():
-            write_atomic(staging / path.name, content)
-        if target.exists():  # a concurrent writer got there first
-            raise ServingError(f"{target} already exists; versions are never overwritten")
-        # rename(2) refuses a non-empty target, so even a racing writer cannot replace a finished version.
-        staged.rename(target)
-        renamed = True
-        for path in beside:
-            os.replace(staging / path.name, path)
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if renamed:
-            undo.revert()
-        elif created:  # nothing of the model was visible yet: leave no empty folder behind either
-            with contextlib.suppress(OSError):
-                model_dir.rmdir()
-        if isinstance(e, OSError):
-            raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from None
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return undo
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ServingError(f"cannot read {path}: {e.strerror or e}") from None

@@ -63,12 +63,12 @@ def backend_utils(monkeypatch):
     return utils
 
 
-def load_model(path, config: dict):
+def load_model(path, config: dict, repository: str = ""):
     spec = importlib.util.spec_from_file_location(f"_backend_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(config), "model_repository": "", "model_version": "1"})
+    model.initialize({"model_config": json.dumps(config), "model_repository": repository, "model_version": "1"})
     return model
 
 
@@ -103,3 +103,92 @@ def strip_png(width: int = 20_000) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, 1)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def triton_json(config) -> dict:
+    """A config as Triton hands it to a Python-backend model (`args["model_config"]`): the message as JSON."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def _model_outputs(artifact):
+    from vitexport.serving import config as cfg
+
+    return cfg.model_specs(artifact)[1]
+
+
+def test_the_top_k_model_reads_the_names_its_config_gives(backend_utils, tmp_path):
+    from pathlib import Path
+
+    from vitexport.artifacts import ModelArtifact
+    from vitexport.serving import config as cfg
+    from vitexport.serving.backends import TOPK_MODEL
+    from vitexport.tasks import CLASSIFICATION
+
+    spec = get_spec("test_vit")
+    # An imported classifier: its logits are called `output`.
+    artifact = ModelArtifact(
+        Path("m.onnx"), "onnx", spec.name, spec.preprocess, num_classes=4, output_names=("output",)
+    )
+    config = cfg.postprocess_config(
+        "p", CLASSIFICATION, _model_outputs(artifact), {"top_k": 2}, num_classes=4, max_batch_size=8
+    )
+    (tmp_path / cfg.LABELS_FILE).write_text("a\nb\nc\nd\n")
+    model = load_model(TOPK_MODEL, triton_json(config), str(tmp_path))
+    logits = np.array([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 0.0]], np.float32)
+    (response,) = model.execute([{"output": _Tensor("output", logits)}])
+    answer = {t.name: t.array for t in response.output_tensors}
+    assert list(answer) == ["labels", "scores", "indices"]
+    assert answer["labels"].tolist() == [[b"b", b"d"], [b"a", b"b"]]
+    assert answer["indices"].tolist() == [[1, 3], [0, 1]]
+    np.testing.assert_allclose(answer["scores"][0], np.exp([3.0, 2.0]) / np.exp(logits[0]).sum(), rtol=1e-6)
+
+
+def test_the_detections_model_reads_the_names_its_config_gives(backend_utils, tmp_path):
+    from pathlib import Path
+
+    from vitexport.artifacts import ModelArtifact
+    from vitexport.postprocess import detections
+    from vitexport.serving import config as cfg
+    from vitexport.serving.backends import DETECTIONS_MODEL
+    from vitexport.tasks import DETECTION
+
+    spec = get_spec("test_detr")
+    artifact = ModelArtifact(
+        Path("d.onnx"),
+        "onnx",
+        spec.name,
+        spec.preprocess,
+        num_classes=2,
+        output_names=("scores_out", "boxes_out"),  # an export naming its outputs its own way
+        mask_name="pixel_mask",
+        task="detection",
+    )
+    config = cfg.postprocess_config(
+        "p", DETECTION, _model_outputs(artifact), {"threshold": 0.6}, num_classes=2, max_batch_size=8
+    )
+    (tmp_path / cfg.LABELS_FILE).write_text("cat\ndog\n")
+    model = load_model(DETECTIONS_MODEL, triton_json(config), str(tmp_path))
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 5, 3)).astype(np.float32) * 3
+    boxes = rng.uniform(0.2, 0.5, (2, 5, 4)).astype(np.float32)
+    sizes = np.array([[100, 200], [50, 60]], np.int64)
+    request = {
+        "scores_out": _Tensor("scores_out", logits),
+        "boxes_out": _Tensor("boxes_out", boxes),
+        "image_size": _Tensor("image_size", sizes),
+    }
+    request = types.SimpleNamespace(parameters=lambda: "{}", **request)
+    backend_utils.get_input_tensor_by_name = lambda r, name: getattr(r, name)
+    (response,) = model.execute([request])
+    assert response.error is None
+    answer = {t.name: t.array for t in response.output_tensors}
+    assert list(answer) == ["boxes", "scores", "labels", "classes", "count"]
+    assert 0 < answer["count"].sum() < 10  # some queries over the threshold, not all
+    for i in range(2):
+        expected = detections(logits[i], boxes[i], tuple(sizes[i]), threshold=0.6, labels=["cat", "dog"])
+        assert answer["count"][i, 0] == len(expected)
+        rows = range(len(expected))
+        assert [answer["labels"][i, j].decode() for j in rows] == [d.label for d in expected]
+        np.testing.assert_allclose([answer["boxes"][i, j] for j in rows], [d.box for d in expected], rtol=1e-6)

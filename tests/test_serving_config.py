@@ -4,6 +4,7 @@ Set VITEXPORT_UPDATE_REFERENCES=1 to rewrite the references after an intended ch
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from vitexport.errors import ServingError
 from vitexport.models import get_spec
 from vitexport.serving import config as cfg
 from vitexport.serving.config import Batching, ServingBackend
+from vitexport.tasks import CLASSIFICATION, DETECTION, FEATURES
 
 REFERENCES = Path(__file__).parent / "data" / "serving"
 UPDATE = os.environ.get("VITEXPORT_UPDATE_REFERENCES") == "1"
@@ -35,23 +37,30 @@ ENGINE = artifact(
 
 def classifier(backend, a=None, **kw):
     kw.setdefault("batching", Batching(8, (4, 8), 500))
-    return cfg.classifier_config("vit", a or artifact(), backend=backend, model_filename="model.onnx", **kw)
+    return cfg.model_config("vit", a or artifact(), backend=backend, model_filename="model.onnx", **kw)
+
+
+def _postprocess(task, model, name="vit_postprocess", num_classes=1000, **settings):
+    outputs = cfg.tensor_specs(model.output)
+    return cfg.postprocess_config(name, task, outputs, settings, num_classes=num_classes, max_batch_size=8)
 
 
 def _ensemble():
     c = classifier(ServingBackend.python_onnxruntime)
-    pre = cfg.preprocess_config("vit_preprocess", get_spec("test_vit").preprocess, max_batch_size=8)
-    post = cfg.postprocess_config("vit_postprocess", num_classes=1000, top_k=5, max_batch_size=8)
-    return cfg.ensemble_config("vit_image", classifier=c, preprocess=pre, postprocess=post)
+    pre = cfg.preprocess_config("vit_preprocess", get_spec("test_vit").preprocess, CLASSIFICATION, max_batch_size=8)
+    post = _postprocess(CLASSIFICATION, c, top_k=5)
+    return cfg.ensemble_config("vit_image", CLASSIFICATION, c, pre, post)
 
 
-EMBEDDINGS = artifact(output_names=("embeddings",), num_classes=64)  # `--head features`: (N, D) embeddings, D = 64
+EMBEDDINGS = artifact(
+    output_names=("embeddings",), num_classes=64, task="features"
+)  # `--head features`: (N, D) embeddings, D = 64
 
 
 def _embeddings_ensemble():
     c = classifier(ServingBackend.python_onnxruntime, EMBEDDINGS)
-    pre = cfg.preprocess_config("vit_preprocess", get_spec("test_vit").preprocess, max_batch_size=8)
-    return cfg.ensemble_config("vit_image", classifier=c, preprocess=pre, postprocess=None)
+    pre = cfg.preprocess_config("vit_preprocess", get_spec("test_vit").preprocess, FEATURES, max_batch_size=8)
+    return cfg.ensemble_config("vit_image", FEATURES, c, pre, None)
 
 
 DETR = get_spec("test_detr")
@@ -67,8 +76,8 @@ DETECTOR = artifact(
 
 def _detection_parts():
     c = classifier(ServingBackend.python_onnxruntime, DETECTOR)
-    pre = cfg.preprocess_config("detr_preprocess", DETR.preprocess, max_batch_size=8)
-    post = cfg.detection_postprocess_config("detr_postprocess", num_classes=4, max_batch_size=8, top_k=50)
+    pre = cfg.preprocess_config("detr_preprocess", DETR.preprocess, DETECTION, max_batch_size=8)
+    post = _postprocess(DETECTION, c, "detr_postprocess", num_classes=4, top_k=50)
     return c, pre, post
 
 
@@ -76,17 +85,17 @@ CASES = {
     "python_onnxruntime": lambda: classifier(ServingBackend.python_onnxruntime, instances=2, intra_op_threads=2),
     "python_openvino": lambda: classifier(ServingBackend.python_openvino),
     "onnxruntime_trt_fp16": lambda: classifier(ServingBackend.onnxruntime, tensorrt_accelerator=True),
-    "openvino": lambda: cfg.classifier_config(
+    "openvino": lambda: cfg.model_config(
         "vit", artifact("openvino"), backend=ServingBackend.openvino, batching=Batching(), model_filename="model.xml"
     ),
-    "tensorrt": lambda: cfg.classifier_config(
+    "tensorrt": lambda: cfg.model_config(
         "vit",
         ENGINE,
         backend=ServingBackend.tensorrt,
         batching=cfg.tensorrt_batching(ENGINE.details["profile"]),
         model_filename="model.plan",
     ),
-    "tensorrt_multi_cc": lambda: cfg.classifier_config(
+    "tensorrt_multi_cc": lambda: cfg.model_config(
         "vit",
         ENGINE,
         backend=ServingBackend.tensorrt,
@@ -98,20 +107,17 @@ CASES = {
     "distilled_all_heads": lambda: classifier(
         ServingBackend.python_onnxruntime, artifact(output_names=("logits", "logits_cls", "logits_dist"))
     ),
-    "preprocess": lambda: cfg.preprocess_config("vit_preprocess", get_spec("test_resnet").preprocess, max_batch_size=8),
-    "postprocess": lambda: cfg.postprocess_config("vit_postprocess", num_classes=1000, top_k=5, max_batch_size=8),
+    "preprocess": lambda: cfg.preprocess_config(
+        "vit_preprocess", get_spec("test_resnet").preprocess, CLASSIFICATION, max_batch_size=8
+    ),
+    "postprocess": lambda: _postprocess(CLASSIFICATION, classifier(ServingBackend.python_onnxruntime), top_k=5),
     "ensemble": _ensemble,
     "embeddings": lambda: classifier(ServingBackend.python_onnxruntime, EMBEDDINGS),
     "embeddings_ensemble": _embeddings_ensemble,
     "detector": lambda: _detection_parts()[0],
     "detection_preprocess": lambda: _detection_parts()[1],
     "detection_postprocess": lambda: _detection_parts()[2],
-    "detection_ensemble": lambda: cfg.detection_ensemble_config(
-        "detr_image",
-        detector=_detection_parts()[0],
-        preprocess=_detection_parts()[1],
-        postprocess=_detection_parts()[2],
-    ),
+    "detection_ensemble": lambda: cfg.ensemble_config("detr_image", DETECTION, *_detection_parts()),
 }
 
 
@@ -159,8 +165,21 @@ def test_embeddings_have_no_labels_and_their_ensemble_no_top_k():
     (output,) = ensemble.output
     assert (output.name, output.data_type, list(output.dims)) == ("embeddings", cfg.pb.TYPE_FP32, [64])
     assert dict(ensemble.ensemble_scheduling.step[1].output_map) == {"embeddings": "embeddings"}
-    assert cfg.returns_embeddings(["embeddings"]) and not cfg.returns_embeddings(["logits"])
-    assert not cfg.returns_embeddings(["logits", "logits_cls", "logits_dist"])
+    assert cfg.task_of_config(model) is FEATURES and cfg.task_of_config(ensemble) is FEATURES
+
+
+def test_configs_written_before_every_model_said_its_task_are_told_by_their_outputs():
+    # Older repositories: classifiers and embedding models carried no vitexport_task (detectors always did).
+    for case, task in (("python_onnxruntime", CLASSIFICATION), ("embeddings", FEATURES), ("detector", DETECTION)):
+        config = cfg.parse((REFERENCES / f"{case}.pbtxt").read_text())
+        assert cfg.task_of_config(config) is task
+        if task is not DETECTION:
+            del config.parameters[cfg.TASK]
+            assert cfg.task_of_config(config) is task
+    config = cfg.parse((REFERENCES / "ensemble.pbtxt").read_text())
+    config.parameters[cfg.TASK].string_value = "segmentation"
+    with pytest.raises(ServingError, match=r"^vit_image: unknown task 'segmentation'; known: classification, "):
+        cfg.task_of_config(config)
 
 
 def test_a_detector_takes_its_mask_and_its_ensemble_returns_padded_detections_and_a_count():
@@ -173,7 +192,8 @@ def test_a_detector_takes_its_mask_and_its_ensemble_returns_padded_detections_an
         ("logits", [-1, 5], ""),  # the queries: -1 (the sidecar does not record them); classes + no-object
         ("pred_boxes", [-1, 4], ""),
     ]
-    assert cfg.is_detector(model) and not cfg.is_detector(classifier(ServingBackend.python_onnxruntime))
+    assert cfg.task_of_config(model) is DETECTION
+    assert cfg.task_of_config(classifier(ServingBackend.python_onnxruntime)) is CLASSIFICATION
     pre = cfg.parse((REFERENCES / "detection_preprocess.pbtxt").read_text())
     assert [(o.name, list(o.dims)) for o in pre.output] == [
         ("pixel_values", [3, 96, 96]),
@@ -185,11 +205,10 @@ def test_a_detector_takes_its_mask_and_its_ensemble_returns_padded_detections_an
         "threshold": "0.5",
         "top_k": "50",
         "labels": "labels.txt",
-        "logits": "logits",
-        "boxes": "pred_boxes",
+        "inputs": '["logits", "pred_boxes", "image_size"]',  # what the post-processing backend reads
     }
     ensemble = cfg.parse((REFERENCES / "detection_ensemble.pbtxt").read_text())
-    assert cfg.is_detector(ensemble) and ensemble.max_batch_size == 8
+    assert cfg.task_of_config(ensemble) is DETECTION and ensemble.max_batch_size == 8
     assert [(o.name, o.data_type, list(o.dims)) for o in ensemble.output] == [
         ("boxes", cfg.pb.TYPE_FP32, [-1, 4]),
         ("scores", cfg.pb.TYPE_FP32, [-1]),
@@ -199,12 +218,15 @@ def test_a_detector_takes_its_mask_and_its_ensemble_returns_padded_detections_an
     ]
     steps = ensemble.ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["detr_preprocess", "vit", "detr_postprocess"]
-    assert dict(steps[1].input_map) == {"pixel_values": "_pixels", "pixel_mask": "_mask"}
-    assert dict(steps[2].input_map) == {"logits": "_logits", "pred_boxes": "_boxes", "image_size": "_size"}
-    with pytest.raises(ServingError, match=r"threshold must be in \[0, 1\), got 1"):
-        cfg.detection_postprocess_config("p", num_classes=4, max_batch_size=8, threshold=1)
-    with pytest.raises(ServingError, match="top-k must be >= 1, got 0"):
-        cfg.detection_postprocess_config("p", num_classes=4, max_batch_size=8, top_k=0)
+    assert dict(steps[1].input_map) == {"pixel_values": "_pixel_values", "pixel_mask": "_pixel_mask"}
+    assert dict(steps[2].input_map) == {"logits": "_logits", "pred_boxes": "_pred_boxes", "image_size": "_image_size"}
+    detector = classifier(ServingBackend.python_onnxruntime, DETECTOR)
+    with pytest.raises(ServingError, match=r"^threshold must be in \[0, 1\), got 1$"):
+        _postprocess(DETECTION, detector, num_classes=4, threshold=1)
+    with pytest.raises(ServingError, match=r"^top-k must be >= 1, got 0$"):
+        _postprocess(DETECTION, detector, num_classes=4, top_k=0)
+    with pytest.raises(ServingError, match=r"^m\.onnx: a detector returns logits and boxes; it has logits$"):
+        classifier(ServingBackend.python_onnxruntime, DETECTOR.with_(output_names=("logits",)))
 
 
 def test_parse_rejects_what_triton_would():
@@ -244,8 +266,8 @@ def test_backend_and_format_mismatches_are_refused():
         classifier(ServingBackend.python_onnxruntime, instances=0)
     with pytest.raises(ServingError, match=r"instance count must be 1\.\.64 \(one process each\), got 100000"):
         classifier(ServingBackend.python_onnxruntime, instances=100_000)  # a process each: was accepted
-    with pytest.raises(ServingError, match="top-k"):
-        cfg.postprocess_config("p", num_classes=10, top_k=11, max_batch_size=8)
+    with pytest.raises(ServingError, match=r"^top-k must be within 1\.\.10, got 11$"):
+        _postprocess(CLASSIFICATION, classifier(ServingBackend.python_onnxruntime), num_classes=10, top_k=11)
 
 
 def test_fp16_io_graphs_are_refused():
@@ -281,3 +303,29 @@ def test_without_the_serve_extra_configs_fail_in_one_line(monkeypatch):
             cfg.parse('name: "x"')
     finally:
         cfg.model_config_pb2.cache_clear()
+
+
+def test_serving_asks_the_task_and_never_names_one():
+    """No module of the serving stage spells a task's name as a string: what a model does comes from its Task
+    (vitexport.tasks), so a new task needs no branch here. Docstrings and comments may talk about detectors."""
+    import ast
+
+    import vitexport.serving
+
+    names = re.compile(r"\b(classification|detection|features)\b")
+    found = []
+    for path in sorted(Path(vitexport.serving.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+            if id(node) not in docstrings and names.search(text):
+                found.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    assert found == []

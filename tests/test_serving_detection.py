@@ -25,6 +25,7 @@ from vitexport.preprocess import preprocess_detection
 from vitexport.serving import client
 from vitexport.serving import config as cfg
 from vitexport.serving.repository import labels_for, scan
+from vitexport.tasks import DETECTION
 
 PROTOCOLS = ("http", "grpc")
 ATOL = 1e-4
@@ -118,7 +119,7 @@ def test_the_repository_holds_the_detector_and_its_ensemble(server, exported):
     ]
     assert [(o.name, list(o.dims)) for o in detector.output] == [("logits", [-1, 5]), ("pred_boxes", [-1, 4])]
     assert [o.name for o in ensemble.output] == ["boxes", "scores", "labels", "classes", "count"]
-    assert cfg.is_detector(detector) and cfg.is_detector(ensemble)
+    assert cfg.task_of_config(detector) is DETECTION and cfg.task_of_config(ensemble) is DETECTION
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["detr_preprocess", "detr", "detr_postprocess"]
     assert (server.repo_dir / "detr_postprocess" / "labels.txt").read_text().splitlines() == LABELS
     assert not (server.repo_dir / "detr" / "labels.txt").exists()
@@ -127,13 +128,13 @@ def test_the_repository_holds_the_detector_and_its_ensemble(server, exported):
 
 
 def test_coco_labels_for_a_91_class_detector():
-    labels = labels_for(91, task="detection").splitlines()
+    labels = labels_for(91, task=DETECTION).splitlines()
     assert len(labels) == 91 and labels[:3] == ["N/A", "person", "bicycle"] and labels[-1] == "toothbrush"
     # COCO's category ids with no category: transformers' id2label of facebook/detr-resnet-50 says "N/A" there.
     assert [i for i, name in enumerate(labels) if name == "N/A"] == [0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
     assert labels[17] == "cat" and labels[90] == "toothbrush"
-    assert labels_for(4, task="detection") == "".join(f"{n}\n" for n in LABELS)
-    assert labels_for(91, ("a",) * 91, task="detection") == "a\n" * 91
+    assert labels_for(4, task=DETECTION) == "".join(f"{n}\n" for n in LABELS)
+    assert labels_for(91, ("a",) * 91, task=DETECTION) == "a\n" * 91
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -229,6 +230,9 @@ def test_the_wrong_kind_of_model_is_one_line(server, photos):
         client.predict(server.endpoints.http, photos[:1], model="detr_preprocess", threshold=0.5)
     with pytest.raises(ServingError, match=r"^threshold must be in \[0, 1\), got 1\.0$"):
         client.detect(server.endpoints.http, photos[:1], model="detr_image", threshold=1.0)
+    # The client asks the model's config what it answers: a detector's are detections, not classes.
+    with pytest.raises(ServingError, match=r"^detr_image returns detections, not classes: use detect\(\) or"):
+        client.classify(server.endpoints.http, photos[:1], model="detr_image")
 
 
 @pytest.fixture

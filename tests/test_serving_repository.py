@@ -14,6 +14,9 @@ from vitexport.serving import config as cfg
 from vitexport.serving import repository
 from vitexport.serving.config import Batching, ServingBackend
 from vitexport.serving.repository import add_model, check_name, scan
+from vitexport.tasks import task_of
+
+FEATURES_CHANGES = {"output_names": ("embeddings",), "num_classes": 64, "task": "features"}  # an embedding model
 
 
 def make_artifact(tmp_path: Path, fmt="onnx", name="test_vit", file="model.onnx", **changes) -> ModelArtifact:
@@ -94,7 +97,7 @@ def test_a_failed_write_leaves_no_version_and_no_staging(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_copy(src, dst)
 
-    monkeypatch.setattr(repository.shutil, "copyfile", copy_then_fail)
+    monkeypatch.setattr(shutil, "copyfile", copy_then_fail)
     with pytest.raises(ServingError, match="No space left"):
         add_model(repo, artifact, ensemble=False)
     assert repository.versions(repo / "test_vit") == []
@@ -116,7 +119,7 @@ def test_a_failed_ensemble_part_takes_back_the_whole_version(tmp_path, monkeypat
             raise OSError(28, "No space left on device")
         return real_copy(src, dst)
 
-    monkeypatch.setattr(repository.shutil, "copyfile", fail_on_preprocessing)
+    monkeypatch.setattr(shutil, "copyfile", fail_on_preprocessing)
     with pytest.raises(ServingError, match="No space left"):
         add_model(repo, make_artifact(tmp_path, file="v2.onnx"), instances=2)
     # The classifier's version 2 (written first) and its new config are gone again: the ensemble's parts agree.
@@ -272,7 +275,7 @@ def test_fixed_batch_models_need_no_ensemble(tmp_path):
 
 def test_embeddings_models_get_no_labels_and_an_ensemble_without_top_k(tmp_path):
     repo = tmp_path / "repo"
-    artifact = make_artifact(tmp_path, num_classes=64, output_names=("embeddings",))
+    artifact = make_artifact(tmp_path, num_classes=64, output_names=("embeddings",), task="features")
     added = add_model(repo, artifact)
     assert added.models == ("test_vit", "test_vit_preprocess", "test_vit_image")
     assert not list(repo.rglob("labels.txt")) and not (repo / "test_vit_postprocess").exists()
@@ -306,3 +309,83 @@ def test_each_familys_preprocessing_reaches_its_ensemble(tmp_path, name, size, m
     served = json.loads(cfg.parameter(configs[f"{name}_preprocess"], "preprocess"))
     assert (served["input_size"], served["mean"], served["std"]) == (size, mean, std)
     assert added.models[-1] == f"{name}_image"
+
+
+DETR = {"name": "test_detr", "output_names": ("logits", "pred_boxes"), "mask_name": "pixel_mask", "task": "detection"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "models", "post_backend", "labels_beside"),
+    [
+        ({}, ("m", "m_preprocess", "m_postprocess", "m_image"), "topk_model.py", ["m", "m_postprocess"]),
+        (
+            {"output_names": ("embeddings",), "num_classes": 64, "task": "features"},
+            ("m", "m_preprocess", "m_image"),
+            None,
+            [],
+        ),
+        (
+            {**DETR, "num_classes": 4},
+            ("m", "m_preprocess", "m_postprocess", "m_image"),
+            "detections_model.py",
+            ["m_postprocess"],
+        ),
+    ],
+    ids=["classification", "features", "detection"],
+)
+def test_each_task_gets_its_parts_backends_and_labels(tmp_path, changes, models, post_backend, labels_beside):
+    repo = tmp_path / "repo"
+    added = add_model(repo, make_artifact(tmp_path, **changes), name="m")
+    assert added.models == models
+    backends = Path(repository.__file__).parent / "backends"
+    assert (added.path / "model.py").read_bytes() == (backends / "model_runner.py").read_bytes()  # every task's
+    if post_backend:
+        assert (repo / "m_postprocess" / "1" / "model.py").read_bytes() == (backends / post_backend).read_bytes()
+    assert sorted(p.parent.name for p in repo.rglob("labels.txt")) == labels_beside
+    configs = scan(repo)
+    task = task_of(make_artifact(tmp_path, file="again.onnx", **changes))
+    assert {cfg.task_of_config(configs[m]) for m in ("m", "m_image")} == {task}
+    # The ensemble's steps are wired end to end: every step input is the ensemble's input or an earlier output.
+    made = {"image"}
+    for step in configs["m_image"].ensemble_scheduling.step:
+        assert set(step.input_map.values()) <= made, step.model_name
+        step_config = configs[step.model_name]
+        assert set(step.input_map) == {i.name for i in step_config.input}
+        assert set(step.output_map) <= {o.name for o in step_config.output}
+        made |= set(step.output_map.values())
+    assert {o.name for o in configs["m_image"].output} <= made
+
+
+def test_a_score_threshold_only_where_the_post_processing_takes_one(tmp_path):
+    for changes, task in (
+        ({}, "classification"),
+        (FEATURES_CHANGES, "features"),
+    ):
+        artifact = make_artifact(tmp_path, file="x.onnx", **changes)
+        with pytest.raises(ServingError, match=rf"^a score threshold is for detectors; x\.onnx is a {task} model$"):
+            add_model(tmp_path / "repo", artifact, threshold=0.5)
+    detector = make_artifact(tmp_path, file="d.onnx", num_classes=4, **DETR)
+    with pytest.raises(ServingError, match=r"^threshold must be in \[0, 1\), got 1\.5$"):
+        add_model(tmp_path / "repo", detector, threshold=1.5, ensemble=False)  # checked with or without an ensemble
+    assert not (tmp_path / "repo" / "test_detr").exists()
+    add_model(tmp_path / "repo", detector, threshold=0.25, top_k=7)
+    post = scan(tmp_path / "repo")["test_detr_postprocess"]
+    assert (cfg.parameter(post, "threshold"), cfg.parameter(post, "top_k")) == ("0.25", "7")
+
+
+def test_top_k_defaults_to_at_most_the_classes(tmp_path):
+    add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3))
+    ensemble = scan(tmp_path / "repo")["test_vit_image"]
+    assert [list(o.dims) for o in ensemble.output] == [[3], [3], [3]]
+    with pytest.raises(ServingError, match=r"^top-k must be within 1\.\.3, got 4$"):
+        add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3), name="other", top_k=4)
+
+
+def test_labels_are_the_artifacts_else_the_tasks_usual_classes_else_indices():
+    from vitexport.serving.repository import labels_for
+    from vitexport.tasks import CLASSIFICATION, DETECTION
+
+    assert labels_for(1000, task=CLASSIFICATION).splitlines()[0].startswith("tench")
+    assert labels_for(91, task=DETECTION).splitlines()[1] == "person"
+    assert labels_for(91, task=CLASSIFICATION) == "".join(f"class_{i}\n" for i in range(91))
+    assert labels_for(3, ("a", "b", "c"), task=CLASSIFICATION) == "a\nb\nc\n"

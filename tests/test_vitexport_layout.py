@@ -48,17 +48,11 @@ MAX_FILE_LINES = 400
 # Functions still over MAX_FUNCTION_LINES, being split (TODO(issue 20)), as "file:qualified name". The list only
 # shrinks: a function that is short now (or gone) fails the test until its line is removed, and none may be added.
 TOO_LONG = {
-    "serving/config.py:classifier_config",  # the lead's
-    "serving/repository.py:add_model",  # the lead's
     "vitexport/cli/deploy.py:deploy",  # its logic is moving into the stages
     "vitexport/cli/serving.py:repo",  # its logic is moving into the stages
 }
 # Files still over MAX_FILE_LINES, being split by job (TODO(issue 20)); the list only shrinks, the same way.
-TOO_BIG = {
-    "serving/client.py",  # the lead's
-    "serving/config.py",  # the lead's
-    "serving/repository.py",  # the lead's
-}
+TOO_BIG = {}
 
 
 def _package_files() -> dict[str, Path]:

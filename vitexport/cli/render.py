@@ -46,33 +46,11 @@ def gate_table(validation: dict[str, Any]) -> None:
     ]
     columns = ["output", "batch", "max abs", "mean abs", "cosine", "top-1 agree", "top-5 overlap"]
     print_table(f"{validation['precision']} variant vs fp32 reference", columns, rows)
-    if detection := validation.get("detection"):
-        print_table(
-            "detections vs fp32 reference (query by query, on the reference's confident queries)",
-            ["inputs", "images", "queries", "class agree", "box L1 max", "IoU mean", "IoU min", "logits cosine"],
-            [
-                [
-                    d["inputs"],
-                    d["images"],
-                    d["queries"],
-                    f"{d['class_agreement']:.3f}",
-                    f"{d['box_l1_max']:.2g}",
-                    f"{d['iou_mean']:.4f}",
-                    f"{d['iou_min']:.4f}",
-                    f"{d['logits_cosine']:.6f}",
-                ]
-                for d in detection
-            ],
-        )
-    if acc := validation.get("accuracy"):
-        print_table(
-            f"accuracy on {acc['images']} labelled images",
-            ["", "top-1 %", "top-5 %"],
-            [
-                ["reference", f"{acc['reference_top1']:.2f}", f"{acc['reference_top5']:.2f}"],
-                ["candidate", f"{acc['candidate_top1']:.2f}", f"{acc['candidate_top5']:.2f}"],
-            ],
-        )
+    from vitexport.tasks import CLASSIFICATION, get_task
+
+    # The task's own metrics, as it lays them out (a classifier's accuracy, a detector's per-query agreement).
+    for title, columns, rows in get_task(validation.get("task", CLASSIFICATION.name)).tables(validation):
+        print_table(title, columns, rows)
 
 
 def op_count_table(counts: dict[str, dict[str, int]]) -> None:

@@ -128,6 +128,10 @@ class Task(ABC):
         """The task's metrics as the gate report's dict (and so the sidecar's `validation`) keeps them."""
         return {self.metrics_key: metrics}
 
+    def tables(self, report: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+        """The task's metrics in a gate report's dict as (title, columns, rows) tables, for the CLI to print."""
+        return []
+
     @abstractmethod
     def worst(self, report: Mapping[str, Any]) -> tuple[float | None, float | None]:
         """(worst cosine, worst agreement) of a gate report's dict, on images where it had them: deploy's columns."""

@@ -127,6 +127,16 @@ class Classification(Task):
     def report_metrics(self, metrics: list[dict[str, Any]]) -> dict[str, Any]:
         return {"accuracy": metrics[-1] if metrics else None}  # only a labelled folder has any
 
+    def tables(self, report: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+        acc = report.get("accuracy")
+        if not acc:
+            return []
+        rows = [
+            ["reference", f"{acc['reference_top1']:.2f}", f"{acc['reference_top5']:.2f}"],
+            ["candidate", f"{acc['candidate_top1']:.2f}", f"{acc['candidate_top5']:.2f}"],
+        ]
+        return [(f"accuracy on {acc['images']} labelled images", ["", "top-1 %", "top-5 %"], rows)]
+
     def worst(self, report: Mapping[str, Any]) -> tuple[float | None, float | None]:
         drift = report.get("images") or report.get("random") or []
         if not drift:

@@ -261,6 +261,26 @@ class Detection(Task):
     def _logits(drift: list[Any]) -> str:
         return drift[0].output.split(" ")[0]  # the first output's name, as the gate labels it
 
+    def tables(self, report: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+        measured = report.get(self.metrics_key) or []
+        if not measured:
+            return []
+        columns = ["inputs", "images", "queries", "class agree", "box L1 max", "IoU mean", "IoU min", "logits cosine"]
+        rows = [
+            [
+                d["inputs"],
+                str(d["images"]),
+                str(d["queries"]),
+                f"{d['class_agreement']:.3f}",
+                f"{d['box_l1_max']:.2g}",
+                f"{d['iou_mean']:.4f}",
+                f"{d['iou_min']:.4f}",
+                f"{d['logits_cosine']:.6f}",
+            ]
+            for d in measured
+        ]
+        return [("detections vs fp32 reference (query by query, on the reference's confident queries)", columns, rows)]
+
     def worst(self, report: Mapping[str, Any]) -> tuple[float | None, float | None]:
         measured = report.get("detection") or []
         chosen = [d for d in measured if d["inputs"] == "images"] or measured

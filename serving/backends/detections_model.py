@@ -27,7 +27,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         self.threshold = float(params["threshold"])
         self.top_k = int(params["top_k"])
-        self.logits, self.boxes = params["logits"], params["boxes"]
+        self.logits, self.boxes, self.size = json.loads(params["inputs"])
+        self.output_names = [o["name"] for o in config["output"]]
         self.labels = (Path(args["model_repository"]) / params["labels"]).read_text().splitlines()
 
     def _settings(self, request) -> tuple[float, int]:
@@ -44,7 +45,7 @@ class TritonPythonModel:
         threshold, top_k = self._settings(request)
         logits = pb_utils.get_input_tensor_by_name(request, self.logits).as_numpy()  # (B, Q, C + 1)
         boxes = pb_utils.get_input_tensor_by_name(request, self.boxes).as_numpy()  # (B, Q, 4)
-        sizes = pb_utils.get_input_tensor_by_name(request, "image_size").as_numpy()  # (B, 2): height, width
+        sizes = pb_utils.get_input_tensor_by_name(request, self.size).as_numpy()  # (B, 2): height, width
         found = [
             detections(scores, xywh, (int(h), int(w)), threshold=threshold, top_k=top_k, labels=self.labels)
             for scores, xywh, (h, w) in zip(logits, boxes, sizes, strict=True)
@@ -63,13 +64,8 @@ class TritonPythonModel:
                     d.label.encode(),
                 )
         count = np.array([[len(f)] for f in found], np.int64)
-        return [
-            pb_utils.Tensor("boxes", out_boxes),
-            pb_utils.Tensor("scores", scores),
-            pb_utils.Tensor("labels", labels),
-            pb_utils.Tensor("classes", classes),
-            pb_utils.Tensor("count", count),
-        ]
+        answers = (out_boxes, scores, labels, classes, count)
+        return [pb_utils.Tensor(name, a) for name, a in zip(self.output_names, answers, strict=True)]
 
     def execute(self, requests):
         responses = []

@@ -1,7 +1,8 @@
-"""Triton Python-backend model runner: runs an ONNX (or OpenVINO IR) model on the CPU with ONNX Runtime or OpenVINO.
+"""Triton Python-backend model runner: runs an ONNX (or OpenVINO IR) model of any task on the CPU with ONNX Runtime or
+OpenVINO.
 
-It feeds every input the config declares (a classifier's pixel_values; a detector's pixel_values and pixel_mask)
-and returns every output it declares, as float32.
+It feeds every input the config declares (the task's: pixel_values; a detector's pixel_mask too) and returns every
+output it declares, as float32.
 
 The config's parameters choose the runtime (`runtime`), the model file in the version folder (`model_filename`)
 and the intra-op thread count (`intra_op_threads`, 0: the runtime's default). Only numpy and the chosen runtime
