@@ -104,14 +104,14 @@ def deploy_candidates(
             continue
         cosine, agreement = task.worst(variant.validation or {})
         built.append(Candidate(row, "passed", variant, cosine=cosine, top1_agreement=agreement))
-    passed = [c for c in built if c.artifact is not None]
+    passed = [(c, c.artifact) for c in built if c.artifact is not None]
     if not passed:
         reasons = "; ".join(f"{c.name} {c.verdict}" for c in built)
         raise VitExportError(f"no candidate of {source.model} passed its gate: {reasons}")
     progress("timing the candidates that passed")
     batch = batch or task.timing_batch
-    timed = rank_by_speed([c.artifact for c in passed], batch=batch, seconds=seconds)
+    timed = rank_by_speed([artifact for _, artifact in passed], batch=batch, seconds=seconds)
     speed = {t.artifact.path: t.img_s for t in timed}
-    ranked = sorted((replace(c, img_s=speed[c.artifact.path]) for c in passed), key=lambda c: -c.img_s)
+    ranked = sorted((replace(c, img_s=speed[a.path]) for c, a in passed), key=lambda c: -(c.img_s or 0.0))
     ranked[0] = replace(ranked[0], chosen=True)
     return ranked + [c for c in built if c.artifact is None]

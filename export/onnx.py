@@ -10,13 +10,14 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from vitexport import __version__, weights
-from vitexport.artifacts import ModelArtifact, publish
+from vitexport.artifacts import Format, ModelArtifact, publish
 from vitexport.errors import ExportError, first_line
 from vitexport.export.options import PROTOBUF_LIMIT, Heads
 from vitexport.export.validate import TOLERANCES, DriftReport, Tolerance, check_drift, compare
@@ -47,7 +48,7 @@ class _ExportHeads(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cls_logits, dist_logits = self.model.forward_heads(x)
+        cls_logits, dist_logits = self.model.forward_heads(x)  # type: ignore[operator]  # DeiT's, checked by the caller
         return (cls_logits + dist_logits) / 2, cls_logits, dist_logits
 
 
@@ -112,6 +113,14 @@ def export_onnx(
         return publish(artifact, output)
 
 
+def _features(model: nn.Module) -> int:
+    """The width of a features model's embedding (every family offering features sets `num_features`)."""
+    width = getattr(model, "num_features", None)
+    if not isinstance(width, int):
+        raise ExportError(f"{type(model).__name__} does not say its embedding width (num_features)")
+    return width
+
+
 def _check_request(spec: ModelSpec, opset: int, heads: Heads, batch_size: int | None) -> None:
     if opset not in SUPPORTED_OPSETS:
         first, last = SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1
@@ -133,15 +142,24 @@ def _metadata(spec: ModelSpec, opset: int, sha: str | None) -> dict[str, str]:
     }
 
 
-def _artifact(spec, model: nn.Module, path: Path, task: Task, output_names, batch_size, opset, sha) -> ModelArtifact:
+def _artifact(
+    spec: ModelSpec,
+    model: nn.Module,
+    path: Path,
+    task: Task,
+    output_names: tuple[str, ...],
+    batch_size: int | None,
+    opset: int,
+    sha: str | None,
+) -> ModelArtifact:
     """The export's artifact, before validation."""
     return ModelArtifact(
         path=path,
-        format="onnx",
+        format=Format.onnx,
         model=spec.name,
         preprocess=spec.preprocess,
         # The output's width: the classes, or the embedding's size (serving sizes its outputs from it).
-        num_classes=model.num_features if task.model_head == FEATURES_HEAD else spec.num_classes,
+        num_classes=_features(model) if task.model_head == FEATURES_HEAD else spec.num_classes,
         output_names=output_names,
         mask_name=task.mask_input,
         batch_size=batch_size,
@@ -205,7 +223,13 @@ def _check_writable(output: Path) -> None:
         raise ExportError(f"output folder {parent} is not writable")
 
 
-def _torch_export(model, example: dict[str, torch.Tensor], opset, output_names, dynamic_shapes):
+def _torch_export(
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    opset: int,
+    output_names: tuple[str, ...],
+    dynamic_shapes: tuple[dict[int, Any], ...] | None,
+) -> torch.onnx.ONNXProgram:
     # The exporter logs its progress with emoji to stdout and warns about things users cannot act on.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -224,13 +248,15 @@ def _torch_export(model, example: dict[str, torch.Tensor], opset, output_names, 
             )
         except Exception as e:
             raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
+    if program is None:  # only when asked to write a file, which this export never does
+        raise ExportError("torch.onnx.export returned no program")
     produced = program.model.opset_imports.get("", None)
     if produced != opset:
         raise ExportError(f"the exporter produced opset {produced}, not {opset}")
     return program
 
 
-def _save(program, output: Path, *, external: bool) -> None:
+def _save(program: torch.onnx.ONNXProgram, output: Path, *, external: bool) -> None:
     """Save through the exporter's IR (no protobuf copy of the weights), then run onnx.checker's full check."""
     import onnx
     import onnx_ir as ir

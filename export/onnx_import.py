@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitexport.artifacts import ModelArtifact, sidecar_path
+from vitexport.artifacts import Format, ModelArtifact, sidecar_path
 from vitexport.errors import ArtifactError, first_line
 from vitexport.preprocess import PreprocessConfig
 from vitexport.tasks import CLASSIFICATION, FEATURES
@@ -76,7 +76,7 @@ def import_onnx(
     opsets = {o.domain: o.version for o in model.opset_import}
     artifact = ModelArtifact(
         path=path,
-        format="onnx",
+        format=Format.onnx,
         model=name or path.stem,
         preprocess=preprocess,
         num_classes=width,

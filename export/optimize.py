@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import ModelArtifact, Precision, derived, publish
 from vitexport.errors import ArtifactError, ExportError, first_line
@@ -36,6 +36,9 @@ from vitexport.export.runners import load_runner
 from vitexport.fileio import staging
 from vitexport.tasks import task_of
 from vitexport.variants import get_variant
+
+if TYPE_CHECKING:
+    import onnx
 
 CALIBRATION_LIMIT = 300  # NNCF's default subset size: more images barely move the ranges and cost minutes
 HOLD_OUT_EVERY = 5  # without --images, one calibration image in five is kept back for the accuracy gate
@@ -263,11 +266,11 @@ def _check_described(artifact: ModelArtifact) -> None:
         raise ArtifactError(f"{artifact.path.name} does not match its sidecar: no output {', '.join(sorted(missing))}")
 
 
-def _masked_io(artifact: ModelArtifact, model) -> tuple[tuple, tuple, tuple]:
+def _masked_io(artifact: ModelArtifact, model: onnx.ModelProto) -> tuple[tuple, tuple, tuple]:
     """(what is checked, what the sidecar says, what the graph has) of a model with a mask input (a detector): its two
     inputs, its canvas and its class count (the first output's width, as the task sizes it)."""
 
-    def dims(value_info) -> list[int | None]:
+    def dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
         return [d.dim_value or None for d in value_info.type.tensor_type.shape.dim]
 
     inputs = {i.name: dims(i) for i in model.graph.input}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vitexport.errors import ServingError, VitExportError
-from vitexport.postprocess import Detection, check_settings
+from vitexport.postprocess import Detection, box, check_settings
 from vitexport.preprocess import PreprocessConfig
 from vitexport.serving import config as cfg
 from vitexport.serving.calls import (
@@ -151,7 +151,17 @@ def _check_top_k(top_k: int) -> None:
         raise ServingError(f"top-k must be >= 1, got {top_k}")
 
 
-def _classify(url, model, config, data: list[bytes], protocol, timeout: float, *, top_k=None, **_) -> list[TopK]:
+def _classify(
+    url: str,
+    model: str,
+    config: cfg.pb.ModelConfig,
+    data: list[bytes],
+    protocol: Protocol,
+    timeout: float,
+    *,
+    top_k: int | None = None,
+    **_: Any,
+) -> list[TopK]:
     top_k = DEFAULT_TOP_K if top_k is None else top_k
     _check_top_k(top_k)
     run = _classify_ensemble if _is_ensemble_input(config) else _classify_pixels
@@ -164,7 +174,9 @@ def _classify(url, model, config, data: list[bytes], protocol, timeout: float, *
     ]
 
 
-def _embed(url, model, config, data: list[bytes], protocol, timeout: float, **_) -> list[np.ndarray]:
+def _embed(
+    url: str, model: str, config: cfg.pb.ModelConfig, data: list[bytes], protocol: Protocol, timeout: float, **_: Any
+) -> list[np.ndarray]:
     ensemble = _is_ensemble_input(config)
     # A fixed-batch model (max_batch_size 0, the batch in its dims) takes exactly that batch: the last request is
     # filled up with zero images, whose rows are dropped (each image's embedding depends on that image alone).
@@ -188,7 +200,15 @@ def _embed(url, model, config, data: list[bytes], protocol, timeout: float, **_)
 
 
 def _detect(
-    url, model, config, data: list[bytes], protocol, timeout: float, *, threshold=None, top_k=None
+    url: str,
+    model: str,
+    config: cfg.pb.ModelConfig,
+    data: list[bytes],
+    protocol: Protocol,
+    timeout: float,
+    *,
+    threshold: float | None = None,
+    top_k: int | None = None,
 ) -> list[list[Detection]]:
     if not _is_ensemble_input(config):  # the plain model's answer needs the post-processing's labels and settings
         raise ServingError(f"{model} takes pixels and a mask: detect with its _image ensemble")
@@ -215,7 +235,7 @@ def _detect(
             found.append(
                 [
                     Detection(
-                        tuple(float(v) for v in boxes[b, j]),
+                        box(boxes[b, j]),
                         float(scores[b, j]),
                         int(classes[b, j]),
                         _text(labels[b, j]),
@@ -310,7 +330,9 @@ def _default_model(url: str, protocol: Protocol, timeout: float) -> str:
     raise ServingError(f"give --model; the server has {', '.join(ready) or 'no ready models'}")
 
 
-def _classify_ensemble(url, model, config, data: list[bytes], protocol, top_k: int, timeout: float) -> list[TopK]:
+def _classify_ensemble(
+    url: str, model: str, config: cfg.pb.ModelConfig, data: list[bytes], protocol: Protocol, top_k: int, timeout: float
+) -> list[TopK]:
     served_k = config.output[0].dims[-1] if config.output else 0
     if top_k > served_k:
         raise ServingError(f"{model} returns the top {served_k}; ask for --top-k {served_k} or fewer")
@@ -350,7 +372,9 @@ def _pixels(data: list[bytes], preprocess: PreprocessConfig) -> np.ndarray:
         raise ServingError(str(e)) from None
 
 
-def _classify_pixels(url, model, config, data: list[bytes], protocol, top_k: int, timeout: float) -> list[TopK]:
+def _classify_pixels(
+    url: str, model: str, config: cfg.pb.ModelConfig, data: list[bytes], protocol: Protocol, top_k: int, timeout: float
+) -> list[TopK]:
     if config.max_batch_size == 0 and config.input[0].dims[0] != 1:
         # Triton's classification extension ranks a whole unbatched output tensor, not each row of it.
         raise ServingError(f"{model} has a fixed batch of {config.input[0].dims[0]}; classify with its _image ensemble")

@@ -143,7 +143,7 @@ def publish(staged: ModelArtifact, output: Path) -> ModelArtifact:
     sidecar_path(output).unlink(missing_ok=True)
     move_into_place(staged.path, output)
     stale = output.with_name(output.name + ".data")  # an earlier export's external weights, unused by this graph
-    if stale.name not in recorded.files:
+    if stale.name not in (recorded.files or {}):
         stale.unlink(missing_ok=True)
     published = recorded.with_(path=output, files=recorded.files)  # the same files, renamed
     published._write_sidecar()

@@ -27,6 +27,12 @@ class Detection:
         }
 
 
+def box(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """A box's four corners (x0, y0, x1, y1) as plain floats, from any row of four numbers."""
+    x0, y0, x1, y1 = (float(v) for v in values)
+    return x0, y0, x1, y1
+
+
 def check_settings(threshold: float | None, top_k: int | None) -> None:
     """The one rule for a detector's settings, wherever they are given (`repo`, the client, here): a score threshold
     in [0, 1) (NaN is not), at least one detection. None: not given. Raises ValueError."""
@@ -62,7 +68,7 @@ def detections(
     keep = [i for i in np.argsort(-scores, kind="stable") if scores[i] > threshold][:top_k]
     return [
         Detection(
-            tuple(float(v) for v in corners[i]),
+            box(corners[i]),
             float(scores[i]),
             int(classes[i]),
             labels[classes[i]] if labels is not None else str(int(classes[i])),

@@ -10,6 +10,7 @@ class -1, label ""), and `count` (B, 1) says how many rows of each image are rea
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -22,7 +23,7 @@ class BadRequest(ValueError):
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         self.threshold = float(params["threshold"])
@@ -31,7 +32,7 @@ class TritonPythonModel:
         self.output_names = [o["name"] for o in config["output"]]
         self.labels = (Path(args["model_repository"]) / params["labels"]).read_text().splitlines()
 
-    def _settings(self, request) -> tuple[float, int]:
+    def _settings(self, request: Any) -> tuple[float, int]:
         params = json.loads(request.parameters() or "{}")
         threshold, top_k = params.get("threshold", self.threshold), params.get("top_k", self.top_k)
         # bool is an int to Python: refused like any other non-number.
@@ -41,7 +42,7 @@ class TritonPythonModel:
             raise BadRequest(f"parameter top_k must be an integer >= 1, not {top_k!r}")
         return float(threshold), top_k
 
-    def _answer(self, request) -> list:
+    def _answer(self, request: Any) -> list[Any]:
         threshold, top_k = self._settings(request)
         logits = pb_utils.get_input_tensor_by_name(request, self.logits).as_numpy()  # (B, Q, C + 1)
         boxes = pb_utils.get_input_tensor_by_name(request, self.boxes).as_numpy()  # (B, Q, 4)
@@ -67,7 +68,7 @@ class TritonPythonModel:
         answers = (out_boxes, scores, labels, classes, count)
         return [pb_utils.Tensor(name, a) for name, a in zip(self.output_names, answers, strict=True)]
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
             try:

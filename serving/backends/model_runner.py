@@ -11,6 +11,7 @@ are imported, so the file also runs in the official Triton containers with that 
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -36,7 +37,7 @@ class _OpenVino:
     def __init__(self, path: Path, threads: int, output_names: list[str], precision: str):
         import openvino as ov  # imported here: only models that ask for OpenVINO need it installed
 
-        config = {"PERFORMANCE_HINT": "LATENCY"}  # latency mode with all threads is fastest on a few cores
+        config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}  # latency, all threads: fastest on a few cores
         if precision in _OV_PRECISION:
             config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
         if threads:
@@ -51,18 +52,19 @@ class _OpenVino:
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = Path(args["model_repository"]) / args["model_version"] / params["model_filename"]
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
-        runner = {"onnxruntime": _OnnxRuntime, "openvino": _OpenVino}[params["runtime"]]
+        runners: dict[str, type[_OnnxRuntime | _OpenVino]] = {"onnxruntime": _OnnxRuntime, "openvino": _OpenVino}
+        runner = runners[params["runtime"]]
         threads = int(params.get("intra_op_threads", "0"))
         precision = params.get("precision", "fp32")
         self.run = runner(path, threads, self.output_names, precision)
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         # Dynamic batching hands over several requests at once: run them as one batch, then split the outputs.
         inputs = [
             {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names} for r in requests

@@ -4,6 +4,7 @@
 original (height, width), in the order of the config's outputs."""
 
 import json
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -13,7 +14,7 @@ from vitexport.preprocess import PreprocessConfig, preprocess_detection, preproc
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         self.cfg = PreprocessConfig.from_dict(json.loads(config["parameters"]["preprocess"]["string_value"]))
         self.output_names = [o["name"] for o in config["output"]]
@@ -28,7 +29,7 @@ class TritonPythonModel:
             np.array([i.size for i in inputs], dtype=np.int64),
         ]
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
             images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()  # (B, 1) object array of bytes

@@ -6,13 +6,14 @@ answers, in the order labels, scores, indices; `top_k` and the `labels` file are
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         self.k = int(params["top_k"])
@@ -21,7 +22,7 @@ class TritonPythonModel:
         labels = (Path(args["model_repository"]) / params["labels"]).read_text().splitlines()
         self.labels = np.array([label.encode() for label in labels], dtype=np.object_)
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
             logits = pb_utils.get_input_tensor_by_name(request, self.logits).as_numpy().astype(np.float64)  # (B, C)

@@ -8,6 +8,7 @@ A new family is one module here that registers its variants, one import below, a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitexport import weights
@@ -37,7 +38,7 @@ HEADS = (LOGITS_HEAD, FEATURES_HEAD)
 def create_model(
     name: str,
     *,
-    checkpoint: str | None = None,
+    checkpoint: str | Path | None = None,
     pretrained: bool = False,
     img_size: int | None = None,
     attention: str = "sdpa",
