@@ -80,7 +80,7 @@ def test_bad_input_ends_before_any_work(tmp_path, args, message):
 def test_bad_candidates_are_one_line():
     with pytest.raises(VitExportError, match="RUNTIME-PRECISION"):
         parse_candidates("openvino-int4")
-    assert parse_candidates("openvino-int8, onnxruntime-fp32")[1][0].value == "onnxruntime"
+    assert parse_candidates("openvino-int8, onnxruntime-fp32")[1].runtime.value == "onnxruntime"
 
 
 def test_deploy_serves_a_detector_with_its_image_ensemble(tmp_path):

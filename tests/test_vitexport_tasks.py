@@ -101,7 +101,9 @@ def test_the_variant_table_is_consistent():
 def test_variant_lookups_fail_in_one_line():
     with pytest.raises(VitExportError, match="no onnxruntime bf16 variant: onnxruntime makes int8, fp32, fp16"):
         get_variant("onnxruntime", "bf16")
-    with pytest.raises(VitExportError, match=r"--runtimes takes items among openvino-int8, .*; not openvino-int4"):
+    with pytest.raises(
+        VitExportError, match=r"--runtimes takes RUNTIME-PRECISION items such as openvino-int8, .*; not openvino-int4"
+    ):
         parse_variants("openvino-int4")
     assert [v.key for v in parse_variants("onnxruntime-fp32, openvino-int8,onnxruntime-fp32")] == [
         "onnxruntime-fp32",

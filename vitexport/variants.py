@@ -141,5 +141,7 @@ def parse_variants(text: str, among: tuple[Variant, ...] = DEPLOYABLE) -> tuple[
     bad = [n for n in names if n not in by_key]
     if bad or not names:
         valid = ", ".join(by_key)
-        raise VitExportError(f"--runtimes takes items among {valid}; not {', '.join(bad) or 'nothing'}")
+        raise VitExportError(
+            f"--runtimes takes RUNTIME-PRECISION items such as {valid}; not {', '.join(bad) or 'nothing'}"
+        )
     return tuple(by_key[n] for n in dict.fromkeys(names))
