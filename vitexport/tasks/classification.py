@@ -165,9 +165,9 @@ class Classification(Task):
         return tuple(model_outputs[:1])  # the averaged logits of a `--heads all` export
 
     def check_settings(self, settings: Mapping[str, Any], num_classes: int) -> dict[str, str]:
-        top_k = settings.get("top_k")
-        top_k = DEFAULT_TOP_K if top_k is None else top_k
-        top_k = min(top_k, num_classes) if settings.get("top_k") is None else top_k
+        asked = settings.get("top_k")
+        # Unasked, the default top-k, or every class of a model with fewer; asked, exactly that or one line.
+        top_k = min(DEFAULT_TOP_K, num_classes) if asked is None else asked
         if not 1 <= top_k <= num_classes:
             raise VitExportError(f"top-k must be within 1..{num_classes}, got {top_k}")
         return {"top_k": str(top_k)}
