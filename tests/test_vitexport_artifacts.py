@@ -52,6 +52,33 @@ def test_an_unknown_precision_is_a_malformed_sidecar(tmp_path):
         load_artifact(tmp_path / "m.plan")
 
 
+
+# --- the sidecar's schema version --------------------------------------------------------------------------------
+
+
+def test_every_sidecar_carries_the_schema_version_and_one_without_it_is_schema_1(tmp_path):
+    from vitexport.artifacts import SCHEMA_VERSION
+
+    _artifact(tmp_path).save()
+    written = json.loads((tmp_path / "m.plan.json").read_text())
+    assert written["schema_version"] == SCHEMA_VERSION == 2
+    del written["schema_version"]  # as vitexport 0.1 wrote it
+    (tmp_path / "m.plan.json").write_text(json.dumps(written))
+    assert load_artifact(tmp_path / "m.plan").model == "test_vit"
+
+
+def test_a_sidecar_of_a_newer_schema_is_refused_in_one_line(tmp_path):
+    from vitexport.artifacts import SCHEMA_VERSION
+
+    _artifact(tmp_path).save()
+    newer = json.loads((tmp_path / "m.plan.json").read_text()) | {"schema_version": SCHEMA_VERSION + 1}
+    (tmp_path / "m.plan.json").write_text(json.dumps(newer))
+    with pytest.raises(ArtifactError) as refused:
+        load_artifact(tmp_path / "m.plan")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.endswith(f"was written by a newer vitexport (schema {SCHEMA_VERSION + 1}); upgrade")
+
 # --- the sidecar records its files; load_artifact checks them ----------------------------------------------------
 
 

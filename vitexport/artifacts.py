@@ -22,6 +22,10 @@ from vitexport.preprocess import PreprocessConfig
 from vitexport.tasks import TASKS
 from vitexport.tasks.base import PIXELS
 
+# The sidecar's layout, written into every sidecar. 1: sidecars without the field (vitexport 0.1); 2: the field.
+# A reader refuses a sidecar from a newer layout: it would drop fields it does not know and serve the rest.
+SCHEMA_VERSION = 2
+
 
 class Format(str, Enum):
     """What an artifact's model file is."""
@@ -114,7 +118,7 @@ class ModelArtifact:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {"schema_version": SCHEMA_VERSION} | asdict(self)
         d["path"] = self.path.name  # relative to the sidecar, so artifacts can be moved together
         d["preprocess"] = self.preprocess.to_dict()
         d["output_names"] = list(self.output_names)
@@ -186,6 +190,9 @@ def load_artifact(path: str | Path) -> ModelArtifact:
         raise ArtifactError(f"no artifact sidecar {sidecar} (was {path} written by vitexport?)")
     try:
         d = _from_legacy_details(json.loads(sidecar.read_text()))
+        schema = d.get("schema_version", 1)
+        if isinstance(schema, int) and schema > SCHEMA_VERSION:
+            raise ArtifactError(f"sidecar {sidecar} was written by a newer vitexport (schema {schema}); upgrade")
         known = {f.name for f in fields(ModelArtifact)}
         d = {k: v for k, v in d.items() if k in known}
         d["path"] = sidecar.parent / beside(d["path"], sidecar)
