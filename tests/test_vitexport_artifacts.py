@@ -52,7 +52,6 @@ def test_an_unknown_precision_is_a_malformed_sidecar(tmp_path):
         load_artifact(tmp_path / "m.plan")
 
 
-
 # --- the sidecar's schema version --------------------------------------------------------------------------------
 
 
@@ -78,6 +77,7 @@ def test_a_sidecar_of_a_newer_schema_is_refused_in_one_line(tmp_path):
     message = str(refused.value)
     assert "\n" not in message
     assert message.endswith(f"was written by a newer vitexport (schema {SCHEMA_VERSION + 1}); upgrade")
+
 
 # --- the sidecar records its files; load_artifact checks them ----------------------------------------------------
 
