@@ -29,6 +29,15 @@ def test_help_is_instant_and_imports_no_heavy_library():
     assert time.perf_counter() - start < 10
 
 
+def test_version_prints_the_one_version_and_exits_0():
+    import vitexport
+
+    result = subprocess.run([*VITEXPORT, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"vitexport {vitexport.__version__}\n"
+    assert runner.invoke(app, ["--version"]).stdout == result.stdout
+
+
 def test_models_table_and_json():
     table = runner.invoke(app, ["models"])
     assert table.exit_code == 0

@@ -33,6 +33,12 @@ def test_the_wheel_installs_only_vitexport(tmp_path):
     for module in ("export/onnx.py", "serving/server.py", "serving/labels/imagenet1k.txt", "bench/runners.py"):
         assert f"vitexport/{module}" in names
     assert not [n for n in names if "/results/" in n or "/scripts/" in n]
+    # The version is written once, in vitexport/__init__.py; the wheel's metadata reads it from there.
+    import vitexport
+
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert f"\nVersion: {vitexport.__version__}\n" in zipfile.ZipFile(wheel).read(metadata).decode()
+    assert wheel.name.startswith(f"vitexport-{vitexport.__version__}-")
 
 
 def test_no_cli_module_is_over_300_lines():

@@ -114,6 +114,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def list_models(*, include_test: bool = False) -> list[ModelSpec]:
+    """Every registered variant's spec, in registration order; `include_test`: the tiny test models too."""
     return [s for s in _REGISTRY.values() if include_test or not s.for_tests]
 
 

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from vitexport.cli.console import JsonFlag, print_json, print_table, progress_status, user_errors
-from vitexport.errors import VitExportError
 
 
 def deploy(
@@ -38,44 +37,28 @@ def deploy(
     """Build every CPU candidate, gate each, time those that passed side by side here, and write the fastest into the
     repository with its image ensemble; print the candidates (img/s, drift, gate verdict, chosen)."""
     with user_errors():
-        from vitexport.export.deploy import CANDIDATES, deploy_candidates, parse_candidates
-        from vitexport.export.onnx import export_or_load, looks_like_a_file
-        from vitexport.export.onnx_import import read_labels
-        from vitexport.models import get_spec
-        from vitexport.serving.repository import add_model
+        from vitexport import pipeline
 
         # Bad input ends here, before minutes of building: the candidates, the folders, the model's name.
-        chosen_names = parse_candidates(runtimes) if runtimes else CANDIDATES
-        for flag, given in (("--calibration", calibration), ("--images", images)):
-            if given is not None and not given.is_dir():
-                raise VitExportError(f"{flag} {given} is not a folder of images")
-        if not looks_like_a_file(model_or_onnx):
-            get_spec(model_or_onnx)  # an unknown name: one line with suggestions
-        if calibration is None:
-            from vitexport.export.photos import deploy_photos
-
-            calibration, gate = deploy_photos()
-            images = images or gate
-            typer.secho(
-                f"note: no --calibration: calibrating on real photographs (scikit-image's {calibration.name}) and "
-                f"gating on others ({images.name}); give your own images for your model",
-                fg="yellow",
-                err=True,
-            )
+        pipeline.check_deploy(model_or_onnx, calibration=calibration, images=images, runtimes=runtimes)
+        calibration, images, note = pipeline.default_calibration(calibration, images)
+        if note:  # said before the build, which takes minutes
+            typer.secho(f"note: {note}", fg="yellow", err=True)
         with progress_status(not as_json) as progress:
-            # The export and the candidates go to one working folder, never into the current directory.
-            folder = workdir or Path("deploy") / (name or Path(model_or_onnx).stem)
-            folder.mkdir(parents=True, exist_ok=True)
-            source = export_or_load(model_or_onnx, folder, checkpoint=checkpoint, progress=progress)
-            candidates = deploy_candidates(
-                source, folder, calibration=calibration, images=images, candidates=chosen_names, progress=progress
+            deployment = pipeline.deploy(
+                model_or_onnx,
+                repo=repo_dir,
+                name=name,
+                calibration=calibration,
+                images=images,
+                checkpoint=checkpoint,
+                runtimes=runtimes,
+                labels=labels,
+                workdir=workdir,
+                progress=progress,
             )
-        best = candidates[0].artifact
-        if labels is not None:
-            best = best.with_(labels=read_labels(labels, best.num_classes))
-        added = add_model(repo_dir, best, name=name)
     if as_json:
-        print_json({"candidates": [c.to_dict() for c in candidates], "path": str(added.path), "models": added.models})
+        print_json(deployment.to_dict())
     else:
         rows = [
             [
@@ -86,13 +69,13 @@ def deploy(
                 c.verdict,
                 "yes" if c.chosen else "",
             ]
-            for c in candidates
+            for c in deployment.candidates
         ]
         from vitexport.tasks import task_of
 
-        columns = ["candidate", "img/s", "worst cosine", task_of(source).agreement, "gate", "chosen"]
-        print_table(f"{source.model}: candidates timed here, fastest gated first", columns, rows)
-        typer.echo(str(added.path))
+        columns = ["candidate", "img/s", "worst cosine", task_of(deployment.source).agreement, "gate", "chosen"]
+        print_table(f"{deployment.source.model}: candidates timed here, fastest gated first", columns, rows)
+        typer.echo(str(deployment.added.path))
     if serve:
         from vitexport.cli.serving import serve as serve_command
 

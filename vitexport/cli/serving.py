@@ -52,23 +52,19 @@ def repo(
 
     with user_errors(), tempfile.TemporaryDirectory(prefix="vitexport-repo-") as tmp:
         from vitexport.export.onnx import export_or_load
+        from vitexport.pipeline import select_for_serving
         from vitexport.serving.config import Batching, batching_from_options
         from vitexport.serving.repository import add_model, scan
         from vitexport.serving.server import unavailable_reason
 
         with progress_status(not as_json) as progress:
             artifacts = [export_or_load(source, Path(tmp), progress=progress) for source in sources]
-        timings = []
-        if len(artifacts) > 1 and all(a.format != "tensorrt" for a in artifacts):
-            # Several CPU variants of one model: serve the fastest that passed its accuracy gate, timed here.
-            from vitexport.export.select import rank_by_speed
-
-            with progress_status(not as_json) as progress:
-                timings = rank_by_speed(artifacts, batch=max_batch_size or Batching.max_batch_size, progress=progress)
-            artifacts = [timings[0].artifact]
+            batch = max_batch_size or Batching.max_batch_size
+            selection = select_for_serving(artifacts, batch=batch, progress=progress)
+        timings = selection.timings
         added = add_model(
             repo_dir,
-            artifacts,
+            list(selection.artifacts),
             backend=backend,
             name=name,
             batching=batching_from_options(max_batch_size, tuple(preferred_batch_size or ()), queue_delay_us),

@@ -1,0 +1,278 @@
+"""The front door's workflows: what takes more than one stage, and the stage functions as a Python user calls them
+(paths as strings, choices as strings such as "onnxruntime" or "int8").
+
+A layer of its own, between the CLI and benchmarks above and the stages below: it may import `export` and
+`serving` (which never import each other), and the CLI's commands call it instead of wiring the stages themselves.
+Like the stages, it never prints or exits: what the CLI would say (the note that calibration falls back to
+photographs) is returned, and errors are `VitExportError`s. Heavy libraries are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vitexport.artifacts import ModelArtifact, load_artifact
+from vitexport.errors import VitExportError
+
+if TYPE_CHECKING:
+    from vitexport.artifacts import Precision
+    from vitexport.export.deploy import Candidate
+    from vitexport.export.options import Heads, Runtime
+    from vitexport.export.select import Timed
+    from vitexport.serving.config import ServingBackend
+    from vitexport.serving.repository import AddedModel
+    from vitexport.serving.server import TritonServer
+
+Progress = Callable[[str], None]
+ArtifactLike = ModelArtifact | str | Path  # an artifact, or its model file or sidecar on disk
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def artifact_of(artifact: ArtifactLike) -> ModelArtifact:
+    """An artifact as given, or loaded (and its files checked) from its model file or sidecar."""
+    return artifact if isinstance(artifact, ModelArtifact) else load_artifact(artifact)
+
+
+# --- the stages, as a Python user calls them ---------------------------------------------------------------------
+
+
+def export_onnx(name: str, output: str | Path, *, heads: Heads | str = "avg", **options: Any) -> ModelArtifact:
+    """Export a registered model to ONNX, check it and validate it on ONNX Runtime; the sidecar beside it.
+    `heads`: "avg" (DeiT distilled: the mean of its two heads), "all" (the three outputs) or "features" (the pooled
+    embedding). Every other option is `vitexport.export.onnx.export_onnx`'s (checkpoint=, pretrained=, opset=,
+    img_size=, batch_size=, attention=, validate=, progress=)."""
+    from vitexport.export import onnx
+    from vitexport.export.options import Heads
+
+    return onnx.export_onnx(name, output, heads=_choice(Heads, heads, "heads"), **options)
+
+
+def optimize(
+    artifact: ArtifactLike,
+    *,
+    runtime: Runtime | str = "onnxruntime",
+    precision: Precision | str = "fp32",
+    calibration: str | Path | None = None,
+    images: str | Path | None = None,
+    output: str | Path | None = None,
+    **options: Any,
+) -> ModelArtifact:
+    """An optimized variant of an fp32 ONNX artifact for `runtime` ("onnxruntime", "openvino") at `precision`
+    ("fp32", "fp16", "bf16", "int8"), written only if it passed its accuracy gate against the source (else
+    `ValidationError`). INT8 calibrates on the image folder `calibration`; the gate grades on `images` (default:
+    images held out of the calibration folder). Every other option is `vitexport.export.optimize.optimize`'s
+    (fuse_attention=, io_type=, quant_method=, calibration_limit=, validate=, progress=), values or their enums."""
+    from vitexport.artifacts import Precision
+    from vitexport.export import optimize as stage
+    from vitexport.export.fp16 import IOType
+    from vitexport.export.fusion import Fusion
+    from vitexport.export.options import Runtime
+    from vitexport.export.quantize import QuantMethod
+
+    for key, enum in (("fuse_attention", Fusion), ("io_type", IOType), ("quant_method", QuantMethod)):
+        if options.get(key) is not None:
+            options[key] = _choice(enum, options[key], key)
+    return stage.optimize(
+        artifact_of(artifact),
+        runtime=_choice(Runtime, runtime, "runtime"),
+        precision=_choice(Precision, precision, "precision"),
+        calibration=calibration,
+        images=images,
+        output=output,
+        **options,
+    )
+
+
+def add_to_repository(
+    repo_dir: str | Path,
+    artifact: ArtifactLike | Sequence[ArtifactLike],
+    *,
+    name: str | None = None,
+    backend: ServingBackend | str | None = None,
+    **options: Any,
+) -> AddedModel:
+    """Write a model into a Triton model repository (a new version, its config and labels) and its `<name>_image`
+    ensemble: the serving stage's `add_model` (`vitexport.serving.repository`), taking paths and a backend's name
+    ("python-onnxruntime", "python-openvino", "onnxruntime", "openvino", "tensorrt") too. Every other option is
+    add_model's (batching=, instances=, version=, ensemble=, top_k=, threshold=, ...)."""
+    from vitexport.serving.config import ServingBackend
+    from vitexport.serving.repository import add_model
+
+    given = [artifact] if isinstance(artifact, ModelArtifact | str | Path) else list(artifact)
+    chosen = None if backend is None else _choice(ServingBackend, backend, "backend")
+    return add_model(repo_dir, [artifact_of(a) for a in given], name=name, backend=chosen, **options)
+
+
+@contextlib.contextmanager
+def serve(repo_dir: str | Path, **options: Any) -> Iterator[TritonServer]:
+    """A real Triton server on a model repository: started, ready (every model it can run here loaded), yielded,
+    and stopped on exit, its backend processes and shared memory with it. `server.endpoints.http` and `.grpc` are
+    the addresses to give `vitexport.Client`; `server.skipped` names the models this machine cannot run and why.
+    Options are `vitexport.serving.server.TritonServer`'s (host=, http_port=, grpc_port=, metrics_port=, models=,
+    startup_timeout=, model_control=); ports default to free ones."""
+    from vitexport.serving.server import TritonServer
+
+    with TritonServer(repo_dir, **options) as server:
+        yield server
+
+
+# --- what `vitexport repo` serves --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What goes into the repository of the artifacts given: all of them (one, or TensorRT engines: one per GPU
+    compute capability), or of several CPU variants of one model the fastest that passed its gate (`timings`: each
+    variant's speed here, fastest first)."""
+
+    artifacts: tuple[ModelArtifact, ...]
+    timings: tuple[Timed, ...] = ()
+
+
+def select_for_serving(artifacts: Sequence[ModelArtifact], *, batch: int, progress: Progress = _quiet) -> Selection:
+    """Several CPU variants of one model: the fastest that passed its accuracy gate, timed here at `batch` (the
+    fastest variant depends on this CPU's instructions, so it is measured, not assumed from the precision). Engines,
+    or a single artifact: served as given."""
+    if len(artifacts) < 2 or any(a.format == "tensorrt" for a in artifacts):
+        return Selection(tuple(artifacts))
+    from vitexport.export.select import rank_by_speed
+
+    timings = rank_by_speed(artifacts, batch=batch, progress=progress)
+    return Selection((timings[0].artifact,), tuple(timings))
+
+
+# --- deploy: a model to its fastest gated variant, served ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What `deploy` did: every candidate (fastest gated first, then those that failed, each with its verdict), the
+    chosen variant, the repository entry written, and notes for the user (the calibration images it chose)."""
+
+    source: ModelArtifact  # the fp32 ONNX the candidates came from
+    candidates: tuple[Candidate, ...]
+    chosen: ModelArtifact
+    added: AddedModel
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidates": [c.to_dict() for c in self.candidates],
+            "path": str(self.added.path),
+            "models": list(self.added.models),
+        }
+
+
+def default_calibration(
+    calibration: str | Path | None, images: str | Path | None
+) -> tuple[Path | None, Path | None, str | None]:
+    """(calibration, images, note): the folders as given, or, without calibration images, real photographs
+    (scikit-image's, written once into the cache): calibration crops of some, gate crops of others, and the note
+    that says so (the user's own images are better for their model)."""
+    if calibration is not None:
+        return Path(calibration), None if images is None else Path(images), None
+    from vitexport.export.photos import deploy_photos
+
+    calibration, gate = deploy_photos()
+    chosen = gate if images is None else Path(images)
+    note = (
+        f"no calibration images given: calibrating on real photographs (scikit-image's {calibration.name}) and "
+        f"gating on others ({chosen.name}); give your own images for your model"
+    )
+    return calibration, chosen, note
+
+
+def deploy(
+    model_or_onnx: str | Path,
+    *,
+    repo: str | Path = "model_repository",
+    name: str | None = None,
+    calibration: str | Path | None = None,
+    images: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    runtimes: str | Sequence[str | tuple[Runtime | str, Precision | str]] | None = None,
+    labels: str | Path | None = None,
+    workdir: str | Path | None = None,
+    progress: Progress = _quiet,
+) -> Deployment:
+    """A registered model (exported first) or an fp32 ONNX artifact, to its fastest variant that passed its gate,
+    written into the Triton repository `repo` with its image ensemble.
+
+    Every candidate (`runtimes`: "openvino-int8,onnxruntime-fp32" or such items; default OpenVINO INT8 and BF16,
+    ONNX Runtime INT8 and fp32) is built and gated in `workdir` (default `deploy/<name>`), those that passed are
+    timed side by side here, and the fastest is written. INT8 calibrates on the image folder `calibration` (default:
+    real photographs, said in `notes`); the gates grade on `images`. `labels`: class names, one per line, served
+    with the model. Bad input is refused before minutes of building."""
+    from vitexport.export.deploy import deploy_candidates
+    from vitexport.export.onnx import export_or_load
+    from vitexport.export.onnx_import import read_labels
+    from vitexport.serving.repository import add_model
+
+    chosen_names = check_deploy(model_or_onnx, calibration=calibration, images=images, runtimes=runtimes)
+    source_name = str(model_or_onnx)
+    calibration, images, note = default_calibration(calibration, images)
+    # The export and the candidates go to one working folder, never into the current directory.
+    folder = Path(workdir) if workdir is not None else Path("deploy") / (name or Path(source_name).stem)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = export_or_load(source_name, folder, checkpoint=checkpoint, progress=progress)
+    candidates = deploy_candidates(
+        source, folder, calibration=calibration, images=images, candidates=chosen_names, progress=progress
+    )
+    best = candidates[0].artifact
+    if labels is not None:
+        best = best.with_(labels=read_labels(labels, best.num_classes))
+    added = add_model(repo, best, name=name)
+    return Deployment(source, tuple(candidates), best, added, (note,) if note else ())
+
+
+def check_deploy(
+    model_or_onnx: str | Path,
+    *,
+    calibration: str | Path | None = None,
+    images: str | Path | None = None,
+    runtimes: str | Sequence[str | tuple[Runtime | str, Precision | str]] | None = None,
+) -> tuple[tuple[Runtime, Precision], ...]:
+    """`deploy`'s input checked before any work (the candidates, the folders, the model's name); the candidates."""
+    from vitexport.artifacts import Precision
+    from vitexport.export.deploy import CANDIDATES, parse_candidates
+    from vitexport.export.onnx import looks_like_a_file
+    from vitexport.export.options import Runtime
+
+    if runtimes is None or isinstance(runtimes, str):
+        candidates = parse_candidates(runtimes) if runtimes else CANDIDATES
+    else:
+        candidates = tuple(
+            item
+            for r in runtimes
+            for item in (
+                parse_candidates(r)
+                if isinstance(r, str)
+                else ((_choice(Runtime, r[0], "runtime"), _choice(Precision, r[1], "precision")),)
+            )
+        )
+        if not candidates:
+            raise VitExportError("runtimes names no candidate")
+    for what, given in (("--calibration", calibration), ("--images", images)):
+        if given is not None and not Path(given).is_dir():
+            raise VitExportError(f"{what} {given} is not a folder of images")
+    if not looks_like_a_file(str(model_or_onnx)):
+        from vitexport.models import get_spec
+
+        get_spec(str(model_or_onnx))  # an unknown name: one line with suggestions
+    return candidates
+
+
+def _choice(enum: type, value: Any, what: str) -> Any:
+    """An enum member from itself or its value, refused in one line listing the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        valid = ", ".join(str(m.value) for m in enum)
+        raise VitExportError(f"{what} must be one of {valid}, not {value!r}") from None
