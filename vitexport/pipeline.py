@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,10 @@ from vitexport.errors import VitExportError
 if TYPE_CHECKING:
     from vitexport.artifacts import Precision
     from vitexport.export.deploy import Candidate
+    from vitexport.export.fp16 import IOType
+    from vitexport.export.fusion import Fusion
     from vitexport.export.options import Heads, Runtime
+    from vitexport.export.quantize import QuantMethod
     from vitexport.export.select import Timed
     from vitexport.serving.config import ServingBackend
     from vitexport.serving.repository import AddedModel
@@ -43,15 +47,41 @@ def artifact_of(artifact: ArtifactLike) -> ModelArtifact:
 # --- the stages, as a Python user calls them ---------------------------------------------------------------------
 
 
-def export_onnx(name: str, output: str | Path, *, heads: Heads | str = "avg", **options: Any) -> ModelArtifact:
-    """Export a registered model to ONNX, check it and validate it on ONNX Runtime; the sidecar beside it.
-    `heads`: "avg" (DeiT distilled: the mean of its two heads), "all" (the three outputs) or "features" (the pooled
-    embedding). Every other option is `vitexport.export.onnx.export_onnx`'s (checkpoint=, pretrained=, opset=,
-    img_size=, batch_size=, attention=, validate=, progress=)."""
+def export_onnx(
+    name: str,
+    output: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    img_size: int | None = None,
+    batch_size: int | None = None,
+    heads: Heads | str = "avg",
+    opset: int | None = None,
+    attention: str = "sdpa",
+    validate: bool = True,
+    progress: Progress = _quiet,
+) -> ModelArtifact:
+    """Export a registered model to `output` (ONNX), check it with onnx.checker and validate it on ONNX Runtime
+    against PyTorch; the artifact, its sidecar beside it. `heads`: "avg" (the logits; DeiT distilled: the mean of its
+    two heads), "all" (a distilled model's three outputs) or "features" (the pooled embedding). `opset`: 18 by
+    default, 18-23; `batch_size` fixes the batch axis (default: dynamic). The stage is
+    `vitexport.export.onnx.export_onnx`."""
     from vitexport.export import onnx
     from vitexport.export.options import Heads
 
-    return onnx.export_onnx(name, output, heads=_choice(Heads, heads, "heads"), **options)
+    return onnx.export_onnx(
+        name,
+        output,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        opset=onnx.DEFAULT_OPSET if opset is None else opset,
+        img_size=img_size,
+        batch_size=batch_size,
+        heads=_choice(Heads, heads, "heads"),
+        attention=attention,
+        validate=validate,
+        progress=progress,
+    )
 
 
 def optimize(
@@ -62,13 +92,20 @@ def optimize(
     calibration: str | Path | None = None,
     images: str | Path | None = None,
     output: str | Path | None = None,
-    **options: Any,
+    fuse_attention: Fusion | str | None = None,
+    io_type: IOType | str = "fp32",
+    quant_method: QuantMethod | str | None = None,
+    calibration_limit: int | None = None,
+    validate: bool = True,
+    progress: Progress = _quiet,
 ) -> ModelArtifact:
-    """An optimized variant of an fp32 ONNX artifact for `runtime` ("onnxruntime", "openvino") at `precision`
-    ("fp32", "fp16", "bf16", "int8"), written only if it passed its accuracy gate against the source (else
-    `ValidationError`). INT8 calibrates on the image folder `calibration`; the gate grades on `images` (default:
-    images held out of the calibration folder). Every other option is `vitexport.export.optimize.optimize`'s
-    (fuse_attention=, io_type=, quant_method=, calibration_limit=, validate=, progress=), values or their enums."""
+    """An optimized variant of an fp32 ONNX artifact (or its path) for `runtime` ("onnxruntime", "openvino") at
+    `precision` ("fp32", "fp16", "bf16", "int8"), written only if it passed its accuracy gate against the source
+    (else `ValidationError`, and nothing is written). INT8 calibrates on the image folder `calibration`; the gate
+    grades on `images` (default: images held out of the calibration folder). `output` defaults to a name beside the
+    source. `fuse_attention` ("ort", "onnx", "none"), `io_type` ("fp32", "fp16": FP16 graphs' inputs and outputs)
+    and `quant_method` ("dynamic", "static": ONNX Runtime INT8) default to the runtime's choice. The stage is
+    `vitexport.export.optimize.optimize`."""
     from vitexport.artifacts import Precision
     from vitexport.export import optimize as stage
     from vitexport.export.fp16 import IOType
@@ -76,17 +113,19 @@ def optimize(
     from vitexport.export.options import Runtime
     from vitexport.export.quantize import QuantMethod
 
-    for key, enum in (("fuse_attention", Fusion), ("io_type", IOType), ("quant_method", QuantMethod)):
-        if options.get(key) is not None:
-            options[key] = _choice(enum, options[key], key)
     return stage.optimize(
         artifact_of(artifact),
         runtime=_choice(Runtime, runtime, "runtime"),
         precision=_choice(Precision, precision, "precision"),
+        fuse_attention=None if fuse_attention is None else _choice(Fusion, fuse_attention, "fuse_attention"),
         calibration=calibration,
         images=images,
         output=output,
-        **options,
+        io_type=_choice(IOType, io_type, "io_type"),
+        quant_method=None if quant_method is None else _choice(QuantMethod, quant_method, "quant_method"),
+        calibration_limit=stage.CALIBRATION_LIMIT if calibration_limit is None else calibration_limit,
+        validate=validate,
+        progress=progress,
     )
 
 
@@ -172,7 +211,7 @@ class Deployment:
 
 def default_calibration(
     calibration: str | Path | None, images: str | Path | None
-) -> tuple[Path | None, Path | None, str | None]:
+) -> tuple[Path, Path | None, str | None]:
     """(calibration, images, note): the folders as given, or, without calibration images, real photographs
     (scikit-image's, written once into the cache): calibration crops of some, gate crops of others, and the note
     that says so (the user's own images are better for their model)."""
@@ -225,7 +264,8 @@ def deploy(
     candidates = deploy_candidates(
         source, folder, calibration=calibration, images=images, candidates=chosen_names, progress=progress
     )
-    best = candidates[0].artifact
+    best = candidates[0].artifact  # the chosen one: deploy_candidates raises when none passed
+    assert best is not None
     if labels is not None:
         best = best.with_(labels=read_labels(labels, best.num_classes))
     added = add_model(repo, best, name=name)
@@ -269,7 +309,7 @@ def check_deploy(
     return candidates
 
 
-def _choice(enum: type, value: Any, what: str) -> Any:
+def _choice(enum: type[Enum], value: Any, what: str) -> Any:
     """An enum member from itself or its value, refused in one line listing the choices."""
     try:
         return enum(value)
