@@ -136,3 +136,29 @@ def test_deploy_refuses_bad_input_before_any_work(tmp_path):
     with pytest.raises(ArtifactError, match="no such file"):
         vx.deploy(tmp_path / "absent.onnx", workdir=tmp_path / "w")
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+def test_serve_and_the_client_against_a_real_triton(vit_onnx, tmp_path):
+    """The context manager yields a ready server; each Client method reaches it over HTTP and gRPC alike."""
+    from _photos import photo_paths
+
+    repo = tmp_path / "repo"
+    vx.add_to_repository(repo, vit_onnx, name="vit")
+    features = vx.export_onnx("test_vit", tmp_path / "features.onnx", heads="features")
+    vx.add_to_repository(repo, features.path, name="emb")
+    images = photo_paths()
+    with vx.serve(repo) as server:
+        assert server.is_ready()
+        answers = []
+        for protocol, url in (("http", server.endpoints.http), ("grpc", server.endpoints.grpc)):
+            client = vx.Client(url, protocol=protocol, timeout=30)
+            assert {"vit", "vit_image", "emb", "emb_image"} <= set(client.ready_models())
+            tops = client.classify(images, model="vit_image", top_k=2)
+            assert len(tops) == len(images) and all(len(t.labels) == 2 for t in tops)
+            (vector,) = client.embed(images[:1], model="emb_image")
+            assert vector.shape == (vx.get_spec("test_vit").arch.embed_dim,)
+            answers.append(([t.indices for t in tops], vector.round(4).tolist()))
+            with pytest.raises(ServingError, match="vit_image is not a detector"):
+                client.detect(images, model="vit_image")
+        assert answers[0] == answers[1]  # the same answers whichever protocol asks
+    assert not server.running  # stopped on leaving the block
