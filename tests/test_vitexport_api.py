@@ -81,7 +81,10 @@ def test_stage_functions_take_paths_and_choices_as_strings(vit_onnx, tmp_path):
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda a: vx.optimize(a, runtime="tensorflow"), "runtime must be one of onnxruntime, openvino, not"),
+        (
+            lambda a: vx.optimize(a, runtime="tensorflow"),
+            "runtime must be one of onnxruntime, openvino, tensorrt, not 'tensorflow'",
+        ),
         (lambda a: vx.optimize(a, precision="int4"), "precision must be one of fp32, fp16, bf16, int8, not 'int4'"),
         (lambda a: vx.export_onnx("test_vit", "x.onnx", heads="both"), "heads must be one of"),
         (lambda a: vx.add_to_repository("r", a, backend="tf-serving"), "backend must be one of"),
@@ -126,6 +129,9 @@ def test_deploy_returns_what_it_did_and_prints_nothing(vit_onnx, tmp_path, capfd
 def test_deploy_refuses_bad_input_before_any_work(tmp_path):
     for kwargs, message in (
         ({"runtimes": [("onnxruntime", "int4")]}, "precision must be one of"),
+        ({"runtimes": [("onnxruntime", "bf16")]}, "no onnxruntime bf16 variant"),
+        ({"runtimes": ["openvino-int8", ("onnxruntime", "fp16")]}, "deploy builds .*; not onnxruntime-fp16"),
+        ({"runtimes": "openvino-int4"}, "--runtimes takes items among"),
         ({"runtimes": []}, "runtimes names no candidate"),
         ({"calibration": tmp_path / "absent"}, "is not a folder of images"),
     ):

@@ -16,18 +16,17 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitexport.artifacts import ModelArtifact, load_artifact
+from vitexport.artifacts import ModelArtifact, Precision, load_artifact
 from vitexport.errors import VitExportError
+from vitexport.variants import DEPLOYABLE, Runtime, ServingBackend, Variant, get_variant, parse_variants
 
 if TYPE_CHECKING:
-    from vitexport.artifacts import Precision
     from vitexport.export.deploy import Candidate
     from vitexport.export.fp16 import IOType
     from vitexport.export.fusion import Fusion
-    from vitexport.export.options import Heads, Runtime
+    from vitexport.export.options import Heads
     from vitexport.export.quantize import QuantMethod
     from vitexport.export.select import Timed
-    from vitexport.serving.config import ServingBackend
     from vitexport.serving.repository import AddedModel
     from vitexport.serving.server import TritonServer
 
@@ -106,11 +105,9 @@ def optimize(
     source. `fuse_attention` ("ort", "onnx", "none"), `io_type` ("fp32", "fp16": FP16 graphs' inputs and outputs)
     and `quant_method` ("dynamic", "static": ONNX Runtime INT8) default to the runtime's choice. The stage is
     `vitexport.export.optimize.optimize`."""
-    from vitexport.artifacts import Precision
     from vitexport.export import optimize as stage
     from vitexport.export.fp16 import IOType
     from vitexport.export.fusion import Fusion
-    from vitexport.export.options import Runtime
     from vitexport.export.quantize import QuantMethod
 
     return stage.optimize(
@@ -141,7 +138,6 @@ def add_to_repository(
     ensemble: the serving stage's `add_model` (`vitexport.serving.repository`), taking paths and a backend's name
     ("python-onnxruntime", "python-openvino", "onnxruntime", "openvino", "tensorrt") too. Every other option is
     add_model's (batching=, instances=, version=, ensemble=, top_k=, threshold=, ...)."""
-    from vitexport.serving.config import ServingBackend
     from vitexport.serving.repository import add_model
 
     given = [artifact] if isinstance(artifact, ModelArtifact | str | Path) else list(artifact)
@@ -236,7 +232,7 @@ def deploy(
     calibration: str | Path | None = None,
     images: str | Path | None = None,
     checkpoint: str | Path | None = None,
-    runtimes: str | Sequence[str | tuple[Runtime | str, Precision | str]] | None = None,
+    runtimes: str | Sequence[str | Variant | tuple[Runtime | str, Precision | str]] | None = None,
     labels: str | Path | None = None,
     workdir: str | Path | None = None,
     progress: Progress = _quiet,
@@ -277,28 +273,13 @@ def check_deploy(
     *,
     calibration: str | Path | None = None,
     images: str | Path | None = None,
-    runtimes: str | Sequence[str | tuple[Runtime | str, Precision | str]] | None = None,
-) -> tuple[tuple[Runtime, Precision], ...]:
-    """`deploy`'s input checked before any work (the candidates, the folders, the model's name); the candidates."""
-    from vitexport.artifacts import Precision
-    from vitexport.export.deploy import CANDIDATES, parse_candidates
+    runtimes: str | Sequence[str | Variant | tuple[Runtime | str, Precision | str]] | None = None,
+) -> tuple[Variant, ...]:
+    """`deploy`'s input checked before any work (the candidates, the folders, the model's name); the candidates, rows
+    of the variant table (`vitexport.variants.DEPLOYABLE`)."""
     from vitexport.export.onnx import looks_like_a_file
-    from vitexport.export.options import Runtime
 
-    if runtimes is None or isinstance(runtimes, str):
-        candidates = parse_candidates(runtimes) if runtimes else CANDIDATES
-    else:
-        candidates = tuple(
-            item
-            for r in runtimes
-            for item in (
-                parse_candidates(r)
-                if isinstance(r, str)
-                else ((_choice(Runtime, r[0], "runtime"), _choice(Precision, r[1], "precision")),)
-            )
-        )
-        if not candidates:
-            raise VitExportError("runtimes names no candidate")
+    candidates = _candidates(runtimes)
     for what, given in (("--calibration", calibration), ("--images", images)):
         if given is not None and not Path(given).is_dir():
             raise VitExportError(f"{what} {given} is not a folder of images")
@@ -307,6 +288,28 @@ def check_deploy(
 
         get_spec(str(model_or_onnx))  # an unknown name: one line with suggestions
     return candidates
+
+
+def _candidates(runtimes: str | Sequence[str | Variant | tuple] | None) -> tuple[Variant, ...]:
+    """Candidates from "openvino-int8,onnxruntime-fp32", or a list of such names, variants or (runtime, precision)."""
+    if runtimes is None or isinstance(runtimes, str):
+        return parse_variants(runtimes) if runtimes else DEPLOYABLE
+    out: list[Variant] = []
+    for item in runtimes:
+        if isinstance(item, str):
+            out += parse_variants(item)
+        elif isinstance(item, Variant):
+            out.append(item)
+        else:
+            runtime, precision = item
+            out.append(get_variant(_choice(Runtime, runtime, "runtime"), _choice(Precision, precision, "precision")))
+    if not out:
+        raise VitExportError("runtimes names no candidate")
+    refused = [v.key for v in out if v not in DEPLOYABLE]
+    if refused:
+        valid = ", ".join(v.key for v in DEPLOYABLE)
+        raise VitExportError(f"deploy builds {valid}; not {', '.join(refused)}")
+    return tuple(dict.fromkeys(out))
 
 
 def _choice(enum: type[Enum], value: Any, what: str) -> Any:
