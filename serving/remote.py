@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitexport.serving import client as calls
-from vitexport.serving.config import DEFAULT_TOP_K
+from vitexport.tasks.classification import DEFAULT_TOP_K
 
 if TYPE_CHECKING:
     import numpy as np

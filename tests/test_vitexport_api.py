@@ -131,7 +131,7 @@ def test_deploy_refuses_bad_input_before_any_work(tmp_path):
         ({"runtimes": [("onnxruntime", "int4")]}, "precision must be one of"),
         ({"runtimes": [("onnxruntime", "bf16")]}, "no onnxruntime bf16 variant"),
         ({"runtimes": ["openvino-int8", ("onnxruntime", "fp16")]}, "deploy builds .*; not onnxruntime-fp16"),
-        ({"runtimes": "openvino-int4"}, "--runtimes takes items among"),
+        ({"runtimes": "openvino-int4"}, "--runtimes takes RUNTIME-PRECISION items"),
         ({"runtimes": []}, "runtimes names no candidate"),
         ({"calibration": tmp_path / "absent"}, "is not a folder of images"),
     ):
@@ -164,7 +164,7 @@ def test_serve_and_the_client_against_a_real_triton(vit_onnx, tmp_path):
             (vector,) = client.embed(images[:1], model="emb_image")
             assert vector.shape == (vx.get_spec("test_vit").arch.embed_dim,)
             answers.append(([t.indices for t in tops], vector.round(4).tolist()))
-            with pytest.raises(ServingError, match="vit_image is not a detector"):
+            with pytest.raises(ServingError, match="vit_image returns classes, not detections"):
                 client.detect(images, model="vit_image")
         assert answers[0] == answers[1]  # the same answers whichever protocol asks
     assert not server.running  # stopped on leaving the block
