@@ -12,7 +12,6 @@ Connections and calls are serving/calls.py's; their names are importable from he
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from vitexport.errors import ServingError, VitExportError
+from vitexport.errors import ServingError
 from vitexport.postprocess import Detection, box, check_settings
-from vitexport.preprocess import PreprocessConfig
 from vitexport.serving import config as cfg
 from vitexport.serving.calls import (
     DEFAULT_TIMEOUT,
     Protocol,
-    call,
     call_options,
     connect,
     connection,
@@ -37,9 +34,10 @@ from vitexport.serving.calls import (
     read_metrics,
     ready_models,
 )
+from vitexport.serving.topk import TopK, classify_ensemble, classify_pixels, preprocess_config, preprocessed, text
 from vitexport.tasks import CLASSIFICATION, DETECTION, FEATURES, Task
 from vitexport.tasks.base import IMAGE_INPUT
-from vitexport.tasks.classification import DEFAULT_TOP_K, EMBEDDINGS, TOP_K_INDICES, TOP_K_LABELS, TOP_K_SCORES
+from vitexport.tasks.classification import DEFAULT_TOP_K, EMBEDDINGS
 from vitexport.tasks.detection import DETECTION_OUTPUTS
 
 __all__ = [
@@ -59,18 +57,6 @@ __all__ = [
     "read_metrics",
     "ready_models",
 ]
-
-
-@dataclass(frozen=True)
-class TopK:
-    """One image's best classes, best first; scores are softmax probabilities."""
-
-    labels: tuple[str, ...]
-    scores: tuple[float, ...]
-    indices: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"labels": list(self.labels), "scores": list(self.scores), "indices": list(self.indices)}
 
 
 def classify(
@@ -164,7 +150,7 @@ def _classify(
 ) -> list[TopK]:
     top_k = DEFAULT_TOP_K if top_k is None else top_k
     _check_top_k(top_k)
-    run = _classify_ensemble if _is_ensemble_input(config) else _classify_pixels
+    run = classify_ensemble if _is_ensemble_input(config) else classify_pixels
     # More images than the model's max batch go as several requests; a fixed-batch model takes one at a time.
     step = config.max_batch_size or 1
     return [
@@ -181,7 +167,7 @@ def _embed(
     # A fixed-batch model (max_batch_size 0, the batch in its dims) takes exactly that batch: the last request is
     # filled up with zero images, whose rows are dropped (each image's embedding depends on that image alone).
     fixed = None if ensemble or config.max_batch_size else config.input[0].dims[0]
-    preprocess = None if ensemble else _preprocess_config(model, config)
+    preprocess = None if ensemble else preprocess_config(model, config)
     step = fixed or config.max_batch_size  # more images than a batch go as several requests
     vectors: list[np.ndarray] = []
     for i in range(0, len(data), step):
@@ -189,7 +175,7 @@ def _embed(
         if preprocess is None:
             inputs = {IMAGE_INPUT: np.array([[d] for d in chunk], dtype=np.object_)}  # (B, 1) encoded images
         else:
-            pixels = _pixels(chunk, preprocess)
+            pixels = preprocessed(chunk, preprocess)
             if fixed and len(chunk) < fixed:
                 pixels = np.concatenate([pixels, np.zeros((fixed - len(chunk), *pixels.shape[1:]), np.float32)])
             inputs = {config.input[0].name: pixels}
@@ -238,7 +224,7 @@ def _detect(
                         box(boxes[b, j]),
                         float(scores[b, j]),
                         int(classes[b, j]),
-                        _text(labels[b, j]),
+                        text(labels[b, j]),
                     )
                     for j in rows
                 ]
@@ -328,86 +314,3 @@ def _default_model(url: str, protocol: Protocol, timeout: float) -> str:
     if len(ensembles) == 1:
         return ensembles[0]
     raise ServingError(f"give --model; the server has {', '.join(ready) or 'no ready models'}")
-
-
-def _classify_ensemble(
-    url: str, model: str, config: cfg.pb.ModelConfig, data: list[bytes], protocol: Protocol, top_k: int, timeout: float
-) -> list[TopK]:
-    served_k = config.output[0].dims[-1] if config.output else 0
-    if top_k > served_k:
-        raise ServingError(f"{model} returns the top {served_k}; ask for --top-k {served_k} or fewer")
-    images = np.array([[d] for d in data], dtype=np.object_)  # (B, 1): one encoded image per row
-    labels, scores, indices = infer(
-        url,
-        model,
-        {IMAGE_INPUT: images},
-        [TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES],
-        protocol=protocol,
-        timeout=timeout,
-    )
-    return [
-        TopK(
-            tuple(_text(x) for x in labels[i, :top_k]),
-            tuple(float(x) for x in scores[i, :top_k]),
-            tuple(int(x) for x in indices[i, :top_k]),
-        )
-        for i in range(len(data))
-    ]
-
-
-def _preprocess_config(model: str, config: cfg.pb.ModelConfig) -> PreprocessConfig:
-    """How a plain model (pixels in) wants its images: the repository writes it into the model's parameters."""
-    raw = cfg.parameter(config, "vitexport_preprocess")
-    if raw is None:
-        raise ServingError(f"{model} has no vitexport_preprocess parameter; was it written by `vitexport repo`?")
-    return PreprocessConfig.from_dict(json.loads(raw))
-
-
-def _pixels(data: list[bytes], preprocess: PreprocessConfig) -> np.ndarray:
-    from vitexport.preprocess import preprocess_image
-
-    try:
-        return np.stack([preprocess_image(d, preprocess) for d in data])
-    except VitExportError as e:
-        raise ServingError(str(e)) from None
-
-
-def _classify_pixels(
-    url: str, model: str, config: cfg.pb.ModelConfig, data: list[bytes], protocol: Protocol, top_k: int, timeout: float
-) -> list[TopK]:
-    if config.max_batch_size == 0 and config.input[0].dims[0] != 1:
-        # Triton's classification extension ranks a whole unbatched output tensor, not each row of it.
-        raise ServingError(f"{model} has a fixed batch of {config.input[0].dims[0]}; classify with its _image ensemble")
-    pixels = _pixels(data, _preprocess_config(model, config))
-    output = config.output[0]
-    num_classes = output.dims[-1]
-    if top_k > num_classes:
-        raise ServingError(f"{model} has {num_classes} classes; ask for --top-k {num_classes} or fewer")
-    # All classes through the classification extension: labels and logits in one reply, softmax computed here.
-    with connection(url, protocol, timeout=timeout) as (client, module):
-        tensor = module.InferInput(config.input[0].name, list(pixels.shape), "FP32")
-        tensor.set_data_from_numpy(pixels)
-        requested = module.InferRequestedOutput(output.name, class_count=num_classes)
-        options = call_options(protocol, timeout)
-        what = f"{model} refused the request"
-        result = call(what, timeout, client.infer, model, [tensor], outputs=[requested], **options)
-    rows = result.as_numpy(output.name).reshape(len(pixels), num_classes)
-    results = []
-    for row in rows:
-        entries = [_text(x).split(":", 2) for x in row]  # "value:index[:label]", best first
-        logits = np.array([float(e[0]) for e in entries])
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        best = entries[:top_k]
-        results.append(
-            TopK(
-                tuple(e[2] if len(e) > 2 else e[1] for e in best),
-                tuple(float(p) for p in probs[:top_k]),
-                tuple(int(e[1]) for e in best),
-            )
-        )
-    return results
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
