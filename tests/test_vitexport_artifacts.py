@@ -188,3 +188,28 @@ def test_staging_of_a_dead_writer_is_removed_and_a_live_ones_kept(tmp_path):
     with staging(tmp_path / "m.plan"):
         pass
     assert not dead.exists() and live.exists()
+
+
+def test_user_files_are_read_only_when_regular_and_bounded(tmp_path):
+    """fileio's one way to read a file a user named: a FIFO, a device or a folder is one line by its type (a FIFO's
+    open would block, /dev/zero never ends), a file past the bound is not read further."""
+    import os
+
+    from vitexport.errors import VitExportError
+    from vitexport.fileio import check_user_file, read_user_file, read_user_text
+
+    os.mkfifo(tmp_path / "fifo")
+    for path, kind in ((tmp_path / "fifo", "a FIFO"), ("/dev/zero", "a character device"), (tmp_path, "a folder")):
+        with pytest.raises(VitExportError, match=f"labels {path} is {kind}: only regular files are read"):
+            read_user_file(path, "labels", limit=10)
+        with pytest.raises(ArtifactError, match=f"is {kind}"):
+            check_user_file(path, "labels", error=ArtifactError)
+    (tmp_path / "f.txt").write_bytes(b"0123456789")
+    assert read_user_text(tmp_path / "f.txt", "labels", limit=10) == "0123456789"
+    with pytest.raises(VitExportError, match=r"labels .*f\.txt is over 9 bytes"):
+        read_user_file(tmp_path / "f.txt", "labels", limit=9)
+    (tmp_path / "f.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(VitExportError, match="is not UTF-8 text"):
+        read_user_text(tmp_path / "f.txt", "labels", limit=10)
+    with pytest.raises(VitExportError, match=r"cannot read labels .*absent: No such file"):
+        read_user_file(tmp_path / "absent", "labels", limit=10)
