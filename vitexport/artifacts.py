@@ -17,7 +17,7 @@ from typing import Any
 
 from vitexport import __version__
 from vitexport.errors import ArtifactError
-from vitexport.fileio import check_user_file, move_into_place, open_user_file, write_atomic
+from vitexport.fileio import check_user_file, move_into_place, open_user_file, read_user_text, write_atomic
 from vitexport.preprocess import PreprocessConfig
 from vitexport.tasks import TASKS
 from vitexport.tasks.base import PIXELS
@@ -172,6 +172,9 @@ def derived(origin: ModelArtifact, /, **made: Any) -> ModelArtifact:
     return ModelArtifact(**({name: getattr(origin, name) for name in CARRIED_OVER} | made))
 
 
+MAX_SIDECAR_BYTES = 64 << 20  # a sidecar is JSON of a few KB; a bigger file is not one, and is not read whole
+
+
 def sidecar_path(model_file: Path) -> Path:
     return model_file.with_name(model_file.name + ".json")
 
@@ -185,7 +188,9 @@ def load_artifact(path: str | Path) -> ModelArtifact:
             raise ArtifactError(f"no such file: {path}")
         raise ArtifactError(f"no artifact sidecar {sidecar} (was {path} written by vitexport?)")
     try:
-        d = _from_legacy_details(json.loads(sidecar.read_text()))
+        d = _from_legacy_details(
+            json.loads(read_user_text(sidecar, "sidecar", limit=MAX_SIDECAR_BYTES, error=ArtifactError))
+        )
         known = {f.name for f in fields(ModelArtifact)}
         d = {k: v for k, v in d.items() if k in known}
         d["path"] = sidecar.parent / beside(d["path"], sidecar)
