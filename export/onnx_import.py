@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import Format, ModelArtifact, sidecar_path
 from vitexport.errors import ArtifactError, first_line
+from vitexport.fileio import check_user_file, read_user_text
 from vitexport.preprocess import PreprocessConfig
 from vitexport.tasks import CLASSIFICATION, FEATURES
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 ATTENTION_OPS = {"Softmax", "Attention", "MultiHeadAttention"}
 # Pillow's resampling codes as Hugging Face image processors store them.
 PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+# Bounds on the small text files a user names: far above any real one (ImageNet-21k's 21,843 class names are 0.5 MB).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_LABELS_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,9 @@ def import_onnx(
     import onnx
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ArtifactError(f"no such file: {path}")
+    check_user_file(path, "model", error=ArtifactError)
     if sidecar_path(path).exists():
         raise ArtifactError(f"{path} already has a sidecar ({sidecar_path(path).name}): it is an artifact already")
     try:
@@ -213,8 +218,8 @@ def _from_hugging_face(path: Path) -> dict[str, Any]:
     """A transformers image processor's preprocessor_config.json in PreprocessConfig's terms. A processor that
     resizes to H x W without keeping the aspect ratio is approximated by a short-side resize and a full crop."""
     try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        d = json.loads(read_user_text(path, "preprocessing config", limit=MAX_CONFIG_BYTES, error=ArtifactError))
+    except ValueError as e:
         raise ArtifactError(f"cannot read {path}: {first_line(e)}") from None
     out: dict[str, Any] = {}
     if "image_mean" in d and "image_std" in d:
@@ -235,10 +240,8 @@ def _from_hugging_face(path: Path) -> dict[str, Any]:
 
 def read_labels(path: str | Path, classes: int) -> tuple[str, ...]:
     """Class names, one per line, exactly one per output."""
-    try:
-        names = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
-    except OSError as e:
-        raise ArtifactError(f"cannot read labels {path}: {first_line(e)}") from None
+    text = read_user_text(path, "labels", limit=MAX_LABELS_BYTES, error=ArtifactError)
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if len(names) != classes:
         raise ArtifactError(f"{path} names {len(names)} classes; the model has {classes} outputs")
     return names

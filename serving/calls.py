@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vitexport.errors import ServingError
+from vitexport.errors import ServingError, first_line
 from vitexport.serving import config as cfg
 
 # Seconds to wait for a connection and for each reply: long enough for a large batch on a busy CPU server, short
@@ -76,8 +76,36 @@ def connection(
     client, module = connect(url, protocol, timeout=timeout)
     try:
         yield client, module
+    except _NotTriton as e:  # an HTTP reply that is not Triton's API: Triton's metrics port, or its own reply
+        if _is_metrics_port(url, timeout):
+            raise ServingError(
+                f"{e.what}: {url} is Triton's metrics port, not its HTTP API (8000 by default)"
+            ) from None
+        raise
     finally:
         client.close()
+
+
+class _NotTriton(ServingError):
+    """A reply that is HTTP but may not be Triton's API (an empty 200, a 404, a 405); `connection` looks at what
+    answered."""
+
+    def __init__(self, what: str, detail: str):
+        super().__init__(f"{what}: {detail}")
+        self.what = what
+
+
+def _is_metrics_port(url: str, timeout: float) -> bool:
+    """Whether `url` is Triton's metrics port, which answers an empty 200 or a 405 to the API's paths."""
+    import urllib.request
+
+    host = re.sub(r"^https?://", "", url).split("/", 1)[0]
+    try:
+        with urllib.request.urlopen(f"http://{host}/metrics", timeout=min(timeout, 5)) as r:
+            text = r.read(1 << 20).decode(errors="replace")
+    except (OSError, ValueError):
+        return False
+    return re.search(r"^# (HELP|TYPE) nv_", text, re.MULTILINE) is not None
 
 
 def call_options(protocol: Protocol | str, timeout: float) -> dict[str, float]:
@@ -97,9 +125,13 @@ def call(what: str, timeout: float, fn: Callable[..., Any], *args: Any, **kwargs
         if str(e.status()).endswith("DEADLINE_EXCEEDED"):
             raise ServingError(f"{what}: no reply within {timeout:g} s") from None
         message = e.message() or str(e)
+        if str(e.status()) in ("404", "405"):  # Triton's API answers its errors as 400s with a JSON body
+            raise _NotTriton(what, message) from None
         if "Socket closed" in message:  # something listens there, and it does not speak gRPC
             message += " (not a gRPC port? try --protocol http)"
         raise ServingError(f"{what}: {message}") from None
+    except ValueError as e:  # tritonclient's JSON decoder: an HTTP reply whose body is not Triton's JSON
+        raise _NotTriton(what, f"no Triton HTTP API there (its reply is not Triton's JSON: {first_line(e)})") from None
     except HTTPException:  # geventhttpclient's parser: the reply was not HTTP, as a gRPC port's is not
         raise ServingError(f"{what}: the reply is not HTTP (a gRPC port? try --protocol grpc)") from None
     except TimeoutError:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vitexport.errors import ServingError
+from vitexport.fileio import read_user_file
 from vitexport.postprocess import Detection, box, check_settings
 from vitexport.serving import config as cfg
 from vitexport.serving.calls import (
@@ -288,18 +289,11 @@ MAX_IMAGE_BYTES = 128 << 20  # an encoded image file: 50 MP (the server's decode
 
 
 def _read(image: str | Path | bytes) -> bytes:
-    """An image file's bytes, at most MAX_IMAGE_BYTES of them read: /dev/zero or a wrong file is refused, not read
-    until memory runs out."""
+    """An image file's bytes, at most MAX_IMAGE_BYTES of them read: a regular file only (a FIFO would hang the
+    open), and /dev/zero or a wrong file is refused, not read until memory runs out."""
     if isinstance(image, bytes):
         return image
-    try:
-        with open(image, "rb") as f:
-            data = f.read(MAX_IMAGE_BYTES + 1)
-    except OSError as e:
-        raise ServingError(f"cannot read image {image}: {e.strerror or e}") from None
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ServingError(f"image {image} is over {MAX_IMAGE_BYTES >> 20} MB: not an image file?")
-    return data
+    return read_user_file(image, "image", limit=MAX_IMAGE_BYTES, error=ServingError)
 
 
 def _default_model(url: str, protocol: Protocol, timeout: float) -> str:

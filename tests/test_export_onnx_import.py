@@ -5,6 +5,9 @@ Triton and infer take, with their own tensor names."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import _digits
 import numpy as np
@@ -25,6 +28,7 @@ from vitexport.ort import ort_session
 from vitexport.preprocess import preprocess_image
 
 runner = CliRunner()
+VITEXPORT = [sys.executable, "-m", "vitexport.cli"]
 
 
 def _copy(source, folder):
@@ -233,3 +237,36 @@ def test_an_imported_file_is_benchmarked_without_torch_peers(timm_convnext, tmp_
     # The variant is built in the work folder: the user's folder holds only what import wrote.
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [path.name, path.name + ".json"]
     assert list(work.rglob("*.onnxruntime*-fp32.onnx"))
+
+
+def _external_data_model(folder):
+    """A small image model (N x 3 x 8 x 8 -> N x 10) whose weights are external data in weights.bin."""
+    weight = onnx.numpy_helper.from_array(np.ones((192, 10), np.float32), "w")
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(model, folder / "m.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0)
+    return folder / "m.onnx"
+
+
+@pytest.mark.parametrize("fifo", ["weights.bin", "labels.txt", "preprocessor_config.json"])
+def test_a_fifo_is_refused_by_its_type(tmp_path, fifo):
+    """`import` whose external data, labels or preprocessing config is a FIFO waited in open() for ever. A process
+    of its own, so that a hang is a timeout, not a stuck test run."""
+    path = _external_data_model(tmp_path)
+    args = [*VITEXPORT, "import", str(path), "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
+    if fifo != "weights.bin":
+        option = "--labels" if fifo == "labels.txt" else "--preprocess-config"
+        args += [option, str(tmp_path / fifo)]
+    (tmp_path / fifo).unlink(missing_ok=True)
+    os.mkfifo(tmp_path / fifo)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and f"{tmp_path / fifo} is a FIFO: only regular files are read" in done.stderr, done
+    assert len((done.stdout + done.stderr).strip().splitlines()) == 1, done.stderr
+    assert not path.with_name("m.onnx.json").exists()

@@ -138,6 +138,7 @@ def test_serve_infer_and_sigterm(repo, tmp_path):
         text = "".join(seen)
         http = re.search(r"^HTTP\s+(\S+)", text, re.MULTILINE).group(1)
         grpc = re.search(r"^gRPC\s+(\S+)", text, re.MULTILINE).group(1)
+        metrics = re.search(r"^metrics\s+(\S+)", text, re.MULTILINE).group(1)
         assert "test_vit_image" in text and "gpu" not in text.split("models", 1)[1]
         assert any("not loading gpu" in line for line in err.queue)
 
@@ -158,6 +159,15 @@ def test_serve_infer_and_sigterm(repo, tmp_path):
             crossed = runner.invoke(app, ["infer", images[0], "--url", url, "--protocol", protocol, "--timeout", "5"])
             assert crossed.exit_code == 1 and hint in crossed.output, crossed.output
             assert len(crossed.output.strip().splitlines()) == 1 and "Traceback" not in crossed.output
+        # The metrics port speaks HTTP, not Triton's API: its empty 200 to a GET was a JSONDecodeError's traceback.
+        metrics_port = metrics.split("//", 1)[1].split("/", 1)[0]  # as a user gives it: HOST:PORT
+        for more in ([], ["--model", "test_vit"]):  # a POST (the model index) and a GET (the model's config)
+            at_metrics = runner.invoke(app, ["infer", images[0], "--url", metrics_port, "--timeout", "5", *more])
+            assert at_metrics.exit_code == 1 and "Traceback" not in at_metrics.output, at_metrics.output
+            assert f"{metrics_port} is Triton's metrics port, not its HTTP API" in at_metrics.output, at_metrics.output
+            assert len(at_metrics.output.strip().splitlines()) == 1, at_metrics.output
+        unknown = runner.invoke(app, ["infer", images[0], "--url", http, "--model", "no_such_model", "--timeout", "5"])
+        assert unknown.exit_code == 1 and "no_such_model" in unknown.output and "metrics" not in unknown.output
         assert len(_triton_of(proc.pid)) >= 2  # the server and its stubs
 
         proc.send_signal(signal.SIGTERM)
@@ -179,9 +189,26 @@ def test_infer_without_a_server_is_one_line(tmp_path):
 
 
 def test_an_endless_image_file_is_refused_not_read(tmp_path):
-    """`infer /dev/zero` read until the kernel killed it (24 GB)."""
+    """`infer /dev/zero` read until the kernel killed it (24 GB); a file over the limit is read no further."""
     result = runner.invoke(app, ["infer", "/dev/zero", "--url", "127.0.0.1:1"])
-    assert result.exit_code == 1 and "image /dev/zero is over 128 MB" in result.output, result.output
+    assert result.exit_code == 1 and "image /dev/zero is a character device" in result.output, result.output
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as f:
+        f.truncate((128 << 20) + 1)  # sparse: no disk used
+    result = runner.invoke(app, ["infer", str(huge), "--url", "127.0.0.1:1"])
+    assert result.exit_code == 1 and f"image {huge} is over 128 MB" in result.output, result.output
+
+
+def test_a_fifo_image_is_refused_by_its_type(tmp_path):
+    """`infer` of a FIFO hung in open() for ever, waiting for a writer. A process of its own, so that a hang is a
+    timeout here, not a stuck test run."""
+    fifo = tmp_path / "a.jpg"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [*VITEXPORT, "infer", str(fifo), "--url", "127.0.0.1:1"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1 and f"image {fifo} is a FIFO: only regular files are read" in done.stderr, done.stderr
+    assert len((done.stdout + done.stderr).strip().splitlines()) == 1, done.stderr
 
 
 @pytest.mark.parametrize(("url", "message"), [("http://[::1", "Invalid IPv6 URL"), ("localhost:99999", "out of range")])

@@ -92,3 +92,31 @@ def test_defaults_and_results():
     assert Protocol("grpc").default_url == "localhost:8001" and Protocol.http.default_url == "localhost:8000"
     top = TopK(("tench, Tinca tinca",), (0.9,), (0,))
     assert top.to_dict() == {"labels": ["tench, Tinca tinca"], "scores": [0.9], "indices": [0]}
+
+
+@pytest.fixture
+def other_http_server():
+    """Something that speaks HTTP but is not Triton: an empty 200 to every request, as Triton's metrics port gives
+    to the API's GETs."""
+    import http.server
+
+    class Empty(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Empty)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_http_server_that_is_not_triton_is_one_line(other_http_server):
+    """Its empty reply was tritonclient's JSONDecodeError, a traceback."""
+    with pytest.raises(ServingError, match=r"cannot read m's config from .*: no Triton HTTP API there"):
+        client.classify(other_http_server, [b"x"], model="m", timeout=5)

@@ -7,6 +7,7 @@ sizes in one request and across concurrent requests; the threshold and top-k req
 
 import io
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -221,6 +222,46 @@ def test_bad_requests_are_one_line_client_errors_and_the_server_stays_ready(serv
         len(client.detect(url(server, protocol), photos[:1], protocol=protocol, model="detr_image", threshold=0.0)[0])
         == 10
     )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", ["detr", "detr_ov"])
+def test_a_mask_that_is_not_0_or_1_and_outputs_that_overflow_are_client_errors(server, protocol, model):
+    """A pixel_mask of 7 or -1 was a 200, silently (the mask scales the image's features); finite pixels of 3e38
+    were a 200 with NaN logits. Both are the client's: 400 / INVALID_ARGUMENT naming the input or output. (OpenVINO's
+    graph keeps 3e38 finite: what it answers must then be finite.)"""
+    pixels = np.zeros((1, 3, 96, 96), np.float32)
+    mask = np.ones((1, 96, 96), np.int64)
+    for value in (7, -1):
+        bad = np.where(mask == 1, value, 0)
+        with client.connection(url(server, protocol), protocol) as (triton, module):
+            tensors = [
+                module.InferInput("pixel_values", [1, 3, 96, 96], "FP32"),
+                module.InferInput("pixel_mask", [1, 96, 96], "INT64"),
+            ]
+            tensors[0].set_data_from_numpy(pixels)
+            tensors[1].set_data_from_numpy(bad)
+            with pytest.raises(Exception) as refused:
+                triton.infer(model, tensors)
+        assert str(refused.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), refused.value
+        reason = f"pixel_mask is a mask: its values must be 0 or 1, not {value}$"
+        with pytest.raises(ServingError, match=f"^{model} refused the request: {reason}"):
+            client.infer(
+                url(server, protocol), model, {"pixel_values": pixels, "pixel_mask": bad}, ["logits"], protocol=protocol
+            )
+    huge = {"pixel_values": pixels + 3e38, "pixel_mask": mask}
+    try:
+        answer = client.infer(url(server, protocol), model, huge, ["logits", "pred_boxes"], protocol=protocol)
+    except ServingError as e:
+        overflow = r"(logits|pred_boxes) came out NaN or Inf: input values out of the model's range"
+        assert re.fullmatch(f"{model} refused the request: {overflow}", str(e)), e
+    else:
+        assert model == "detr_ov" and all(np.isfinite(a).all() for a in answer)
+    good = client.infer(
+        url(server, protocol), model, {"pixel_values": pixels, "pixel_mask": mask}, ["logits"], protocol=protocol
+    )
+    assert np.isfinite(good[0]).all()
+    server.check_backends()
 
 
 def test_the_wrong_kind_of_model_is_one_line(server, photos):

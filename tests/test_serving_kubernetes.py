@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import urllib.request
+from decimal import Decimal
 from modulefinder import ModuleFinder
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from packaging.requirements import Requirement
 from typer.testing import CliRunner
 
 from vitexport.cli import app
+from vitexport.errors import KubernetesError
 from vitexport.serving import kubernetes as k8s
 from vitexport.serving import kubernetes_image as k8s_image
+from vitexport.serving import kubernetes_settings
 from vitexport.serving.config import ServingBackend
 from vitexport.serving.repository import add_model
 from vitexport.serving.server import TritonServer
@@ -218,8 +221,15 @@ def test_a_gpu_deployment_serves_the_gpu_models_and_a_cpu_one_the_others(repo, t
     [
         (["--min-replicas", "-1"], "--min-replicas must be 1 or more"),
         (["--min-replicas", "3", "--max-replicas", "2"], "--max-replicas 2 is below --min-replicas 3"),
-        (["--storage-uri", "ftp://host/repo"], "--storage-uri must start with s3://, gs:// or pvc://"),
+        (["--storage-uri", "ftp://host/repo"], "--storage-uri must start with one of s3://, gs://, pvc://, https://"),
         (["--storage-uri", "s3://"], "names no bucket"),
+        (["--storage-uri", "s3://b/r\nx"], r"--storage-uri holds '\n' at 8: a URI is printable ASCII, no whitespace"),
+        (["--storage-uri", "s3://b/$(id)"], "holds '$', a shell metacharacter"),
+        (["--storage-uri", "pvc://claim/../../etc"], "has a '..' segment"),
+        (["--cpu", "1e400"], "--cpu '1e400' is over Kubernetes' largest quantity, 9223372036854775.807"),
+        (["--memory", "99999999999999999999999999Ei"], "is over Kubernetes' largest quantity"),
+        (["--cpu", "1e9999999999"], "the exponent 9999999999 is out of Kubernetes' range"),
+        (["--memory", "2K"], "--memory must be a positive Kubernetes quantity"),
         (["--name", "nope"], "not in "),
         (["--name", "gpu_vit"], "add --gpu"),
         (["--namespace", "Vision_1"], "is not a Kubernetes name"),
@@ -232,6 +242,35 @@ def test_bad_values_are_one_line(repo, tmp_path, args, message):
     assert result.exit_code == 1
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "units"),
+    [("2", "2"), ("500m", "0.5"), ("4Gi", str(4 << 30)), ("1.5Gi", str(3 << 29)), ("1e3", "1000"), ("2.", "2"),
+     (".5", "0.5"), ("+2", "2"), ("1n", "1e-9"), ("3E-3", "0.003"), ("9223372036854775.807", "9223372036854775.807")],
+)  # fmt: skip
+def test_quantities_are_read_as_kubernetes_reads_them(value, units):
+    assert kubernetes_settings.check_quantity("--cpu", value) == Decimal(units)
+
+
+def test_the_schemas_take_any_quantity_string_so_vitexport_checks_them():
+    """kubernetes-validate's schema for a Quantity is any string: it passes what the API server then refuses or caps,
+    so the grammar and the bound are checked where `k8s` reads its options."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [
+        {"name": "c", "image": "i", "resources": {"limits": {"cpu": "1e400", "memory": "lots"}}}]}}  # fmt: skip
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    for what, value in (("--cpu", "1e400"), ("--memory", "lots")):
+        with pytest.raises(KubernetesError):
+            kubernetes_settings.check_quantity(what, value)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://b/r", "gs://b/a/b", "pvc://vitexport-models/repo", "https://h.example/repo.tar.gz?X-Sig=a&X-Exp=1",
+     "hdfs://namenode/models", "webhdfs://namenode/models", "oci://registry.example/models:1"],
+)  # fmt: skip
+def test_storage_uris_kserve_reads_are_taken(uri):
+    kubernetes_settings.check_storage_uri(uri)
 
 
 @pytest.mark.parametrize("name", ["9lives", "vit_", "a" * 60])

@@ -215,3 +215,68 @@ def test_staging_of_a_dead_writer_is_removed_and_a_live_ones_kept(tmp_path):
     with staging(tmp_path / "m.plan"):
         pass
     assert not dead.exists() and live.exists()
+
+
+def test_user_files_are_read_only_when_regular_and_bounded(tmp_path):
+    """fileio's one way to read a file a user named: a FIFO, a device or a folder is one line by its type (a FIFO's
+    open would block, /dev/zero never ends), a file past the bound is not read further."""
+    import os
+
+    from vitexport.errors import VitExportError
+    from vitexport.fileio import check_user_file, read_user_file, read_user_text
+
+    os.mkfifo(tmp_path / "fifo")
+    for path, kind in ((tmp_path / "fifo", "a FIFO"), ("/dev/zero", "a character device"), (tmp_path, "a folder")):
+        with pytest.raises(VitExportError, match=f"labels {path} is {kind}: only regular files are read"):
+            read_user_file(path, "labels", limit=10)
+        with pytest.raises(ArtifactError, match=f"is {kind}"):
+            check_user_file(path, "labels", error=ArtifactError)
+    (tmp_path / "f.txt").write_bytes(b"0123456789")
+    assert read_user_text(tmp_path / "f.txt", "labels", limit=10) == "0123456789"
+    with pytest.raises(VitExportError, match=r"labels .*f\.txt is over 9 bytes"):
+        read_user_file(tmp_path / "f.txt", "labels", limit=9)
+    (tmp_path / "f.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(VitExportError, match="is not UTF-8 text"):
+        read_user_text(tmp_path / "f.txt", "labels", limit=10)
+    with pytest.raises(VitExportError, match=r"cannot read labels .*absent: No such file"):
+        read_user_file(tmp_path / "absent", "labels", limit=10)
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_model_file_that_is_a_fifo_is_refused_by_its_type(tmp_path, recorded):
+    """A FIFO in a model file's place: hashing it (a recorded sidecar) waited in open() for ever; an older sidecar,
+    with no files recorded, loaded and left the hang to the next stage."""
+    import os
+
+    d = _artifact(tmp_path).to_dict()
+    if recorded:
+        d["files"] = {"m.plan": {"size": 0, "sha256": "0" * 64}}
+    (tmp_path / "m.plan.json").write_text(json.dumps(d))
+    (tmp_path / "m.plan").unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "m.plan")
+    error = _within(5, tmp_path / "m.plan", lambda: load_artifact(tmp_path / "m.plan"))
+    assert isinstance(error, ArtifactError) and "m.plan is a FIFO: only regular files are read" in str(error), error
+
+
+def _within(seconds, fifo, call):
+    """What `call` raised, or a failure if it is still waiting on `fifo` after `seconds`: then a writer opens the
+    FIFO, so that the blocked open returns and the test run goes on."""
+    import threading
+
+    raised = []
+
+    def run():
+        try:
+            call()
+        except Exception as e:
+            raised.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        with open(fifo, "wb"):
+            pass
+        thread.join(5)
+        pytest.fail(f"waited in open() on the FIFO {fifo}")
+    return raised[0] if raised else None

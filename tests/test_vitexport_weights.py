@@ -162,6 +162,20 @@ def test_unreadable_checkpoint(tmp_path, content):
         create_model("test_vit", checkpoint=str(tmp_path / "absent.pth"))
 
 
+def test_a_checkpoint_that_is_a_fifo_is_refused_by_its_type(tmp_path):
+    """A FIFO was "checkpoint not found" to loading, and hashing it (the export's metadata, the gate's check) waited in
+    open() for ever."""
+    import os
+
+    from vitexport.weights import read_state_dict, sha256_file
+
+    fifo = tmp_path / "w.pth"
+    os.mkfifo(fifo)
+    for read in (read_state_dict, sha256_file):
+        with pytest.raises(CheckpointError, match=f"checkpoint {fifo} is a FIFO: only regular files are read"):
+            read(fifo)
+
+
 def test_pos_embed_resampling_keeps_prefix_and_smooth_grid():
     grid = torch.linspace(0, 1, 14).repeat(14, 1)  # a ramp along x
     pos = torch.cat([torch.full((2, 1), 7.0), grid.reshape(196, 1)]).reshape(1, 198, 1).expand(1, 198, 4)

@@ -17,7 +17,7 @@ from typing import Any
 
 from vitexport import __version__
 from vitexport.errors import ArtifactError
-from vitexport.fileio import move_into_place, write_atomic
+from vitexport.fileio import check_user_file, move_into_place, open_user_file, read_user_text, write_atomic
 from vitexport.preprocess import PreprocessConfig
 from vitexport.tasks import TASKS
 from vitexport.tasks.base import PIXELS
@@ -176,6 +176,9 @@ def derived(origin: ModelArtifact, /, **made: Any) -> ModelArtifact:
     return ModelArtifact(**({name: getattr(origin, name) for name in CARRIED_OVER} | made))
 
 
+MAX_SIDECAR_BYTES = 64 << 20  # a sidecar is JSON of a few KB; a bigger file is not one, and is not read whole
+
+
 def sidecar_path(model_file: Path) -> Path:
     return model_file.with_name(model_file.name + ".json")
 
@@ -189,7 +192,9 @@ def load_artifact(path: str | Path) -> ModelArtifact:
             raise ArtifactError(f"no such file: {path}")
         raise ArtifactError(f"no artifact sidecar {sidecar} (was {path} written by vitexport?)")
     try:
-        d = _from_legacy_details(json.loads(sidecar.read_text()))
+        d = _from_legacy_details(
+            json.loads(read_user_text(sidecar, "sidecar", limit=MAX_SIDECAR_BYTES, error=ArtifactError))
+        )
         schema = d.get("schema_version", 1)
         if isinstance(schema, int) and schema > SCHEMA_VERSION:
             raise ArtifactError(f"sidecar {sidecar} was written by a newer vitexport (schema {schema}); upgrade")
@@ -203,6 +208,7 @@ def load_artifact(path: str | Path) -> ModelArtifact:
         raise ArtifactError(f"sidecar {sidecar} is malformed: {e}") from None
     if not artifact.path.exists():
         raise ArtifactError(f"{sidecar} describes {artifact.path}, which does not exist")
+    check_user_file(artifact.path, "model file", error=ArtifactError)  # an older sidecar's, unrecorded: a FIFO hangs
     verify_files(artifact)
     return artifact
 
@@ -293,15 +299,17 @@ _HASHES: dict[tuple[int, int, int, int], str] = {}
 
 
 def file_record(path: Path) -> dict[str, Any]:
-    """{"size", "sha256"} of a file, the hash cached in-process so that loading a large model again costs a stat."""
-    st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
+    """{"size", "sha256"} of a file, the hash cached in-process so that loading a large model again costs a stat.
+    A regular file only: a FIFO named as a model's external data would block the open for ever."""
+    os.stat(path)  # FileNotFoundError: the callers name the missing file
+    with open_user_file(path, "model file", error=ArtifactError) as f:
+        st = os.fstat(f.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _HASHES:
+            digest = hashlib.sha256()
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
-        _HASHES[key] = digest.hexdigest()
+            _HASHES[key] = digest.hexdigest()
     return {"size": st.st_size, "sha256": _HASHES[key]}
 
 

@@ -1,15 +1,19 @@
 """Writing files so that readers never see half of one: a temporary file in the same folder, renamed over the target.
 The one writer every stage uses for sidecars, engines, configs and reports; and the staging folder every stage
-writes its model files in until their checks pass (`staging`, `move_into_place`)."""
+writes its model files in until their checks pass (`staging`, `move_into_place`). Reading the files a user names
+(`open_user_file`, `read_user_file`, `check_user_file`): regular files only, so that a FIFO or a device is one line,
+not a hang or a read until memory runs out."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from vitexport.errors import ExportError, VitExportError
 
@@ -85,3 +89,76 @@ def writable_folder(folder: str | Path, what: str) -> Path:
     except OSError as e:
         raise VitExportError(f"cannot write {what} to {folder}: {e.strerror or e}") from None
     return folder
+
+
+# What a path that is not a regular file is, for the one line that refuses it.
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def _refuse_unless_regular(mode: int, path: str | Path, what: str, error: type[VitExportError]) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a file")
+        raise error(f"{what} {path} is {kind}: only regular files are read")
+
+
+def check_user_file(path: str | Path, what: str, *, error: type[VitExportError] = VitExportError) -> os.stat_result:
+    """Refuse in one line a path a user named that is missing or not a regular file (its links followed), before a
+    library opens it by name (torch, ONNX, ONNX Runtime): a FIFO's open blocks until a writer comes, for ever, and
+    /dev/zero never ends."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    _refuse_unless_regular(st.st_mode, path, what, error)
+    return st
+
+
+@contextlib.contextmanager
+def open_user_file(path: str | Path, what: str, *, error: type[VitExportError] = VitExportError) -> Iterator[BinaryIO]:
+    """A file a user named, opened for reading if it is a regular file. Opened non-blocking, so that a FIFO's open
+    returns at once, and checked on the open descriptor itself: nothing can be swapped in between the check and
+    the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        _refuse_unless_regular(os.fstat(fd).st_mode, path, what, error)
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def read_user_file(path: str | Path, what: str, *, limit: int, error: type[VitExportError] = VitExportError) -> bytes:
+    """The bytes of a regular file a user named, refused in one line past `limit` bytes (at most `limit` + 1 are
+    read, whatever the file claims)."""
+    with open_user_file(path, what, error=error) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise error(f"{what} {path} is over {_size(limit)}: not the file meant?")
+    return data
+
+
+def read_user_text(path: str | Path, what: str, *, limit: int, error: type[VitExportError] = VitExportError) -> str:
+    """`read_user_file` as UTF-8 text; bytes that are not UTF-8 are one line too."""
+    try:
+        return read_user_file(path, what, limit=limit, error=error).decode()
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MB" if limit >= 1 << 20 else f"{limit} bytes"

@@ -21,7 +21,10 @@ Name = Annotated[
 Image = Annotated[str | None, typer.Option(help="Serving image the manifests run (default: vitexport-triton:VERSION).")]
 StorageUri = Annotated[
     str,
-    typer.Option(help="Where the cluster finds the repository: s3://BUCKET/PATH, gs://BUCKET/PATH, pvc://CLAIM/PATH."),
+    typer.Option(
+        help="Where the cluster finds the repository: s3://BUCKET/PATH, gs://BUCKET/PATH, pvc://CLAIM/PATH "
+        "(or KServe's https://, hdfs://, webhdfs://, oci://)."
+    ),
 ]
 MinReplicas = Annotated[int, typer.Option(help="Fewest replicas per served model.")]
 MaxReplicas = Annotated[int, typer.Option(help="Most replicas per served model (CPU autoscaling).")]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitexport.errors import CheckpointError, first_line
+from vitexport.fileio import check_user_file, open_user_file
 
 if TYPE_CHECKING:
     from vitexport.registry import ModelSpec
@@ -28,8 +29,11 @@ CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torc
 
 
 def sha256_file(path: str | Path) -> str:
+    """A checkpoint's sha256, read only if it is a regular file (a FIFO would block the open for ever)."""
+    if not Path(path).exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_user_file(path, "checkpoint", error=CheckpointError) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -38,9 +42,11 @@ def sha256_file(path: str | Path) -> str:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors or torch checkpoint. Pickles load with weights_only=True: no code runs."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:  # torch says only "EOFError": name the likely cause (an interrupted download)
+    if (
+        check_user_file(path, "checkpoint", error=CheckpointError).st_size == 0
+    ):  # torch says only "EOFError": name the likely cause (an interrupted download)
         raise CheckpointError(f"cannot read checkpoint {path}: it is empty (0 bytes); download or save it again")
     try:
         if path.suffix == ".safetensors":
