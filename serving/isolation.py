@@ -157,9 +157,9 @@ def needed_paths(repo_dir: Path, install_paths: Iterable[Path]) -> list[Path]:
     return [*paths, repo_dir]
 
 
-def blocked_reason(account: Account, paths: Iterable[Path]) -> str | None:
-    """Why `account` (no groups but its own) cannot read one of `paths`: the first folder on the way it may not
-    enter, or the path it may not read; None when it can read them all. ACLs are not consulted."""
+def first_blocked(account: Account, paths: Iterable[Path]) -> tuple[Path, Path] | None:
+    """The first folder on the way to one of `paths` that `account` (no groups but its own) may not enter, or the
+    path it may not read, with that path; None when it can read them all. ACLs are not consulted."""
     for path in paths:
         target = Path(os.path.abspath(path))
         for folder in [*reversed(target.parents), target]:
@@ -173,9 +173,18 @@ def blocked_reason(account: Account, paths: Iterable[Path]) -> str | None:
             elif st.st_gid == account.gid:
                 need <<= 3
             if not st.st_mode & need:
-                mode = stat.filemode(st.st_mode)
-                return f"user {account.name} cannot enter {folder} (mode {mode}), on the way to {path}"
+                return folder, path
     return None
+
+
+def blocked_reason(account: Account, paths: Iterable[Path]) -> str | None:
+    """Why `account` cannot run Triton on these paths, in one line (None: it can)."""
+    blocked = first_blocked(account, paths)
+    if blocked is None:
+        return None
+    folder, path = blocked
+    mode = stat.filemode(folder.stat().st_mode)
+    return f"user {account.name} cannot enter {folder} ({mode}), on the way to {path}"
 
 
 def hand_over(folder: Path, account: Account) -> None:

@@ -84,10 +84,8 @@ def supervise(
                 raise ServingError(f"{reason}; Triton stopped ({len(restarts)} restarts in {restart.window:.0f} s)")
             delay = restart.delay(len(restarts))
             restarts.append(now)
-            within = f"{restart.window / 60:.0f} min"
-            say(
-                f"{reason}; restarting in {delay:.0f} s (restart {len(restarts)} of at most {restart.limit} in {within})"
-            )
+            count = f"restart {len(restarts)} of at most {restart.limit} in {restart.window / 60:.0f} min"
+            say(f"{reason}; restarting in {delay:.0f} s ({count})")
             sleep(delay)
             started = time.monotonic()
             try:
