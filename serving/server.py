@@ -224,7 +224,6 @@ class TritonServer:
         ]
         self._stubs, self._unknown_dead = {}, set()  # a new server: new stubs
         self._log_path, self._ready_at = self._workdir / f"tritonserver.{attempt}.log", 0
-        as_user = {"user": account.uid, "group": account.gid, "extra_groups": []} if account else {}
         with open(self._log_path, "wb") as log:
             # Its own session: a terminal's Ctrl-C reaches only us, and we stop Triton in order.
             self._proc = subprocess.Popen(
@@ -235,7 +234,9 @@ class TritonServer:
                 env=install.environment(),
                 start_new_session=True,
                 preexec_fn=in_child,  # after the change of user, which would clear its parent-death signal
-                **as_user,
+                user=account.uid if account else None,
+                group=account.gid if account else None,
+                extra_groups=[] if account else None,
             )
 
     def _wait_ready(self) -> None:

@@ -149,18 +149,7 @@ def serve(
         previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
         try:
             with server:
-                if server.run_as_root:  # we are root and Triton's user could not read all it needs
-                    typer.secho(f"warning: Triton runs as root: {server.run_as_root}", fg="yellow", err=True)
-                e = server.endpoints
-                typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
-                typer.echo(f"models  {', '.join(server.models) or 'none'}")
-                if server.control_key:
-                    from vitexport.serving.server import CONTROL_HEADER
-
-                    # Printed, never stored: whoever started the server holds it (a load can run code).
-                    header = f"{CONTROL_HEADER}: {server.control_key}"
-                    typer.echo(f"control /v2/repository requests need the header '{header}'")
-                typer.echo("ready (Ctrl-C to stop)")
+                _announce(server)
                 # Triton or a model's backend dead: one line saying why; restarted, or Triton stopped and exit 1.
                 supervise(server, Restart(restart, max_restarts), lambda line: typer.secho(line, fg="yellow", err=True))
         except KeyboardInterrupt:
@@ -168,6 +157,22 @@ def serve(
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _announce(server) -> None:
+    """What `serve` prints once Triton is ready: where, what, and the control key if model control is on."""
+    if server.run_as_root:  # we are root and Triton's user could not read all it needs
+        typer.secho(f"warning: Triton runs as root: {server.run_as_root}", fg="yellow", err=True)
+    e = server.endpoints
+    typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
+    typer.echo(f"models  {', '.join(server.models) or 'none'}")
+    if server.control_key:
+        from vitexport.serving.server import CONTROL_HEADER
+
+        # Printed, never stored: whoever started the server holds it (a load can run code).
+        header = f"{CONTROL_HEADER}: {server.control_key}"
+        typer.echo(f"control /v2/repository requests need the header '{header}'")
+    typer.echo("ready (Ctrl-C to stop)")
 
 
 def infer(
