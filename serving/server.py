@@ -122,7 +122,8 @@ class TritonServer:
         verify_repository(self.repo_dir, self._loaded)
         remove_orphaned_workdirs()
         remove_orphaned_regions()
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
+        if self._workdir is None:  # a restart keeps it: private endpoints stay where the front knows them
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         backends = self._workdir / "backends"
         install.backend_dir(backends / "python")
         account = self._run_as(install)
@@ -159,7 +160,12 @@ class TritonServer:
 
     def restart(self) -> TritonServer:
         """Stop whatever is left of the server (killed: it is broken) and start it again on the same endpoints."""
-        self.stop(kill=True)
+        self.stop(kill=True, keep_workdir=True)
+        for entry in self._workdir.iterdir() if self._workdir else ():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         return self.start()
 
     def _run_as(self, install: TritonInstall) -> isolation.Account | None:

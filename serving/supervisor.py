@@ -75,7 +75,7 @@ def supervise(
             sleep(restart.interval)
             continue
         while reason is not None:  # a start that fails is one more failure
-            server.stop(kill=True)
+            server.stop(kill=True, keep_workdir=True)  # kept for the restart; stop() at the end removes it
             now = time.monotonic()
             restarts = [t for t in restarts if now - t < restart.window]
             if restart.policy is RestartPolicy.no:
@@ -89,7 +89,7 @@ def supervise(
             sleep(delay)
             started = time.monotonic()
             try:
-                server.start()
+                server.restart()
                 reason = None
                 say(f"ready again ({time.monotonic() - started:.1f} s to start)")
             except ServingError as e:

@@ -127,6 +127,9 @@ def test_a_private_server_is_reachable_by_no_other_user(repo, probe):
         assert [a.split()[-1] for a in answers if a] == ["EACCES"] * 3, answers
         cmdline = _as(probe, f"print(open('/proc/{server.process_group}/cmdline').read())")
         assert "tritonserver" in cmdline and server.control_key not in cmdline
+        # Restarted (as the supervisor does), it comes back on the same sockets: the front's addresses hold.
+        server.restart()
+        assert server.endpoints == e and isolation.http_status(e.http, "/v2/models/test_vit/ready") == 200
 
 
 def _in_mount_namespace(blocked: Path, needed: Path) -> list[str]:
