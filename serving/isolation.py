@@ -188,20 +188,26 @@ def blocked_reason(account: Account, paths: Iterable[Path]) -> str | None:
 
 
 def hand_over(folder: Path, account: Account) -> None:
-    """The folder and all in it (links themselves, not what they point to) owned by `account`."""
+    """The folder and the folders and links in it owned by `account`. Never a regular file: the repository view's
+    hard links share their inode with the user's own model files, which must keep their owner (`place` makes its
+    copies readable instead; the folder's own mode keeps other users out)."""
     for root, dirs, files in os.walk(folder):
-        for name in (root, *(os.path.join(root, n) for n in dirs + files)):
-            os.lchown(name, account.uid, account.gid)
+        os.lchown(root, account.uid, account.gid)
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                os.lchown(path, account.uid, account.gid)
 
 
 def place(source: Path, target: Path) -> None:
     """A model file in a repository view another user reads: a hard link when everyone may read it (no copy, and
-    nothing to enter on the way), else a copy (made readable once the view is handed over)."""
+    nothing to enter on the way), else a copy readable by all (inside a folder only Triton's user may enter)."""
     if source.stat().st_mode & stat.S_IROTH:
         with contextlib.suppress(OSError):  # another file system, or hard links protected: copy
             os.link(source, target)
             return
     shutil.copyfile(source, target)
+    target.chmod(0o644)
 
 
 def copy_view(source: Path, target: Path) -> None:

@@ -137,10 +137,11 @@ class TritonServer:
             picked = iter(free_ports(self.host, 3))
             ports = [p if p is not None else next(picked) for p in self._ports]
             given = zip(("HTTP", "gRPC", "metrics"), self._ports, strict=True)
-            check_free(self.host, {what: port for what, port in given if port is not None})
             self.endpoints = Endpoints(self.host, *ports)
-            if self.private:
+            if self.private:  # no TCP port: none to check
                 self.endpoints = isolation.PrivateEndpoints(self._workdir / "sockets")
+            else:
+                check_free(self.host, {what: port for what, port in given if port is not None})
             try:
                 self._launch(install, backends, attempt, account)
                 self._wait_ready()

@@ -175,6 +175,8 @@ def test_root_runs_triton_as_an_unprivileged_user(repo):
         programs = {Path(_argv0(pid)).name for pid in triton}
         assert programs == {"tritonserver", "triton_python_backend_stub"}, programs
         assert {_uid(pid) for pid in triton} == {account.uid}
+        # The repository view hard-links the model files: the user's own files keep their owner.
+        assert {f.stat().st_uid for f in repo.rglob("*") if f.is_file()} == {os.getuid()}
         regions = list(Path("/dev/shm").glob(f"vitexport_{proc.pid}_*"))
         assert regions and all(r.stat().st_uid == account.uid and r.stat().st_mode & 0o077 == 0 for r in regions)
         # Killed, `serve` still takes Triton with it: the parent-death signal is set after the change of user.

@@ -40,6 +40,13 @@ def test_exit_reasons_name_the_signal():
     assert triton_log.exit_reason(1) == "exited with code 1"
 
 
+def test_restarts_back_off_from_1_s_doubling_to_30_s():
+    from vitexport.serving.supervisor import Restart, RestartPolicy
+
+    policy = Restart(RestartPolicy.on_failure)
+    assert [policy.delay(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+
+
 def test_the_start_noise_is_never_the_error_and_old_lines_are_not_this_runs(tmp_path):
     log = tmp_path / "tritonserver.log"
     log.write_text(START_LOG)
