@@ -99,7 +99,7 @@ class TritonServer:
         self.private = private  # Triton on Unix sockets in its work folder, no TCP port (isolation.PrivateEndpoints)
         self.endpoints: Endpoints | isolation.PrivateEndpoints | None = None
         self._ready_at = 0  # the log's length when the server was last ready: later lines are this serving's
-        self.account = isolation.triton_account()  # the user Triton runs as (None: ours); see _run_as
+        self.account: isolation.Account | None = None  # when we are root: the user Triton runs as (see _run_as)
         self.run_as_root: str | None = None  # why Triton runs as root although we would not have it
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
@@ -172,7 +172,7 @@ class TritonServer:
     def _run_as(self, install: TritonInstall) -> isolation.Account | None:
         """The unprivileged user Triton runs as, when we are root and it can read all Triton needs; else None (as
         us), and `self.run_as_root` says why."""
-        self.run_as_root = None
+        self.run_as_root, self.account = None, isolation.triton_account()
         if self.account is None:
             return None
         paths = isolation.needed_paths(self.repo_dir, (install.server, install.stub, install.libs))
