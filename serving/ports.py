@@ -29,6 +29,17 @@ class Endpoints:
     def metrics(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    def arguments(self) -> list[str]:
+        """tritonserver's listening flags."""
+        return [
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+        ]
+
 
 def free_ports(host: str, count: int) -> list[int]:
     """Ports the kernel reports free right now; all bound at once so they are distinct."""

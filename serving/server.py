@@ -206,23 +206,11 @@ class TritonServer:
     def _launch(self, install: TritonInstall, backends: Path, attempt: int, account: isolation.Account | None) -> None:
         assert self.endpoints is not None and self._workdir is not None
         e = self.endpoints
-        listen = (
-            e.arguments()
-            if isinstance(e, isolation.PrivateEndpoints)
-            else [
-                f"--http-address={e.host}",
-                f"--http-port={e.http_port}",
-                f"--grpc-address={e.host}",
-                f"--grpc-port={e.grpc_port}",
-                f"--metrics-address={e.host}",
-                f"--metrics-port={e.metrics_port}",
-            ]
-        )
         command = [
             str(install.server),
             f"--model-repository={self._repository}",
             f"--backend-directory={backends}",
-            *listen,
+            *e.arguments(),  # where it listens: TCP ports, or private Unix sockets
             *self._model_control(),
             # Our own prefix lets stop() remove exactly the regions this server made, not other servers' ones.
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
