@@ -143,7 +143,7 @@ class TritonServer:
             else:
                 check_free(self.host, {what: port for what, port in given if port is not None})
             try:
-                self._launch(install, backends, attempt, account)
+                self._launch(install, backends, account)
                 self._wait_ready()
                 if isinstance(self.endpoints, Endpoints):  # a restart comes back where clients know it
                     self._ports = (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
@@ -163,6 +163,8 @@ class TritonServer:
         """Stop whatever is left of the server (killed: it is broken) and start it again on the same endpoints."""
         self.stop(kill=True, keep_workdir=True)
         for entry in self._workdir.iterdir() if self._workdir else ():
+            if entry.suffix == ".log":  # kept while we run: what each earlier server said before it died
+                continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
@@ -203,7 +205,7 @@ class TritonServer:
             f"--grpc-restricted-protocol={restricted}",  # 2.51's name for the gRPC side of the same setting
         ]
 
-    def _launch(self, install: TritonInstall, backends: Path, attempt: int, account: isolation.Account | None) -> None:
+    def _launch(self, install: TritonInstall, backends: Path, account: isolation.Account | None) -> None:
         assert self.endpoints is not None and self._workdir is not None
         e = self.endpoints
         command = [
@@ -218,7 +220,8 @@ class TritonServer:
             f"--log-verbose={self.log_verbose}",
         ]
         self._stubs, self._unknown_dead = {}, set()  # a new server: new stubs
-        self._log_path, self._ready_at = self._workdir / f"tritonserver.{attempt}.log", 0
+        runs = len(list(self._workdir.glob("tritonserver.*.log")))  # earlier starts' logs (restarts, retries)
+        self._log_path, self._ready_at = self._workdir / f"tritonserver.{runs}.log", 0
         with open(self._log_path, "wb") as log:
             # Its own session: a terminal's Ctrl-C reaches only us, and we stop Triton in order.
             self._proc = subprocess.Popen(

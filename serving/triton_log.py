@@ -14,7 +14,9 @@ from pathlib import Path
 
 # The complaints of a GPU-less machine, logged as errors at every start: never the cause of anything here.
 NOISE = ("CudaDriverHelper", "CUDA driver version is insufficient", "Failed to initialize NVML", "DCGM")
-_GLOG = re.compile(r"^([IWE])\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ")
+_GLOG = re.compile(r"^([IWEF])\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ")
+# A crash outside glog: the C++ runtime's last words (then Triton's "Signal (6) received." and a stack trace).
+_CRASH = ("terminate called", "what():")
 
 
 def exit_reason(returncode: int | None) -> str:
@@ -56,7 +58,7 @@ def last_error(path: Path | None, *, since: int = 0, errors_only: bool = False) 
     """The last error line (glog's `E` lines, less the GPU-less noise) logged from byte `since` on, without its glog
     prefix; else the last line that is not noise (or "", `errors_only`)."""
     lines = [line for line in tail(path, 200, since=since) if line.strip() and not any(n in line for n in NOISE)]
-    errors = [line for line in lines if _GLOG.match(line) and line[0] == "E"]
+    errors = [line for line in lines if _GLOG.match(line) and line[0] in "EF"]
     if errors_only and not errors:
         return ""
     if not errors and not lines:
@@ -67,5 +69,6 @@ def last_error(path: Path | None, *, since: int = 0, errors_only: bool = False) 
 
 def death(what: str, returncode: int | None, path: Path | None, *, since: int) -> str:
     """One line: `what` (tritonserver) and how it ended, with the error it logged since `since`, if any."""
-    error = last_error(path, since=since, errors_only=True)
+    crash = [line.strip() for line in tail(path, 200, since=since) if line.strip().startswith(_CRASH)]
+    error = last_error(path, since=since, errors_only=True) or (crash[0] if crash else "")
     return f"{what} {exit_reason(returncode)}{f': {error}' if error else ''}"

@@ -59,6 +59,14 @@ def test_the_start_noise_is_never_the_error_and_old_lines_are_not_this_runs(tmp_
         "tritonserver exited with code 1: failed to load x: no such file"
     )
     assert triton_log.last_error(log, since=triton_log.size(log), errors_only=True) == ""
+    # The request of issue 21 with a 2^31 batch: tritonserver 2.51 here aborts on an uncaught std::bad_alloc.
+    crashed = triton_log.size(log)
+    with open(log, "a") as f:
+        f.write("terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n")
+        f.write("Signal (6) received.\n 0# 0x000055B0C2A1D4F9 in tritonserver\n")
+    assert triton_log.death("tritonserver", -6, log, since=crashed) == (
+        "tritonserver was killed by signal 6 (SIGABRT): terminate called after throwing an instance of 'std::bad_alloc'"
+    )
 
 
 @pytest.fixture(scope="module")
