@@ -15,31 +15,33 @@ carry a config and files, which is running code as the server's user, and any we
 A backend that dies is noticed: Triton neither restarts a Python backend stub that was killed nor says so (health,
 model readiness and the index stay READY while every request gets a 500, and a stub killed as it starts hangs the
 load for good). So the server watches the stub processes it started (`check_backends`), and a dead one ends the
-start, or the serving, with one error naming the model. It is not reloaded: in mode NONE nothing can be, and a
-restart of the whole server is its supervisor's job (systemd, Kubernetes), which sees `serve` exit non-zero.
+start, or the serving, with one error naming the model. It is not reloaded alone (in mode NONE nothing can be):
+`restart()` starts the whole server again, on the same endpoints (serving/supervisor.py decides when).
+
+Before Triton loads anything, every model file is checked against its version's sidecar (serving/integrity.py).
+`private=True` puts Triton's services on Unix sockets only its user can open, and a `serve` run as root runs Triton
+as an unprivileged user (serving/isolation.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from vitexport.errors import ServingError
+from vitexport.serving import isolation, triton_log
 from vitexport.serving.install import TritonInstall, unavailable_reason, with_steps
+from vitexport.serving.integrity import verify_repository
+from vitexport.serving.ports import Endpoints, check_free, check_host, free_ports
 from vitexport.serving.processes import (
     SHM_DIR,
     WORKDIR_PREFIX,
@@ -58,62 +60,6 @@ __all__ = ["CONTROL_HEADER", "SHM_DIR", "Endpoints", "TritonServer", "free_ports
 CONTROL_HEADER = "vitexport-control-key"  # the header Triton asks of model-repository requests (model_control=True)
 
 
-@dataclass(frozen=True)
-class Endpoints:
-    host: str
-    http_port: int
-    grpc_port: int
-    metrics_port: int
-
-    @property
-    def http(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def grpc(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
-
-    @property
-    def metrics(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
-
-
-def free_ports(host: str, count: int) -> list[int]:
-    """Ports the kernel reports free right now; all bound at once so they are distinct."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for s in socks:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def _check_host(host: str) -> str:
-    """The address to listen on, refused in one line when it is not one this machine has (Triton would start and
-    then fail to bind, after minutes of loading)."""
-    try:
-        for *_, address in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM):
-            ip = str(address[0])  # an IPv4 or IPv6 address (AF_INET, AF_INET6 are the families asked for)
-            with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
-                s.bind((ip, 0))
-            return host
-    except (OSError, UnicodeError) as e:  # UnicodeError: a name IDNA cannot encode
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise ServingError(f"cannot listen on --host {host!r}: {reason}") from None
-    raise ServingError(f"cannot listen on --host {host!r}: it resolves to no address")
-
-
-def check_free(host: str, ports: dict[str, int]) -> None:
-    """Refuse ports something already listens on, before Triton starts: a server already on the HTTP port would
-    answer our readiness check and we would call a failed start ready."""
-    for what, port in ports.items():
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # our own closed server's TIME_WAIT is no owner
-            try:
-                s.bind((host, port))
-            except OSError:
-                raise ServingError(f"the {what} port {port} on {host} is in use (another server?)") from None
-
-
 class TritonServer:
     """Context manager: start Triton on a repository, wait until ready, and stop it cleanly on exit."""
 
@@ -129,9 +75,10 @@ class TritonServer:
         startup_timeout: float = 120.0,
         log_verbose: int = 0,
         model_control: bool = False,
+        private: bool = False,
     ):
         self.repo_dir = Path(repo_dir).resolve()
-        self.host = _check_host(host)
+        self.host = check_host(host)
         for what, port in zip(("HTTP", "gRPC", "metrics"), (http_port, grpc_port, metrics_port), strict=True):
             if port is not None and not 1 <= port <= 65535:
                 raise ServingError(f"the {what} port must be 1..65535 (or 0: any free port), not {port}")
@@ -149,7 +96,11 @@ class TritonServer:
         self._loaded = with_steps(self.models, configs)
         # model_control: the key load/unload/index requests must carry in the CONTROL_HEADER header; None: closed.
         self.control_key = secrets.token_urlsafe(32) if model_control else None
-        self.endpoints: Endpoints | None = None
+        self.private = private  # Triton on Unix sockets in its work folder, no TCP port (isolation.PrivateEndpoints)
+        self.endpoints: Endpoints | isolation.PrivateEndpoints | None = None
+        self._ready_at = 0  # the log's length when the server was last ready: later lines are this serving's
+        self.account: isolation.Account | None = None  # when we are root: the user Triton runs as (see _run_as)
+        self.run_as_root: str | None = None  # why Triton runs as root although we would not have it
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._shm_prefix = f"vitexport_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
@@ -168,23 +119,34 @@ class TritonServer:
         if self._proc is not None:
             raise ServingError("the server is already running")
         install = TritonInstall.find()
+        verify_repository(self.repo_dir, self._loaded)
         remove_orphaned_workdirs()
         remove_orphaned_regions()
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
+        if self._workdir is None:  # a restart keeps it: private endpoints stay where the front knows them
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         backends = self._workdir / "backends"
         install.backend_dir(backends / "python")
+        account = self._run_as(install)
         self._repository = self.repo_dir if self.control_key else self._repository_view(self._workdir / "repository")
-        auto_ports = None in self._ports
+        (self._workdir / "sockets").mkdir()
+        if account is not None:
+            isolation.hand_over(self._workdir, account)
+        auto_ports = None in self._ports and not self.private
         # Free ports can be taken by another process between our check and Triton's bind: retry with new ones.
         for attempt in range(3 if auto_ports else 1):
             picked = iter(free_ports(self.host, 3))
             ports = [p if p is not None else next(picked) for p in self._ports]
             given = zip(("HTTP", "gRPC", "metrics"), self._ports, strict=True)
-            check_free(self.host, {what: port for what, port in given if port is not None})
             self.endpoints = Endpoints(self.host, *ports)
+            if self.private:  # no TCP port: none to check
+                self.endpoints = isolation.PrivateEndpoints(self._workdir / "sockets")
+            else:
+                check_free(self.host, {what: port for what, port in given if port is not None})
             try:
-                self._launch(install, backends, attempt)
+                self._launch(install, backends, account)
                 self._wait_ready()
+                if isinstance(self.endpoints, Endpoints):  # a restart comes back where clients know it
+                    self._ports = (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
                 return self
             except ServingError:
                 log = self.log_tail()
@@ -197,17 +159,44 @@ class TritonServer:
                 raise
         raise AssertionError("unreachable")
 
+    def restart(self) -> TritonServer:
+        """Stop whatever is left of the server (killed: it is broken) and start it again on the same endpoints."""
+        self.stop(kill=True, keep_workdir=True)
+        for entry in self._workdir.iterdir() if self._workdir else ():
+            if entry.suffix == ".log":  # kept while we run: what each earlier server said before it died
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        return self.start()
+
+    def _run_as(self, install: TritonInstall) -> isolation.Account | None:
+        """The unprivileged user Triton runs as, when we are root and it can read all Triton needs; else None (as
+        us), and `self.run_as_root` says why."""
+        self.run_as_root, self.account = None, isolation.triton_account()
+        if self.account is None:
+            return None
+        paths = isolation.needed_paths(self.repo_dir, (install.server, install.stub, install.libs))
+        self.run_as_root = isolation.blocked_reason(self.account, paths[:-1] if not self.control_key else paths)
+        return None if self.run_as_root else self.account
+
     def _repository_view(self, view: Path) -> Path:
         """A folder of links to the models this server loads (ensembles with their steps): in mode NONE Triton loads
         all it finds, so the view is how a subset is served with the repository APIs closed."""
         view.mkdir()
         for name in self._loaded:
-            (view / name).symlink_to(self.repo_dir / name, target_is_directory=True)
+            if self.account is not None and not self.run_as_root:  # another user: no way through our folders
+                isolation.copy_view(self.repo_dir / name, view / name)
+            else:
+                (view / name).symlink_to(self.repo_dir / name, target_is_directory=True)
         return view
 
     def _model_control(self) -> list[str]:
         if self.control_key is None:
             return ["--model-control-mode=none"]
+        if self.private:  # the socket's permissions are the boundary; the front checks the key (on no command line)
+            return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
         restricted = f"model-repository:{CONTROL_HEADER}={self.control_key}"
         return [
             "--model-control-mode=explicit",
@@ -216,19 +205,14 @@ class TritonServer:
             f"--grpc-restricted-protocol={restricted}",  # 2.51's name for the gRPC side of the same setting
         ]
 
-    def _launch(self, install: TritonInstall, backends: Path, attempt: int) -> None:
+    def _launch(self, install: TritonInstall, backends: Path, account: isolation.Account | None) -> None:
         assert self.endpoints is not None and self._workdir is not None
         e = self.endpoints
         command = [
             str(install.server),
             f"--model-repository={self._repository}",
             f"--backend-directory={backends}",
-            f"--http-address={e.host}",
-            f"--http-port={e.http_port}",
-            f"--grpc-address={e.host}",
-            f"--grpc-port={e.grpc_port}",
-            f"--metrics-address={e.host}",
-            f"--metrics-port={e.metrics_port}",
+            *e.arguments(),  # where it listens: TCP ports, or private Unix sockets
             *self._model_control(),
             # Our own prefix lets stop() remove exactly the regions this server made, not other servers' ones.
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
@@ -236,7 +220,8 @@ class TritonServer:
             f"--log-verbose={self.log_verbose}",
         ]
         self._stubs, self._unknown_dead = {}, set()  # a new server: new stubs
-        self._log_path = self._workdir / f"tritonserver.{attempt}.log"
+        runs = len(list(self._workdir.glob("tritonserver.*.log")))  # earlier starts' logs (restarts, retries)
+        self._log_path, self._ready_at = self._workdir / f"tritonserver.{runs}.log", 0
         with open(self._log_path, "wb") as log:
             # Its own session: a terminal's Ctrl-C reaches only us, and we stop Triton in order.
             self._proc = subprocess.Popen(
@@ -246,7 +231,10 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=install.environment(),
                 start_new_session=True,
-                preexec_fn=in_child,
+                preexec_fn=in_child,  # after the change of user, which would clear its parent-death signal
+                user=account.uid if account else None,
+                group=account.gid if account else None,
+                extra_groups=[] if account else None,
             )
 
     def _wait_ready(self) -> None:
@@ -254,12 +242,13 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 code = self._proc.returncode if self._proc else None
-                raise ServingError(f"tritonserver exited with code {code} while starting: {self.log_error()}")
+                raise ServingError(f"tritonserver {triton_log.exit_reason(code)} while starting: {self.log_error()}")
             self._private_regions()
             self.check_backends(starting=True)
             if self.is_ready():
                 self._private_regions()
                 self.check_backends(starting=True)
+                self._ready_at = triton_log.size(self._log_path)
                 return
             time.sleep(0.2)
         raise ServingError(f"tritonserver was not ready after {self.startup_timeout:.0f} s: {self.log_error()}")
@@ -310,13 +299,8 @@ class TritonServer:
     def _model_ready(self, model: str) -> bool | None:
         """Triton's answer (a 4xx: not ready), or None when it gave none (timed out, connection refused)."""
         assert self.endpoints is not None
-        try:
-            with urllib.request.urlopen(f"http://{self.endpoints.http}/v2/models/{model}/ready", timeout=2) as r:
-                return r.status == 200
-        except urllib.error.HTTPError:
-            return False
-        except (urllib.error.URLError, OSError):
-            return None
+        status = isolation.http_status(self.endpoints.http, f"/v2/models/{model}/ready")
+        return None if status is None else status == 200
 
     def _private_regions(self) -> None:
         """Owner-only access to the Python backend's shared-memory regions (they hold request bytes): the backend
@@ -327,41 +311,36 @@ class TritonServer:
                 region.chmod(0o600)
 
     def is_ready(self) -> bool:
-        if self.endpoints is None:
-            return False
-        try:
-            with urllib.request.urlopen(f"http://{self.endpoints.http}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return self.endpoints is not None and isolation.http_status(self.endpoints.http, "/v2/health/ready") == 200
 
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        path = getattr(self, "_log_path", None)
-        if path is None or not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(triton_log.tail(getattr(self, "_log_path", None), lines))
 
     def log_error(self, *, errors_only: bool = False) -> str:
-        """The server log's last error line (glog's `E` lines), for a one-line message; else its last line (or "",
-        `errors_only`). The CUDA complaints of this GPU-less machine are not the error."""
-        lines = [line for line in self.log_tail(200).splitlines() if line.strip()]
-        errors = [line for line in lines if re.match(r"E\d{4} ", line) and "CudaDriverHelper" not in line]
-        if errors_only and not errors:
-            return ""
-        line = (errors or lines or ["no log output"])[-1]
-        return re.sub(r"^[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ", "", line).strip().strip('"')
+        """The last error Triton logged in this phase (since it was ready, or since it started), for a one-line
+        message; else its last line (or "", `errors_only`). A GPU-less machine's CUDA complaints are not errors."""
+        path = getattr(self, "_log_path", None)
+        line = triton_log.last_error(path, since=self._ready_at, errors_only=errors_only)
+        return line or ("" if errors_only else "no log output")
 
-    def stop(self, *, keep_workdir: bool = False) -> None:
-        """SIGTERM (Triton unloads its models and the stubs exit), then SIGKILL whatever is left of the group."""
+    def death(self) -> str | None:
+        """Why the server stopped, in one line (None: it runs): its exit status or signal and its errors since."""
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        return triton_log.death("tritonserver", self._proc.returncode, self._log_path, since=self._ready_at)
+
+    def stop(self, *, keep_workdir: bool = False, kill: bool = False) -> None:
+        """SIGTERM (Triton unloads its models and the stubs exit), then SIGKILL whatever is left of the group;
+        `kill`: SIGKILL at once (a server with a dead backend would wait 10 s for the requests it held)."""
         proc, self._proc = self._proc, None
         # Nested finally blocks: a second Ctrl-C (or SIGTERM) while Triton shuts down cuts the wait short but must
         # not skip the kill and the cleanup after it; the interrupt propagates once they are done.
         try:
-            if proc is not None and proc.poll() is None:
+            if proc is not None and proc.poll() is None and not kill:
                 proc.send_signal(signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=20)

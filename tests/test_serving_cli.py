@@ -320,7 +320,8 @@ def test_a_dead_backend_stops_serve_in_one_line(repo):
     assert proc.wait(timeout=30) == 1
     assert _gone(proc.pid)
     time.sleep(0.5)  # let the reader thread drain the last line
-    lines = [line for line in err.queue if line.strip()]
+    # (A root `serve` whose Triton user cannot read the interpreter says so in a warning first.)
+    lines = [line for line in err.queue if line.strip() and not line.startswith("warning: Triton runs as root")]
     assert len(lines) == 1 and "model test_vit (instance test_vit_0_0" in lines[0], lines
     assert "died while serving" in lines[0]
 

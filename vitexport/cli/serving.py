@@ -11,6 +11,7 @@ from vitexport.cli.console import JsonFlag, print_json, print_table, progress_st
 from vitexport.errors import VitExportError
 from vitexport.serving.client import Protocol
 from vitexport.serving.config import ServingBackend
+from vitexport.serving.supervisor import RestartPolicy
 
 
 def repo(
@@ -112,17 +113,22 @@ def serve(
             help="Open Triton's load/unload/index APIs, behind a key printed at start [default: closed].",
         ),
     ] = False,
+    restart: Annotated[
+        RestartPolicy,
+        typer.Option(help="on-failure: start Triton again when it or a model's backend dies (back-off 1-30 s)."),
+    ] = RestartPolicy.no,
+    max_restarts: Annotated[int, typer.Option(help="Restarts allowed in 10 minutes before giving up.", min=0)] = 5,
 ) -> None:
     """Start Triton on a model repository until Ctrl-C or SIGTERM; models it cannot run here are skipped. Nobody can
     load, unload or replace models through the server unless --allow-model-control is given."""
     import signal
-    import time
 
     def terminate(signum, frame):  # SIGTERM and SIGHUP (terminal closed) take the same orderly way out as Ctrl-C
         raise KeyboardInterrupt
 
     with user_errors():
         from vitexport.serving.server import TritonServer
+        from vitexport.serving.supervisor import Restart, supervise
 
         names = [n for item in models or [] for n in item.split(",") if n]
         server = TritonServer(
@@ -139,25 +145,30 @@ def serve(
         previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
         try:
             with server:
-                e = server.endpoints
-                typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
-                typer.echo(f"models  {', '.join(server.models) or 'none'}")
-                if server.control_key:
-                    from vitexport.serving.server import CONTROL_HEADER
-
-                    # Printed, never stored: whoever started the server holds it (a load can run code).
-                    header = f"{CONTROL_HEADER}: {server.control_key}"
-                    typer.echo(f"control /v2/repository requests need the header '{header}'")
-                typer.echo("ready (Ctrl-C to stop)")
-                while server.running:
-                    server.check_backends()  # a dead model backend: one line naming it, Triton stopped, exit 1
-                    time.sleep(0.5)
-                raise VitExportError(f"tritonserver stopped unexpectedly: {server.log_error()}")
+                _announce(server)
+                # Triton or a model's backend dead: one line saying why; restarted, or Triton stopped and exit 1.
+                supervise(server, Restart(restart, max_restarts), lambda line: typer.secho(line, fg="yellow", err=True))
         except KeyboardInterrupt:
             typer.echo("stopped")
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _announce(server) -> None:
+    """What `serve` prints once Triton is ready: where, what, and the control key if model control is on."""
+    if server.run_as_root:  # we are root and Triton's user could not read all it needs
+        typer.secho(f"warning: Triton runs as root: {server.run_as_root}", fg="yellow", err=True)
+    e = server.endpoints
+    typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
+    typer.echo(f"models  {', '.join(server.models) or 'none'}")
+    if server.control_key:
+        from vitexport.serving.server import CONTROL_HEADER
+
+        # Printed, never stored: whoever started the server holds it (a load can run code).
+        header = f"{CONTROL_HEADER}: {server.control_key}"
+        typer.echo(f"control /v2/repository requests need the header '{header}'")
+    typer.echo("ready (Ctrl-C to stop)")
 
 
 def infer(
