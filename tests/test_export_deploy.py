@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import _digits
 import pytest
 from typer.testing import CliRunner
 
@@ -16,11 +15,6 @@ from vitexport.errors import VitExportError
 from vitexport.export.deploy import parse_candidates
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def digits(request, tmp_path_factory):
-    return _digits.prepare(request.config.cache, tmp_path_factory)
 
 
 def test_deploy_serves_the_fastest_gated_candidate_and_the_right_label(digits, tmp_path):

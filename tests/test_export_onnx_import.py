@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import _digits
 import numpy as np
 import onnx
 import pytest
@@ -48,11 +47,6 @@ def timm_convnext(timm, tmp_path_factory):
     model = timm.create_model("test_convnext", pretrained=False).eval()
     onnx_export(model, str(path), input_size=(3, 64, 64), dynamic_size=False, batch_size=1)
     return model, path
-
-
-@pytest.fixture(scope="module")
-def digits(request, tmp_path_factory):
-    return _digits.prepare(request.config.cache, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import _digits
 import numpy as np
 import onnx
 import pytest
@@ -19,11 +18,6 @@ from vitexport.export.optimize import Precision, Runtime, optimize
 from vitexport.export.quantize import QuantMethod
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def digits(request, tmp_path_factory):
-    return _digits.prepare(request.config.cache, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

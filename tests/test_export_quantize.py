@@ -3,7 +3,6 @@ images; each variant is a valid graph (onnx.checker, ONNX Runtime) that passes t
 
 from __future__ import annotations
 
-import _digits
 import onnx
 import pytest
 
@@ -13,11 +12,6 @@ from vitexport.export.fusion import Fusion
 from vitexport.export.onnx import export_onnx
 from vitexport.export.optimize import Precision, Runtime, optimize
 from vitexport.export.quantize import QuantMethod
-
-
-@pytest.fixture(scope="module")
-def digits(request, tmp_path_factory):
-    return _digits.prepare(request.config.cache, tmp_path_factory)
 
 
 def test_dynamic_int8_vit_passes_the_gate_on_labelled_images(digits, tmp_path):

@@ -123,7 +123,7 @@ def test_attention_fuses_block_for_block_and_still_matches_pytorch(tiny, name, f
         assert after.get("Attention", 0) == blocks
         assert not [k for k in after if "::" in k], "the TensorRT graph must hold standard ONNX ops only"
         assert next(o.version for o in onnx.load(variant.path).opset_import if o.domain == "") == 23
-    assert variant.validation["passed"]
+    assert variant.validation["passed"] and variant.sidecar.is_file()
     # Against PyTorch itself, not only the fp32 ONNX the gate compared it with.
     assert_onnx_matches_pytorch(ort_session(variant.path), exported.model, classes=get_spec(name).num_classes)
 
