@@ -126,7 +126,7 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def detr(tmp_path_factory):
+def tiny_detr(tmp_path_factory):
     """test_detr with random weights shaken up so its queries disagree (distinct scores, boxes and classes), exported
     to ONNX: the detector the serving tests serve."""
     from vitexport.export.onnx import export_onnx
@@ -156,7 +156,7 @@ FAMILY_TOP_K = 5
 
 
 @pytest.fixture(scope="session")
-def server(tiny, detr, tmp_path_factory):
+def server(tiny, tiny_detr, tmp_path_factory):
     """One real Triton per session (per xdist worker; the scheduler below keeps the files that use it on one worker)
     for SHARED_TRITON_FILES, serving what each of them asks of it."""
     import json
@@ -189,11 +189,11 @@ def server(tiny, detr, tmp_path_factory):
     # test_serving_detection: `vitexport repo` of the detector on ONNX Runtime and on OpenVINO. A long queue delay at
     # the detector makes concurrent requests meet there: batches of several requests.
     runner = CliRunner()
-    args = ["repo", str(detr.path), "--repo", str(repo), "--name", "detr", "--queue-delay-us", "100000", "--json"]
+    args = ["repo", str(tiny_detr.path), "--repo", str(repo), "--name", "detr", "--queue-delay-us", "100000", "--json"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["models"] == ["detr", "detr_preprocess", "detr_postprocess", "detr_image"]
-    args = ["repo", str(detr.path), "--repo", str(repo), "--name", "detr_ov", "--backend", "python-openvino"]
+    args = ["repo", str(tiny_detr.path), "--repo", str(repo), "--name", "detr_ov", "--backend", "python-openvino"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     # Some 30 models, each Python one a stub process to start: longer than one file's server on two busy cores.

@@ -52,9 +52,9 @@ def photos() -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def exported(detr):
+def exported(tiny_detr):
     """The session's test_detr export (tests/conftest.py), which the shared `server` serves as detr and detr_ov."""
-    return detr
+    return tiny_detr
 
 
 def in_process(artifact, images: list[bytes], *, threshold: float = 0.0, top_k: int = 100) -> list:
