@@ -1,8 +1,11 @@
 """Shared fixtures: the independent reference implementations (timm, Hugging Face transformers), the digits model,
-the tiny registered models exported once per session, and the `integration` marker.
+the tiny registered models exported once per session, one real Triton per session for the serving tests that can
+share it, and the `integration` marker.
 
 Fast lane: `pytest -m "not integration"` leaves out every test that starts a real Triton or a subprocess-heavy
-pipeline. Which tests those are is decided here (`pytest_collection_modifyitems`), not remembered file by file."""
+pipeline: those using a Triton fixture or starting one in their body are marked here
+(`pytest_collection_modifyitems`), the few others (a `vitexport serve` subprocess, the soak script, whole optimize
+pipelines) carry the mark themselves."""
 
 from __future__ import annotations
 
@@ -201,6 +204,7 @@ def server(tiny, tiny_detr, tmp_path_factory):
         yield s
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist (-p no:xdist) there is nothing to schedule
 def pytest_xdist_make_scheduler(config, log):
     """--dist loadfile, with SHARED_TRITON_FILES as one unit, so that one worker starts the shared server once
     instead of each worker starting it for the file it got."""
@@ -216,10 +220,13 @@ def pytest_xdist_make_scheduler(config, log):
     return SharedTritonScheduling(config, log)
 
 
-# A test is an integration test when it starts a real Triton, through a fixture that serves one or in its body; tests
-# that run `vitexport serve` or the soak script as a subprocess carry the mark themselves. They take 10-60 s each here,
-# and are what `pytest -m "not integration"` (the fast lane) leaves out.
-TRITON_FIXTURES = frozenset({"server", "quick_run"})  # quick_run: `bench --quick` with a triton-grpc backend
+# A test is an integration test when it starts a real Triton, through a fixture that serves one or in its body, or
+# runs a whole pipeline (the bench harness, deploy, INT8 calibration and gates, a full-size export); those without such
+# a fixture or body carry the mark themselves. They take 5-60 s each here, and are what `pytest -m "not integration"`
+# (the fast lane) leaves out.
+# quick_run: `bench --quick` with a triton-grpc backend; quick_families: `bench --quick` of two families over four
+# runtimes, not a Triton but the whole harness (a minute here).
+INTEGRATION_FIXTURES = frozenset({"server", "quick_run", "quick_families"})
 
 
 def _starts_triton(function) -> bool:
@@ -232,5 +239,5 @@ def _starts_triton(function) -> bool:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
-        if TRITON_FIXTURES & uses or _starts_triton(getattr(item, "function", None)):
+        if INTEGRATION_FIXTURES & uses or _starts_triton(getattr(item, "function", None)):
             item.add_marker(pytest.mark.integration)

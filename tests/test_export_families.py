@@ -19,6 +19,9 @@ from vitexport.export.photos import GATE_PHOTOS, photo_folder
 from vitexport.models import get_spec
 
 pytest.importorskip("openvino")
+# Every test here builds a variant end to end (FP16 conversion, INT8 calibration, OpenVINO compilation) and gates it on
+# photographs: minutes in all, left out of the fast lane.
+pytestmark = pytest.mark.integration
 pytest.importorskip("skimage")
 
 FAMILIES = ["test_beit", "test_mae", "test_swin", "test_mobilevit"]

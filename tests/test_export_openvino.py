@@ -37,6 +37,7 @@ def test_float_ir(digits, precision, tmp_path):
         assert 1e-4 < gate["images"][0]["max_abs"] < 0.5
 
 
+@pytest.mark.integration  # NNCF's INT8 calibration and the gate
 def test_nncf_int8_ir(digits, tmp_path):
     variant = optimize(
         digits.onnx,

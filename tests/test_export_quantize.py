@@ -26,6 +26,7 @@ def test_dynamic_int8_vit_passes_the_gate_on_labelled_images(digits, tmp_path):
     assert accuracy["top1_drop"] <= 1.0
 
 
+@pytest.mark.integration  # static INT8 calibration and the gate
 def test_static_qdq_resnet_with_calibration(digits, tmp_path):
     source = export_onnx("test_resnet", tmp_path / "resnet.onnx", validate=False)
     variant = optimize(source, precision=Precision.int8, calibration=digits.train, output=tmp_path / "r8.onnx")

@@ -36,8 +36,9 @@ def test_every_family_and_its_ensemble_loads(server):
     assert expected <= set(server.models)
 
 
-def test_preprocessing_is_each_familys_own(exported):
+def test_preprocessing_is_each_familys_own(tiny):
     # MobileViT takes [0, 1] pixels (mean 0, std 1), unlike the others: the served preprocessing follows the artifact.
+    exported = {"test_mobilevit": tiny("test_mobilevit", calibrated=True).onnx}  # alone: no server, one export
     assert exported["test_mobilevit"].preprocess == get_spec("test_mobilevit").preprocess
     assert exported["test_mobilevit"].preprocess.mean == (0.0, 0.0, 0.0)
     assert exported["test_mobilevit"].preprocess.std == (1.0, 1.0, 1.0)
