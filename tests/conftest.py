@@ -239,5 +239,7 @@ def _starts_triton(function) -> bool:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
-        if INTEGRATION_FIXTURES & uses or _starts_triton(getattr(item, "function", None)):
+        starts = INTEGRATION_FIXTURES & uses or _starts_triton(getattr(item, "function", None))
+        # Full-size models (`slow`) cost seconds each on two cores: the fast lane leaves them out too.
+        if starts or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.integration)

@@ -203,6 +203,7 @@ def test_import_deploy_serve_infer_with_its_own_names_and_labels(timm_convnext, 
             assert answer["labels"] == expected
 
 
+@pytest.mark.integration  # the bench harness
 def test_an_imported_file_is_benchmarked_without_torch_peers(timm_convnext, tmp_path):
     from vitexport.export.onnx_macs import onnx_macs
 

@@ -68,6 +68,7 @@ def test_cli_optimize_a_registered_model(tmp_path):
     assert (tmp_path / "test_vit.onnx.json").is_file() and load_artifact(out).precision == "fp16"
 
 
+@pytest.mark.integration  # INT8 calibration and the gate
 @pytest.mark.parametrize("runtime", [Runtime.onnxruntime, Runtime.openvino])
 def test_gate_rejects_int8_calibrated_on_a_black_image(digits, black_image, runtime, tmp_path):
     out = tmp_path / ("bad.xml" if runtime is Runtime.openvino else "bad.onnx")
