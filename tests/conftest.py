@@ -225,8 +225,9 @@ def pytest_xdist_make_scheduler(config, log):
 # a fixture or body carry the mark themselves. They take 5-60 s each here, and are what `pytest -m "not integration"`
 # (the fast lane) leaves out.
 # quick_run: `bench --quick` with a triton-grpc backend; quick_families: `bench --quick` of two families over four
-# runtimes, not a Triton but the whole harness (a minute here).
-INTEGRATION_FIXTURES = frozenset({"server", "quick_run", "quick_families"})
+# runtimes, not a Triton but the whole harness (a minute here); variants: test_export_detection's six DETR variants,
+# built, calibrated and gated (and the tests on a variant: the scrambled head, a budget too tight).
+INTEGRATION_FIXTURES = frozenset({"server", "quick_run", "quick_families", "variants"})
 
 
 def _starts_triton(function) -> bool:

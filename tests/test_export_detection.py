@@ -89,7 +89,6 @@ def variants(detr, calibration, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.integration  # six variants of DETR built, calibrated and gated
 def test_every_variant_kind_passes_the_detection_gate(variants, name):
     validation = load_artifact(variants[name].path).validation  # what the sidecar records
     assert validation["passed"] and validation["task"] == "detection" and not validation["failures"]
@@ -103,13 +102,11 @@ def test_every_variant_kind_passes_the_detection_gate(variants, name):
     assert {r["output"] for r in validation["images"]} == {"logits (images)", "pred_boxes (images)"}
 
 
-@pytest.mark.integration  # six variants of DETR built, calibrated and gated
 def test_fusion_matches_every_attention_block_of_detr(variants):
     details = variants["ort-fp32-fused"].details
     assert details["attention"] == {"fused_attention": 3, "softmax": 0}  # encoder self, decoder self and cross
 
 
-@pytest.mark.integration  # six variants of DETR built, calibrated and gated
 def test_int8_calibration_fed_the_masks(variants, detr, calibration):
     """Both INT8 builds calibrated on padded photographs through both inputs (a calibration without the mask would
     not run: the graph has two inputs), and the OpenVINO variant runs on a padded photograph with its mask as the fp32
