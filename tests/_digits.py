@@ -1,6 +1,7 @@
-"""Shared by the optimize tests: scikit-learn's digits as ImageFolders and a tiny ViT trained on them (~95% test
-accuracy), so that the accuracy gate's top-1 means something. The checkpoint is kept in pytest's cache folder:
-training takes ~20 s on two cores, reruns take none."""
+"""What the `digits` fixture (tests/conftest.py) makes for the optimize, OpenVINO, quantize, import and deploy tests:
+scikit-learn's digits as ImageFolders and a tiny ViT trained on them (~95% test accuracy), so that the accuracy gate's
+top-1 means something. The checkpoint is kept in pytest's cache folder: training takes ~20 s on two cores, reruns
+take none."""
 
 from __future__ import annotations
 
@@ -28,14 +29,9 @@ class Digits:
     onnx: ModelArtifact  # the checkpoint exported to fp32 ONNX
 
 
-_prepared: dict[str, Digits] = {}
-
-
 def prepare(cache, tmp_path_factory) -> Digits:
-    """Train (or take from pytest's cache), write the image folders and export, once per session; test modules wrap
-    this in their own fixture so that they need no import of a fixture."""
-    if "digits" in _prepared:
-        return _prepared["digits"]
+    """Train (or take from pytest's cache), write the image folders and export; the session fixture `digits` calls
+    this once per session."""
     key = hashlib.sha256(f"{TRAIN_SETTINGS}-torch{torch.__version__}".encode()).hexdigest()[:12]
     folder = Path(cache.mkdir(f"vitexport-digits-{key}"))
     checkpoint = folder / "model.pt"
@@ -47,11 +43,9 @@ def prepare(cache, tmp_path_factory) -> Digits:
     root = tmp_path_factory.mktemp("digits")
     images, labels = load_digits_images(get_spec(MODEL).img_size)
     train_idx, test_idx = split(len(labels))
-    digits = Digits(
+    return Digits(
         checkpoint=checkpoint,
         train=write_image_folder(root / "train", images[train_idx], labels[train_idx]),
         test=write_image_folder(root / "test", images[test_idx], labels[test_idx]),
         onnx=export_onnx(MODEL, root / "digits.onnx", checkpoint=checkpoint),
     )
-    _prepared["digits"] = digits
-    return digits

@@ -153,6 +153,7 @@ def test_served_variant_is_what_deploy_would_choose(tmp_path):
     assert "no gated variant" in fallback["chosen"]
 
 
+@pytest.mark.integration  # the bench harness over five runtimes
 def test_a_detector_is_measured_with_its_mask_beside_its_own_reference_peers(tmp_path):
     """DETR's rows: the runtimes feed its mask (a full canvas), timm (no detectors) gets no row, and transformers
     (the detectors' reference) is recorded as skipped for the tiny test config, which it has no equivalent of."""

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # the soak script as a subprocess, against a real Triton
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scripts" / "soak.py"
 
 

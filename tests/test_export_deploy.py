@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import _digits
 import pytest
 from typer.testing import CliRunner
 
@@ -16,11 +15,6 @@ from vitexport.errors import VitExportError
 from vitexport.export.deploy import parse_candidates
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def digits(request, tmp_path_factory):
-    return _digits.prepare(request.config.cache, tmp_path_factory)
 
 
 def test_deploy_serves_the_fastest_gated_candidate_and_the_right_label(digits, tmp_path):
@@ -54,6 +48,7 @@ def test_deploy_serves_the_fastest_gated_candidate_and_the_right_label(digits, t
             assert answer.labels[0] == "digit 7"
 
 
+@pytest.mark.integration  # deploy's whole pipeline: export, INT8 calibration, gates, timing
 def test_deploy_calibrates_on_photographs_by_default_and_says_so(tmp_path):
     args = ["deploy", "test_vit", "--repo", str(tmp_path / "r"), "--runtimes", "onnxruntime-fp32,openvino-int8"]
     result = runner.invoke(app, [*args, "--workdir", str(tmp_path / "w"), "--json"])

@@ -1,31 +1,27 @@
-"""BEiT, MAE, Swin and MobileViT through the optimize stage, on their tiny configs: fused attention (ONNX Runtime's
-MultiHeadAttention, the opset-23 ONNX Attention op) with no Softmax left in any attention block and still within
-1e-4 of PyTorch, and FP16, OpenVINO BF16/INT8 and ONNX Runtime INT8 variants that each pass their gate on real
-photographs: INT8 calibrated on crops of some photos, every variant gated on crops of others.
+"""BEiT, MAE, Swin and MobileViT through the optimize stage, on their tiny configs: FP16, OpenVINO BF16/INT8 and ONNX
+Runtime INT8 variants that each pass their gate on real photographs: INT8 calibrated on crops of some photos, every
+variant gated on crops of others. (Fused attention of every family, and its MACs: tests/test_families_contract.py.)
 
 The weights are random but seeded, and every parameter is perturbed: the zero-initialised relative position tables
 and the constant layer scales of a fresh model would leave the attention bias (and Swin's mask) out of the numbers.
-One export per family (module scope); the variants are parametrized over it.
+One export per family (the session's `tiny`, tests/conftest.py); the variants are parametrized over it.
 """
 
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx
 import pytest
-import torch
 
-from vitexport.export.fusion import Fusion
-from vitexport.export.gate import load_image_folder, torch_reference
-from vitexport.export.onnx import export_onnx
 from vitexport.export.optimize import Precision, Runtime, optimize
 from vitexport.export.photos import GATE_PHOTOS, photo_folder
-from vitexport.export.runners import load_runner
-from vitexport.models import create_model, get_spec
+from vitexport.models import get_spec
 
 pytest.importorskip("openvino")
+# Every test here builds a variant end to end (FP16 conversion, INT8 calibration, OpenVINO compilation) and gates it on
+# photographs: minutes in all, left out of the fast lane.
+pytestmark = pytest.mark.integration
 pytest.importorskip("skimage")
 
 FAMILIES = ["test_beit", "test_mae", "test_swin", "test_mobilevit"]
@@ -38,19 +34,9 @@ def photos():
     return photo_folder(CALIBRATION_IMAGES), photo_folder(GATE_IMAGES, photos=GATE_PHOTOS)
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def exported(request, tmp_path_factory):
-    name = request.param
-    folder = tmp_path_factory.mktemp(name)
-    torch.manual_seed(0)
-    model = create_model(name)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.02)
-    checkpoint = folder / f"{name}.pt"
-    torch.save(model.state_dict(), checkpoint)
-    return export_onnx(name, folder / f"{name}.onnx", checkpoint=checkpoint), checkpoint
+@pytest.fixture(params=FAMILIES)
+def exported(request, tiny):
+    return tiny(request.param).onnx
 
 
 @pytest.fixture(autouse=True)
@@ -66,27 +52,6 @@ def _blocks(name: str) -> int:
     return get_spec(name).arch.depth
 
 
-@pytest.mark.parametrize("fusion", [Fusion.ort, Fusion.onnx])
-def test_fused_attention_matches_pytorch(exported, photos, fusion, tmp_path):
-    artifact, checkpoint = exported
-    variant = optimize(artifact, fuse_attention=fusion, images=photos[1], output=tmp_path / "fused.onnx")
-    blocks = _blocks(artifact.model)
-    before, after = variant.details["op_counts"]["before"], variant.details["op_counts"]["after"]
-    assert before["Softmax"] == blocks and "Softmax" not in after
-    if fusion is Fusion.ort:
-        assert after["com.microsoft::MultiHeadAttention"] == blocks
-    else:
-        assert after["Attention"] == blocks and not [k for k in after if "::" in k]
-        assert next(o.version for o in onnx.load(variant.path).opset_import if o.domain == "") == 23
-    assert variant.validation["passed"]
-    # Against PyTorch itself, not only the fp32 ONNX: the fused graph on the gate's photographs.
-    images = load_image_folder(photos[1], artifact.preprocess).images
-    expected = torch_reference(artifact.model, checkpoint)(images)[0]
-    got = load_runner(variant)(images)[0]
-    print(f"\n{artifact.model} fused {fusion.value}: max abs vs PyTorch {np.abs(got - expected).max():.2e}")
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-
-
 VARIANTS = {
     "onnxruntime-fp16": (Runtime.onnxruntime, Precision.fp16),
     "openvino-bf16": (Runtime.openvino, Precision.bf16),
@@ -97,7 +62,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant_name", list(VARIANTS))
 def test_variant_passes_its_gate_on_photographs(exported, photos, variant_name, tmp_path):
-    artifact, _ = exported
+    artifact = exported
     runtime, precision = VARIANTS[variant_name]
     calibration, gate_images = photos
     suffix = ".xml" if runtime is Runtime.openvino else ".onnx"
@@ -137,12 +102,3 @@ def test_variant_passes_its_gate_on_photographs(exported, photos, variant_name, 
         assert after["FakeQuantize"] > 0 and variant.details["quantization"]["calibration_images"] > 0
     if variant_name == "onnxruntime-int8":
         assert after.get("MatMulInteger", 0) + after.get("QLinearConv", 0) + after.get("QuantizeLinear", 0) > 0
-
-
-def test_macs_counted_from_the_graph_are_the_registrys(exported):
-    """What `bench` counts for an imported file's rows is what the registry counts for ours, to the MAC."""
-    from vitexport.export.onnx_macs import onnx_macs
-
-    artifact, _ = exported
-    spec = get_spec(artifact.model)
-    assert onnx_macs(artifact.path, artifact.input_name, spec.img_size) == spec.macs()

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import _digits
 import numpy as np
 import onnx
 import pytest
@@ -52,11 +51,6 @@ def timm_convnext(timm, tmp_path_factory):
     model = timm.create_model("test_convnext", pretrained=False).eval()
     onnx_export(model, str(path), input_size=(3, 64, 64), dynamic_size=False, batch_size=1)
     return model, path
-
-
-@pytest.fixture(scope="module")
-def digits(request, tmp_path_factory):
-    return _digits.prepare(request.config.cache, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +207,7 @@ def test_import_deploy_serve_infer_with_its_own_names_and_labels(timm_convnext, 
             assert answer["labels"] == expected
 
 
+@pytest.mark.integration  # the bench harness
 def test_an_imported_file_is_benchmarked_without_torch_peers(timm_convnext, tmp_path):
     from vitexport.export.onnx_macs import onnx_macs
 

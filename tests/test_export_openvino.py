@@ -3,7 +3,6 @@ post-training quantization on calibration images; each passes its precision's ga
 
 from __future__ import annotations
 
-import _digits
 import numpy as np
 import pytest
 
@@ -14,11 +13,6 @@ from vitexport.export.optimize import Precision, Runtime, optimize
 from vitexport.export.runners import load_runner
 
 pytest.importorskip("openvino")
-
-
-@pytest.fixture(scope="module")
-def digits(request, tmp_path_factory):
-    return _digits.prepare(request.config.cache, tmp_path_factory)
 
 
 @pytest.mark.parametrize("precision", [Precision.fp32, Precision.bf16])
@@ -43,6 +37,7 @@ def test_float_ir(digits, precision, tmp_path):
         assert 1e-4 < gate["images"][0]["max_abs"] < 0.5
 
 
+@pytest.mark.integration  # NNCF's INT8 calibration and the gate
 def test_nncf_int8_ir(digits, tmp_path):
     variant = optimize(
         digits.onnx,

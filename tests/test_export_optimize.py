@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import _digits
 import numpy as np
 import onnx
 import pytest
@@ -19,11 +18,6 @@ from vitexport.export.optimize import Precision, Runtime, optimize
 from vitexport.export.quantize import QuantMethod
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def digits(request, tmp_path_factory):
-    return _digits.prepare(request.config.cache, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +68,7 @@ def test_cli_optimize_a_registered_model(tmp_path):
     assert (tmp_path / "test_vit.onnx.json").is_file() and load_artifact(out).precision == "fp16"
 
 
+@pytest.mark.integration  # INT8 calibration and the gate
 @pytest.mark.parametrize("runtime", [Runtime.onnxruntime, Runtime.openvino])
 def test_gate_rejects_int8_calibrated_on_a_black_image(digits, black_image, runtime, tmp_path):
     out = tmp_path / ("bad.xml" if runtime is Runtime.openvino else "bad.onnx")

@@ -3,7 +3,6 @@ images; each variant is a valid graph (onnx.checker, ONNX Runtime) that passes t
 
 from __future__ import annotations
 
-import _digits
 import onnx
 import pytest
 
@@ -13,11 +12,6 @@ from vitexport.export.fusion import Fusion
 from vitexport.export.onnx import export_onnx
 from vitexport.export.optimize import Precision, Runtime, optimize
 from vitexport.export.quantize import QuantMethod
-
-
-@pytest.fixture(scope="module")
-def digits(request, tmp_path_factory):
-    return _digits.prepare(request.config.cache, tmp_path_factory)
 
 
 def test_dynamic_int8_vit_passes_the_gate_on_labelled_images(digits, tmp_path):
@@ -32,6 +26,7 @@ def test_dynamic_int8_vit_passes_the_gate_on_labelled_images(digits, tmp_path):
     assert accuracy["top1_drop"] <= 1.0
 
 
+@pytest.mark.integration  # static INT8 calibration and the gate
 def test_static_qdq_resnet_with_calibration(digits, tmp_path):
     source = export_onnx("test_resnet", tmp_path / "resnet.onnx", validate=False)
     variant = optimize(source, precision=Precision.int8, calibration=digits.train, output=tmp_path / "r8.onnx")

@@ -122,6 +122,7 @@ def _triton_of(serve_pid: int) -> list[int]:
     return _processes_mentioning(f"vitexport-triton-{serve_pid}-")
 
 
+@pytest.mark.integration  # `vitexport serve` as a subprocess: a real Triton
 def test_serve_infer_and_sigterm(repo, tmp_path):
     command = [*VITEXPORT, "serve", "--repo", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -286,6 +287,7 @@ def _stub_of(serve_pid: int, instance: str) -> int | None:
     return None
 
 
+@pytest.mark.integration  # `vitexport serve` as a subprocess: a real Triton
 def test_a_killed_serve_leaves_no_server_behind(repo):
     """SIGKILL gives `serve` no chance to clean up: Triton is tied to it by PR_SET_PDEATHSIG and stops itself."""
     proc, _ = _serve_test_vit(repo)
@@ -301,6 +303,7 @@ def test_a_killed_serve_leaves_no_server_behind(repo):
     assert not list(Path(tempfile.gettempdir()).glob(f"vitexport-triton-{proc.pid}-*"))
 
 
+@pytest.mark.integration  # `vitexport serve` as a subprocess: a real Triton
 def test_sighup_stops_serve_in_order(repo):
     """The terminal that started `serve` closed: the same orderly stop as Ctrl-C (SIGHUP's default would skip it)."""
     proc, _ = _serve_test_vit(repo)
@@ -310,6 +313,7 @@ def test_sighup_stops_serve_in_order(repo):
     assert not list(Path("/dev/shm").glob(f"vitexport_{proc.pid}_*"))
 
 
+@pytest.mark.integration  # `vitexport serve` as a subprocess: a real Triton
 def test_a_dead_backend_stops_serve_in_one_line(repo):
     """Triton keeps calling a model ready after its stub was killed and answers every request with a 500: `serve`
     notices, stops Triton and exits 1 naming the model, for its supervisor to restart."""
@@ -326,6 +330,7 @@ def test_a_dead_backend_stops_serve_in_one_line(repo):
     assert "died while serving" in lines[0]
 
 
+@pytest.mark.integration  # `vitexport serve` as a subprocess: a real Triton
 def test_a_backend_killed_while_loading_fails_the_start_in_one_line(repo):
     """A stub killed as it starts leaves Triton waiting for it for ever: `serve` sees it die and gives up at once."""
     command = [*VITEXPORT, "serve", "--repo", str(repo), "--models", "test_vit", "--http-port", "0"]
@@ -380,6 +385,7 @@ def test_serve_bad_addresses_are_one_line_before_starting(repo, extra, message):
     assert len(result.output.strip().splitlines()) == 1 and time.monotonic() - started < 5
 
 
+@pytest.mark.integration  # `vitexport serve` as a subprocess: a real Triton
 def test_sigterm_while_starting_stops_the_server(repo):
     command = [*VITEXPORT, "serve", "--repo", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _photos import photo_paths
+from _serving import PROTOCOLS, url
 from PIL import Image
 from test_serving_backends import bomb_png
 from typer.testing import CliRunner
@@ -28,7 +29,6 @@ from vitexport.serving import config as cfg
 from vitexport.serving.repository import labels_for, scan
 from vitexport.tasks import DETECTION
 
-PROTOCOLS = ("http", "grpc")
 ATOL = 1e-4
 LABELS = [f"class_{i}" for i in range(4)]  # test_detr: 4 classes, no names of its own
 runner = CliRunner()
@@ -54,42 +54,9 @@ def photos() -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    import torch
-
-    from vitexport.export.onnx import export_onnx
-    from vitexport.models import create_model
-
-    root = tmp_path_factory.mktemp("detr_export")
-    torch.manual_seed(13)
-    model = create_model("test_detr")
-    with torch.no_grad():  # random weights, shaken up so the queries disagree: distinct scores, boxes and classes
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    checkpoint = root / "test_detr.pth"
-    torch.save(model.state_dict(), checkpoint)
-    return export_onnx("test_detr", root / "detr.onnx", checkpoint=checkpoint)
-
-
-@pytest.fixture(scope="module")
-def server(exported, tmp_path_factory):
-    from vitexport.serving.server import TritonServer
-
-    repo = tmp_path_factory.mktemp("detr_repo")
-    # A long queue delay at the detector makes concurrent requests meet there: batches of several requests.
-    args = ["repo", str(exported.path), "--repo", str(repo), "--name", "detr", "--queue-delay-us", "100000", "--json"]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["models"] == ["detr", "detr_preprocess", "detr_postprocess", "detr_image"]
-    args = ["repo", str(exported.path), "--repo", str(repo), "--name", "detr_ov", "--backend", "python-openvino"]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    with TritonServer(repo, startup_timeout=150) as s:
-        yield s
-
-
-def url(server, protocol):
-    return server.endpoints.http if protocol == "http" else server.endpoints.grpc
+def exported(tiny_detr):
+    """The session's test_detr export (tests/conftest.py), which the shared `server` serves as detr and detr_ov."""
+    return tiny_detr
 
 
 def in_process(artifact, images: list[bytes], *, threshold: float = 0.0, top_k: int = 100) -> list:

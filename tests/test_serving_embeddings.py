@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _photos import photo_paths, photos
+from _serving import PROTOCOLS, url
 from typer.testing import CliRunner
 
 from vitexport.cli import app
@@ -20,7 +21,6 @@ from vitexport.serving import client
 from vitexport.serving.repository import scan
 from vitexport.serving.server import TritonServer
 
-PROTOCOLS = ("http", "grpc")
 ATOL = 1e-4
 runner = CliRunner()
 
@@ -45,6 +45,7 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory):
+    """A server of its own, not the shared one: `infer` must find the one ensemble of its repository by itself."""
     features, classifier, fixed = exported
     repo = tmp_path_factory.mktemp("embeddings_repo")
     result = runner.invoke(app, ["repo", str(features.path), "--repo", str(repo), "--name", "vit_features", "--json"])
@@ -56,10 +57,6 @@ def server(exported, tmp_path_factory):
     assert runner.invoke(app, args).exit_code == 0
     with TritonServer(repo, startup_timeout=150) as s:
         yield s
-
-
-def url(server, protocol):
-    return server.endpoints.http if protocol == "http" else server.endpoints.grpc
 
 
 def in_process(artifact, images: list[bytes]) -> np.ndarray:

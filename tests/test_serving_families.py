@@ -1,78 +1,27 @@
 """The families of issue 10 served (item 6): the tiny BEiT, MAE, Swin and MobileViT, exported with perturbed weights,
-written into one repository with their image ensembles and served by one real Triton start; over HTTP and gRPC each
+written into the shared repository (tests/conftest.py) with their image ensembles and served by the session's one real
+Triton; over HTTP and gRPC each
 ensemble's top-k for real photographs equals ONNX Runtime's in process on the same preprocessed pixels, and each
 plain model's logits equal ONNX Runtime's."""
 
 import numpy as np
 import pytest
-import torch
 from _photos import photos
+from _serving import PROTOCOLS, url
 
-from vitexport.models import create_model, get_spec
+from vitexport.models import get_spec
 from vitexport.ort import ort_session
 from vitexport.preprocess import preprocess_image
 from vitexport.serving import client
-from vitexport.serving.repository import add_model
-from vitexport.serving.server import TritonServer
 
 FAMILIES = ("test_beit", "test_mae", "test_swin", "test_mobilevit")
-PROTOCOLS = ("http", "grpc")
-TOP_K = 5
-
-
-def perturbed(model):
-    """Every floating-point parameter and buffer moved off its initialisation: a zero-initialised head (or layer
-    scale, or relative position table) would give tied logits, and tied top-k indices agree whatever the server did."""
-    with torch.no_grad():
-        for t in model.state_dict().values():
-            if t.is_floating_point():
-                t.add_(torch.randn_like(t) * 0.02)
-    return model.eval()
-
-
-def calibrated(model, name: str):
-    """Batch-norm statistics measured on the photographs. With the initial ones (mean 0, variance 1) a random
-    MobileViT shrinks its input stage after stage: its logits come out the same for every image (to 1e-7), and a
-    server that mixed up the images would still match. Measured statistics keep each image's signal to the head.
-    Models without batch norm are returned as they are."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if norms:
-        pixels = torch.from_numpy(np.stack([preprocess_image(b, get_spec(name).preprocess) for b in photos()]))
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # a plain average over what it sees
-            norm.train()
-        with torch.no_grad():
-            model(pixels)
-        model.eval()
-    return model
+TOP_K = 5  # the shared server writes each family with this top-k
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from vitexport.export.onnx import export_onnx
-
-    root = tmp_path_factory.mktemp("family_exports")
-    out = {}
-    for i, name in enumerate(FAMILIES):
-        torch.manual_seed(100 + i)
-        checkpoint = root / f"{name}.pth"
-        torch.save(calibrated(perturbed(create_model(name)), name).state_dict(), checkpoint)
-        out[name] = export_onnx(name, root / f"{name}.onnx", checkpoint=checkpoint)
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(exported, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("family_repo")
-    for artifact in exported.values():
-        add_model(repo, artifact, top_k=TOP_K)
-    with TritonServer(repo, startup_timeout=150) as s:
-        yield s
-
-
-def url(server, protocol):
-    return server.endpoints.http if protocol == "http" else server.endpoints.grpc
+def exported(tiny):
+    """Each family perturbed, its batch norms calibrated on the photographs, exported: what the shared server serves."""
+    return {name: tiny(name, calibrated=True).onnx for name in FAMILIES}
 
 
 def in_process(artifact, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +36,9 @@ def test_every_family_and_its_ensemble_loads(server):
     assert expected <= set(server.models)
 
 
-def test_preprocessing_is_each_familys_own(exported):
+def test_preprocessing_is_each_familys_own(tiny):
     # MobileViT takes [0, 1] pixels (mean 0, std 1), unlike the others: the served preprocessing follows the artifact.
+    exported = {"test_mobilevit": tiny("test_mobilevit", calibrated=True).onnx}  # alone: no server, one export
     assert exported["test_mobilevit"].preprocess == get_spec("test_mobilevit").preprocess
     assert exported["test_mobilevit"].preprocess.mean == (0.0, 0.0, 0.0)
     assert exported["test_mobilevit"].preprocess.std == (1.0, 1.0, 1.0)

@@ -14,59 +14,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _serving import PROTOCOLS, url
 from PIL import Image
 from test_serving_backends import bomb_png, strip_png
 
 from vitexport.errors import ServingError
 from vitexport.export.validate import TOLERANCES, compare
-from vitexport.models import create_model, get_spec
+from vitexport.models import get_spec
 from vitexport.ort import ort_session
 from vitexport.preprocess import preprocess_image
 from vitexport.serving import client
 from vitexport.serving import config as cfg
-from vitexport.serving.config import Batching, ServingBackend
-from vitexport.serving.repository import add_model
 from vitexport.serving.server import TritonServer, stubs_of
 
 MODELS = ("test_vit", "test_deit_distilled", "test_resnet")
-PROTOCOLS = ("http", "grpc")
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """Each tiny model with seeded random weights, exported through a checkpoint so PyTorch and ONNX agree."""
-    from vitexport.export.onnx import export_onnx
-
-    root = tmp_path_factory.mktemp("serving_exports")
-    out = {}
-    for i, name in enumerate(MODELS):
-        torch.manual_seed(i)
-        model = create_model(name)
-        checkpoint = root / f"{name}.pth"
-        torch.save(model.state_dict(), checkpoint)
-        out[name] = (model, export_onnx(name, root / f"{name}.onnx", checkpoint=checkpoint))
-    fixed = export_onnx("test_resnet", root / "fixed.onnx", checkpoint=root / "test_resnet.pth", batch_size=1)
-    out["test_resnet_fixed"] = (out["test_resnet"][0], fixed)
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(exported, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("serving_repo")
-    add_model(repo, exported["test_vit"][1], batching=Batching(8, (4, 8), 1000))
-    add_model(repo, exported["test_deit_distilled"][1], ensemble=False)
-    # A long queue delay makes the dynamic batching test deterministic: concurrent requests wait for each other.
-    add_model(repo, exported["test_resnet"][1], batching=Batching(8, (), 50_000))
-    add_model(repo, exported["test_vit"][1], name="test_vit_ov", backend=ServingBackend.python_openvino, ensemble=False)
-    add_model(repo, exported["test_vit"][1], name="test_vit_ort", backend=ServingBackend.onnxruntime, ensemble=False)
-    add_model(repo, exported["test_resnet_fixed"][1], name="test_resnet_fixed", ensemble=False)
-    with TritonServer(repo, startup_timeout=150) as s:
-        yield s
-
-
-def url(server, protocol):
-    return server.endpoints.http if protocol == "http" else server.endpoints.grpc
+def exported(tiny):
+    """(PyTorch model, ONNX artifact) of each tiny model, as the shared `server` (tests/conftest.py) serves them."""
+    return {name: (tiny(name).model, tiny(name).onnx) for name in MODELS}
 
 
 def png(seed: int, size=(80, 100), fmt="PNG") -> bytes:

@@ -1,19 +1,17 @@
-"""BEiT: parity with timm's and Hugging Face's models (every parameter perturbed, so zero-initialised relative
-position tables and layer scales cannot hide indexing bugs), official checkpoint layouts, input-size resampling,
-and ONNX export of the tiny config."""
-
-import json
+"""BEiT beyond the family contract (tests/test_families_contract.py: parity with timm and Hugging Face at 64 px, the
+features head, export, fusion): the relative position index, official and Hub checkpoint layouts (every parameter
+perturbed, so zero-initialised relative position tables and layer scales cannot hide indexing bugs), input-size
+resampling, and the relative position bias through attention fusion."""
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from _parity import PARITY_ATOL, assert_same, perturbed
-from typer.testing import CliRunner
+from _parity import assert_same, perturbed
+from _references import hf_beit, timm_beit
 
-from vitexport.cli import app
 from vitexport.errors import CheckpointError
-from vitexport.export.onnx import Heads, export_onnx
+from vitexport.export.onnx import export_onnx
 from vitexport.models import create_model, get_spec
 from vitexport.models.beit import BeitConfig, build_beit, relative_position_index
 from vitexport.ort import ort_session
@@ -22,38 +20,6 @@ from vitexport.weights.beit import resize_rel_pos_bias_table
 
 SPEC = get_spec("test_beit")
 FILTER = SPEC.checkpoint_filter
-
-
-def timm_beit(timm, img_size=64, **kwargs):
-    args = dict(patch_size=16, embed_dim=64, depth=2, num_heads=2, use_abs_pos_emb=False, use_rel_pos_bias=True)
-    return timm.models.beit.Beit(img_size=img_size, init_values=0.1, **(args | kwargs))
-
-
-def hf_beit(transformers, shared=False, img_size=64):
-    config = transformers.BeitConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=256,
-        image_size=img_size,
-        patch_size=16,
-        num_labels=1000,
-        use_relative_position_bias=not shared,
-        use_shared_relative_position_bias=shared,
-        use_absolute_position_embeddings=False,
-        use_mean_pooling=True,
-        layer_scale_init_value=0.1,
-        layer_norm_eps=1e-6,  # BEiT's (and timm's); transformers defaults to 1e-12
-    )
-    return perturbed(transformers.BeitForImageClassification(config))
-
-
-@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
-def test_parity_with_timm(timm, attention):
-    reference = perturbed(timm_beit(timm))
-    ours = create_model("test_beit", attention=attention)
-    load_state_dict(ours, reference.state_dict(), "timm", FILTER)
-    assert_same(ours, reference)
 
 
 def test_relative_position_index_matches_timm(timm):
@@ -85,17 +51,6 @@ def test_official_checkpoint_with_shared_relative_position_bias(timm, tmp_path, 
     path = tmp_path / "beit_official.pth"
     torch.save({"model": sd, "epoch": 30, "args": "namespace"}, path)
     assert_same(create_model("test_beit", checkpoint=str(path)), reference)
-
-
-def test_parity_with_hugging_face(transformers):
-    reference = hf_beit(transformers)
-    ours = create_model("test_beit")
-    load_state_dict(ours, reference.state_dict(), "transformers", FILTER)
-    assert_same(ours, lambda x: reference(pixel_values=x).logits)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.inference_mode():
-        pooled = reference.beit(pixel_values=x).pooler_output
-        assert (ours.forward_embeddings(x) - pooled).abs().max().item() <= PARITY_ATOL
 
 
 def _transformers4_naming(sd):
@@ -181,19 +136,6 @@ def test_wrong_checkpoint_is_refused(timm):
         load_state_dict(create_model("test_beit"), sd, "timm", FILTER)
 
 
-def test_features_are_timms_pre_logits(timm, tmp_path):
-    reference = perturbed(timm_beit(timm))
-    sd = reference.state_dict()
-    with_head, without_head = tmp_path / "with_head.pth", tmp_path / "without_head.pth"
-    torch.save(sd, with_head)
-    torch.save({k: v for k, v in sd.items() if not k.startswith("head.")}, without_head)
-    for path in (with_head, without_head):  # the classifier's weights are ignored, and not required
-        ours = create_model("test_beit", head="features", checkpoint=str(path))
-        assert_same(ours, lambda x: reference.forward_head(reference.forward_features(x), pre_logits=True))
-    with pytest.raises(CheckpointError, match=r"missing head\.weight, head\.bias"):
-        create_model("test_beit", checkpoint=str(without_head))  # logits need the classifier
-
-
 def test_registry_entries():
     assert get_spec("beit_base").name == "beit_base_patch16_224"
     assert get_spec("beit_base_patch16_224").hub_id == "beit_base_patch16_224.in22k_ft_in22k_in1k"
@@ -203,33 +145,6 @@ def test_registry_entries():
     assert get_spec("beit_large_patch16_224").arch.init_values == 1e-5
 
 
-@pytest.fixture(scope="module")
-def beit_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    source = perturbed(create_model("test_beit"))
-    path = tmp_path_factory.mktemp("ckpt") / "beit.pth"
-    torch.save(source.state_dict(), path)
-    return source, path
-
-
-@pytest.mark.parametrize("heads", [Heads.avg, Heads.features])
-def test_onnx_export(tmp_path, beit_checkpoint, heads):
-    source, checkpoint = beit_checkpoint
-    # export_onnx validates the dynamic batch axis against PyTorch at batch 1 and 4 itself.
-    artifact = export_onnx("test_beit", tmp_path / "beit.onnx", checkpoint=checkpoint, heads=heads)
-    assert {r["batch_size"] for r in artifact.validation["reports"]} == {1, 4}
-    session = ort_session(artifact.path)
-    name = "embeddings" if heads is Heads.features else "logits"
-    assert [o.name for o in session.get_outputs()] == [name]
-    x = torch.randn(3, 3, 64, 64)
-    (got,) = session.run(None, {"pixel_values": x.numpy()})
-    with torch.inference_mode():
-        expected = source.forward_embeddings(x) if heads is Heads.features else source(x)
-    assert got.shape == (3, 64 if heads is Heads.features else 1000)
-    assert artifact.num_classes == got.shape[1]
-    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=0)
-
-
 def test_onnx_opset_23_fuses_attention_with_the_bias(tmp_path):
     artifact = export_onnx("test_beit", tmp_path / "beit.onnx", opset=23)
     ops = [n.op_type for n in onnx.load(artifact.path).graph.node]
@@ -237,19 +152,19 @@ def test_onnx_opset_23_fuses_attention_with_the_bias(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def explicit_export(beit_checkpoint, tmp_path_factory):
-    _, checkpoint = beit_checkpoint
+def explicit_export(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "beit_explicit.onnx"
-    return export_onnx("test_beit", out, checkpoint=checkpoint, attention="explicit")
+    return export_onnx("test_beit", out, checkpoint=tiny("test_beit").checkpoint, attention="explicit")
 
 
 @pytest.mark.parametrize("target", ["ort", "onnx"])
-def test_fused_attention_keeps_no_softmax_and_matches(tmp_path, beit_checkpoint, explicit_export, target):
+def test_fused_attention_of_the_explicit_export_keeps_no_softmax_and_matches(tmp_path, tiny, explicit_export, target):
     # The relative position bias rides along as the fused op's additive mask: MultiHeadAttention's attention_bias
-    # (ort), Attention's attn_mask (onnx, opset 23).
+    # (ort), Attention's attn_mask (onnx, opset 23). The contract fuses the default (SDPA) export; this is the
+    # explicit matmul-softmax-matmul graph.
     from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
 
-    source, _ = beit_checkpoint
+    source = tiny("test_beit").model
     assert op_counts(onnx.load(explicit_export.path))["Softmax"] == 2  # what there is to fuse
     fused, _ = fuse(onnx.load(explicit_export.path), Fusion(target))
     assert attention_audit(op_counts(fused), Fusion(target)) == {"fused_attention": 2, "softmax": 0}
@@ -259,13 +174,3 @@ def test_fused_attention_keeps_no_softmax_and_matches(tmp_path, beit_checkpoint,
     (got,) = ort_session(path).run(None, {"pixel_values": x.numpy()})
     with torch.inference_mode():
         np.testing.assert_allclose(got, source(x).numpy(), atol=1e-4, rtol=0)
-
-
-def test_models_lists_the_family():
-    result = CliRunner().invoke(app, ["models", "--json", "--family", "beit"])
-    assert result.exit_code == 0
-    assert {m["name"] for m in json.loads(result.output)} == {
-        "beit_base_patch16_224",
-        "beit_large_patch16_224",
-        "beit_base_patch16_384",
-    }

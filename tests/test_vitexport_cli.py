@@ -92,6 +92,7 @@ def test_mismatched_checkpoint_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration  # a full-size export through a subprocess
 def test_deit_small_from_a_timm_state_dict_matches_timm(timm, tmp_path):
     """The issue's acceptance check, through the real console entry point."""
     reference = timm.create_model("deit_small_patch16_224", pretrained=False).eval()

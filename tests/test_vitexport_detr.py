@@ -92,6 +92,7 @@ def test_padding_changes_the_detections_and_a_blank_canvas_stays_finite():
     assert all(torch.isfinite(t).all() for t in blank)  # every key masked: uniform attention, not NaN
 
 
+@pytest.mark.slow
 def test_parity_with_the_hub_layout_detr_resnet50(transformers):
     """The Hub's facebook/detr-resnet-50: the full-size model with timm's ResNet-50 (transformers 4 names, as the
     Hub files have them, and transformers 5 names), at a small canvas for speed."""

@@ -1,17 +1,15 @@
-"""MAE: the fine-tuned classifiers' parity with timm (global average pooling + fc_norm), the official releases'
-layouts, and the pretrained encoders (official, timm `vit_*.mae`, Hugging Face `ViTMAEModel`) loading for
-`head="features"` only; ONNX export of the tiny config."""
-
-import json
+"""MAE beyond the family contract (tests/test_families_contract.py: the fine-tuned classifier's parity with timm,
+global average pooling + fc_norm, its features, export, fusion): the official releases' layouts, another input
+size, and the pretrained encoders (official, timm `vit_*.mae`, Hugging Face `ViTMAEModel`) loading for
+`head="features"` only, and exported so."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _parity import PARITY_ATOL, assert_same, perturbed
-from typer.testing import CliRunner
+from _parity import assert_same, perturbed
+from _references import timm_mae_classifier, timm_vit
 
-from vitexport.cli import app
 from vitexport.errors import CheckpointError
 from vitexport.export.onnx import Heads, export_onnx
 from vitexport.models import create_model, get_spec
@@ -19,27 +17,6 @@ from vitexport.ort import ort_session
 from vitexport.weights import load_state_dict
 
 FILTER = get_spec("test_mae").checkpoint_filter
-
-
-def timm_vit(timm, img_size=64, **kwargs):
-    args = dict(patch_size=16, embed_dim=64, depth=2, num_heads=2)
-    return timm.models.vision_transformer.VisionTransformer(img_size=img_size, **(args | kwargs))
-
-
-def timm_mae_classifier(timm, img_size=64):
-    return perturbed(timm_vit(timm, img_size, global_pool="avg", fc_norm=True))
-
-
-def test_parity_with_timm(timm):
-    reference = timm_mae_classifier(timm)
-    assert "fc_norm.weight" in reference.state_dict() and "norm.weight" not in reference.state_dict()
-    ours = create_model("test_mae")
-    load_state_dict(ours, reference.state_dict(), "timm", FILTER)
-    assert_same(ours, reference)
-    pre_logits = lambda x: reference.forward_head(reference.forward_features(x), pre_logits=True)  # noqa: E731
-    x = torch.randn(2, 3, 64, 64)
-    with torch.inference_mode():
-        assert (ours.forward_embeddings(x) - pre_logits(x)).abs().max().item() <= PARITY_ATOL
 
 
 def test_official_finetuned_release(timm, tmp_path):
@@ -179,19 +156,6 @@ def test_registry_entries():
     assert get_spec("mae_vit_base").hub_id == "vit_base_patch16_224.mae"
 
 
-def test_onnx_export_of_the_classifier(tmp_path, timm):
-    reference = timm_mae_classifier(timm)
-    checkpoint = tmp_path / "mae_finetuned.pth"
-    torch.save({"model": reference.state_dict()}, checkpoint)
-    # export_onnx validates the dynamic batch axis against PyTorch at batch 1 and 4 itself.
-    artifact = export_onnx("test_mae", tmp_path / "mae.onnx", checkpoint=checkpoint)
-    assert {r["batch_size"] for r in artifact.validation["reports"]} == {1, 4}
-    x = torch.randn(3, 3, 64, 64)
-    (logits,) = ort_session(artifact.path).run(["logits"], {"pixel_values": x.numpy()})
-    with torch.inference_mode():
-        np.testing.assert_allclose(logits, reference(x).numpy(), atol=1e-4, rtol=0)
-
-
 def test_onnx_export_of_a_pretrained_encoder_as_embeddings(tmp_path, timm):
     # The user's path for mae_pretrain_vit_*.pth: --head features.
     encoder = perturbed(timm_vit(timm, num_classes=0))
@@ -208,13 +172,3 @@ def test_onnx_export_of_a_pretrained_encoder_as_embeddings(tmp_path, timm):
         expected = _finetuning_start(timm, encoder.state_dict())(x)
     assert embeddings.shape == (3, 64)
     np.testing.assert_allclose(embeddings, expected.numpy(), atol=1e-4, rtol=0)
-
-
-def test_models_lists_the_family():
-    result = CliRunner().invoke(app, ["models", "--json", "--family", "mae"])
-    assert result.exit_code == 0
-    assert {m["name"] for m in json.loads(result.output)} == {
-        "mae_vit_base_patch16_224",
-        "mae_vit_large_patch16_224",
-        "mae_vit_huge_patch14_224",
-    }

@@ -1,54 +1,22 @@
-"""MobileViT: parity with timm and Hugging Face transformers (every parameter and batch-norm statistic perturbed),
-the Hub checkpoint layout, sizes, and ONNX export with a dynamic batch."""
-
-import json
+"""MobileViT beyond the family contract (tests/test_families_contract.py: parity at 64 px, export, fusion): parity
+with timm and Hugging Face transformers where maps are resized to whole patches (every parameter and batch-norm
+statistic perturbed), the full-size xxs, the Hub checkpoint layout, sizes, pooling and preprocessing."""
 
 import pytest
 import torch
-from _parity import PARITY_ATOL, assert_onnx_matches_pytorch, export_perturbed, max_diff, perturbed
+from _parity import PARITY_ATOL, max_diff, perturbed
+from _references import hf_mobilevit, timm_mobilevit
 from torch.utils.flop_counter import FlopCounterMode
-from typer.testing import CliRunner
 
-from vitexport.cli import app
 from vitexport.errors import CheckpointError
 from vitexport.models import create_model, get_spec
-from vitexport.ort import ort_session
 from vitexport.weights import load_state_dict
 
 
-def timm_mobilevit(timm, img_size):
-    """test_mobilevit as a timm ByobNet, from timm's own MobileViT block configs."""
-    from timm.models.byobnet import ByobNet, ByoModelCfg
-    from timm.models.mobilevit import _inverted_residual_block, _mobilevit_block
-
-    a = get_spec("test_mobilevit").arch
-    (c1, c2, c3, c4, c5), (d3, d4, d5) = a.channels, a.transformer_dims
-    mvit = {"s": 2, "patch_size": a.patch_size, "br": a.expand_ratio}
-    cfg = ByoModelCfg(
-        blocks=(
-            _inverted_residual_block(d=1, c=c1, s=1, br=a.expand_ratio),
-            _inverted_residual_block(d=3, c=c2, s=2, br=a.expand_ratio),
-            _mobilevit_block(d=1, c=c3, transformer_dim=d3, transformer_depth=2, **mvit),
-            _mobilevit_block(d=1, c=c4, transformer_dim=d4, transformer_depth=4, **mvit),
-            _mobilevit_block(d=1, c=c5, transformer_dim=d5, transformer_depth=3, **mvit),
-        ),
-        stem_chs=a.stem_chs,
-        stem_type="3x3",
-        stem_pool="",
-        downsample="",
-        act_layer="silu",
-        num_features=a.num_features,
-    )
-    return perturbed(ByobNet(cfg, img_size=img_size))
-
-
-@pytest.mark.parametrize(
-    ("img_size", "attention"),
-    [(64, "sdpa"), (64, "explicit"), (80, "sdpa")],  # at 80 px the last 5x5 map is resized to whole patches
-)
-def test_parity_with_timm(timm, img_size, attention):
+def test_parity_with_timm_at_80_px(timm):
+    img_size = 80  # the last 5x5 map is resized to whole patches
     reference = timm_mobilevit(timm, img_size)
-    ours = create_model("test_mobilevit", img_size=img_size, attention=attention)
+    ours = create_model("test_mobilevit", img_size=img_size)
     load_state_dict(ours, reference.state_dict(), "timm", get_spec("test_mobilevit").checkpoint_filter)
     assert max_diff(ours, reference, img_size) <= PARITY_ATOL
 
@@ -60,23 +28,8 @@ def test_parity_with_timm_mobilevit_xxs(timm):
     assert max_diff(ours, reference, 256, batch=1) <= PARITY_ATOL
 
 
-def hf_mobilevit(transformers, img_size=64):
-    a = get_spec("test_mobilevit").arch
-    config = transformers.MobileViTConfig(
-        image_size=img_size,
-        patch_size=a.patch_size,
-        neck_hidden_sizes=[a.stem_chs, *a.channels, a.num_features],
-        hidden_sizes=list(a.transformer_dims),
-        expand_ratio=a.expand_ratio,
-        num_attention_heads=a.num_heads,
-        mlp_ratio=a.mlp_ratio,
-        num_labels=a.num_classes,
-    )
-    return perturbed(transformers.MobileViTForImageClassification(config))
-
-
-@pytest.mark.parametrize("img_size", [64, 80])
-def test_parity_with_hugging_face(transformers, img_size):
+def test_parity_with_hugging_face_at_80_px(transformers):
+    img_size = 80
     reference = hf_mobilevit(transformers, img_size)
     ours = create_model("test_mobilevit", img_size=img_size)
     load_state_dict(ours, reference.state_dict(), "transformers", get_spec("test_mobilevit").checkpoint_filter)
@@ -142,36 +95,3 @@ def test_preprocessing_follows_the_cvnets_checkpoints():
         "bicubic",
     )
     assert get_spec("mobilevit_s").hub_id == "mobilevit_s.cvnets_in1k"
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """test_mobilevit exported through export_onnx (validated against PyTorch at batch 1 and 4), and the model."""
-    return export_perturbed("test_mobilevit", tmp_path_factory.mktemp("test_mobilevit"))
-
-
-def test_onnx_export_has_a_dynamic_batch(exported):
-    model, artifact = exported
-    assert artifact.validation["passed"]
-    session = ort_session(artifact.path)
-    assert isinstance(session.get_inputs()[0].shape[0], str)  # a named, symbolic batch axis
-    assert_onnx_matches_pytorch(session, model)  # batch sizes export_onnx did not validate
-
-
-def test_onnx_runtime_attention_fusion_leaves_no_softmax(exported):
-    import onnx
-
-    from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
-
-    model, artifact = exported
-    fused, _ = fuse(onnx.load(artifact.path), Fusion.ort)
-    assert attention_audit(op_counts(fused), Fusion.ort) == {"fused_attention": 9, "softmax": 0}
-    assert get_spec("test_mobilevit").arch.depth == 9  # the attention blocks the TensorRT audit expects
-    session = ort_session(fused.SerializeToString())
-    assert_onnx_matches_pytorch(session, model)
-
-
-def test_models_lists_the_family():
-    result = CliRunner().invoke(app, ["models", "--json", "--family", "mobilevit"])
-    assert result.exit_code == 0
-    assert [m["name"] for m in json.loads(result.output)] == ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"]

@@ -1,35 +1,18 @@
-"""Swin: parity with timm and Hugging Face transformers (every parameter perturbed, so zero-initialised relative
-position tables cannot hide an indexing bug), the official and Hub checkpoint layouts, and ONNX export with a
-dynamic batch."""
+"""Swin beyond the family contract (tests/test_families_contract.py: parity at 64 px, export, fusion): parity with
+timm at input sizes that pad, clamp or drop windows (every parameter perturbed, so zero-initialised relative position
+tables cannot hide an indexing bug), the official and Hub checkpoint layouts, pooling and the shift masks."""
 
-import json
 import re
 
 import pytest
 import torch
-from _parity import PARITY_ATOL, assert_onnx_matches_pytorch, export_perturbed, max_diff, perturbed
+from _parity import PARITY_ATOL, max_diff, perturbed
+from _references import hf_swin, timm_swin
 from torch.utils.flop_counter import FlopCounterMode
-from typer.testing import CliRunner
 
-from vitexport.cli import app
 from vitexport.errors import CheckpointError
 from vitexport.models import create_model, get_spec
-from vitexport.ort import ort_session
 from vitexport.weights import load_state_dict
-
-TINY = {"window_size": 4, "embed_dim": 32, "depths": (2, 2), "num_heads": (2, 4)}  # test_swin in timm's arguments
-
-
-def timm_swin(timm, img_size=64):
-    return perturbed(timm.create_model("swin_tiny_patch4_window7_224", img_size=img_size, **TINY))
-
-
-@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
-def test_parity_with_timm(timm, attention):
-    reference = timm_swin(timm)
-    ours = create_model("test_swin", attention=attention)
-    load_state_dict(ours, reference.state_dict(), "timm", get_spec("test_swin").checkpoint_filter)
-    assert max_diff(ours, reference, 64) <= PARITY_ATOL
 
 
 @pytest.mark.parametrize(
@@ -116,28 +99,6 @@ def test_official_checkpoint_layout(tmp_path, timm, with_buffers):
     assert max_diff(create_model("test_swin", checkpoint=str(path)), reference, 64) <= PARITY_ATOL
 
 
-def hf_swin(transformers, img_size=64):
-    spec = get_spec("test_swin")
-    a = spec.arch
-    config = transformers.SwinConfig(
-        image_size=img_size,
-        patch_size=a.patch_size,
-        embed_dim=a.embed_dim,
-        depths=list(a.depths),
-        num_heads=list(a.num_heads),
-        window_size=a.window_size,
-        num_labels=a.num_classes,
-    )
-    return perturbed(transformers.SwinForImageClassification(config))
-
-
-def test_parity_with_hugging_face(transformers):
-    reference = hf_swin(transformers)
-    ours = create_model("test_swin")
-    load_state_dict(ours, reference.state_dict(), "transformers", get_spec("test_swin").checkpoint_filter)
-    assert max_diff(ours, lambda x: reference(pixel_values=x).logits, 64) <= PARITY_ATOL
-
-
 # transformers 5 module names -> the transformers 4 names the Swin checkpoints on the Hugging Face Hub carry.
 _HUB_NAMES = [
     ("attention.q_proj", "attention.self.query"),
@@ -197,41 +158,3 @@ def test_shifted_blocks_mask_and_unshifted_blocks_do_not():
     assert (masks[1][0] == 0).all()  # the top-left window holds one region: nothing masked
     assert (masks[1][-1] == -100).any()  # the bottom-right one joins the wrapped-around regions
     assert all(b.attn.attn_mask is None for b in create_model("test_swin", img_size=32).layers[1].blocks)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """test_swin exported through export_onnx (which validates it against PyTorch at batch 1 and 4), and the model."""
-    return export_perturbed("test_swin", tmp_path_factory.mktemp("test_swin"))
-
-
-def test_onnx_export_has_a_dynamic_batch(exported):
-    model, artifact = exported
-    assert artifact.validation["passed"]
-    session = ort_session(artifact.path)
-    assert isinstance(session.get_inputs()[0].shape[0], str)  # a named, symbolic batch axis
-    assert_onnx_matches_pytorch(session, model)  # batch sizes export_onnx did not validate
-
-
-def test_onnx_runtime_attention_fusion_leaves_no_softmax(exported):
-    import onnx
-
-    from vitexport.export.fusion import Fusion, attention_audit, fuse, op_counts
-
-    model, artifact = exported
-    fused, _ = fuse(onnx.load(artifact.path), Fusion.ort)
-    assert attention_audit(op_counts(fused), Fusion.ort) == {"fused_attention": 4, "softmax": 0}
-    assert get_spec("test_swin").arch.depth == 4  # the attention blocks the TensorRT audit expects
-    session = ort_session(fused.SerializeToString())
-    assert_onnx_matches_pytorch(session, model)
-
-
-def test_models_lists_the_family():
-    result = CliRunner().invoke(app, ["models", "--json", "--family", "swin"])
-    assert result.exit_code == 0
-    assert [m["name"] for m in json.loads(result.output)] == [
-        "swin_tiny_patch4_window7_224",
-        "swin_small_patch4_window7_224",
-        "swin_base_patch4_window7_224",
-        "swin_base_patch4_window12_384",
-    ]

@@ -21,7 +21,13 @@ def assert_same_logits(ours, reference, img_size, batch=2):
 
 @pytest.mark.parametrize(
     "name",
-    ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "resnet18", "resnet50"],
+    [
+        "vit_tiny_patch16_224",
+        "deit_tiny_patch16_224",
+        "deit_tiny_distilled_patch16_224",
+        "resnet18",
+        pytest.param("resnet50", marks=pytest.mark.slow),
+    ],
 )
 def test_parity_with_timm(timm, name):
     reference = timm.create_model(name, pretrained=False).eval()
