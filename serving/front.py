@@ -124,6 +124,11 @@ class Front:
             for closer in closers:
                 with contextlib.suppress(Exception):
                     await closer()
+            # Handlers of connections still open (keep-alive, a stream): ended here, not left to a closed loop.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5) if tasks else None
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close(), loop).result(10)

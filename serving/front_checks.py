@@ -223,13 +223,14 @@ def check_output(spec: ModelSpec, output: OutputTensor, allowed: frozenset[str])
 def _check_classification(name: str, value: object, config: TensorSpec) -> None:
     if config.datatype not in CLASSIFIABLE:
         raise Refused(f"output {name!r} is {config.datatype}: classification is only for numeric outputs")
-    fixed = all(d > 0 for d in config.dims)
+    # A variable dim can be empty in the answer (a detector that found nothing): Triton divides by it and dies.
+    if any(d < 1 for d in config.dims):
+        raise Refused(f"output {name!r} has a variable shape {list(config.dims)}: classification needs a fixed width")
     width = 1
     for d in config.dims:
-        width *= d if d > 0 else 1
-    top = width if fixed else 65536  # a variable width is only known in the answer: bound it anyway
-    if type(value) is not int or not 1 <= value <= top:
-        raise Refused(f"output {name!r}: classification must be an integer 1..{top}, not {str(value)[:24]}")
+        width *= d
+    if type(value) is not int or not 1 <= value <= width:
+        raise Refused(f"output {name!r}: classification must be an integer 1..{width}, not {str(value)[:24]}")
 
 
 def check_parameters(spec: ModelSpec, parameters: Mapping[str, object]) -> None:
