@@ -97,7 +97,7 @@ def call(what: str, timeout: float, fn: Callable[..., Any], *args: Any, **kwargs
         if str(e.status()).endswith("DEADLINE_EXCEEDED"):
             raise ServingError(f"{what}: no reply within {timeout:g} s") from None
         message = e.message() or str(e)
-        if "Socket closed" in message:  # something listens there, and it does not speak gRPC
+        if "Socket closed" in message or "http1.x server" in message:  # something listens there, not speaking gRPC
             message += " (not a gRPC port? try --protocol http)"
         raise ServingError(f"{what}: {message}") from None
     except HTTPException:  # geventhttpclient's parser: the reply was not HTTP, as a gRPC port's is not

@@ -58,6 +58,7 @@ class ModelSpec:
     optional: frozenset[str] = frozenset()
     sequence: bool = False
     priority_levels: int = 0
+    detector: bool = False  # takes the request parameters threshold and top_k (detections_model.py reads them)
 
     @classmethod
     def from_config(cls, doc: Mapping[str, Any]) -> ModelSpec:
@@ -75,7 +76,16 @@ class ModelSpec:
             optional=frozenset(str(t["name"]) for t in doc.get("input", []) if t.get("optional")),
             sequence="sequence_batching" in doc,
             priority_levels=int(batching.get("priority_levels", 0)),
+            # The detector's post-processing (its config holds the default threshold) and the ensemble in front of it
+            detector=_string(doc, "threshold") is not None
+            or (doc.get("platform") == "ensemble" and _string(doc, "vitexport_task") == "detection"),
         )
+
+
+def _string(doc: Mapping[str, Any], name: str) -> str | None:
+    """A config parameter's value (vitexport's, in `parameters`), or None."""
+    value = (doc.get("parameters") or {}).get(name)
+    return str(value.get("string_value")) if isinstance(value, dict) else None
 
 
 def _datatype(config_type: str) -> str:
@@ -236,20 +246,33 @@ def _check_classification(name: str, value: object, config: TensorSpec) -> None:
 def check_parameters(spec: ModelSpec, parameters: Mapping[str, object]) -> None:
     """The request's own parameters: known names, each of its type and range."""
     for name, value in parameters.items():
-        if name in SEQUENCE_PARAMETERS:
-            if not spec.sequence:
-                raise Refused(f"{name}: the model is not a sequence model")
-        elif name == "priority":
-            top = spec.priority_levels
-            if type(value) is not int or not 0 <= value <= top:
-                raise Refused(
-                    f"priority must be an integer 0..{top} (the model's priority levels), not {str(value)[:24]}"
-                )
-        elif name == "timeout":
-            if type(value) is not int or not 0 <= value <= MAX_TIMEOUT_US:
-                raise Refused(f"timeout must be an integer 0..{MAX_TIMEOUT_US} (microseconds), not {str(value)[:24]}")
-        elif name in ("binary_data_output", "triton_enable_empty_final_response"):
-            if type(value) is not bool:
-                raise Refused(f"{name} must be true or false")
-        else:
-            raise Refused(f"parameter {name[:40]!r} is not accepted (known: priority, timeout, binary_data_output)")
+        if name in SEQUENCE_PARAMETERS and not spec.sequence:
+            raise Refused(f"{name}: the model is not a sequence model")
+        if name in ("threshold", "top_k") and not spec.detector:
+            raise Refused(f"parameter {name!r} is for detectors; this model takes none")
+        expected = PARAMETERS.get(name)
+        if expected is None:
+            raise Refused(f"parameter {name[:40]!r} is not accepted (known: {', '.join(PARAMETERS)})")
+        kinds, low, high = expected
+        if name == "priority":
+            high = spec.priority_levels  # 0: the model has no priority levels, so only the default
+        if type(value) not in kinds or (low is not None and not low <= value <= high):  # type: ignore[operator]
+            span = f" {low}..{high}" if low is not None else ""
+            raise Refused(
+                f"parameter {name} must be {' or '.join(k.__name__ for k in kinds)}{span}, not {str(value)[:24]}"
+            )
+
+
+# Request parameters: the accepted types and range of each. threshold and top_k are the detector's to check
+# (detections_model.py answers a wrong one in one line): any scalar passes here.
+PARAMETERS: dict[str, tuple[tuple[type, ...], int | None, int]] = {
+    "priority": ((int,), 0, 0),
+    "timeout": ((int,), 0, MAX_TIMEOUT_US),
+    "binary_data_output": ((bool,), None, 0),
+    "triton_enable_empty_final_response": ((bool,), None, 0),
+    "sequence_id": ((int, str), None, 0),
+    "sequence_start": ((bool,), None, 0),
+    "sequence_end": ((bool,), None, 0),
+    "threshold": ((bool, int, float, str), None, 0),
+    "top_k": ((bool, int, float, str), None, 0),
+}

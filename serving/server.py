@@ -382,11 +382,11 @@ class TritonServer:
         """SIGTERM (Triton unloads its models and the stubs exit), then SIGKILL whatever is left of the group."""
         proc, self._proc = self._proc, None
         front, self._front = self._front, None
-        if front is not None:  # first: no new requests while Triton shuts down
-            front.stop()
         # Nested finally blocks: a second Ctrl-C (or SIGTERM) while Triton shuts down cuts the wait short but must
         # not skip the kill and the cleanup after it; the interrupt propagates once they are done.
         try:
+            if front is not None:  # first: no new requests while Triton shuts down
+                front.stop()
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
