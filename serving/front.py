@@ -84,6 +84,7 @@ class Front:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256),
             auto_decompress=False,  # Triton's compressed answers go back compressed, as the client asked
+            skip_auto_headers=("Accept-Encoding",),  # and only when the client asked (aiohttp asks for gzip itself)
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
         self._closers.append(session.close)

@@ -487,3 +487,34 @@ def test_a_stream_answers_a_refused_request_with_its_error(server, configs):
     assert len(errors) == 1 and "classification is only for numeric outputs" in errors[0]
     assert len(results) == 1 and results[0].shape == (1, 3)
     assert server.is_ready()
+
+
+def test_compression_is_the_clients_choice(server, configs):
+    """An answer is compressed only when the client asks (perf_analyzer does not, and reads the bytes as they come);
+    a gzip request body is read as Triton would, within the same cap."""
+    import gzip
+
+    (t,) = good_inputs(configs["vit"])
+    head = json.dumps(
+        {"inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "data": t.values.tolist()}]}
+    )
+    path = "/v2/models/vit/infer"
+    host, port = server.endpoints.http.rsplit(":", 1)
+    for headers, body, encoded in (
+        ({}, head.encode(), None),
+        ({"Accept-Encoding": "gzip"}, head.encode(), "gzip"),
+        ({"Content-Encoding": "gzip"}, gzip.compress(head.encode()), None),
+    ):
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            assert response.status == 200 and response.getheader("Content-Encoding") == encoded, (headers, data[:200])
+            answer = json.loads(gzip.decompress(data) if encoded else data)
+            assert answer["outputs"][0]["shape"] == [1, 1000]
+        finally:
+            connection.close()
+    bomb = gzip.compress(b" " * (server.limits.max_request_bytes + 1))
+    status, text = _http(server.endpoints.http, "POST", path, bomb, {"Content-Encoding": "gzip"})
+    assert status == 413 and "limit per request" in json.loads(text)["error"]
