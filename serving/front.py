@@ -17,42 +17,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from vitexport.errors import ServingError
 from vitexport.serving.front_checks import Limits
 
-__all__ = ["Front", "FrontAddresses", "Limits"]
+__all__ = ["Front", "Limits"]
 
+TRITON_HOST = "127.0.0.1"  # where Triton listens behind the front: loopback only
 # Triton's own gRPC limits are INT32_MAX; the front's are the request cap (and answers as large as Triton sends).
 UNLIMITED = 2**31 - 1
 
 
-@dataclass(frozen=True)
-class FrontAddresses:
-    """Where the front listens (host and public ports; 0: any free port) and where Triton does (host:port)."""
-
-    host: str
-    http_port: int
-    grpc_port: int
-    triton_http: str
-    triton_grpc: str
-    limits: Limits = field(default_factory=Limits)
+def loopback_ports(count: int) -> list[int]:
+    """Ports free on loopback right now, distinct (all bound at once)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for s in socks:
+            s.bind((TRITON_HOST, 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 class Front:
-    """start() binds the public ports and serves until stop(); both from any thread."""
+    """The front on `host`'s public ports (0: any free one) with Triton's private HTTP and gRPC ports, picked here
+    (`triton_http_port`, `triton_grpc_port`, on TRITON_HOST) for Triton to listen on. start() binds the public
+    ports and serves until stop(); both from any thread."""
 
-    def __init__(self, addresses: FrontAddresses, *, control_key: str | None = None):
-        self.addresses = addresses
+    def __init__(self, host: str, http_port: int, grpc_port: int, limits: Limits, control_key: str | None = None):
+        self.host, self.http_port, self.grpc_port, self.limits = host, http_port, grpc_port, limits
         self._key = control_key
+        self.triton_http_port, self.triton_grpc_port = loopback_ports(2)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closers: list[Any] = []
-        self.http_port = addresses.http_port
-        self.grpc_port = addresses.grpc_port
 
     def start(self, timeout: float = 30.0) -> Front:
         """Listening on return; ServingError in one line when a port cannot be bound."""
@@ -63,9 +62,8 @@ class Front:
             asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(timeout)
         except (OSError, RuntimeError) as e:  # grpc's failed bind is a RuntimeError
             self.stop()
-            a = self.addresses
             raise ServingError(
-                f"the front cannot listen on {a.host} ports {a.http_port}/{a.grpc_port} (already in use?): {e}"
+                f"the front cannot listen on {self.host} ports {self.http_port}/{self.grpc_port} (already in use?): {e}"
             ) from None
         except BaseException:
             self.stop()
@@ -80,7 +78,7 @@ class Front:
         from vitexport.serving.front_grpc import GrpcFront
         from vitexport.serving.front_http import ConfigCache, HttpFront
 
-        a = self.addresses
+        triton_http = f"{TRITON_HOST}:{self.triton_http_port}"
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256),
             auto_decompress=False,  # Triton's compressed answers go back compressed, as the client asked
@@ -88,29 +86,30 @@ class Front:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
         self._closers.append(session.close)
-        configs = ConfigCache(session, a.triton_http)
-        runner = web.AppRunner(HttpFront(session, configs, a.triton_http, a.limits, self._key).app(), access_log=None)
+        configs = ConfigCache(session, triton_http)
+        http = HttpFront(session, configs, triton_http, self.limits, self._key)
+        runner = web.AppRunner(http.app(), access_log=None)
         await runner.setup()
         self._closers.append(runner.cleanup)
-        site = web.TCPSite(runner, a.host, a.http_port, reuse_address=True)
+        site = web.TCPSite(runner, self.host, self.http_port, reuse_address=True)
         await site.start()
         if not self.http_port:
             self.http_port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
         channel = grpc.aio.insecure_channel(
-            a.triton_grpc,
+            f"{TRITON_HOST}:{self.triton_grpc_port}",
             options=[("grpc.max_send_message_length", UNLIMITED), ("grpc.max_receive_message_length", UNLIMITED)],
         )
         self._closers.append(channel.close)
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", a.limits.max_request_bytes),
+                ("grpc.max_receive_message_length", self.limits.max_request_bytes),
                 ("grpc.max_send_message_length", UNLIMITED),
                 ("grpc.so_reuseport", 0),  # a port another server holds is a failed start, not a shared one
             ]
         )
-        server.add_generic_rpc_handlers((GrpcFront(channel, configs, a.limits, self._key),))
-        host = f"[{a.host}]" if ":" in a.host else a.host
-        self.grpc_port = server.add_insecure_port(f"{host}:{a.grpc_port}")
+        server.add_generic_rpc_handlers((GrpcFront(channel, configs, self.limits, self._key),))
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.grpc_port = server.add_insecure_port(f"{host}:{self.grpc_port}")
         await server.start()
         self._closers.append(lambda: server.stop(grace=2))
 

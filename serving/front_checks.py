@@ -162,7 +162,7 @@ def check_input(
         if name not in allowed:
             raise Refused(f"input {tensor.name!r}: parameter {name[:40]!r} is not accepted here")
     count = check_shape(spec, tensor.name, tensor.shape, config.dims, limits)
-    given = _values_given(tensor, config.datatype)
+    given = _values_given(tensor, config.datatype, count)
     if given != count:
         raise Refused(f"input {tensor.name!r} has shape {list(tensor.shape)} ({count} values) but carries {given}")
     return count, (int(tensor.shape[0]) if spec.max_batch_size > 0 else None)  # type: ignore[call-overload]
@@ -190,14 +190,14 @@ def check_shape(spec: ModelSpec, name: str, shape: Sequence[object], dims: tuple
     return count
 
 
-def _values_given(tensor: InputTensor, datatype: str) -> int | str:
+def _values_given(tensor: InputTensor, datatype: str, expected: int) -> int | str:
     """How many values the input carries (a description, when its bytes cannot be values of the datatype)."""
     if tensor.raw is None:
         if tensor.values is None:
             raise Refused(f"input {tensor.name!r} carries no data")
         return tensor.values
     if datatype == "BYTES":
-        strings = count_strings(tensor.raw)
+        strings = count_strings(tensor.raw, expected + 1)
         return strings if strings is not None else "malformed length-prefixed strings"
     size = ELEMENT_SIZE[datatype]
     if len(tensor.raw) % size:
@@ -205,16 +205,17 @@ def _values_given(tensor: InputTensor, datatype: str) -> int | str:
     return len(tensor.raw) // size
 
 
-def count_strings(raw: bytes | memoryview) -> int | None:
-    """The number of 4-byte-length-prefixed strings filling `raw` exactly (BYTES binary data), None if malformed."""
+def count_strings(raw: bytes | memoryview, limit: int) -> int | None:
+    """The number of 4-byte-length-prefixed strings filling `raw` exactly (BYTES binary data), None if malformed;
+    counted up to `limit` (more is no longer the count asked, and bytes of tiny strings are many to walk)."""
     view, offset, count = memoryview(raw), 0, 0
-    while offset < len(view):
+    while offset < len(view) and count < limit:
         if offset + 4 > len(view):
             return None
         (length,) = struct.unpack_from("<I", view, offset)
         offset += 4 + length
         count += 1
-    return count if offset == len(view) else None
+    return count if offset == len(view) or count == limit else None
 
 
 def check_output(spec: ModelSpec, output: OutputTensor, allowed: frozenset[str]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -32,8 +33,9 @@ CONTROL = re.compile(r"^/v2/repository/models/[^/]+/(?:load|unload)$")
 CLOSED = re.compile(r"^/v2/(?:systemsharedmemory|cudasharedmemory|logging|trace)(?:/|$)|/trace/setting$")
 TO_TRITON = ("Content-Type", "Inference-Header-Content-Length", "Accept-Encoding", CONTROL_HEADER)
 FROM_TRITON = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
-HTTP_INPUT_PARAMETERS = frozenset({"binary_data_size"})
-HTTP_OUTPUT_PARAMETERS = frozenset({"classification", "binary_data"})
+HTTP_INPUT = frozenset({"binary_data_size"})  # the parameters HTTP's inputs and outputs may carry
+HTTP_OUTPUT = frozenset({"classification", "binary_data"})
+OFF_LOOP_BYTES = 1 << 20
 
 
 def error(status: int, message: str) -> web.Response:
@@ -111,17 +113,19 @@ class HttpFront:
     async def _infer(self, request: web.Request, model: str, version: str) -> web.StreamResponse:
         body = await self._body(request)
         spec = await self._configs.get(model, version)
-        inputs, outputs, parameters = parse_infer(body, request.headers.get("Inference-Header-Content-Length"))
-        check_request(
-            spec,
-            inputs,
-            outputs,
-            parameters,
-            self._limits,
-            input_parameters=HTTP_INPUT_PARAMETERS,
-            output_parameters=HTTP_OUTPUT_PARAMETERS,
-        )
+        header = request.headers.get("Inference-Header-Content-Length")
+        if len(body) > OFF_LOOP_BYTES:  # a large JSON takes a while to parse: not on the loop every request shares
+            await asyncio.to_thread(self._check, spec, body, header)
+        else:
+            self._check(spec, body, header)
         return await self._forward(request, body)
+
+    def _check(self, spec: ModelSpec, body: bytes, header: str | None) -> None:
+        inputs, outputs, parameters = parse_infer(body, header)
+        limits = self._limits
+        check_request(
+            spec, inputs, outputs, parameters, limits, input_parameters=HTTP_INPUT, output_parameters=HTTP_OUTPUT
+        )
 
     async def _repository(self, request: web.Request, path: str) -> web.StreamResponse:
         if self._key is None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitexport.errors import ServingError
-from vitexport.serving.front import Front, FrontAddresses, Limits
+from vitexport.serving.front import TRITON_HOST, Front, Limits
 from vitexport.serving.install import TritonInstall, unavailable_reason, with_steps
 from vitexport.serving.processes import (
     SHM_DIR,
@@ -130,8 +130,7 @@ class TritonServer:
         startup_timeout: float = 120.0,
         log_verbose: int = 0,
         model_control: bool = False,
-        front: bool = True,
-        limits: Limits | None = None,
+        front: Limits | None = Limits(),  # noqa: B008 (frozen) the front's limits; None: no front (to measure it)
     ):
         self.repo_dir = Path(repo_dir).resolve()
         self.host = _check_host(host)
@@ -153,11 +152,8 @@ class TritonServer:
         # model_control: the key load/unload/index requests must carry in the CONTROL_HEADER header; None: closed.
         self.control_key = secrets.token_urlsafe(32) if model_control else None
         self.endpoints: Endpoints | None = None
-        # The validating front (front.py) on the public ports, Triton behind it on loopback; front=False: Triton on
-        # the public ports itself, only to measure what the front costs.
-        self.limits = (limits or Limits()) if front else None
+        self.front_limits = front  # the validating front (front.py) on the public ports, Triton on loopback behind it
         self._front: Front | None = None
-        self._triton: Endpoints | None = None
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._shm_prefix = f"vitexport_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
@@ -182,19 +178,20 @@ class TritonServer:
         backends = self._workdir / "backends"
         install.backend_dir(backends / "python")
         self._repository = self.repo_dir if self.control_key else self._repository_view(self._workdir / "repository")
-        auto_ports = None in self._ports
+        auto_ports = None in self._ports or self.front_limits is not None  # Triton's, behind the front: picked here
         # Free ports can be taken by another process between our check and Triton's bind: retry with new ones.
-        for attempt in range(3 if auto_ports or self.limits else 1):
+        for attempt in range(3 if auto_ports else 1):
             picked = iter(free_ports(self.host, 3))
             ports = [p if p is not None else next(picked) for p in self._ports]
             given = zip(("HTTP", "gRPC", "metrics"), self._ports, strict=True)
             check_free(self.host, {what: port for what, port in given if port is not None})
             self.endpoints = Endpoints(self.host, *ports)
-            # Triton's own HTTP and gRPC ports: private, on loopback, behind the front.
-            self._triton = self._private_endpoints(ports[2]) if self.limits else None
+            limits, key = self.front_limits, self.control_key
+            self._front = Front(self.host, ports[0], ports[1], limits, key) if limits is not None else None
             try:
                 self._launch(install, backends, attempt)
-                self._start_front()
+                if self._front is not None:
+                    self._front.start()
                 self._wait_ready()
                 return self
             except ServingError as e:
@@ -207,18 +204,6 @@ class TritonServer:
                 self.stop()
                 raise
         raise AssertionError("unreachable")
-
-    @staticmethod
-    def _private_endpoints(metrics_port: int) -> Endpoints:
-        http_port, grpc_port = free_ports("127.0.0.1", 2)
-        return Endpoints("127.0.0.1", http_port, grpc_port, metrics_port)
-
-    def _start_front(self) -> None:
-        if self.limits is None or self._triton is None or self.endpoints is None:
-            return
-        e, t = self.endpoints, self._triton
-        addresses = FrontAddresses(e.host, e.http_port, e.grpc_port, t.http, t.grpc, self.limits)
-        self._front = Front(addresses, control_key=self.control_key).start()
 
     def _repository_view(self, view: Path) -> Path:
         """A folder of links to the models this server loads (ensembles with their steps): in mode NONE Triton loads
@@ -241,15 +226,16 @@ class TritonServer:
 
     def _launch(self, install: TritonInstall, backends: Path, attempt: int) -> None:
         assert self.endpoints is not None and self._workdir is not None
-        e, t = self.endpoints, self._triton or self.endpoints
+        e, front = self.endpoints, self._front
+        http, grpc = (front.triton_http_port, front.triton_grpc_port) if front else (e.http_port, e.grpc_port)
         command = [
             str(install.server),
             f"--model-repository={self._repository}",
             f"--backend-directory={backends}",
-            f"--http-address={t.host}",
-            f"--http-port={t.http_port}",
-            f"--grpc-address={t.host}",
-            f"--grpc-port={t.grpc_port}",
+            f"--http-address={TRITON_HOST if front else e.host}",
+            f"--http-port={http}",
+            f"--grpc-address={TRITON_HOST if front else e.host}",
+            f"--grpc-port={grpc}",
             f"--metrics-address={e.host}",
             f"--metrics-port={e.metrics_port}",
             *self._model_control(),
@@ -380,8 +366,7 @@ class TritonServer:
 
     def stop(self, *, keep_workdir: bool = False) -> None:
         """SIGTERM (Triton unloads its models and the stubs exit), then SIGKILL whatever is left of the group."""
-        proc, self._proc = self._proc, None
-        front, self._front = self._front, None
+        proc, self._proc, front, self._front = self._proc, None, self._front, None
         # Nested finally blocks: a second Ctrl-C (or SIGTERM) while Triton shuts down cuts the wait short but must
         # not skip the kill and the cleanup after it; the interrupt propagates once they are done.
         try:

@@ -32,10 +32,11 @@ SETUPS = {"without": False, "with": True}  # the front off, on
 
 
 def served_round(repo: Path, front: bool, tool: PerfAnalyzer, window_ms: int) -> dict[tuple[str, int], dict]:
+    from vitexport.serving.front import Limits
     from vitexport.serving.server import TritonServer
 
     out = {}
-    with TritonServer(repo, models=["bench"], front=front) as server:
+    with TritonServer(repo, models=["bench"], front=Limits() if front else None) as server:
         assert server.endpoints is not None
         for protocol in PROTOCOLS:
             url = server.endpoints.grpc if protocol == "grpc" else server.endpoints.http
