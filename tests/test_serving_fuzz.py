@@ -454,7 +454,7 @@ def test_a_request_over_the_body_cap_is_refused_unread(server):
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:  # the length alone: the front answers before the body is sent
         connection.putrequest("POST", "/v2/models/vit/infer")
-        connection.putheader("Content-Length", str(server.limits.max_request_bytes + 1))
+        connection.putheader("Content-Length", str(server.front_limits.max_request_bytes + 1))
         connection.endheaders()
         response = connection.getresponse()
         assert response.status == 413
@@ -515,6 +515,6 @@ def test_compression_is_the_clients_choice(server, configs):
             assert answer["outputs"][0]["shape"] == [1, 1000]
         finally:
             connection.close()
-    bomb = gzip.compress(b" " * (server.limits.max_request_bytes + 1))
+    bomb = gzip.compress(b" " * (server.front_limits.max_request_bytes + 1))
     status, text = _http(server.endpoints.http, "POST", path, bomb, {"Content-Encoding": "gzip"})
     assert status == 413 and "limit per request" in json.loads(text)["error"]

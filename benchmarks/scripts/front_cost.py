@@ -88,7 +88,7 @@ def run(model: str, rounds: int, window_ms: int) -> dict:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": info,
         "settings": {"rounds": rounds, "window_ms": window_ms, "max_batch_size": 8, "queue_delay_us": 1000},
-        "served": "the plain model (python-onnxruntime backend, 1 instance, 2 threads), 1 image per request, "
+        "served": "The plain model (python-onnxruntime backend, 1 instance, 2 threads), 1 image per request, "
         "perf_analyzer's zero-filled input",
         "rows": rows,
     }
