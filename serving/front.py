@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 from typing import Any
@@ -71,6 +72,9 @@ class Front:
         return self
 
     async def _open(self) -> None:
+        # grpc's fork handlers log "Other threads are currently calling into gRPC, skipping fork() handlers" when this
+        # process starts one (Triton again, perf_analyzer) while the front is busy; nothing here needs them.
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
         import aiohttp
         import grpc
         from aiohttp import web
