@@ -127,7 +127,7 @@ def call(what: str, timeout: float, fn: Callable[..., Any], *args: Any, **kwargs
         message = e.message() or str(e)
         if str(e.status()) in ("404", "405"):  # Triton's API answers its errors as 400s with a JSON body
             raise _NotTriton(what, message) from None
-        if "Socket closed" in message:  # something listens there, and it does not speak gRPC
+        if "Socket closed" in message or "http1.x server" in message:  # something listens there, not speaking gRPC
             message += " (not a gRPC port? try --protocol http)"
         raise ServingError(f"{what}: {message}") from None
     except ValueError as e:  # tritonclient's JSON decoder: an HTTP reply whose body is not Triton's JSON

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from vitexport.errors import ServingError
 from vitexport.serving import isolation, triton_log
+from vitexport.serving.front import Front, Limits
 from vitexport.serving.install import TritonInstall, unavailable_reason, with_steps
 from vitexport.serving.integrity import verify_repository
 from vitexport.serving.ports import Endpoints, check_free, check_host, free_ports
@@ -76,6 +77,7 @@ class TritonServer:
         log_verbose: int = 0,
         model_control: bool = False,
         private: bool = False,
+        front: Limits | None = Limits(),  # noqa: B008 (frozen) the front's limits; None: none (to measure it)
     ):
         self.repo_dir = Path(repo_dir).resolve()
         self.host = check_host(host)
@@ -96,8 +98,14 @@ class TritonServer:
         self._loaded = with_steps(self.models, configs)
         # model_control: the key load/unload/index requests must carry in the CONTROL_HEADER header; None: closed.
         self.control_key = secrets.token_urlsafe(32) if model_control else None
-        self.private = private  # Triton on Unix sockets in its work folder, no TCP port (isolation.PrivateEndpoints)
-        self.endpoints: Endpoints | isolation.PrivateEndpoints | None = None
+        # Clients reach the validating front (front.py) on the public ports; Triton behind it listens on Unix sockets
+        # in its work folder (isolation.PrivateEndpoints), its metrics on the public metrics port. `private` without
+        # a front: no TCP port at all. Neither: Triton on the public ports itself (to measure what the front costs).
+        self.front_limits = front
+        self.private = private or front is not None
+        self._front: Front | None = None
+        self.endpoints: Endpoints | isolation.PrivateEndpoints | None = None  # what clients use
+        self.triton: Endpoints | isolation.PrivateEndpoints | None = None  # where Triton itself answers
         self._ready_at = 0  # the log's length when the server was last ready: later lines are this serving's
         self.account: isolation.Account | None = None  # when we are root: the user Triton runs as (see _run_as)
         self.run_as_root: str | None = None  # why Triton runs as root although we would not have it
@@ -131,20 +139,25 @@ class TritonServer:
         (self._workdir / "sockets").mkdir()
         if account is not None:
             isolation.hand_over(self._workdir, account)
-        auto_ports = None in self._ports and not self.private
+        public = self.front_limits is not None or not self.private  # whether anything listens on TCP
+        auto_ports = None in self._ports and public
         # Free ports can be taken by another process between our check and Triton's bind: retry with new ones.
         for attempt in range(3 if auto_ports else 1):
             picked = iter(free_ports(self.host, 3))
             ports = [p if p is not None else next(picked) for p in self._ports]
             given = zip(("HTTP", "gRPC", "metrics"), self._ports, strict=True)
-            self.endpoints = Endpoints(self.host, *ports)
-            if self.private:  # no TCP port: none to check
-                self.endpoints = isolation.PrivateEndpoints(self._workdir / "sockets")
-            else:
-                check_free(self.host, {what: port for what, port in given if port is not None})
+            self.endpoints = self.triton = Endpoints(self.host, *ports)
+            if self.private:
+                self.triton = isolation.PrivateEndpoints(self._workdir / "sockets")
+            if public:  # the front kept across a restart holds its own two ports
+                kept = ("HTTP", "gRPC") if self._front is not None else ()
+                check_free(self.host, {what: port for what, port in given if port is not None and what not in kept})
+            else:  # no TCP port: none to check
+                self.endpoints = self.triton
             try:
                 self._launch(install, backends, account)
                 self._wait_ready()
+                self._start_front()
                 if isinstance(self.endpoints, Endpoints):  # a restart comes back where clients know it
                     self._ports = (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
                 return self
@@ -158,6 +171,17 @@ class TritonServer:
                 self.stop()
                 raise
         raise AssertionError("unreachable")
+
+    def _start_front(self) -> None:
+        """The front on the public HTTP and gRPC ports, before Triton's private sockets; ready when it returns."""
+        if self.front_limits is None or not isinstance(self.endpoints, Endpoints) or self._front is not None:
+            return  # none asked, or the one kept across a restart (the same ports, the same sockets behind it)
+        private = self.triton
+        assert isinstance(private, isolation.PrivateEndpoints)
+        e = self.endpoints
+        upstream = (private.http, private.grpc)
+        front = Front(e.host, e.http_port, e.grpc_port, self.front_limits, self.control_key, upstream=upstream)
+        self._front = front.start()
 
     def restart(self) -> TritonServer:
         """Stop whatever is left of the server (killed: it is broken) and start it again on the same endpoints."""
@@ -206,13 +230,16 @@ class TritonServer:
         ]
 
     def _launch(self, install: TritonInstall, backends: Path, account: isolation.Account | None) -> None:
-        assert self.endpoints is not None and self._workdir is not None
-        e = self.endpoints
+        assert self.endpoints is not None and self.triton is not None and self._workdir is not None
+        listen = self.triton.arguments()  # TCP ports, or private Unix sockets
+        if isinstance(self.triton, isolation.PrivateEndpoints) and isinstance(self.endpoints, Endpoints):
+            # Behind the front: HTTP and gRPC private, the metrics (read-only) on the public metrics port.
+            listen = [a for a in listen if not a.startswith("--metrics-")] + self.endpoints.arguments()[-2:]
         command = [
             str(install.server),
             f"--model-repository={self._repository}",
             f"--backend-directory={backends}",
-            *e.arguments(),  # where it listens: TCP ports, or private Unix sockets
+            *listen,
             *self._model_control(),
             # Our own prefix lets stop() remove exactly the regions this server made, not other servers' ones.
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
@@ -298,8 +325,8 @@ class TritonServer:
 
     def _model_ready(self, model: str) -> bool | None:
         """Triton's answer (a 4xx: not ready), or None when it gave none (timed out, connection refused)."""
-        assert self.endpoints is not None
-        status = isolation.http_status(self.endpoints.http, f"/v2/models/{model}/ready")
+        assert self.triton is not None
+        status = isolation.http_status(self.triton.http, f"/v2/models/{model}/ready")
         return None if status is None else status == 200
 
     def _private_regions(self) -> None:
@@ -311,7 +338,7 @@ class TritonServer:
                 region.chmod(0o600)
 
     def is_ready(self) -> bool:
-        return self.endpoints is not None and isolation.http_status(self.endpoints.http, "/v2/health/ready") == 200
+        return self.triton is not None and isolation.http_status(self.triton.http, "/v2/health/ready") == 200
 
     @property
     def running(self) -> bool:
@@ -335,11 +362,15 @@ class TritonServer:
 
     def stop(self, *, keep_workdir: bool = False, kill: bool = False) -> None:
         """SIGTERM (Triton unloads its models and the stubs exit), then SIGKILL whatever is left of the group;
-        `kill`: SIGKILL at once (a server with a dead backend would wait 10 s for the requests it held)."""
-        proc, self._proc = self._proc, None
+        `kill`: SIGKILL at once (a server with a dead backend would wait 10 s for the requests it held), the front
+        kept on its ports for a restart (a plain stop() then ends it)."""
+        proc, self._proc, front = self._proc, None, None if kill else self._front
+        self._front = self._front if kill else None
         # Nested finally blocks: a second Ctrl-C (or SIGTERM) while Triton shuts down cuts the wait short but must
         # not skip the kill and the cleanup after it; the interrupt propagates once they are done.
         try:
+            if front is not None:  # first: no new requests while Triton shuts down
+                front.stop()
             if proc is not None and proc.poll() is None and not kill:
                 proc.send_signal(signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):

@@ -102,7 +102,7 @@ for path in sys.argv[1:]:
 
 
 def test_a_private_server_is_reachable_by_no_other_user(repo, probe):
-    with TritonServer(repo, models=["test_vit"], private=True, model_control=True) as server:
+    with TritonServer(repo, models=["test_vit"], private=True, front=None, model_control=True) as server:
         e = server.endpoints
         assert isinstance(e, isolation.PrivateEndpoints) and server.is_ready()
         # Its user reaches it: HTTP over the socket, and gRPC (grpcio dials unix: targets).
