@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -47,7 +48,10 @@ def kserve_dir() -> Path:
     for c in candidates:
         if (c / "serving.kserve.io_inferenceservices.yaml").is_file():
             return c
-    pytest.fail(f"KServe's CRDs not found in {', '.join(map(str, candidates))}")
+    missing = f"KServe's CRDs not found in {', '.join(map(str, candidates))}"
+    if os.environ.get("CI") == "true":  # CI lays shared/ beside the clone: missing there is a broken checkout
+        pytest.fail(missing)
+    pytest.skip(f"{missing} (a plain clone; set VITEXPORT_KSERVE_CRDS, or CI=true to require them)")
 
 
 def strict(schema: dict) -> dict:
@@ -200,6 +204,37 @@ def test_every_manifest_passes_the_kserve_and_kubernetes_schemas(repo, tmp_path,
         assert [i["metadata"]["name"] for i in isvcs] == ["test-vit"]
         assert isvcs[0]["spec"]["predictor"]["model"]["storageUri"] == "gs://b/r"
         assert image == {"name": "registry.example:5000/vt/triton", "newTag": "7"}
+
+
+@pytest.mark.parametrize(
+    "args", [(), ("--namespace", "vision", "--image", "registry.example:5000/vt/triton:7", "--gpu")]
+)
+def test_kubectl_kustomize_renders_what_k8s_writes(repo, tmp_path, args):
+    """`kubectl kustomize DIR` (what `kubectl apply -k DIR` reads, no cluster needed) renders every resource the
+    kustomization lists, with its namespace and image applied."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("kubectl is not installed (these machines have it: /usr/bin/kubectl)")
+        pytest.skip("kubectl is not installed: `kubectl kustomize` renders the manifests")
+    files = generate(repo, tmp_path / "out", *args)
+    kustomization = load(files["kustomization.yaml"])
+    rendered = subprocess.run([kubectl, "kustomize", str(tmp_path / "out")], capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [o for o in yaml.safe_load_all(rendered.stdout) if o]
+    written = [load(files[f]) for f in kustomization["resources"]]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == sorted(
+        (o["kind"], o["metadata"]["name"]) for o in written
+    )
+    image = kustomization["images"][0]
+    for obj in objects:
+        if obj["kind"] != "Namespace":  # the one cluster-scoped object: named by it, not in it
+            assert obj["metadata"].get("namespace") == kustomization.get("namespace")
+        if obj["kind"].endswith("ServingRuntime"):
+            (container,) = obj["spec"]["containers"]
+            assert container["image"] == f"{image.get('newName', image['name'])}:{image['newTag']}"
+    if "--namespace" in args:
+        assert [o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"] == ["vision"]
 
 
 def test_a_gpu_deployment_serves_the_gpu_models_and_a_cpu_one_the_others(repo, tmp_path):
