@@ -239,7 +239,9 @@ def _ensemble_parts(
         )
         parts.append(ModelPart(check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
     image = cfg.ensemble_config(f"{name}_image", task, model, pre, post)
-    parts.append(ModelPart(check_name(repo_dir, image.name), image, {}))  # an ensemble still needs its version folder
+    # An ensemble still needs its version folder; labels.txt where it answers labelled outputs (a classifier's logits).
+    ensemble_labels = labels if any(output.label_filename for output in image.output) else None
+    parts.append(ModelPart(check_name(repo_dir, image.name), image, {}, ensemble_labels))
     for part in parts:
         _check_compatible(part.model_dir, part.config)
         if version in versions(part.model_dir):
@@ -294,10 +296,20 @@ def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig) -> None:
     """A new version may change batching, not what the model is: a mismatch would break the older versions."""
     if not (model_dir / "config.pbtxt").is_file():
         return
-    old = cfg.read_config(model_dir)
+    old, new = _without_formats(cfg.read_config(model_dir)), _without_formats(new)
     for key in ("platform", "backend", "input", "output"):
         if getattr(old, key) != getattr(new, key):
             raise ServingError(f"{model_dir.name} in the repository has a different {key}; choose another --name")
+
+
+def _without_formats(config: cfg.pb.ModelConfig) -> cfg.pb.ModelConfig:
+    """The config less its inputs' image formats: repositories written before models declared them stay compatible
+    (the config, rewritten with each version, declares it for the older versions too)."""
+    copy = cfg.pb.ModelConfig()
+    copy.CopyFrom(config)
+    for tensor in copy.input:
+        tensor.ClearField("format")
+    return copy
 
 
 def _check_ensembles(repo_dir: Path, model: cfg.pb.ModelConfig, *, rewritten: set[str]) -> None:

@@ -317,7 +317,7 @@ DETR = {"name": "test_detr", "output_names": ("logits", "pred_boxes"), "mask_nam
 @pytest.mark.parametrize(
     ("changes", "models", "post_backend", "labels_beside"),
     [
-        ({}, ("m", "m_preprocess", "m_postprocess", "m_image"), "topk_model.py", ["m", "m_postprocess"]),
+        ({}, ("m", "m_preprocess", "m_postprocess", "m_image"), "topk_model.py", ["m", "m_image", "m_postprocess"]),
         (
             {"output_names": ("embeddings",), "num_classes": 64, "task": "features"},
             ("m", "m_preprocess", "m_image"),
@@ -376,7 +376,10 @@ def test_a_score_threshold_only_where_the_post_processing_takes_one(tmp_path):
 def test_top_k_defaults_to_at_most_the_classes(tmp_path):
     add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3))
     ensemble = scan(tmp_path / "repo")["test_vit_image"]
-    assert [list(o.dims) for o in ensemble.output] == [[3], [3], [3]]
+    # the top 3 (labels, scores, indices), and the 3 logits for Triton's classification extension
+    assert [(o.name, list(o.dims)) for o in ensemble.output] == [
+        ("labels", [3]), ("scores", [3]), ("indices", [3]), ("logits", [3])
+    ]  # fmt: skip
     with pytest.raises(ServingError, match=r"^top-k must be within 1\.\.3, got 4$"):
         add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3), name="other", top_k=4)
 

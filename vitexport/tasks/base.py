@@ -23,6 +23,7 @@ FP32, INT64, BYTES = "FP32", "INT64", "BYTES"
 # What `create_model(head=...)` builds: the model with its classifier, or without it (the pooled embedding).
 LOGITS_HEAD, FEATURES_HEAD = "logits", "features"
 
+NCHW = "FORMAT_NCHW"  # pixels as (channels, height, width) per item, Triton's name for it
 IMAGE_INPUT = "image"  # an image ensemble's one input: the encoded image (JPEG, PNG, ...)
 PIXELS = "pixel_values"
 
@@ -35,6 +36,9 @@ class TensorSpec:
     dtype: str  # FP32, INT64, BYTES
     dims: tuple[int, ...]  # -1: a dimension that varies from request to request
     labelled: bool = False  # class scores, which Triton's classification extension labels (label_filename)
+    # An image's layout (Triton's input `format`: FORMAT_NCHW, FORMAT_NHWC), which generic image clients read
+    # (Triton's image_client.py) to lay out and size their pixels; None for a tensor that is not an image.
+    format: str | None = None
 
 
 @dataclass(frozen=True)

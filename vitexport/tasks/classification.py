@@ -8,7 +8,19 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vitexport.errors import VitExportError
-from vitexport.tasks.base import BYTES, FEATURES_HEAD, FP32, INT64, PIXELS, Budget, Grade, InputSet, Task, TensorSpec
+from vitexport.tasks.base import (
+    BYTES,
+    FEATURES_HEAD,
+    FP32,
+    INT64,
+    NCHW,
+    PIXELS,
+    Budget,
+    Grade,
+    InputSet,
+    Task,
+    TensorSpec,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -147,7 +159,7 @@ class Classification(Task):
     def model_io(
         self, *, input_name: str, output_names: Sequence[str], size: int, num_classes: int
     ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        inputs = (TensorSpec(input_name, FP32, (3, size, size)),)
+        inputs = (TensorSpec(input_name, FP32, (3, size, size), format=NCHW),)
         labelled = self.has_labels
         return inputs, tuple(TensorSpec(name, FP32, (num_classes,), labelled=labelled) for name in output_names)
 

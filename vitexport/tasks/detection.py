@@ -18,7 +18,7 @@ import numpy as np
 
 from vitexport.errors import VitExportError
 from vitexport.postprocess import check_settings
-from vitexport.tasks.base import BYTES, FP32, INT64, PIXELS, Budget, Grade, InputSet, Task, TensorSpec
+from vitexport.tasks.base import BYTES, FP32, INT64, NCHW, PIXELS, Budget, Grade, InputSet, Task, TensorSpec
 
 LOGITS, PRED_BOXES = "logits", "pred_boxes"
 MASK = "pixel_mask"  # (N, S, S) int64: 1 where the image is, 0 on the canvas's padding
@@ -297,7 +297,7 @@ class Detection(Task):
         if len(output_names) != 2:
             raise VitExportError(f"a detector returns logits and boxes; it has {', '.join(output_names)}")
         logits, boxes = output_names
-        inputs = (TensorSpec(input_name, FP32, (3, size, size)), TensorSpec(MASK, INT64, (size, size)))
+        inputs = (TensorSpec(input_name, FP32, (3, size, size), format=NCHW), TensorSpec(MASK, INT64, (size, size)))
         return inputs, (TensorSpec(logits, FP32, (-1, num_classes + 1)), TensorSpec(boxes, FP32, (-1, 4)))
 
     def preprocess_outputs(self, size: int) -> tuple[TensorSpec, ...]:
