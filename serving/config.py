@@ -7,7 +7,7 @@ import functools
 import importlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ from vitexport.errors import ServingError, VitExportError
 from vitexport.preprocess import PreprocessConfig
 from vitexport.tasks import CLASSIFICATION, FEATURES, Task, TensorSpec, get_task, task_of
 from vitexport.tasks.base import BYTES, FP32, IMAGE_INPUT, INT64
-from vitexport.tasks.classification import EMBEDDINGS, LOGITS
+from vitexport.tasks.classification import EMBEDDINGS
 
 # The tensor names are the tasks' own; re-exported for the callers that read them here (the soak).
 from vitexport.tasks.classification import TOP_K_INDICES as TOP_K_INDICES
@@ -330,7 +330,7 @@ def postprocess_config(
     inputs = task.postprocess_inputs(model_outputs)
     config = _python_step(name, max_batch_size)
     _add_tensors(config.input, inputs)
-    _add_tensors(config.output, task.ensemble_outputs(model_outputs, parameters))
+    _add_tensors(config.output, task.ensemble_outputs(model_outputs, parameters), labels=LABELS_FILE)
     files = {"labels": LABELS_FILE} if task.has_labels else {}
     _string_parameters(config, parameters | files | {"inputs": json.dumps([i.name for i in inputs])})
     return config
@@ -363,31 +363,18 @@ def ensemble_config(
         for model_output, answer in zip(model.output, outputs, strict=True):
             step.output_map[model_output.name] = answer.name
     else:
-        outputs = (*tensor_specs(postprocess.output), *_wire_postprocess(steps, step, model, postprocess))
+        outputs = tensor_specs(postprocess.output)
+        made = {t.name for t in model.output}
+        post = steps.add(model_name=postprocess.name, model_version=-1)
+        for tensor in postprocess.input:
+            if tensor.name in made:
+                step.output_map[tensor.name] = f"_{tensor.name}"
+            post.input_map[tensor.name] = f"_{tensor.name}"
+        for tensor in postprocess.output:
+            post.output_map[tensor.name] = tensor.name
     _add_tensors(config.output, outputs, labels=LABELS_FILE)
     _string_parameters(config, {"vitexport_model": model.parameters["vitexport_model"].string_value, TASK: task.name})
     return config
-
-
-def _wire_postprocess(steps: Any, step: Any, model: pb.ModelConfig, postprocess: pb.ModelConfig) -> list[TensorSpec]:
-    """Add the post-processing step: the model's outputs (and the preprocessing's side outputs) in, the task's answer
-    out. The model's first labelled output (a classifier's logits) is also answered as it is, as `logits` with the
-    model's labels: the one output of the ensemble on which Triton's classification extension ranks classes (its
-    top-k `scores` and `indices` are already ranked; `labels` are strings, which the extension cannot rank)."""
-    made = {t.name for t in model.output}
-    labelled = [t for t in model.output if t.label_filename][:1]
-    wires = {t.name: LOGITS for t in labelled}
-    post = steps.add(model_name=postprocess.name, model_version=-1)
-    for tensor in postprocess.input:
-        wire = wires.get(tensor.name, f"_{tensor.name}")
-        if tensor.name in made:
-            step.output_map[tensor.name] = wire
-        post.input_map[tensor.name] = wire
-    for tensor in postprocess.output:
-        post.output_map[tensor.name] = tensor.name
-    for tensor in labelled:
-        step.output_map[tensor.name] = LOGITS
-    return [replace(spec, name=LOGITS) for spec in tensor_specs(labelled)]
 
 
 def render(config: pb.ModelConfig) -> str:

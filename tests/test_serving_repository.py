@@ -376,9 +376,9 @@ def test_a_score_threshold_only_where_the_post_processing_takes_one(tmp_path):
 def test_top_k_defaults_to_at_most_the_classes(tmp_path):
     add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3))
     ensemble = scan(tmp_path / "repo")["test_vit_image"]
-    # the top 3 (labels, scores, indices), and the 3 logits for Triton's classification extension
+    # the top 3 (labels, scores, indices), and the 3 probabilities for Triton's classification extension
     assert [(o.name, list(o.dims)) for o in ensemble.output] == [
-        ("labels", [3]), ("scores", [3]), ("indices", [3]), ("logits", [3])
+        ("labels", [3]), ("scores", [3]), ("indices", [3]), ("probabilities", [3])
     ]  # fmt: skip
     with pytest.raises(ServingError, match=r"^top-k must be within 1\.\.3, got 4$"):
         add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3), name="other", top_k=4)

@@ -7,8 +7,8 @@ on, and exactly the requests they send, made here with tritonclient (their code 
   (mean subtracted), a batch of -b images, `class_count` -c, sent plain, async and (gRPC) streamed; it prints
   "value (index) = label" of each "value:index:label" string.
 - ensemble_image_client: one input, the encoded files as a BYTES batch (N, 1), `class_count` on an output.
-The image ensemble answers the model's logits (with its labels) beside its top-k: `logits` is the output on which the
-classification extension means something (`labels` are strings, `scores` and `indices` already ranked)."""
+The image ensemble answers the softmax of every class (`probabilities`, with its labels) beside its top-k: the output on
+which the classification extension means something (`labels` are strings, `scores` and `indices` already ranked)."""
 
 from __future__ import annotations
 
@@ -158,22 +158,22 @@ def test_image_client_async_and_streaming(served, mode):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_ensemble_image_client_requests_are_answered_with_labels(served, protocol):
     """ensemble_image_client.py: one input (the encoded files, BYTES, a batch of (N, 1)), `class_count` -c 3; the
-    labelled `logits` it ranks agree with the ensemble's own top-k."""
+    labelled `probabilities` it ranks agree with the ensemble's own top-k."""
     server, _, labels = served
     module, client = module_of(protocol), client_of(server, protocol)
     metadata, config = metadata_and_config(client, protocol, "tiny_image")
     assert len(metadata["inputs"]) == len(config["input"]) == 1 and metadata["inputs"][0]["datatype"] == "BYTES"
     classified = [o["name"] for o in config["output"] if o.get("label_filename")]
-    assert classified == ["logits"] and [o["datatype"] for o in metadata["outputs"]][-1] == "FP32"
+    assert classified == ["probabilities"] and [o["datatype"] for o in metadata["outputs"]][-1] == "FP32"
     files = [np.array([p.read_bytes()], dtype=bytes) for p in sorted(photo_paths())]
     batch = np.stack(files, axis=0)
     tensor = module.InferInput(metadata["inputs"][0]["name"], list(batch.shape), "BYTES")
     tensor.set_data_from_numpy(batch, **({"binary_data": True} if protocol == "http" else {}))
     extra = {"binary_data": True} if protocol == "http" else {}
-    outputs = [module.InferRequestedOutput("logits", class_count=3, **extra)]
+    outputs = [module.InferRequestedOutput("probabilities", class_count=3, **extra)]
     outputs += [module.InferRequestedOutput(name, **extra) for name in ("labels", "scores", "indices")]
     result = client.infer("tiny_image", [tensor], outputs=outputs)
-    classes = result.as_numpy("logits")
+    classes = result.as_numpy("probabilities")
     assert classes.shape == (len(files), 3)
     for row, top_labels, top_indices in zip(
         classes, result.as_numpy("labels"), result.as_numpy("indices"), strict=True

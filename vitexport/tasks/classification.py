@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 LOGITS = "logits"
 EMBEDDINGS = "embeddings"  # the one output of a features export: (N, D) pooled representations
 TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES = "labels", "scores", "indices"
+PROBABILITIES = "probabilities"  # an image ensemble's softmax over every class
 DEFAULT_TOP_K = 5
 RANDOM_BATCHES = (1, 4)
 
@@ -166,11 +167,14 @@ class Classification(Task):
     def ensemble_outputs(
         self, model_outputs: Sequence[TensorSpec], settings: Mapping[str, Any]
     ) -> tuple[TensorSpec, ...]:
+        """The top k (labels, softmax scores, class indices), and the softmax of every class, labelled: the one
+        output on which Triton's classification extension ranks classes (Triton's ensemble_image_client.py -c)."""
         k = int(settings.get("top_k", DEFAULT_TOP_K))
         return (
             TensorSpec(TOP_K_LABELS, BYTES, (k,)),
             TensorSpec(TOP_K_SCORES, FP32, (k,)),
             TensorSpec(TOP_K_INDICES, INT64, (k,)),
+            TensorSpec(PROBABILITIES, FP32, model_outputs[0].dims[-1:], labelled=True),
         )
 
     def postprocess_inputs(self, model_outputs: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:
