@@ -19,6 +19,7 @@ from typing import Any
 from vitexport.artifacts import ModelArtifact, file_record
 from vitexport.errors import ServingError, VitExportError
 from vitexport.serving import config as cfg
+from vitexport.serving import samples
 from vitexport.serving.backends import MODEL_RUNNER, PREPROCESS_MODEL, postprocess_model
 from vitexport.serving.config import Batching, ServingBackend
 from vitexport.serving.versions import ModelPart, next_version, versions, write_parts
@@ -171,7 +172,9 @@ def _model_part(
     # labels.txt goes beside the model only for the outputs Triton's classification extension labels (a
     # detector's labels are its post-processing's alone).
     labelled = any(output.label_filename for output in config.output)
-    return ModelPart(model_dir, config, files, labels if labelled else None, sidecar)
+    tensors = samples.photo_tensors(first.preprocess)
+    beside = {samples.PERF_INPUT: samples.perf_input(config, tensors), **samples.add_warmup(config, tensors)}
+    return ModelPart(model_dir, config, files, labels if labelled else None, sidecar, beside)
 
 
 def _check_artifacts(artifacts: list[ModelArtifact], backend: ServingBackend, *, require_gate: bool) -> None:
@@ -229,7 +232,8 @@ def _ensemble_parts(
         raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
     batch = model.max_batch_size
     pre = cfg.preprocess_config(f"{name}_preprocess", artifact.preprocess, task, max_batch_size=batch)
-    parts = [ModelPart(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL})]
+    warm = samples.add_warmup(pre, None)  # on the photograph: decoding and resizing warm up too
+    parts = [ModelPart(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, beside=warm)]
     post, backend_file = None, postprocess_model(task)
     if backend_file is not None:
         outputs = cfg.tensor_specs(model.output)
@@ -237,11 +241,14 @@ def _ensemble_parts(
         post = cfg.postprocess_config(
             f"{name}_postprocess", task, outputs, settings, num_classes=num_classes, max_batch_size=batch
         )
-        parts.append(ModelPart(check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
+        warm = samples.add_warmup(post, None)
+        parts.append(ModelPart(check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels, beside=warm))
     image = cfg.ensemble_config(f"{name}_image", task, model, pre, post)
-    # An ensemble still needs its version folder; labels.txt where it answers labelled outputs (a classifier's logits).
+    # An ensemble still needs its version folder; labels.txt where it answers labelled outputs (a classifier's
+    # probabilities), and perf_analyzer's input data (the encoded photograph).
     ensemble_labels = labels if any(output.label_filename for output in image.output) else None
-    parts.append(ModelPart(check_name(repo_dir, image.name), image, {}, ensemble_labels))
+    perf = {samples.PERF_INPUT: samples.perf_input(image, None)}
+    parts.append(ModelPart(check_name(repo_dir, image.name), image, {}, ensemble_labels, beside=perf))
     for part in parts:
         _check_compatible(part.model_dir, part.config)
         if version in versions(part.model_dir):

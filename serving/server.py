@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitexport.errors import ServingError
+from vitexport.serving.flags import check_passthrough, response_cache_args
 from vitexport.serving.install import TritonInstall, unavailable_reason, with_steps
 from vitexport.serving.processes import (
     SHM_DIR,
@@ -129,6 +130,8 @@ class TritonServer:
         startup_timeout: float = 120.0,
         log_verbose: int = 0,
         model_control: bool = False,
+        extra_args: Sequence[str] = (),  # more tritonserver flags, checked by serving/flags.py (`serve -- ...`)
+        response_cache_mb: int = 0,  # Triton's response cache (0: none), used by the configs that enable it
     ):
         self.repo_dir = Path(repo_dir).resolve()
         self.host = _check_host(host)
@@ -136,6 +139,7 @@ class TritonServer:
             if port is not None and not 1 <= port <= 65535:
                 raise ServingError(f"the {what} port must be 1..65535 (or 0: any free port), not {port}")
         self._ports = (http_port, grpc_port, metrics_port)
+        self._extra_args = (*response_cache_args(response_cache_mb), *check_passthrough(extra_args))
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
         configs = scan(self.repo_dir)
@@ -234,6 +238,7 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             "--exit-timeout-secs=10",
             f"--log-verbose={self.log_verbose}",
+            *self._extra_args,
         ]
         self._stubs, self._unknown_dead = {}, set()  # a new server: new stubs
         self._log_path = self._workdir / f"tritonserver.{attempt}.log"

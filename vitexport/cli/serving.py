@@ -98,6 +98,19 @@ def repo(
     typer.echo(str(added.path))
 
 
+def _print_started(server) -> None:
+    e = server.endpoints
+    typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
+    typer.echo(f"models  {', '.join(server.models) or 'none'}")
+    if server.control_key:
+        from vitexport.serving.server import CONTROL_HEADER
+
+        # Printed, never stored: whoever started the server holds it (a load can run code).
+        header = f"{CONTROL_HEADER}: {server.control_key}"
+        typer.echo(f"control /v2/repository requests need the header '{header}'")
+    typer.echo("ready (Ctrl-C to stop)")
+
+
 def serve(
     repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -112,9 +125,24 @@ def serve(
             help="Open Triton's load/unload/index APIs, behind a key printed at start [default: closed].",
         ),
     ] = False,
+    response_cache: Annotated[
+        int,
+        typer.Option(
+            "--response-cache",
+            metavar="MB",
+            help="Triton's response cache of MB megabytes: a repeated image skips decoding and the model.",
+        ),
+    ] = 0,
+    triton_args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[-- TRITONSERVER FLAGS]", help="More tritonserver flags, after --.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Start Triton on a model repository until Ctrl-C or SIGTERM; models it cannot run here are skipped. Nobody can
-    load, unload or replace models through the server unless --allow-model-control is given."""
+    load, unload or replace models through the server unless --allow-model-control is given. Flags after -- go to
+    tritonserver, but for those that would undo this (model control, restricted APIs, addresses, repository)."""
     import signal
     import time
 
@@ -133,22 +161,15 @@ def serve(
             metrics_port=metrics_port or None,
             models=names or None,
             model_control=allow_model_control,
+            extra_args=triton_args or (),
+            response_cache_mb=response_cache,
         )
         for model, reason in server.skipped.items():
             typer.secho(f"note: not loading {model}: {reason}", fg="yellow", err=True)
         previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
         try:
             with server:
-                e = server.endpoints
-                typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
-                typer.echo(f"models  {', '.join(server.models) or 'none'}")
-                if server.control_key:
-                    from vitexport.serving.server import CONTROL_HEADER
-
-                    # Printed, never stored: whoever started the server holds it (a load can run code).
-                    header = f"{CONTROL_HEADER}: {server.control_key}"
-                    typer.echo(f"control /v2/repository requests need the header '{header}'")
-                typer.echo("ready (Ctrl-C to stop)")
+                _print_started(server)
                 while server.running:
                     server.check_backends()  # a dead model backend: one line naming it, Triton stopped, exit 1
                     time.sleep(0.5)

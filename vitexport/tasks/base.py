@@ -84,6 +84,9 @@ class Task(ABC):
     agreement: ClassVar[str]
     # serving: the Python-backend post-processing model (serving/backends/<file>), None to return the model's outputs
     postprocess: ClassVar[str | None] = None
+    # serving: whether a request's parameters change its answer (a detector's threshold and top-k). Triton's response
+    # cache keys an answer on the inputs alone, so only the image ensembles of tasks without them enable it.
+    request_parameters: ClassVar[bool] = False
     # deploy and bench: how many images each timed call carries
     timing_batch: ClassVar[int] = 8
     # bench: the independent implementation our models are compared with ("timm", "transformers")

@@ -211,6 +211,7 @@ class Detection(Task):
     metrics_key = "detection"
     agreement = "class agreement"  # on the reference's confident queries
     postprocess = "detections_model.py"
+    request_parameters = True  # a request may set its own threshold and top_k
     timing_batch = 1  # DETR takes seconds per 800 px image on 2 cores
     reference_peer = "transformers"  # timm has no DETR
     any_input_size = True
