@@ -173,7 +173,8 @@ def _model_part(
     # detector's labels are its post-processing's alone).
     labelled = any(output.label_filename for output in config.output)
     tensors = samples.photo_tensors(first.preprocess)
-    beside = {samples.PERF_INPUT: samples.perf_input(config, tensors), **samples.add_warmup(config, tensors)}
+    beside: dict[str, str | bytes] = {samples.PERF_INPUT: samples.perf_input(config, tensors)}
+    beside.update(samples.add_warmup(config, tensors))
     return ModelPart(model_dir, config, files, labels if labelled else None, sidecar, beside)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class ModelPart:
     sidecar: dict | None = None
     # Files beside the config by relative name: perf_analyzer's input data, Triton's warmup/ samples (which 2.51 reads
     # from the model folder, not a version's). Replaced with the config; a file no longer written is left.
-    beside: dict[str, str | bytes] = field(default_factory=dict)
+    beside: Mapping[str, str | bytes] = field(default_factory=dict)
 
 
 def write_parts(parts: list[ModelPart], version: int) -> None:
