@@ -98,6 +98,21 @@ def repo(
     typer.echo(str(added.path))
 
 
+# serve's newer options, named here to keep its signature short.
+ResponseCacheOption = Annotated[
+    int,
+    typer.Option(
+        "--response-cache",
+        metavar="MB",
+        help="Triton's response cache of MB megabytes: a repeated image skips decoding and the model.",
+    ),
+]
+TritonFlags = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="[-- TRITONSERVER FLAGS]", help="More tritonserver flags, after --.", show_default=False),
+]
+
+
 def _print_started(server) -> None:
     e = server.endpoints
     typer.echo(f"HTTP    {e.http}\ngRPC    {e.grpc}\nmetrics {e.metrics}")
@@ -125,20 +140,8 @@ def serve(
             help="Open Triton's load/unload/index APIs, behind a key printed at start [default: closed].",
         ),
     ] = False,
-    response_cache: Annotated[
-        int,
-        typer.Option(
-            "--response-cache",
-            metavar="MB",
-            help="Triton's response cache of MB megabytes: a repeated image skips decoding and the model.",
-        ),
-    ] = 0,
-    triton_args: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="[-- TRITONSERVER FLAGS]", help="More tritonserver flags, after --.", show_default=False
-        ),
-    ] = None,
+    response_cache: ResponseCacheOption = 0,
+    triton_args: TritonFlags = None,
 ) -> None:
     """Start Triton on a model repository until Ctrl-C or SIGTERM; models it cannot run here are skipped. Nobody can
     load, unload or replace models through the server unless --allow-model-control is given. Flags after -- go to
