@@ -306,7 +306,10 @@ def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig) -> None:
         return
     old, new = _without_formats(cfg.read_config(model_dir)), _without_formats(new)
     for key in ("platform", "backend", "input", "output"):
-        if getattr(old, key) != getattr(new, key):
+        # Outputs may be added after the old ones (an ensemble's `probabilities`): a client of the old ones still
+        # gets them, and Triton loads the latest version only, which answers them all.
+        had, has = getattr(old, key), getattr(new, key)
+        if (list(had) != list(has)[: len(had)]) if key == "output" else had != has:
             raise ServingError(f"{model_dir.name} in the repository has a different {key}; choose another --name")
 
 

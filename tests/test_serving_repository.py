@@ -190,6 +190,24 @@ def test_a_symlink_out_of_the_repository_is_refused(tmp_path):
     assert list((tmp_path / "outside").iterdir()) == []
 
 
+def test_a_repository_written_before_input_formats_and_probabilities_takes_a_new_version(tmp_path):
+    """Configs as vitexport wrote them before issue 22 (no input format, ensembles without `probabilities`): the
+    next version writes them again, with both."""
+    repo = tmp_path / "repo"
+    add_model(repo, make_artifact(tmp_path))
+    for name, config in scan(repo).items():
+        for tensor in config.input:
+            tensor.ClearField("format")
+        kept = [o for o in config.output if o.name != "probabilities"]
+        del config.output[:]
+        config.output.extend(kept)
+        (repo / name / "config.pbtxt").write_text(cfg.render(config))
+    assert add_model(repo, make_artifact(tmp_path)).version == 2
+    configs = scan(repo)
+    assert configs["test_vit"].input[0].format == cfg.pb.ModelInput.FORMAT_NCHW
+    assert [o.name for o in configs["test_vit_image"].output][-1] == "probabilities"
+
+
 def test_a_new_version_cannot_change_what_the_model_is(tmp_path):
     repo = tmp_path / "repo"
     add_model(repo, make_artifact(tmp_path), ensemble=False)
