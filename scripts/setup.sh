@@ -12,3 +12,5 @@ pip install -e ".[dev,serve,cpu-opt,bench]" "torch==2.13.0"
 # Test-time references. timm's and transformers' layers import torchvision; its only torch-2.13 wheel is a CUDA
 # build, whose Python side works once tests/conftest.py declares two op schemas. --no-deps keeps CPU torch.
 pip install --no-deps "torchvision==0.28.0" "timm>=1.0,<2"
+# tritonclient's perf_analyzer, on the venv's PATH, starting as is (it needs two libraries by names no wheel gives them).
+bash scripts/perf_analyzer.sh .venv

@@ -7,7 +7,6 @@ import functools
 import importlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,12 @@ from typing import TYPE_CHECKING, Any
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError, VitExportError
 from vitexport.preprocess import PreprocessConfig
+
+# Batching lives in serving/batching.py; its names stay importable from here, where the configs are built.
+from vitexport.serving.batching import MAX_BATCH_SIZE as MAX_BATCH_SIZE
+from vitexport.serving.batching import Batching as Batching
+from vitexport.serving.batching import batching_from_options as batching_from_options
+from vitexport.serving.batching import tensorrt_batching as tensorrt_batching
 from vitexport.tasks import CLASSIFICATION, FEATURES, Task, TensorSpec, get_task, task_of
 from vitexport.tasks.base import BYTES, FP32, IMAGE_INPUT, INT64
 from vitexport.tasks.classification import EMBEDDINGS
@@ -58,43 +63,6 @@ def __getattr__(name: str) -> ModuleType:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Triton keeps the batch size in an int32 and sizes its buffers by it; no image model batches more on one server.
-MAX_BATCH_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class Batching:
-    """Dynamic batching: Triton merges queued requests up to max_batch_size, waiting at most max_queue_delay_us."""
-
-    max_batch_size: int = 8
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 1000
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.max_batch_size <= MAX_BATCH_SIZE:
-            raise ServingError(f"max batch size must be 0..{MAX_BATCH_SIZE}, got {self.max_batch_size}")
-        if self.max_queue_delay_us < 0:
-            raise ServingError(f"queue delay must be >= 0 microseconds, got {self.max_queue_delay_us}")
-        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if bad:
-            raise ServingError(f"preferred batch sizes {bad} are outside 1..{self.max_batch_size} (the max batch size)")
-
-
-def batching_from_options(
-    max_batch_size: int | None, preferred_batch_sizes: tuple[int, ...] = (), max_queue_delay_us: int | None = None
-) -> Batching | None:
-    """The batching the user asked for, or None for each backend's default (an engine's comes from its profile)."""
-    if (
-        max_batch_size is None
-        and not preferred_batch_sizes
-        and max_queue_delay_us in (None, Batching.max_queue_delay_us)
-    ):
-        return None
-    size = max_batch_size if max_batch_size is not None else Batching.max_batch_size
-    delay = Batching.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us
-    return Batching(size, tuple(preferred_batch_sizes), delay)
-
-
 def _string_parameters(config: pb.ModelConfig, values: dict[str, str]) -> None:
     for key, value in values.items():
         config.parameters[key].string_value = value
@@ -133,12 +101,25 @@ def _add_tensors(
         tensor = field.add(name=spec.name, data_type=getattr(pb, DATA_TYPES[spec.dtype]), dims=[*batch, *spec.dims])
         if labels and spec.labelled:
             tensor.label_filename = labels
+        # Triton allows a format on 3 dims only: a fixed-batch model's dims carry the batch too, so it goes without.
+        if spec.format and not batch:
+            tensor.format = pb.ModelInput.Format.Value(spec.format)
 
 
 def tensor_specs(tensors: Iterable[Any]) -> tuple[TensorSpec, ...]:
     """A config's inputs or outputs as the tasks describe tensors (the dims as the config has them)."""
-    dtypes = {getattr(model_config_pb2(), v): k for k, v in DATA_TYPES.items()}
-    return tuple(TensorSpec(t.name, dtypes[t.data_type], tuple(t.dims), bool(t.label_filename)) for t in tensors)
+    pb = model_config_pb2()
+    dtypes = {getattr(pb, v): k for k, v in DATA_TYPES.items()}
+    return tuple(
+        TensorSpec(
+            t.name,
+            dtypes[t.data_type],
+            tuple(t.dims),
+            bool(getattr(t, "label_filename", "")),
+            pb.ModelInput.Format.Name(t.format) if getattr(t, "format", 0) else None,
+        )
+        for t in tensors
+    )
 
 
 def model_specs(
@@ -186,6 +167,7 @@ def model_config(
     inputs, outputs = model_specs(artifact, task)
     _add_tensors(config.input, inputs, batch=batch)
     _add_tensors(config.output, outputs, batch=batch, labels=labels)
+    _response_cache(config, task)
     on_gpu = backend in (ServingBackend.onnxruntime, ServingBackend.tensorrt)
     config.instance_group.add(
         count=instances, kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU
@@ -201,6 +183,17 @@ def model_config(
         },
     )
     return config
+
+
+def _response_cache(config: pb.ModelConfig, task: Task) -> None:
+    """Let Triton's response cache answer the model when the server has one (`serve --response-cache MB`) and the
+    answer depends on the inputs alone. Triton 2.51 keys an answer on the inputs only: a model with several outputs
+    would answer a request for some of them with the outputs another request asked for (tested), and one whose
+    requests carry parameters (a detector's threshold) with another's answer. So the cache holds the image ensemble's
+    costly steps, the preprocessing and the model, when they have one output (a classifier's or embedding model's),
+    and an ensemble of one output (an embedding model's)."""
+    if len(config.output) == 1 and not task.request_parameters:
+        config.response_cache.enable = True
 
 
 def _check_servable(artifact: ModelArtifact, backend: ServingBackend, instances: int, accelerator: bool) -> None:
@@ -262,18 +255,6 @@ def _backend(
             config.default_model_filename = model_filename
 
 
-def tensorrt_batching(profile: dict[str, int], requested: Batching | None = None) -> Batching:
-    """Batching for an engine: the profile's max is the largest batch it accepts, its opt (and max) are preferred."""
-    lo, opt, hi = int(profile["min"]), int(profile["opt"]), int(profile["max"])
-    if lo > 1:
-        # Triton may hand the engine batches of 1: an engine that cannot run them would fail requests at random.
-        raise ServingError(f"the engine's profile starts at batch {lo}; Triton needs engines that accept batch 1")
-    if requested is not None and requested.max_batch_size > hi:
-        raise ServingError(f"max batch size {requested.max_batch_size} exceeds the engine profile's max {hi}")
-    delay = requested.max_queue_delay_us if requested else Batching.max_queue_delay_us
-    return Batching(max_batch_size=hi, preferred_batch_sizes=tuple(sorted({opt, hi})), max_queue_delay_us=delay)
-
-
 def _python_step(name: str, max_batch_size: int, instances: int = 1) -> pb.ModelConfig:
     """A Python-backend step of an image ensemble, on the CPU, batching what arrives together without waiting."""
     pb = model_config_pb2()
@@ -291,6 +272,7 @@ def preprocess_config(
     config = _python_step(name, max_batch_size, instances)
     _add_tensors(config.input, [TensorSpec(IMAGE_INPUT, BYTES, (1,))])
     _add_tensors(config.output, task.preprocess_outputs(preprocess.input_size))
+    _response_cache(config, task)
     _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
     return config
 
@@ -317,7 +299,7 @@ def postprocess_config(
     inputs = task.postprocess_inputs(model_outputs)
     config = _python_step(name, max_batch_size)
     _add_tensors(config.input, inputs)
-    _add_tensors(config.output, task.ensemble_outputs(model_outputs, parameters))
+    _add_tensors(config.output, task.ensemble_outputs(model_outputs, parameters), labels=LABELS_FILE)
     files = {"labels": LABELS_FILE} if task.has_labels else {}
     _string_parameters(config, parameters | files | {"inputs": json.dumps([i.name for i in inputs])})
     return config
@@ -359,7 +341,8 @@ def ensemble_config(
             post.input_map[tensor.name] = f"_{tensor.name}"
         for tensor in postprocess.output:
             post.output_map[tensor.name] = tensor.name
-    _add_tensors(config.output, outputs)
+    _add_tensors(config.output, outputs, labels=LABELS_FILE)
+    _response_cache(config, task)
     _string_parameters(config, {"vitexport_model": model.parameters["vitexport_model"].string_value, TASK: task.name})
     return config
 

@@ -37,7 +37,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,3 +221,16 @@ def copy_view(source: Path, target: Path) -> None:
             copy_view(entry, target / entry.name)
         elif entry.is_file():
             place(entry, target / entry.name)
+
+
+def repository_view(repo_dir: Path, names: Sequence[str], view: Path, *, copy: bool) -> Path:
+    """A folder of the models a server loads (ensembles with their steps): in mode NONE Triton loads all it finds, so
+    the view is how a subset is served with the repository APIs closed. Links, or `copy` (another user, who has no
+    way through our folders) copies made by copy_view."""
+    view.mkdir()
+    for name in names:
+        if copy:
+            copy_view(repo_dir / name, view / name)
+        else:
+            (view / name).symlink_to(repo_dir / name, target_is_directory=True)
+    return view

@@ -19,6 +19,7 @@ from typing import Any
 from vitexport.artifacts import ModelArtifact, file_record
 from vitexport.errors import ServingError, VitExportError
 from vitexport.serving import config as cfg
+from vitexport.serving import samples
 from vitexport.serving.backends import MODEL_RUNNER, PREPROCESS_MODEL, postprocess_model
 from vitexport.serving.config import Batching, ServingBackend
 from vitexport.serving.versions import ModelPart, next_version, versions, write_parts
@@ -171,7 +172,10 @@ def _model_part(
     # labels.txt goes beside the model only for the outputs Triton's classification extension labels (a
     # detector's labels are its post-processing's alone).
     labelled = any(output.label_filename for output in config.output)
-    return ModelPart(model_dir, config, files, labels if labelled else None, sidecar)
+    tensors = samples.photo_tensors(first.preprocess)
+    beside: dict[str, str | bytes] = {samples.PERF_INPUT: samples.perf_input(config, tensors)}
+    beside.update(samples.add_warmup(config, tensors))
+    return ModelPart(model_dir, config, files, labels if labelled else None, sidecar, beside)
 
 
 def _check_artifacts(artifacts: list[ModelArtifact], backend: ServingBackend, *, require_gate: bool) -> None:
@@ -229,7 +233,8 @@ def _ensemble_parts(
         raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
     batch = model.max_batch_size
     pre = cfg.preprocess_config(f"{name}_preprocess", artifact.preprocess, task, max_batch_size=batch)
-    parts = [ModelPart(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL})]
+    warm = samples.add_warmup(pre, None)  # on the photograph: decoding and resizing warm up too
+    parts = [ModelPart(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, beside=warm)]
     post, backend_file = None, postprocess_model(task)
     if backend_file is not None:
         outputs = cfg.tensor_specs(model.output)
@@ -237,9 +242,14 @@ def _ensemble_parts(
         post = cfg.postprocess_config(
             f"{name}_postprocess", task, outputs, settings, num_classes=num_classes, max_batch_size=batch
         )
-        parts.append(ModelPart(check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels))
+        warm = samples.add_warmup(post, None)
+        parts.append(ModelPart(check_name(repo_dir, post.name), post, {"model.py": backend_file}, labels, beside=warm))
     image = cfg.ensemble_config(f"{name}_image", task, model, pre, post)
-    parts.append(ModelPart(check_name(repo_dir, image.name), image, {}))  # an ensemble still needs its version folder
+    # An ensemble still needs its version folder; labels.txt where it answers labelled outputs (a classifier's
+    # probabilities), and perf_analyzer's input data (the encoded photograph).
+    ensemble_labels = labels if any(output.label_filename for output in image.output) else None
+    perf = {samples.PERF_INPUT: samples.perf_input(image, None)}
+    parts.append(ModelPart(check_name(repo_dir, image.name), image, {}, ensemble_labels, beside=perf))
     for part in parts:
         _check_compatible(part.model_dir, part.config)
         if version in versions(part.model_dir):
@@ -294,10 +304,23 @@ def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig) -> None:
     """A new version may change batching, not what the model is: a mismatch would break the older versions."""
     if not (model_dir / "config.pbtxt").is_file():
         return
-    old = cfg.read_config(model_dir)
+    old, new = _without_formats(cfg.read_config(model_dir)), _without_formats(new)
     for key in ("platform", "backend", "input", "output"):
-        if getattr(old, key) != getattr(new, key):
+        # Outputs may be added after the old ones (an ensemble's `probabilities`): a client of the old ones still
+        # gets them, and Triton loads the latest version only, which answers them all.
+        had, has = getattr(old, key), getattr(new, key)
+        if (list(had) != list(has)[: len(had)]) if key == "output" else had != has:
             raise ServingError(f"{model_dir.name} in the repository has a different {key}; choose another --name")
+
+
+def _without_formats(config: cfg.pb.ModelConfig) -> cfg.pb.ModelConfig:
+    """The config less its inputs' image formats: repositories written before models declared them stay compatible
+    (the config, rewritten with each version, declares it for the older versions too)."""
+    copy = cfg.pb.ModelConfig()
+    copy.CopyFrom(config)
+    for tensor in copy.input:
+        tensor.ClearField("format")
+    return copy
 
 
 def _check_ensembles(repo_dir: Path, model: cfg.pb.ModelConfig, *, rewritten: set[str]) -> None:

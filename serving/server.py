@@ -39,6 +39,7 @@ from pathlib import Path
 
 from vitexport.errors import ServingError
 from vitexport.serving import isolation, triton_log
+from vitexport.serving.flags import check_passthrough, response_cache_args
 from vitexport.serving.front import Front, Limits
 from vitexport.serving.install import TritonInstall, unavailable_reason, with_steps
 from vitexport.serving.integrity import verify_repository
@@ -78,6 +79,8 @@ class TritonServer:
         model_control: bool = False,
         private: bool = False,
         front: Limits | None = Limits(),  # noqa: B008 (frozen) the front's limits; None: none (to measure it)
+        extra_args: Sequence[str] = (),  # more tritonserver flags, checked by serving/flags.py (`serve -- ...`)
+        response_cache_mb: int = 0,  # Triton's response cache (0: none), used by the configs that enable it
     ):
         self.repo_dir = Path(repo_dir).resolve()
         self.host = check_host(host)
@@ -85,6 +88,7 @@ class TritonServer:
             if port is not None and not 1 <= port <= 65535:
                 raise ServingError(f"the {what} port must be 1..65535 (or 0: any free port), not {port}")
         self._ports = (http_port, grpc_port, metrics_port)
+        self._extra_args = (*response_cache_args(response_cache_mb), *check_passthrough(extra_args))
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
         configs = scan(self.repo_dir)
@@ -135,7 +139,9 @@ class TritonServer:
         backends = self._workdir / "backends"
         install.backend_dir(backends / "python")
         account = self._run_as(install)
-        self._repository = self.repo_dir if self.control_key else self._repository_view(self._workdir / "repository")
+        copy = self.account is not None and not self.run_as_root  # another user: no way through our folders
+        view = isolation.repository_view(self.repo_dir, self._loaded, self._workdir / "repository", copy=copy)
+        self._repository = self.repo_dir if self.control_key else view
         (self._workdir / "sockets").mkdir()
         if account is not None:
             isolation.hand_over(self._workdir, account)
@@ -205,17 +211,6 @@ class TritonServer:
         self.run_as_root = isolation.blocked_reason(self.account, paths[:-1] if not self.control_key else paths)
         return None if self.run_as_root else self.account
 
-    def _repository_view(self, view: Path) -> Path:
-        """A folder of links to the models this server loads (ensembles with their steps): in mode NONE Triton loads
-        all it finds, so the view is how a subset is served with the repository APIs closed."""
-        view.mkdir()
-        for name in self._loaded:
-            if self.account is not None and not self.run_as_root:  # another user: no way through our folders
-                isolation.copy_view(self.repo_dir / name, view / name)
-            else:
-                (view / name).symlink_to(self.repo_dir / name, target_is_directory=True)
-        return view
-
     def _model_control(self) -> list[str]:
         if self.control_key is None:
             return ["--model-control-mode=none"]
@@ -245,6 +240,7 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             "--exit-timeout-secs=10",
             f"--log-verbose={self.log_verbose}",
+            *self._extra_args,
         ]
         self._stubs, self._unknown_dead = {}, set()  # a new server: new stubs
         runs = len(list(self._workdir.glob("tritonserver.*.log")))  # earlier starts' logs (restarts, retries)

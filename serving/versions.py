@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitexport.errors import ServingError
@@ -35,6 +36,9 @@ class ModelPart:
     files: dict[str, Path]
     labels: str | None = None
     sidecar: dict | None = None
+    # Files beside the config by relative name: perf_analyzer's input data, Triton's warmup/ samples (which 2.51 reads
+    # from the model folder, not a version's). Replaced with the config; a file no longer written is left.
+    beside: Mapping[str, str | bytes] = field(default_factory=dict)
 
 
 def write_parts(parts: list[ModelPart], version: int) -> None:
@@ -43,7 +47,7 @@ def write_parts(parts: list[ModelPart], version: int) -> None:
     undo: list[_Undo] = []
     try:
         for part in parts:
-            undo.append(_write_model(part.model_dir, part.config, version, part.files, part.labels, part.sidecar))
+            undo.append(_write_model(part, version))
     except BaseException:
         for step in reversed(undo):
             step.revert()
@@ -69,7 +73,7 @@ class _Undo:
     """How to take back one written model: its new version folder, and the files beside it as they were."""
 
     version_dir: Path
-    previous: dict[Path, str | None]  # config.pbtxt / labels.txt -> former text (None: there was none)
+    previous: dict[Path, bytes | None]  # config.pbtxt, labels.txt, ... -> former content (None: there was none)
 
     def revert(self) -> None:
         shutil.rmtree(self.version_dir, ignore_errors=True)
@@ -83,16 +87,11 @@ class _Undo:
             self.version_dir.parent.rmdir()
 
 
-def _write_model(
-    model_dir: Path,
-    config: cfg.pb.ModelConfig,
-    version: int,
-    files: dict[str, Path],
-    labels: str | None,
-    sidecar: dict | None,
-) -> _Undo:
-    """Stage the version folder, config.pbtxt and labels.txt in one hidden folder, rename the version into place,
-    then move the config and labels over the old ones: until the version exists, the model is untouched."""
+def _write_model(part: ModelPart, version: int) -> _Undo:
+    """Stage the version folder, config.pbtxt, labels.txt and the other files beside them in one hidden folder,
+    rename the version into place, then move the files beside over the old ones: until the version exists, the model
+    is untouched."""
+    model_dir, config, files, labels, sidecar = part.model_dir, part.config, part.files, part.labels, part.sidecar
     text = cfg.render(config)
     cfg.parse(text, f"{config.name}/config.pbtxt")  # what we write must read back
     created = not model_dir.exists()
@@ -104,8 +103,10 @@ def _write_model(
         raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from None
     target = model_dir / str(version)
     # Config last: it is what makes a polling server (re)load the model with the new settings.
-    beside = ({model_dir / cfg.LABELS_FILE: labels} if labels is not None else {}) | {model_dir / "config.pbtxt": text}
-    undo = _Undo(target, {path: _read_text(path) for path in beside})
+    extra = {model_dir / name: content for name, content in part.beside.items()}
+    labelled = {model_dir / cfg.LABELS_FILE: labels} if labels is not None else {}
+    beside: dict[Path, str | bytes] = extra | labelled | {model_dir / "config.pbtxt": text}
+    undo = _Undo(target, {path: _read_bytes(path) for path in beside})
     renamed = False
     try:
         staged = staging / "version"
@@ -115,15 +116,16 @@ def _write_model(
             shutil.copyfile(source, staged / name)
         if sidecar is not None:
             write_atomic(staged / f"{sidecar['path']}.json", json.dumps(sidecar, indent=2) + "\n")
-        for path, content in beside.items():
-            write_atomic(staging / path.name, content)
+        for i, (path, content) in enumerate(beside.items()):
+            write_atomic(staging / f"{i}-{path.name}", content)
         if target.exists():  # a concurrent writer got there first
             raise ServingError(f"{target} already exists; versions are never overwritten")
         # rename(2) refuses a non-empty target, so even a racing writer cannot replace a finished version.
         staged.rename(target)
         renamed = True
-        for path in beside:
-            os.replace(staging / path.name, path)
+        for i, path in enumerate(beside):
+            path.parent.mkdir(exist_ok=True)  # warmup/
+            os.replace(staging / f"{i}-{path.name}", path)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         if renamed:
@@ -139,9 +141,9 @@ def _write_model(
     return undo
 
 
-def _read_text(path: Path) -> str | None:
+def _read_bytes(path: Path) -> bytes | None:
     try:
-        return path.read_text()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as e:

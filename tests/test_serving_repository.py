@@ -190,6 +190,24 @@ def test_a_symlink_out_of_the_repository_is_refused(tmp_path):
     assert list((tmp_path / "outside").iterdir()) == []
 
 
+def test_a_repository_written_before_input_formats_and_probabilities_takes_a_new_version(tmp_path):
+    """Configs as vitexport wrote them before issue 22 (no input format, ensembles without `probabilities`): the
+    next version writes them again, with both."""
+    repo = tmp_path / "repo"
+    add_model(repo, make_artifact(tmp_path))
+    for name, config in scan(repo).items():
+        for tensor in config.input:
+            tensor.ClearField("format")
+        kept = [o for o in config.output if o.name != "probabilities"]
+        del config.output[:]
+        config.output.extend(kept)
+        (repo / name / "config.pbtxt").write_text(cfg.render(config))
+    assert add_model(repo, make_artifact(tmp_path)).version == 2
+    configs = scan(repo)
+    assert configs["test_vit"].input[0].format == cfg.pb.ModelInput.FORMAT_NCHW
+    assert [o.name for o in configs["test_vit_image"].output][-1] == "probabilities"
+
+
 def test_a_new_version_cannot_change_what_the_model_is(tmp_path):
     repo = tmp_path / "repo"
     add_model(repo, make_artifact(tmp_path), ensemble=False)
@@ -317,7 +335,7 @@ DETR = {"name": "test_detr", "output_names": ("logits", "pred_boxes"), "mask_nam
 @pytest.mark.parametrize(
     ("changes", "models", "post_backend", "labels_beside"),
     [
-        ({}, ("m", "m_preprocess", "m_postprocess", "m_image"), "topk_model.py", ["m", "m_postprocess"]),
+        ({}, ("m", "m_preprocess", "m_postprocess", "m_image"), "topk_model.py", ["m", "m_image", "m_postprocess"]),
         (
             {"output_names": ("embeddings",), "num_classes": 64, "task": "features"},
             ("m", "m_preprocess", "m_image"),
@@ -376,7 +394,10 @@ def test_a_score_threshold_only_where_the_post_processing_takes_one(tmp_path):
 def test_top_k_defaults_to_at_most_the_classes(tmp_path):
     add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3))
     ensemble = scan(tmp_path / "repo")["test_vit_image"]
-    assert [list(o.dims) for o in ensemble.output] == [[3], [3], [3]]
+    # the top 3 (labels, scores, indices), and the 3 probabilities for Triton's classification extension
+    assert [(o.name, list(o.dims)) for o in ensemble.output] == [
+        ("labels", [3]), ("scores", [3]), ("indices", [3]), ("probabilities", [3])
+    ]  # fmt: skip
     with pytest.raises(ServingError, match=r"^top-k must be within 1\.\.3, got 4$"):
         add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3), name="other", top_k=4)
 

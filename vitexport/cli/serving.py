@@ -99,6 +99,21 @@ def repo(
     typer.echo(str(added.path))
 
 
+# serve's newer options, named here to keep its signature short.
+ResponseCacheOption = Annotated[
+    int,
+    typer.Option(
+        "--response-cache",
+        metavar="MB",
+        help="Triton's response cache of MB megabytes: a repeated image skips decoding and the model.",
+    ),
+]
+TritonFlags = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="[-- TRITONSERVER FLAGS]", help="More tritonserver flags, after --.", show_default=False),
+]
+
+
 def serve(
     repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -118,9 +133,12 @@ def serve(
         typer.Option(help="on-failure: start Triton again when it or a model's backend dies (back-off 1-30 s)."),
     ] = RestartPolicy.no,
     max_restarts: Annotated[int, typer.Option(help="Restarts allowed in 10 minutes before giving up.", min=0)] = 5,
+    response_cache: ResponseCacheOption = 0,
+    triton_args: TritonFlags = None,
 ) -> None:
     """Start Triton on a model repository until Ctrl-C or SIGTERM; models it cannot run here are skipped. Nobody can
-    load, unload or replace models through the server unless --allow-model-control is given."""
+    load, unload or replace models through the server unless --allow-model-control is given. Flags after -- go to
+    tritonserver, but for those that would undo this (model control, restricted APIs, addresses, repository)."""
     import signal
 
     def terminate(signum, frame):  # SIGTERM and SIGHUP (terminal closed) take the same orderly way out as Ctrl-C
@@ -139,6 +157,8 @@ def serve(
             metrics_port=metrics_port or None,
             models=names or None,
             model_control=allow_model_control,
+            extra_args=triton_args or (),
+            response_cache_mb=response_cache,
         )
         for model, reason in server.skipped.items():
             typer.secho(f"note: not loading {model}: {reason}", fg="yellow", err=True)

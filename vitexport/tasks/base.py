@@ -23,6 +23,7 @@ FP32, INT64, BYTES = "FP32", "INT64", "BYTES"
 # What `create_model(head=...)` builds: the model with its classifier, or without it (the pooled embedding).
 LOGITS_HEAD, FEATURES_HEAD = "logits", "features"
 
+NCHW = "FORMAT_NCHW"  # pixels as (channels, height, width) per item, Triton's name for it
 IMAGE_INPUT = "image"  # an image ensemble's one input: the encoded image (JPEG, PNG, ...)
 PIXELS = "pixel_values"
 
@@ -35,6 +36,9 @@ class TensorSpec:
     dtype: str  # FP32, INT64, BYTES
     dims: tuple[int, ...]  # -1: a dimension that varies from request to request
     labelled: bool = False  # class scores, which Triton's classification extension labels (label_filename)
+    # An image's layout (Triton's input `format`: FORMAT_NCHW, FORMAT_NHWC), which generic image clients read
+    # (Triton's image_client.py) to lay out and size their pixels; None for a tensor that is not an image.
+    format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class Task(ABC):
     agreement: ClassVar[str]
     # serving: the Python-backend post-processing model (serving/backends/<file>), None to return the model's outputs
     postprocess: ClassVar[str | None] = None
+    # serving: whether a request's parameters change its answer (a detector's threshold and top-k). Triton's response
+    # cache keys an answer on the inputs alone, so only the image ensembles of tasks without them enable it.
+    request_parameters: ClassVar[bool] = False
     # deploy and bench: how many images each timed call carries
     timing_batch: ClassVar[int] = 8
     # bench: the independent implementation our models are compared with ("timm", "transformers")

@@ -8,7 +8,19 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vitexport.errors import VitExportError
-from vitexport.tasks.base import BYTES, FEATURES_HEAD, FP32, INT64, PIXELS, Budget, Grade, InputSet, Task, TensorSpec
+from vitexport.tasks.base import (
+    BYTES,
+    FEATURES_HEAD,
+    FP32,
+    INT64,
+    NCHW,
+    PIXELS,
+    Budget,
+    Grade,
+    InputSet,
+    Task,
+    TensorSpec,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -16,6 +28,7 @@ if TYPE_CHECKING:
 LOGITS = "logits"
 EMBEDDINGS = "embeddings"  # the one output of a features export: (N, D) pooled representations
 TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES = "labels", "scores", "indices"
+PROBABILITIES = "probabilities"  # an image ensemble's softmax over every class
 DEFAULT_TOP_K = 5
 RANDOM_BATCHES = (1, 4)
 
@@ -147,18 +160,21 @@ class Classification(Task):
     def model_io(
         self, *, input_name: str, output_names: Sequence[str], size: int, num_classes: int
     ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        inputs = (TensorSpec(input_name, FP32, (3, size, size)),)
+        inputs = (TensorSpec(input_name, FP32, (3, size, size), format=NCHW),)
         labelled = self.has_labels
         return inputs, tuple(TensorSpec(name, FP32, (num_classes,), labelled=labelled) for name in output_names)
 
     def ensemble_outputs(
         self, model_outputs: Sequence[TensorSpec], settings: Mapping[str, Any]
     ) -> tuple[TensorSpec, ...]:
+        """The top k (labels, softmax scores, class indices), and the softmax of every class, labelled: the one
+        output on which Triton's classification extension ranks classes (Triton's ensemble_image_client.py -c)."""
         k = int(settings.get("top_k", DEFAULT_TOP_K))
         return (
             TensorSpec(TOP_K_LABELS, BYTES, (k,)),
             TensorSpec(TOP_K_SCORES, FP32, (k,)),
             TensorSpec(TOP_K_INDICES, INT64, (k,)),
+            TensorSpec(PROBABILITIES, FP32, model_outputs[0].dims[-1:], labelled=True),
         )
 
     def postprocess_inputs(self, model_outputs: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:

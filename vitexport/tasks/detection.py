@@ -18,7 +18,7 @@ import numpy as np
 
 from vitexport.errors import VitExportError
 from vitexport.postprocess import check_settings
-from vitexport.tasks.base import BYTES, FP32, INT64, PIXELS, Budget, Grade, InputSet, Task, TensorSpec
+from vitexport.tasks.base import BYTES, FP32, INT64, NCHW, PIXELS, Budget, Grade, InputSet, Task, TensorSpec
 
 LOGITS, PRED_BOXES = "logits", "pred_boxes"
 MASK = "pixel_mask"  # (N, S, S) int64: 1 where the image is, 0 on the canvas's padding
@@ -211,6 +211,7 @@ class Detection(Task):
     metrics_key = "detection"
     agreement = "class agreement"  # on the reference's confident queries
     postprocess = "detections_model.py"
+    request_parameters = True  # a request may set its own threshold and top_k
     timing_batch = 1  # DETR takes seconds per 800 px image on 2 cores
     reference_peer = "transformers"  # timm has no DETR
     any_input_size = True
@@ -297,7 +298,7 @@ class Detection(Task):
         if len(output_names) != 2:
             raise VitExportError(f"a detector returns logits and boxes; it has {', '.join(output_names)}")
         logits, boxes = output_names
-        inputs = (TensorSpec(input_name, FP32, (3, size, size)), TensorSpec(MASK, INT64, (size, size)))
+        inputs = (TensorSpec(input_name, FP32, (3, size, size), format=NCHW), TensorSpec(MASK, INT64, (size, size)))
         return inputs, (TensorSpec(logits, FP32, (-1, num_classes + 1)), TensorSpec(boxes, FP32, (-1, 4)))
 
     def preprocess_outputs(self, size: int) -> tuple[TensorSpec, ...]:
