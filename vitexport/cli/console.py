@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -77,3 +78,8 @@ def int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
     if not values or min(values) < 1:
         raise VitExportError(f"{flag} takes positive integers, not {text!r}")
     return values
+
+
+# Options several commands share, named once.
+RepoDir = Annotated[Path, typer.Option("--repo", help="Triton model repository.")]
+ModelName = Annotated[str | None, typer.Option(help="Model name in the repository (default: the model's).")]

@@ -4,28 +4,30 @@ repository with its image ensemble, and with --serve, served."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from vitexport.cli.console import JsonFlag, print_json, print_table, progress_status, user_errors
+from vitexport.cli.console import JsonFlag, ModelName, RepoDir, print_json, print_table, progress_status, user_errors
+
+Runtimes = Annotated[
+    str | None,
+    typer.Option(
+        help="Candidates, e.g. openvino-int8,onnxruntime-fp32 [default: OpenVINO INT8 and BF16, ORT INT8 and fp32]."
+    ),
+]
 
 
 def deploy(
     model_or_onnx: Annotated[str, typer.Argument(help="A registered model (exported first) or an ONNX artifact.")],
-    repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
-    name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the model's).")] = None,
+    repo_dir: RepoDir = Path("model_repository"),
+    name: ModelName = None,
     calibration: Annotated[
         Path | None, typer.Option(help="Images INT8 calibrates on [default: real photographs from scikit-image].")
     ] = None,
     images: Annotated[Path | None, typer.Option(help="Images for the gates; class subfolders add accuracy.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Weights, when MODEL is a registered name.")] = None,
-    runtimes: Annotated[
-        str | None,
-        typer.Option(
-            help="Candidates, e.g. openvino-int8,onnxruntime-fp32 [default: OpenVINO INT8 and BF16, ORT INT8 and fp32]."
-        ),
-    ] = None,
+    runtimes: Runtimes = None,
     labels: Annotated[Path | None, typer.Option(help="Class names, one per line, served with the model.")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Where the candidates are kept [default: deploy/NAME].")] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Then run Triton on the repository until Ctrl-C.")] = False,
@@ -57,6 +59,15 @@ def deploy(
                 workdir=workdir,
                 progress=progress,
             )
+    _render(deployment, as_json)
+    if serve:
+        from vitexport.cli.serving import serve as serve_command
+
+        serve_command(repo_dir=repo_dir, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+
+
+def _render(deployment: Any, as_json: bool) -> None:
+    """The candidates, fastest gated first, with the task's agreement figure; or the deployment as JSON."""
     if as_json:
         print_json(deployment.to_dict())
     else:
@@ -76,7 +87,3 @@ def deploy(
         columns = ["candidate", "img/s", "worst cosine", task_of(deployment.source).agreement, "gate", "chosen"]
         print_table(f"{deployment.source.model}: candidates timed here, fastest gated first", columns, rows)
         typer.echo(str(deployment.added.path))
-    if serve:
-        from vitexport.cli.serving import serve as serve_command
-
-        serve_command(repo_dir=repo_dir, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)

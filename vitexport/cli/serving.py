@@ -3,49 +3,62 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from vitexport.cli.console import JsonFlag, print_json, print_table, progress_status, user_errors
+from vitexport.cli.console import JsonFlag, ModelName, RepoDir, print_json, print_table, progress_status, user_errors
 from vitexport.errors import VitExportError
 from vitexport.serving.client import Protocol
 from vitexport.serving.config import ServingBackend
 from vitexport.serving.supervisor import RestartPolicy
 
+# `repo`'s options, named once (the command's signature stays readable and under the length rule).
+Sources = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="MODEL_OR_ONNX...",
+        help="A registered model (exported to ONNX first) or artifact files: ONNX, OpenVINO IR, or TensorRT "
+        "engines (several: one per GPU compute capability). Several CPU variants of one model: the fastest "
+        "that passed its accuracy gate is served, timed here.",
+    ),
+]
+BackendOption = Annotated[
+    ServingBackend | None,
+    typer.Option(
+        help="python-onnxruntime, python-openvino, onnxruntime, openvino or tensorrt "
+        "(default: by artifact: ONNX python-onnxruntime, OpenVINO IR python-openvino, engine tensorrt)."
+    ),
+]
+MaxBatch = Annotated[int | None, typer.Option(help="Batch limit (default: 8; engines: profile max).")]
+PreferredBatch = Annotated[list[int] | None, typer.Option(help="Preferred batch size (repeatable).")]
+QueueDelay = Annotated[int, typer.Option(help="Longest wait to fill a batch, in microseconds.")]
+Instances = Annotated[int, typer.Option(help="Model instances (one Python stub process each).")]
+VersionOption = Annotated[int | None, typer.Option(help="Version number (default: next free).")]
+EnsembleFlag = Annotated[
+    bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> top-k, or -> the embedding).")
+]
+RepoTopK = Annotated[
+    int | None, typer.Option(help="Classes the image ensemble returns (default 5); detectors: at most (100).")
+]
+Threshold = Annotated[float | None, typer.Option(help="Detectors: default score threshold (0.5).")]
+OrtTrtFp16 = Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")]
+
 
 def repo(
-    sources: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="MODEL_OR_ONNX...",
-            help="A registered model (exported to ONNX first) or artifact files: ONNX, OpenVINO IR, or TensorRT "
-            "engines (several: one per GPU compute capability). Several CPU variants of one model: the fastest "
-            "that passed its accuracy gate is served, timed here.",
-        ),
-    ],
-    repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
-    name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the model's).")] = None,
-    backend: Annotated[
-        ServingBackend | None,
-        typer.Option(
-            help="python-onnxruntime, python-openvino, onnxruntime, openvino or tensorrt "
-            "(default: by artifact: ONNX python-onnxruntime, OpenVINO IR python-openvino, engine tensorrt)."
-        ),
-    ] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Batch limit (default: 8; engines: profile max).")] = None,
-    preferred_batch_size: Annotated[list[int] | None, typer.Option(help="Preferred batch size (repeatable).")] = None,
-    queue_delay_us: Annotated[int, typer.Option(help="Longest wait to fill a batch, in microseconds.")] = 1000,
-    instances: Annotated[int, typer.Option(help="Model instances (one Python stub process each).")] = 1,
-    version: Annotated[int | None, typer.Option(help="Version number (default: next free).")] = None,
-    ensemble: Annotated[
-        bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> top-k, or -> the embedding).")
-    ] = True,
-    top_k: Annotated[
-        int | None, typer.Option(help="Classes the image ensemble returns (default 5); detectors: at most (100).")
-    ] = None,
-    threshold: Annotated[float | None, typer.Option(help="Detectors: default score threshold (0.5).")] = None,
-    ort_trt_fp16: Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")] = False,
+    sources: Sources,
+    repo_dir: RepoDir = Path("model_repository"),
+    name: ModelName = None,
+    backend: BackendOption = None,
+    max_batch_size: MaxBatch = None,
+    preferred_batch_size: PreferredBatch = None,
+    queue_delay_us: QueueDelay = 1000,
+    instances: Instances = 1,
+    version: VersionOption = None,
+    ensemble: EnsembleFlag = True,
+    top_k: RepoTopK = None,
+    threshold: Threshold = None,
+    ort_trt_fp16: OrtTrtFp16 = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Write a model into a Triton model repository: config.pbtxt, labels, a new version, and the image ensemble."""
@@ -78,6 +91,10 @@ def repo(
         )
         configs = scan(repo_dir)
         notes = {m: unavailable_reason(m, configs) for m in added.models}
+    _render_repo(repo_dir, added, notes, timings, as_json)
+
+
+def _render_repo(repo_dir: Path, added: Any, notes: dict[str, str | None], timings: Any, as_json: bool) -> None:
     if as_json:
         print_json(
             {
@@ -115,7 +132,7 @@ TritonFlags = Annotated[
 
 
 def serve(
-    repo_dir: Annotated[Path, typer.Option("--repo", help="Triton model repository.")] = Path("model_repository"),
+    repo_dir: RepoDir = Path("model_repository"),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     http_port: Annotated[int, typer.Option(help="HTTP port (0: any free port).")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (0: any free port).")] = 8001,
