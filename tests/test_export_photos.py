@@ -77,12 +77,13 @@ def test_importable_without_torch():
 
 
 def test_bench_calibrates_imagenet_models_on_photos_and_the_digits_model_on_digits(tmp_path):
-    from vitexport.bench.prepare import CALIBRATION_IMAGES, DETECTION_GATE_IMAGES, GATE_IMAGES, _image_folders
+    from vitexport.bench.prepare import CALIBRATION_IMAGES, GATE_IMAGES, _image_folders
+    from vitexport.tasks import DETECTION
 
     calibration, gate = _image_folders(tmp_path, "deit_small_patch16_224", 224, "classification")
     assert len(list(calibration.glob("*_astronaut.png"))) == CALIBRATION_IMAGES // len(CALIBRATION_PHOTOS)
     assert len(list(gate.iterdir())) == GATE_IMAGES and not list(gate.glob("*_astronaut.png"))
     _, detector_gate = _image_folders(tmp_path, "detr_resnet50", 800, "detection")  # seconds per image: fewer
-    assert len(list(detector_gate.iterdir())) == DETECTION_GATE_IMAGES
+    assert len(list(detector_gate.iterdir())) == DETECTION.bench_gate_images
     calibration, _ = _image_folders(tmp_path, "test_vit_digits", 64, "classification")
     assert sorted(d.name for d in calibration.iterdir()) == [str(i) for i in range(10)]  # labelled digits
