@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError, VitExportError
-from vitexport.preprocess import PreprocessConfig
+from vitexport.preprocess import PreprocessConfig, RequestLimits
 from vitexport.tasks import CLASSIFICATION, FEATURES, Task, TensorSpec, get_task, task_of
 from vitexport.tasks.base import BYTES, FP32, IMAGE_INPUT, INT64
 from vitexport.tasks.classification import EMBEDDINGS
@@ -284,14 +284,22 @@ def _python_step(name: str, max_batch_size: int, instances: int = 1) -> pb.Model
 
 
 def preprocess_config(
-    name: str, preprocess: PreprocessConfig, task: Task, *, max_batch_size: int, instances: int = 1
+    name: str,
+    preprocess: PreprocessConfig,
+    task: Task,
+    *,
+    max_batch_size: int,
+    instances: int = 1,
+    limits: RequestLimits | None = None,
 ) -> pb.ModelConfig:
     """Encoded image bytes -> what the task's model takes (`Task.preprocess_outputs`: pixel_values; a detector's
     canvas, its mask and the original height and width), by vitexport.preprocess in a Python-backend model."""
     config = _python_step(name, max_batch_size, instances)
     _add_tensors(config.input, [TensorSpec(IMAGE_INPUT, BYTES, (1,))])
     _add_tensors(config.output, task.preprocess_outputs(preprocess.input_size))
-    _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
+    # The bounds of one request, checked before decoding; an operator may edit them in config.pbtxt.
+    bounds = (limits or RequestLimits()).to_parameters()
+    _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())} | bounds)
     return config
 
 

@@ -192,3 +192,80 @@ def test_the_detections_model_reads_the_names_its_config_gives(backend_utils, tm
         rows = range(len(expected))
         assert [answer["labels"][i, j].decode() for j in rows] == [d.label for d in expected]
         np.testing.assert_allclose([answer["boxes"][i, j] for j in rows], [d.box for d in expected], rtol=1e-6)
+
+
+def _preprocessing(limits=None):
+    """The preprocessing model as `repo` writes its config (the request limits among its parameters)."""
+    from vitexport.serving import config as cfg
+    from vitexport.tasks import CLASSIFICATION
+
+    config = cfg.preprocess_config(
+        "p", get_spec("test_vit").preprocess, CLASSIFICATION, max_batch_size=8, limits=limits
+    )
+    return load_model(PREPROCESS_MODEL, triton_json(config))
+
+
+def _request(*images: bytes):
+    return {"image": _Tensor("image", np.array([[b] for b in images], dtype=np.object_))}
+
+
+@pytest.fixture(scope="module")
+def big_png() -> bytes:
+    """A real 7000 x 7000 PNG (49 MP, under the per-image limit; 160 KB): 0.6 s to decode, 147 MB as RGB."""
+    buf = io.BytesIO()
+    Image.new("RGB", (7000, 7000), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_request_over_the_pixel_limit_is_refused_before_decoding(backend_utils, big_png):
+    import time
+
+    model = _preprocessing()
+    assert (model.limits.image_bytes, model.limits.request_bytes) == (32 * 2**20, 128 * 2**20)  # the config's
+    t0 = time.perf_counter()
+    good, heavy = model.execute([_request(png(0)), _request(*[big_png] * 8)])  # 8 x 49 MP, each under the limit
+    elapsed = time.perf_counter() - t0
+    assert good.error is None
+    assert heavy.error.code == "INVALID_ARG"
+    assert heavy.error.text == (
+        "the request's 8 images are 392000000 pixels decoded, over the limit of 64000000 pixels per request"
+    )
+    assert elapsed < 0.5  # from the headers: decoding the 8 would take 5 s and 1.2 GB of RGB
+    # One of them is the per-request share: decoded and answered.
+    (one,) = model.execute([_request(big_png)])
+    assert one.error is None and one.output_tensors[0].array.shape == (1, 3, 64, 64)
+
+
+def test_encoded_bytes_are_bounded_per_image_and_per_request(backend_utils):
+    from vitexport.preprocess import RequestLimits
+
+    jpeg = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(jpeg, "JPEG")
+    # Data after the JPEG's end (a motion photo's video, or padding): Pillow decodes the JPEG and ignores it; the
+    # bytes caps bound it, before anything is decoded.
+    appended = jpeg.getvalue() + b"\0" * 300_000
+    model = _preprocessing(RequestLimits(image_bytes=200_000, request_bytes=500_000))
+    assert model.limits == RequestLimits(image_bytes=200_000, request_bytes=500_000)  # read back from the config
+    responses = model.execute(
+        [_request(jpeg.getvalue()), _request(appended), _request(*[png(1)] * 3), _request(*[png(1)] * 100)]
+    )
+    assert responses[0].error is None
+    assert responses[1].error.text == f"image 1 is {len(appended)} bytes, over the limit of 200000 bytes per image"
+    assert responses[2].error is None
+    total = 100 * len(png(1))
+    assert responses[3].error.text == (
+        f"the request's 100 images are {total} bytes, over the limit of 500000 bytes per request"
+    )
+    assert all(r.error.code == "INVALID_ARG" for r in responses[1::2])
+    (trailing,) = _preprocessing().execute([_request(appended)])  # the defaults: 32 MB an image
+    assert trailing.error is None
+    np.testing.assert_array_equal(trailing.output_tensors[0].array, responses[0].output_tensors[0].array)
+
+
+def test_request_limits_must_be_positive():
+    from vitexport.errors import ImageError
+    from vitexport.preprocess import RequestLimits
+
+    with pytest.raises(ImageError, match="request limit request_pixels must be at least 1, not 0"):
+        RequestLimits.from_parameters({"max_request_pixels": "0"})
+    assert RequestLimits.from_parameters({}) == RequestLimits()  # a repository written before the limits

@@ -1,7 +1,9 @@
 """Triton Python-backend preprocessing: encoded image bytes -> pixel_values, with vitexport's own
 `preprocess_image`, so served images get exactly the pixels that the CLI and the accuracy gate use. For a detector
 (the config's preprocessing has `shortest_edge`), `preprocess_detection` -> pixel_values, pixel_mask and the
-original (height, width), in the order of the config's outputs."""
+original (height, width), in the order of the config's outputs. Each request is checked against the config's
+`RequestLimits` (encoded bytes per image and per request, decoded pixels per request, from the images' headers)
+before any of its images is decoded."""
 
 import json
 from typing import Any
@@ -10,7 +12,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vitexport.errors import ImageError
-from vitexport.preprocess import PreprocessConfig, preprocess_detection, preprocess_image
+from vitexport.preprocess import (
+    PreprocessConfig,
+    RequestLimits,
+    check_request,
+    preprocess_detection,
+    preprocess_image,
+)
 
 
 class TritonPythonModel:
@@ -18,11 +26,15 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.cfg = PreprocessConfig.from_dict(json.loads(config["parameters"]["preprocess"]["string_value"]))
         self.output_names = [o["name"] for o in config["output"]]
+        parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+        self.limits = RequestLimits.from_parameters(parameters)
 
     def _tensors(self, images: np.ndarray) -> list[np.ndarray]:
+        encoded = [bytes(row[0]) for row in images]
+        check_request(encoded, self.limits)
         if not self.cfg.detection:
-            return [np.stack([preprocess_image(bytes(row[0]), self.cfg) for row in images])]
-        inputs = [preprocess_detection(bytes(row[0]), self.cfg) for row in images]
+            return [np.stack([preprocess_image(b, self.cfg) for b in encoded])]
+        inputs = [preprocess_detection(b, self.cfg) for b in encoded]
         return [
             np.stack([i.pixels for i in inputs]),
             np.stack([i.mask for i in inputs]),
