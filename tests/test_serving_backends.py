@@ -54,10 +54,38 @@ class _Error:
         self.text, self.code = message, code
 
 
+_SENT: list = []  # the requests of one execute, in the order they were answered
+
+
+class _Request(dict):
+    """A request whose one response goes through its sender, as the preprocessing model sends it."""
+
+    def get_response_sender(self):
+        return types.SimpleNamespace(send=self._send)
+
+    def _send(self, response, flags):
+        assert flags == _FINAL and not hasattr(self, "response")  # one final response per request
+        self.response = response
+        _SENT.append(self)
+
+
+_FINAL = 1
+
+
+def answer(model, requests: list) -> list:
+    """Run a preprocessing model's execute over requests batched together: their responses, in request order."""
+    requests = [_Request(r) for r in requests]
+    _SENT.clear()
+    assert model.execute(requests) is None
+    assert len(_SENT) == len(requests)
+    return [r.response for r in requests]
+
+
 @pytest.fixture
 def backend_utils(monkeypatch):
     utils = types.ModuleType("triton_python_backend_utils")
     utils.Tensor, utils.InferenceResponse, utils.TritonError = _Tensor, _Response, _Error
+    utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL = _FINAL
     utils.get_input_tensor_by_name = lambda request, name: request[name]
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
     return utils
@@ -86,7 +114,7 @@ def test_preprocessing_fails_only_the_request_that_holds_a_bad_image(backend_uti
     # Requests batched together: good, a decompression bomb, undecodable bytes, good (two images), empty bytes, a
     # 20000 x 1 strip (a few bytes that the short-side resize would make 1,420,000 x 71 pixels).
     batch = [request(png(0)), request(bomb_png()), request(b"not an image"), request(png(1), png(2))]
-    responses = model.execute([*batch, request(b""), request(strip_png())])
+    responses = answer(model, [*batch, request(b""), request(strip_png())])
     assert [r.error is None for r in responses] == [True, False, False, True, False, False]
     refused = [r.error for r in responses if r.error is not None]
     assert all(e.code == "INVALID_ARG" for e in refused)  # the client's mistakes: HTTP 400, not 500
@@ -223,7 +251,7 @@ def test_a_request_over_the_pixel_limit_is_refused_before_decoding(backend_utils
     model = _preprocessing()
     assert (model.limits.image_bytes, model.limits.request_bytes) == (32 * 2**20, 128 * 2**20)  # the config's
     t0 = time.perf_counter()
-    good, heavy = model.execute([_request(png(0)), _request(*[big_png] * 8)])  # 8 x 49 MP, each under the limit
+    good, heavy = answer(model, [_request(png(0)), _request(*[big_png] * 8)])  # 8 x 49 MP, each under the limit
     elapsed = time.perf_counter() - t0
     assert good.error is None
     assert heavy.error.code == "INVALID_ARG"
@@ -232,7 +260,7 @@ def test_a_request_over_the_pixel_limit_is_refused_before_decoding(backend_utils
     )
     assert elapsed < 0.5  # from the headers: decoding the 8 would take 5 s and 1.2 GB of RGB
     # One of them is the per-request share: decoded and answered.
-    (one,) = model.execute([_request(big_png)])
+    (one,) = answer(model, [_request(big_png)])
     assert one.error is None and one.output_tensors[0].array.shape == (1, 3, 64, 64)
 
 
@@ -246,8 +274,8 @@ def test_encoded_bytes_are_bounded_per_image_and_per_request(backend_utils):
     appended = jpeg.getvalue() + b"\0" * 300_000
     model = _preprocessing(RequestLimits(image_bytes=200_000, request_bytes=500_000))
     assert model.limits == RequestLimits(image_bytes=200_000, request_bytes=500_000)  # read back from the config
-    responses = model.execute(
-        [_request(jpeg.getvalue()), _request(appended), _request(*[png(1)] * 3), _request(*[png(1)] * 100)]
+    responses = answer(
+        model, [_request(jpeg.getvalue()), _request(appended), _request(*[png(1)] * 3), _request(*[png(1)] * 100)]
     )
     assert responses[0].error is None
     assert responses[1].error.text == f"image 1 is {len(appended)} bytes, over the limit of 200000 bytes per image"
@@ -257,7 +285,7 @@ def test_encoded_bytes_are_bounded_per_image_and_per_request(backend_utils):
         f"the request's 100 images are {total} bytes, over the limit of 500000 bytes per request"
     )
     assert all(r.error.code == "INVALID_ARG" for r in responses[1::2])
-    (trailing,) = _preprocessing().execute([_request(appended)])  # the defaults: 32 MB an image
+    (trailing,) = answer(_preprocessing(), [_request(appended)])  # the defaults: 32 MB an image
     assert trailing.error is None
     np.testing.assert_array_equal(trailing.output_tensors[0].array, responses[0].output_tensors[0].array)
 
@@ -269,3 +297,11 @@ def test_request_limits_must_be_positive():
     with pytest.raises(ImageError, match="request limit request_pixels must be at least 1, not 0"):
         RequestLimits.from_parameters({"max_request_pixels": "0"})
     assert RequestLimits.from_parameters({}) == RequestLimits()  # a repository written before the limits
+
+
+def test_requests_batched_together_are_answered_lightest_first(backend_utils, big_png):
+    """A request Triton batched behind a heavy one is answered before it is decoded, not after."""
+    model = _preprocessing()
+    responses = answer(model, [_request(big_png), _request(b"not an image"), _request(png(0), png(1))])
+    assert [r.error is None for r in responses] == [True, False, True]
+    assert [r.response for r in _SENT] == [responses[1], responses[2], responses[0]]  # refused, light, heavy

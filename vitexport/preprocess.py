@@ -263,9 +263,9 @@ class RequestLimits:
         return cls(**{n: int(parameters[f"max_{n}"]) for n in names if f"max_{n}" in parameters})
 
 
-def check_request(images: Sequence[bytes], limits: RequestLimits) -> None:
-    """Refuse (ImageError, one line naming the limit) a request whose images are too many bytes, or would decode to too
-    many pixels all together, before any of them is decoded: the pixel count comes from each image's header."""
+def check_request(images: Sequence[bytes], limits: RequestLimits) -> int:
+    """The pixels a request's images decode to, from their headers; ImageError (one line naming the limit) for a
+    request whose images are too many bytes or would decode to too many pixels, before any of them is decoded."""
     total = 0
     for i, data in enumerate(images, 1):
         if len(data) > limits.image_bytes:
@@ -286,6 +286,7 @@ def check_request(images: Sequence[bytes], limits: RequestLimits) -> None:
             f"the request's {len(images)} images are {pixels} pixels decoded, over the limit of "
             f"{limits.request_pixels} pixels per request"
         )
+    return pixels
 
 
 def load_images(paths: list[str | Path], cfg: PreprocessConfig) -> np.ndarray:

@@ -29,9 +29,18 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
         self.limits = RequestLimits.from_parameters(parameters)
 
-    def _tensors(self, images: np.ndarray) -> list[np.ndarray]:
-        encoded = [bytes(row[0]) for row in images]
-        check_request(encoded, self.limits)
+    def _admit(self, request: Any) -> tuple[int, list[bytes] | Exception]:
+        """(pixels, the images) of a request within the limits, from the images' headers; (-1, the error) else."""
+        try:
+            images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()  # (B, 1) object array of bytes
+            if images.size == 0:
+                raise ImageError("no image in the request")
+            encoded = [bytes(row[0]) for row in images]
+            return check_request(encoded, self.limits), encoded
+        except Exception as e:
+            return -1, e
+
+    def _tensors(self, encoded: list[bytes]) -> list[np.ndarray]:
         if not self.cfg.detection:
             return [np.stack([preprocess_image(b, self.cfg) for b in encoded])]
         inputs = [preprocess_detection(b, self.cfg) for b in encoded]
@@ -41,24 +50,30 @@ class TritonPythonModel:
             np.array([i.size for i in inputs], dtype=np.int64),
         ]
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()  # (B, 1) object array of bytes
-            try:
-                if images.size == 0:
-                    raise ImageError("no image in the request")
-                tensors = self._tensors(images)
-            except Exception as e:
-                # Any failure fails this request only: raised out of execute, it would fail every request Triton
-                # batched with it. The client's mistakes (undecodable, empty, over a size limit: ImageError) are
-                # INVALID_ARG (HTTP 400); anything else is ours, named by type only (no paths or addresses).
-                if isinstance(e, ImageError):
-                    error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
-                else:
-                    error = pb_utils.TritonError(f"cannot preprocess image: {type(e).__name__}")
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-                continue
-            outputs = [pb_utils.Tensor(name, t) for name, t in zip(self.output_names, tensors, strict=True)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
-        return responses
+    def _response(self, admitted: list[bytes] | Exception) -> Any:
+        try:
+            if isinstance(admitted, Exception):
+                raise admitted
+            tensors = self._tensors(admitted)
+        except Exception as e:
+            # Any failure fails this request only: raised out of execute, it would fail every request Triton
+            # batched with it. The client's mistakes (undecodable, empty, over a size limit: ImageError) are
+            # INVALID_ARG (HTTP 400); anything else is ours, named by type only (no paths or addresses).
+            if isinstance(e, ImageError):
+                error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
+            else:
+                error = pb_utils.TritonError(f"cannot preprocess image: {type(e).__name__}")
+            return pb_utils.InferenceResponse(output_tensors=[], error=error)
+        outputs = [pb_utils.Tensor(name, t) for name, t in zip(self.output_names, tensors, strict=True)]
+        return pb_utils.InferenceResponse(output_tensors=outputs)
+
+    def execute(self, requests: list[Any]) -> None:
+        # Refused ones and the fewest pixels first, each answered as soon as it is done (a non-decoupled model may
+        # send its one response through the request's sender and return None): a request Triton batched with heavy
+        # ones waits for none of them, only for the one being decoded when it arrived.
+        admitted = [self._admit(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: admitted[i][0])
+        for i in order:
+            sender = requests[i].get_response_sender()
+            sender.send(self._response(admitted[i][1]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
