@@ -38,7 +38,8 @@ class TritonPythonModel:
             encoded = [bytes(row[0]) for row in images]
             return check_request(encoded, self.limits), encoded
         except Exception as e:
-            return -1, e
+            # Without its traceback: its frames hold the request's bytes (1 GB, say) until execute has answered all.
+            return -1, e.with_traceback(None)
 
     def _tensors(self, encoded: list[bytes]) -> list[np.ndarray]:
         if not self.cfg.detection:
@@ -51,21 +52,24 @@ class TritonPythonModel:
         ]
 
     def _response(self, admitted: list[bytes] | Exception) -> Any:
+        if isinstance(admitted, Exception):
+            return self._error(admitted)
         try:
-            if isinstance(admitted, Exception):
-                raise admitted
             tensors = self._tensors(admitted)
         except Exception as e:
-            # Any failure fails this request only: raised out of execute, it would fail every request Triton
-            # batched with it. The client's mistakes (undecodable, empty, over a size limit: ImageError) are
-            # INVALID_ARG (HTTP 400); anything else is ours, named by type only (no paths or addresses).
-            if isinstance(e, ImageError):
-                error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
-            else:
-                error = pb_utils.TritonError(f"cannot preprocess image: {type(e).__name__}")
-            return pb_utils.InferenceResponse(output_tensors=[], error=error)
+            return self._error(e)
         outputs = [pb_utils.Tensor(name, t) for name, t in zip(self.output_names, tensors, strict=True)]
         return pb_utils.InferenceResponse(output_tensors=outputs)
+
+    def _error(self, e: Exception) -> Any:
+        # Any failure fails this request only: raised out of execute, it would fail every request Triton batched with
+        # it. The client's mistakes (undecodable, empty, over a size limit: ImageError) are INVALID_ARG (HTTP 400);
+        # anything else is ours, named by type only (no paths or addresses).
+        if isinstance(e, ImageError):
+            error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
+        else:
+            error = pb_utils.TritonError(f"cannot preprocess image: {type(e).__name__}")
+        return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
     def execute(self, requests: list[Any]) -> None:
         # Refused ones and the fewest pixels first, each answered as soon as it is done (a non-decoupled model may
