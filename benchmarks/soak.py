@@ -40,6 +40,8 @@ class SoakSettings:
     atol: float = 1e-4  # served against in-process: logits, and the top-k probabilities
     timeout_s: float = 60.0
     memory_every_s: float = 1.0
+    # Over the last 30 minutes of a run that long: private memory plus the /dev/shm pools (issue 21: at most 0.5).
+    max_slope_mb_per_min: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,9 @@ def passed(result: dict[str, Any]) -> list[str]:
     for case, row in result["hostile"].items():
         if row["refused_as_client_error"] is False:
             problems.append(f"{case}: answered {row['statuses']}, not a client error")
+    late = result["memory_mb"]["private_and_shared"]["last_30_min_slope_mb_per_min"]
+    if late is not None and late > result["settings"]["max_slope_mb_per_min"]:
+        problems.append(f"memory grew {late} MB/min over the last 30 minutes")
     if not result["ready_at_end"]:
         problems.append("the server was not ready at the end")
     if not result["stubs_unchanged"]:
