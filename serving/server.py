@@ -53,10 +53,8 @@ from vitexport.serving.processes import (
 from vitexport.serving.repository import scan
 
 # The server's names; stubs_of and unavailable_reason (processes.py, install.py) too, for callers that ask the server.
-# glibc gives threads that allocate at once arenas of their own (up to 8 per core) and keeps what each frees for its
-# own reuse: Triton's HTTP, gRPC and backend threads made tritonserver's private memory creep 34 -> 78 MB over a 150 s
-# soak of DeiT-S; 25 -> 43 MB with two arenas, 21 -> 27 MB with the gRPC pool below off too (docs/reliability.md).
-# The stubs inherit it.
+# glibc's arena per allocating thread (8 per core), each keeping what it frees, made tritonserver creep 34 -> 78 MB in
+# a 150 s DeiT-S soak; 21 -> 27 MB with two, and gRPC's pool below off (docs/reliability.md). Stubs inherit it.
 MALLOC = {"MALLOC_ARENA_MAX": "2"}
 
 __all__ = ["CONTROL_HEADER", "SHM_DIR", "Endpoints", "TritonServer", "free_ports", "stubs_of", "unavailable_reason"]
@@ -238,8 +236,7 @@ class TritonServer:
             *self._model_control(),
             # Our own prefix lets stop() remove exactly the regions this server made, not other servers' ones.
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
-            # gRPC keeps 8 request/response messages for reuse, each at the size of the largest it held: 170 MB of
-            # tritonserver's private memory stayed after one 124 MB request, 1.9 GB after 1 GB (43 MB, 0.5 GB without).
+            # gRPC keeps 8 messages for reuse at their largest: 170 MB stayed after a 124 MB request (43 MB without).
             "--grpc-infer-allocation-pool-size=0",
             "--exit-timeout-secs=10",
             f"--log-verbose={self.log_verbose}",

@@ -249,7 +249,7 @@ def test_a_request_over_the_pixel_limit_is_refused_before_decoding(backend_utils
     import time
 
     model = _preprocessing()
-    assert (model.limits.image_bytes, model.limits.request_bytes) == (32 * 2**20, 128 * 2**20)  # the config's
+    assert (model.limits.image_bytes, model.limits.request_bytes) == (32 * 2**20, 64 * 2**20)  # the config's
     t0 = time.perf_counter()
     good, heavy = answer(model, [_request(png(0)), _request(*[big_png] * 8)])  # 8 x 49 MP, each under the limit
     elapsed = time.perf_counter() - t0

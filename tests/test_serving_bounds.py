@@ -3,6 +3,7 @@ and the memory a large request took goes back (issue 21: a JPEG with 1 GB append
 left tritonserver at 3.5 GB RSS; 8 x 49 MP PNGs in one request held a good one beside it for 10.8 s)."""
 
 import io
+import re
 import time
 
 import numpy as np
@@ -71,17 +72,18 @@ def test_memory_goes_back_after_a_large_request_and_1_gb_is_refused(server):
         assert infer(server, model, [jpeg()], protocol) == "200"  # warm: the runtimes' first allocations
     pids = process_tree(server.process_group)
     before, shm_before = private_mb(server), shared_mb(pids)
-    # Just under the request cap (4 x 31 MB of 128 MB), over both protocols: decoded, answered, memory back.
+    # Just under the request cap (2 x 31 MB of 64 MB), over both protocols: decoded, answered, memory back.
     for protocol in ("http", "grpc"):
-        assert infer(server, model, [jpeg(31 * MB)] * 4, protocol) == "200"
+        assert infer(server, model, [jpeg(31 * MB)] * 2, protocol) == "200"
         after = settled(server, before, 64)
         assert all(after[n] - before[n] <= 64 for n in before), (protocol, before, after)
     # The Python backend's shared-memory pool grows to hold a request's bytes and keeps them (Triton 2.51 has no
     # bound on it): the request cap bounds it, once the request is refused at the door (docs/reliability.md).
-    assert shared_mb(pids) - shm_before < 200
+    assert shared_mb(pids) - shm_before < 100
     t0 = time.perf_counter()
     answer = infer(server, model, [jpeg(2**30)], "http")  # the issue's JPEG with 1 GB appended
-    assert "[400]" in answer and f"over the limit of {32 * MB} bytes per image" in answer, answer
+    # Refused by the preprocessing (400, over 32 MB an image), or before Triton by a front's body cap (413).
+    assert re.match(r"\[(400|413)\]", answer) and "over" in answer and "limit" in answer, answer
     after = settled(server, before, 64)
     assert all(after[n] - before[n] <= 64 for n in before), (before, after)
     assert time.perf_counter() - t0 < 120  # sending 1 GB through HTTP takes ~20 s here; no decoding on top

@@ -24,9 +24,10 @@ MAX_IMAGE_PIXELS = 50_000_000
 MAX_RESIZED_PIXELS = 16_777_216
 # Bounds of one served request, checked before any of its images is decoded: the per-image ones alone let one request
 # of 8 x 49 MP images hold the preprocessing for 10 s, or a JPEG with 1 GB appended through. A camera's JPEG with a
-# video appended (a motion photo) decodes as the JPEG: trailing bytes are accepted within the bytes caps.
+# video appended (a motion photo) decodes as the JPEG: trailing bytes are accepted within the bytes caps. The request
+# cap is the validating front's body cap: a larger request would not reach Triton anyway.
 MAX_IMAGE_BYTES = 32 * 2**20
-MAX_REQUEST_BYTES = 128 * 2**20
+MAX_REQUEST_BYTES = 64 * 2**20
 MAX_REQUEST_PIXELS = 64_000_000
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the CLI imports this module for --help
