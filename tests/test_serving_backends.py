@@ -305,3 +305,25 @@ def test_requests_batched_together_are_answered_lightest_first(backend_utils, bi
     responses = answer(model, [_request(big_png), _request(b"not an image"), _request(png(0), png(1))])
     assert [r.error is None for r in responses] == [True, False, True]
     assert [r.response for r in _SENT] == [responses[1], responses[2], responses[0]]  # refused, light, heavy
+
+
+def test_a_refused_request_leaves_no_copy_of_its_bytes_behind(backend_utils):
+    """Its error carries no traceback: the frames would hold the request's bytes in a reference cycle until the
+    garbage collector ran (1 GB kept in the stub after the issue's JPEG with 1 GB appended)."""
+    import gc
+    import tracemalloc
+
+    model = _preprocessing()
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        requests = [_request(b"\xff\xd8" + b"\0" * (40 * 2**20))]  # over 32 MB an image
+        (response,) = answer(model, requests)
+        assert "over the limit of 33554432 bytes per image" in response.error.text
+        del requests, response
+        _SENT.clear()  # the stand-in's record of the answered requests
+        assert tracemalloc.get_traced_memory()[0] < 2**20  # the 40 MB went with the request
+    finally:
+        tracemalloc.stop()
+        gc.enable()
