@@ -297,8 +297,8 @@ def preprocess_config(
     config = _python_step(name, max_batch_size, instances)
     _add_tensors(config.input, [TensorSpec(IMAGE_INPUT, BYTES, (1,))])
     _add_tensors(config.output, task.preprocess_outputs(preprocess.input_size))
-    bounds = (limits or RequestLimits()).to_parameters()  # checked before decoding; an operator may edit them
-    _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())} | bounds)
+    _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
+    _string_parameters(config, (limits or RequestLimits()).to_parameters())  # checked before decoding; editable
     return config
 
 
