@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError, VitExportError
-from vitexport.preprocess import PreprocessConfig, RequestLimits
+from vitexport.preprocess import PreprocessConfig
 from vitexport.tasks import CLASSIFICATION, FEATURES, Task, TensorSpec, get_task, task_of
 from vitexport.tasks.base import BYTES, FP32, IMAGE_INPUT, INT64
 from vitexport.tasks.classification import EMBEDDINGS
@@ -33,6 +33,8 @@ DATA_TYPES = {FP32: "TYPE_FP32", INT64: "TYPE_INT64", BYTES: "TYPE_STRING"}
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2 as pb
+
+    from vitexport.preprocess import RequestLimits
 
 
 def import_tritonclient(module: str) -> ModuleType:
@@ -298,6 +300,8 @@ def preprocess_config(
     _add_tensors(config.input, [TensorSpec(IMAGE_INPUT, BYTES, (1,))])
     _add_tensors(config.output, task.preprocess_outputs(preprocess.input_size))
     _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
+    from vitexport.preprocess import RequestLimits  # (the annotation's import is the type checker's only)
+
     _string_parameters(config, (limits or RequestLimits()).to_parameters())  # checked before decoding; editable
     return config
 
