@@ -34,8 +34,6 @@ DATA_TYPES = {FP32: "TYPE_FP32", INT64: "TYPE_INT64", BYTES: "TYPE_STRING"}
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2 as pb
 
-    from vitexport.preprocess import RequestLimits
-
 
 def import_tritonclient(module: str) -> ModuleType:
     """A tritonclient module, or one line saying how to install it: it comes with the `serve` extra only."""
@@ -286,13 +284,7 @@ def _python_step(name: str, max_batch_size: int, instances: int = 1) -> pb.Model
 
 
 def preprocess_config(
-    name: str,
-    preprocess: PreprocessConfig,
-    task: Task,
-    *,
-    max_batch_size: int,
-    instances: int = 1,
-    limits: RequestLimits | None = None,
+    name: str, preprocess: PreprocessConfig, task: Task, *, max_batch_size: int, instances: int = 1
 ) -> pb.ModelConfig:
     """Encoded image bytes -> what the task's model takes (`Task.preprocess_outputs`: pixel_values; a detector's
     canvas, its mask and the original height and width), by vitexport.preprocess in a Python-backend model."""
@@ -300,9 +292,9 @@ def preprocess_config(
     _add_tensors(config.input, [TensorSpec(IMAGE_INPUT, BYTES, (1,))])
     _add_tensors(config.output, task.preprocess_outputs(preprocess.input_size))
     _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
-    from vitexport.preprocess import RequestLimits  # (the annotation's import is the type checker's only)
+    from vitexport.preprocess import RequestLimits  # the bounds of a request, checked before decoding: config.pbtxt's
 
-    _string_parameters(config, (limits or RequestLimits()).to_parameters())  # checked before decoding; editable
+    _string_parameters(config, RequestLimits().to_parameters())
     return config
 
 

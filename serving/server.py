@@ -53,10 +53,6 @@ from vitexport.serving.processes import (
 from vitexport.serving.repository import scan
 
 # The server's names; stubs_of and unavailable_reason (processes.py, install.py) too, for callers that ask the server.
-# glibc's arena per allocating thread (8 per core), each keeping what it frees, made tritonserver creep 34 -> 78 MB in
-# a 150 s DeiT-S soak; 21 -> 27 MB with two, and gRPC's pool below off (docs/reliability.md). Stubs inherit it.
-MALLOC = {"MALLOC_ARENA_MAX": "2"}
-
 __all__ = ["CONTROL_HEADER", "SHM_DIR", "Endpoints", "TritonServer", "free_ports", "stubs_of", "unavailable_reason"]
 
 CONTROL_HEADER = "vitexport-control-key"  # the header Triton asks of model-repository requests (model_control=True)
@@ -250,7 +246,8 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=MALLOC | install.environment(),  # an operator's own malloc settings win
+                # glibc's arena per thread made tritonserver creep (docs/reliability.md); an operator's setting wins
+                env={"MALLOC_ARENA_MAX": "2"} | install.environment(),
                 start_new_session=True,
                 preexec_fn=in_child,
             )

@@ -227,9 +227,9 @@ def _preprocessing(limits=None):
     from vitexport.serving import config as cfg
     from vitexport.tasks import CLASSIFICATION
 
-    config = cfg.preprocess_config(
-        "p", get_spec("test_vit").preprocess, CLASSIFICATION, max_batch_size=8, limits=limits
-    )
+    config = cfg.preprocess_config("p", get_spec("test_vit").preprocess, CLASSIFICATION, max_batch_size=8)
+    for key, value in (limits.to_parameters() if limits else {}).items():  # as an operator edits config.pbtxt
+        config.parameters[key].string_value = value
     return load_model(PREPROCESS_MODEL, triton_json(config))
 
 
