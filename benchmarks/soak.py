@@ -24,7 +24,7 @@ import numpy as np
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.bench.hostile import ABANDONED, CLIENT_ERRORS, HALF_A_REQUEST, hostile_cases, hostile_request, send
-from vitexport.bench.memory import last_half_slope, process_tree, rss_mb
+from vitexport.bench.memory import memory_mb, process_tree, shared_mb, slope
 from vitexport.serving import config as cfg
 from vitexport.serving.processes import stubs_of
 from vitexport.serving.server import TritonServer
@@ -40,6 +40,8 @@ class SoakSettings:
     atol: float = 1e-4  # served against in-process: logits, and the top-k probabilities
     timeout_s: float = 60.0
     memory_every_s: float = 1.0
+    # Over the last 30 minutes of a run that long: private memory plus the /dev/shm pools (issue 21: at most 0.5).
+    max_slope_mb_per_min: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,10 @@ class _Record:
         self.errors: list[str] = []
         self.hostile: list[dict[str, Any]] = []
         self.memory: list[tuple[float, float, int]] = []  # (t, RSS MB of Triton and its stubs, processes)
-        self.by_process: list[dict[str, float]] = []  # at each sample: RSS MB of each of them
+        # (t, MB: their private memory (RssAnon) + the /dev/shm pools counted once, processes): RSS counts a pool's
+        # pages in every process that touched them.
+        self.private: list[tuple[float, float, int]] = []
+        self.by_process: list[dict[str, dict[str, float]]] = []  # at each sample: VmRSS, RssAnon, RssShmem of each
         self.crashes: list[str] = []  # a soak thread's own failure: the soak did not run as meant
 
     def guarded(self, fn: Callable[..., None]) -> Callable[..., None]:
@@ -180,9 +185,11 @@ class _Soak:
         """The resident memory of Triton and its stubs every `memory_every_s`."""
         while time.monotonic() < self.deadline:
             pids = process_tree(self.server.process_group)
-            rss = rss_mb(pids)
-            self.record.memory.append((time.monotonic() - self.start, sum(rss.values()), len(pids)))
-            self.record.by_process.append(rss)
+            t, memory = time.monotonic() - self.start, memory_mb(pids)
+            private = sum(m["RssAnon"] for m in memory.values()) + shared_mb(pids)
+            self.record.memory.append((t, sum(m["VmRSS"] for m in memory.values()), len(pids)))
+            self.record.private.append((t, private, len(pids)))
+            self.record.by_process.append(memory)
             time.sleep(self.s.memory_every_s)
 
 
@@ -222,6 +229,43 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
+def _memory_summary(record: _Record) -> dict[str, Any]:
+    """RSS of Triton and its stubs summed (the pools' pages counted in each process that touched them), and their
+    private memory plus the pools counted once: the first and last quarter's means, the slopes, by process."""
+    rss, private = [m for _, m, _ in record.memory], [m for _, m, _ in record.private]
+    quarter = max(1, len(rss) // 4)
+
+    def mean(values: list[float]) -> float | None:
+        return round(float(np.mean(values)), 1) if values else None
+
+    def by_process(field: str) -> dict[str, list[float | None]]:
+        names = sorted({n for r in record.by_process for n in r})
+        samples = record.by_process
+        return {
+            n: [mean([r.get(n, {}).get(field, 0.0) for r in part]) for part in (samples[:quarter], samples[-quarter:])]
+            for n in names
+        }
+
+    return {
+        "first_quarter": mean(rss[:quarter]),
+        "last_quarter": mean(rss[-quarter:]),
+        "max": round(max(rss), 1) if rss else None,
+        "last_half_slope_mb_per_min": slope(record.memory),
+        "last_30_min_slope_mb_per_min": slope(record.memory, last_s=1800),  # None in a run under 30 minutes
+        "private_and_shared": {
+            "first_quarter": mean(private[:quarter]),
+            "last_quarter": mean(private[-quarter:]),
+            "last_half_slope_mb_per_min": slope(record.private),
+            "last_30_min_slope_mb_per_min": slope(record.private, last_s=1800),
+        },
+        # Which process grew, and in what: the mean of each over the first and the last quarter of the samples.
+        "by_process": by_process("VmRSS"),
+        "by_process_private": by_process("RssAnon"),
+        "series": [(round(t, 1), round(m, 1), n) for t, m, n in record.memory],
+        "private_series": [(round(t, 1), round(m, 1), n) for t, m, n in record.private],
+    }
+
+
 def summarise(record: _Record, s: SoakSettings, *, ready: bool, stubs_kept: bool) -> dict[str, Any]:
     kinds = sorted({k for _, k, _, _ in record.requests})
     latency = {}
@@ -237,8 +281,6 @@ def summarise(record: _Record, s: SoakSettings, *, ready: bool, stubs_kept: bool
     for case, row in hostile.items():
         mistake = case not in (ABANDONED, HALF_A_REQUEST)
         row["refused_as_client_error"] = set(row["statuses"]) <= CLIENT_ERRORS if mistake else None
-    rss = [m for _, m, _ in record.memory]
-    quarter = max(1, len(rss) // 4)
     outcomes = [o for *_, o in record.requests]
     return {
         "settings": asdict(s),
@@ -251,21 +293,7 @@ def summarise(record: _Record, s: SoakSettings, *, ready: bool, stubs_kept: bool
         "img_s": round(len(outcomes) / s.duration_s, 2),
         "latency": latency,
         "hostile": hostile,
-        "memory_mb": {
-            "first_quarter": round(float(np.mean(rss[:quarter])), 1) if rss else None,
-            "last_quarter": round(float(np.mean(rss[-quarter:])), 1) if rss else None,
-            "max": round(max(rss), 1) if rss else None,
-            "last_half_slope_mb_per_min": last_half_slope(record.memory),
-            # Which process grew: the mean of each over the first and the last quarter of the samples.
-            "by_process": {
-                name: [
-                    round(float(np.mean([r.get(name, 0.0) for r in record.by_process[:quarter]])), 1),
-                    round(float(np.mean([r.get(name, 0.0) for r in record.by_process[-quarter:]])), 1),
-                ]
-                for name in sorted({n for r in record.by_process for n in r})
-            },
-            "series": [(round(t, 1), round(m, 1), n) for t, m, n in record.memory],
-        },
+        "memory_mb": _memory_summary(record),
         "ready_at_end": ready,
         "stubs_unchanged": stubs_kept,
         "timeline": [(round(t, 2), k, round(m, 1), o) for t, k, m, o in record.requests],
@@ -285,6 +313,9 @@ def passed(result: dict[str, Any]) -> list[str]:
     for case, row in result["hostile"].items():
         if row["refused_as_client_error"] is False:
             problems.append(f"{case}: answered {row['statuses']}, not a client error")
+    late = result["memory_mb"]["private_and_shared"]["last_30_min_slope_mb_per_min"]
+    if late is not None and late > result["settings"]["max_slope_mb_per_min"]:
+        problems.append(f"memory grew {late} MB/min over the last 30 minutes")
     if not result["ready_at_end"]:
         problems.append("the server was not ready at the end")
     if not result["stubs_unchanged"]:

@@ -274,6 +274,9 @@ def preprocess_config(
     _add_tensors(config.output, task.preprocess_outputs(preprocess.input_size))
     _response_cache(config, task)
     _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
+    from vitexport.preprocess import RequestLimits  # the bounds of a request, checked before decoding: config.pbtxt's
+
+    _string_parameters(config, RequestLimits().to_parameters())
     return config
 
 

@@ -54,10 +54,38 @@ class _Error:
         self.text, self.code = message, code
 
 
+_SENT: list = []  # the requests of one execute, in the order they were answered
+
+
+class _Request(dict):
+    """A request whose one response goes through its sender, as the preprocessing model sends it."""
+
+    def get_response_sender(self):
+        return types.SimpleNamespace(send=self._send)
+
+    def _send(self, response, flags):
+        assert flags == _FINAL and not hasattr(self, "response")  # one final response per request
+        self.response = response
+        _SENT.append(self)
+
+
+_FINAL = 1
+
+
+def answer(model, requests: list) -> list:
+    """Run a preprocessing model's execute over requests batched together: their responses, in request order."""
+    requests = [_Request(r) for r in requests]
+    _SENT.clear()
+    assert model.execute(requests) is None
+    assert len(_SENT) == len(requests)
+    return [r.response for r in requests]
+
+
 @pytest.fixture
 def backend_utils(monkeypatch):
     utils = types.ModuleType("triton_python_backend_utils")
     utils.Tensor, utils.InferenceResponse, utils.TritonError = _Tensor, _Response, _Error
+    utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL = _FINAL
     utils.get_input_tensor_by_name = lambda request, name: request[name]
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
     return utils
@@ -86,7 +114,7 @@ def test_preprocessing_fails_only_the_request_that_holds_a_bad_image(backend_uti
     # Requests batched together: good, a decompression bomb, undecodable bytes, good (two images), empty bytes, a
     # 20000 x 1 strip (a few bytes that the short-side resize would make 1,420,000 x 71 pixels).
     batch = [request(png(0)), request(bomb_png()), request(b"not an image"), request(png(1), png(2))]
-    responses = model.execute([*batch, request(b""), request(strip_png())])
+    responses = answer(model, [*batch, request(b""), request(strip_png())])
     assert [r.error is None for r in responses] == [True, False, False, True, False, False]
     refused = [r.error for r in responses if r.error is not None]
     assert all(e.code == "INVALID_ARG" for e in refused)  # the client's mistakes: HTTP 400, not 500
@@ -194,3 +222,110 @@ def test_the_detections_model_reads_the_names_its_config_gives(backend_utils, tm
         rows = range(len(expected))
         assert [answer["labels"][i, j].decode() for j in rows] == [d.label for d in expected]
         np.testing.assert_allclose([answer["boxes"][i, j] for j in rows], [d.box for d in expected], rtol=1e-6)
+
+
+def _preprocessing(limits=None):
+    """The preprocessing model as `repo` writes its config (the request limits among its parameters)."""
+    from vitexport.serving import config as cfg
+    from vitexport.tasks import CLASSIFICATION
+
+    config = cfg.preprocess_config("p", get_spec("test_vit").preprocess, CLASSIFICATION, max_batch_size=8)
+    for key, value in (limits.to_parameters() if limits else {}).items():  # as an operator edits config.pbtxt
+        config.parameters[key].string_value = value
+    return load_model(PREPROCESS_MODEL, triton_json(config))
+
+
+def _request(*images: bytes):
+    return {"image": _Tensor("image", np.array([[b] for b in images], dtype=np.object_))}
+
+
+@pytest.fixture(scope="module")
+def big_png() -> bytes:
+    """A real 7000 x 7000 PNG (49 MP, under the per-image limit; 160 KB): 0.6 s to decode, 147 MB as RGB."""
+    buf = io.BytesIO()
+    Image.new("RGB", (7000, 7000), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_request_over_the_pixel_limit_is_refused_before_decoding(backend_utils, big_png):
+    import time
+
+    model = _preprocessing()
+    assert (model.limits.image_bytes, model.limits.request_bytes) == (32 * 2**20, 64 * 2**20)  # the config's
+    t0 = time.perf_counter()
+    good, heavy = answer(model, [_request(png(0)), _request(*[big_png] * 8)])  # 8 x 49 MP, each under the limit
+    elapsed = time.perf_counter() - t0
+    assert good.error is None
+    assert heavy.error.code == "INVALID_ARG"
+    assert heavy.error.text == (
+        "the request's 8 images are 392000000 pixels decoded, over the limit of 64000000 pixels per request"
+    )
+    assert elapsed < 0.5  # from the headers: decoding the 8 would take 5 s and 1.2 GB of RGB
+    # One of them is the per-request share: decoded and answered.
+    (one,) = answer(model, [_request(big_png)])
+    assert one.error is None and one.output_tensors[0].array.shape == (1, 3, 64, 64)
+
+
+def test_encoded_bytes_are_bounded_per_image_and_per_request(backend_utils):
+    from vitexport.preprocess import RequestLimits
+
+    jpeg = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(jpeg, "JPEG")
+    # Data after the JPEG's end (a motion photo's video, or padding): Pillow decodes the JPEG and ignores it; the
+    # bytes caps bound it, before anything is decoded.
+    appended = jpeg.getvalue() + b"\0" * 300_000
+    model = _preprocessing(RequestLimits(image_bytes=200_000, request_bytes=500_000))
+    assert model.limits == RequestLimits(image_bytes=200_000, request_bytes=500_000)  # read back from the config
+    responses = answer(
+        model, [_request(jpeg.getvalue()), _request(appended), _request(*[png(1)] * 3), _request(*[png(1)] * 100)]
+    )
+    assert responses[0].error is None
+    assert responses[1].error.text == f"image 1 is {len(appended)} bytes, over the limit of 200000 bytes per image"
+    assert responses[2].error is None
+    total = 100 * len(png(1))
+    assert responses[3].error.text == (
+        f"the request's 100 images are {total} bytes, over the limit of 500000 bytes per request"
+    )
+    assert all(r.error.code == "INVALID_ARG" for r in responses[1::2])
+    (trailing,) = answer(_preprocessing(), [_request(appended)])  # the defaults: 32 MB an image
+    assert trailing.error is None
+    np.testing.assert_array_equal(trailing.output_tensors[0].array, responses[0].output_tensors[0].array)
+
+
+def test_request_limits_must_be_positive():
+    from vitexport.errors import ImageError
+    from vitexport.preprocess import RequestLimits
+
+    with pytest.raises(ImageError, match="request limit request_pixels must be at least 1, not 0"):
+        RequestLimits.from_parameters({"max_request_pixels": "0"})
+    assert RequestLimits.from_parameters({}) == RequestLimits()  # a repository written before the limits
+
+
+def test_requests_batched_together_are_answered_lightest_first(backend_utils, big_png):
+    """A request Triton batched behind a heavy one is answered before it is decoded, not after."""
+    model = _preprocessing()
+    responses = answer(model, [_request(big_png), _request(b"not an image"), _request(png(0), png(1))])
+    assert [r.error is None for r in responses] == [True, False, True]
+    assert [r.response for r in _SENT] == [responses[1], responses[2], responses[0]]  # refused, light, heavy
+
+
+def test_a_refused_request_leaves_no_copy_of_its_bytes_behind(backend_utils):
+    """Its error carries no traceback: the frames would hold the request's bytes in a reference cycle until the
+    garbage collector ran (1 GB kept in the stub after the issue's JPEG with 1 GB appended)."""
+    import gc
+    import tracemalloc
+
+    model = _preprocessing()
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        requests = [_request(b"\xff\xd8" + b"\0" * (40 * 2**20))]  # over 32 MB an image
+        (response,) = answer(model, requests)
+        assert "over the limit of 33554432 bytes per image" in response.error.text
+        del requests, response
+        _SENT.clear()  # the stand-in's record of the answered requests
+        assert tracemalloc.get_traced_memory()[0] < 2**20  # the 40 MB went with the request
+    finally:
+        tracemalloc.stop()
+        gc.enable()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +22,16 @@ from vitexport.errors import ImageError
 # strip would become 5,120,000 x 256 pixels (5 GB of RGB floats in the resampler) from a 99-byte PNG.
 MAX_IMAGE_PIXELS = 50_000_000
 MAX_RESIZED_PIXELS = 16_777_216
+# Bounds of one served request, checked before any of its images is decoded: the per-image ones alone let one request
+# of 8 x 49 MP images hold the preprocessing for 10 s, or a JPEG with 1 GB appended through. A camera's JPEG with a
+# video appended (a motion photo) decodes as the JPEG: trailing bytes are accepted within the bytes caps. The request
+# cap is the validating front's body cap: a larger request would not reach Triton anyway.
+MAX_IMAGE_BYTES = 32 * 2**20
+MAX_REQUEST_BYTES = 64 * 2**20
+MAX_REQUEST_PIXELS = 64_000_000
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the CLI imports this module for --help
+    from collections.abc import Sequence
     from typing import BinaryIO, TypeAlias
 
     import numpy as np
@@ -175,35 +185,51 @@ def preprocess_detection(image: ImageSource, cfg: PreprocessConfig) -> Detection
 
 def _decode(image: ImageSource) -> Image.Image:
     """A PIL RGB image from a PIL image, a path or encoded bytes, its size checked before its pixels are decoded."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    encoded = isinstance(image, (bytes, bytearray))
-    if isinstance(image, (bytes, bytearray)):  # `encoded`, spelt out for the type checker's narrowing
+    if isinstance(image, Image.Image):
+        _check_pixels(*image.size)
+        return image.convert("RGB")
+    with _decode_errors(isinstance(image, (bytes, bytearray))):
+        opened = _open(image)
+        opened.load()
+    return opened.convert("RGB")
+
+
+def _open(image: str | Path | bytes | bytearray | BinaryIO) -> Image.Image:
+    """Pillow's lazy open: the header only, so the size is known (and checked) before any pixel is decoded."""
+    from PIL import Image
+
+    if isinstance(image, (bytes, bytearray)):
         if not image:
             raise ImageError("empty image: 0 bytes")
         image = io.BytesIO(image)
-    if not isinstance(image, Image.Image):
-        try:
-            image = Image.open(image)  # reads the header only: the size is known before decoding
-            _check_pixels(*image.size)
-            image.load()
-        except Image.DecompressionBombError as e:  # Pillow's own limit, met while reading the header
-            pixels = re.search(r"\((\d+) pixels\)", str(e))
-            raise ImageError(
-                f"image is {pixels[1] if pixels else 'too many'} pixels, over the limit of {MAX_IMAGE_PIXELS}"
-            ) from None
-        except UnidentifiedImageError as e:
-            # Pillow's message names the stream object (`<_io.BytesIO object at 0x...>`): not for a client.
-            raise ImageError(
-                "cannot decode image: not an image format Pillow reads" if encoded else f"cannot decode image: {e}"
-            ) from None
-        except OSError as e:
-            raise ImageError(
-                "cannot decode image: truncated or corrupt data" if encoded else f"cannot decode image: {e}"
-            ) from None
-    else:
-        _check_pixels(*image.size)
-    return image.convert("RGB")
+    opened = Image.open(image)
+    _check_pixels(*opened.size)
+    return opened
+
+
+@contextmanager
+def _decode_errors(encoded: bool) -> Iterator[None]:
+    """Pillow's errors as one line for a client: no stream objects, addresses or tracebacks."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        yield
+    except Image.DecompressionBombError as e:  # Pillow's own limit, met while reading the header
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageError(
+            f"image is {pixels[1] if pixels else 'too many'} pixels, over the limit of {MAX_IMAGE_PIXELS}"
+        ) from None
+    except UnidentifiedImageError as e:
+        # Pillow's message names the stream object (`<_io.BytesIO object at 0x...>`): not for a client.
+        raise ImageError(
+            "cannot decode image: not an image format Pillow reads" if encoded else f"cannot decode image: {e}"
+        ) from None
+    except OSError as e:
+        raise ImageError(
+            "cannot decode image: truncated or corrupt data" if encoded else f"cannot decode image: {e}"
+        ) from None
 
 
 def _check_pixels(w: int, h: int) -> None:
@@ -211,6 +237,57 @@ def _check_pixels(w: int, h: int) -> None:
         raise ImageError(f"image is {w} x {h} = {w * h} pixels, over the limit of {MAX_IMAGE_PIXELS}")
     if w < 1 or h < 1:
         raise ImageError(f"image is {w} x {h} pixels: nothing to classify")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one served request may hold, checked by `check_request` before any of its images is decoded. The
+    preprocessing model reads them from its config's parameters (`to_parameters`), which `repo` writes."""
+
+    image_bytes: int = MAX_IMAGE_BYTES  # encoded, per image
+    request_bytes: int = MAX_REQUEST_BYTES  # encoded, all the request's images
+    request_pixels: int = MAX_REQUEST_PIXELS  # decoded, all the request's images (each also under MAX_IMAGE_PIXELS)
+
+    def __post_init__(self) -> None:
+        for name in ("image_bytes", "request_bytes", "request_pixels"):
+            if getattr(self, name) < 1:
+                raise ImageError(f"request limit {name} must be at least 1, not {getattr(self, name)}")
+
+    def to_parameters(self) -> dict[str, str]:
+        """The config parameters that carry the limits (string values, as Triton's parameters are)."""
+        return {f"max_{name}": str(getattr(self, name)) for name in ("image_bytes", "request_bytes", "request_pixels")}
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, str]) -> RequestLimits:
+        """From `to_parameters`' keys; a repository written before the limits existed gets the defaults."""
+        names = ("image_bytes", "request_bytes", "request_pixels")
+        return cls(**{n: int(parameters[f"max_{n}"]) for n in names if f"max_{n}" in parameters})
+
+
+def check_request(images: Sequence[bytes], limits: RequestLimits) -> int:
+    """The pixels a request's images decode to, from their headers; ImageError (one line naming the limit) for a
+    request whose images are too many bytes or would decode to too many pixels, before any of them is decoded."""
+    total = 0
+    for i, data in enumerate(images, 1):
+        if len(data) > limits.image_bytes:
+            raise ImageError(f"image {i} is {len(data)} bytes, over the limit of {limits.image_bytes} bytes per image")
+        total += len(data)
+    if total > limits.request_bytes:
+        raise ImageError(
+            f"the request's {len(images)} images are {total} bytes, over the limit of {limits.request_bytes} bytes "
+            "per request"
+        )
+    pixels = 0
+    for data in images:
+        with _decode_errors(encoded=True):
+            w, h = _open(data).size
+        pixels += w * h
+    if pixels > limits.request_pixels:
+        raise ImageError(
+            f"the request's {len(images)} images are {pixels} pixels decoded, over the limit of "
+            f"{limits.request_pixels} pixels per request"
+        )
+    return pixels
 
 
 def load_images(paths: list[str | Path], cfg: PreprocessConfig) -> np.ndarray:

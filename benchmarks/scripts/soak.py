@@ -41,14 +41,8 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for kind, row in result["latency"].items():
         lines.append(f"| {kind} | {row['ok']} | {row['p50_ms']} | {row['p99_ms']} |")
-    mem = result["memory_mb"]
+    lines += ["", *_memory_lines(result["memory_mb"])]
     lines += [
-        "",
-        f"Memory of Triton and its stubs (RSS, MB): first quarter {mem['first_quarter']}, last quarter "
-        f"{mem['last_quarter']}, max {mem['max']}; over the second half {mem.get('last_half_slope_mb_per_min')} "
-        "MB/min. By process (first quarter -> last quarter): "
-        + ", ".join(f"{name} {a} -> {b}" for name, (a, b) in mem.get("by_process", {}).items())
-        + ".",
         "",
         "| hostile request | sent | answers | refused as the client's mistake | slowest ms |",
         "|---|---:|---|---|---:|",
@@ -60,6 +54,26 @@ def markdown(result: dict[str, Any]) -> str:
     problems = passed(result)
     lines += ["", "**The soak held.**" if not problems else "**Problems:** " + "; ".join(problems), ""]
     return "\n".join(lines)
+
+
+def _memory_lines(mem: dict[str, Any]) -> list[str]:
+    private = mem.get("private_and_shared", {})
+
+    def processes(key: str) -> str:
+        return ", ".join(f"{name} {a} -> {b}" for name, (a, b) in mem.get(key, {}).items())
+
+    return [
+        f"Memory of Triton and its stubs (RSS, MB): first quarter {mem['first_quarter']}, last quarter "
+        f"{mem['last_quarter']}, max {mem['max']}; over the second half {mem.get('last_half_slope_mb_per_min')} "
+        f"MB/min, over the last 30 minutes {mem.get('last_30_min_slope_mb_per_min')} MB/min (None: a shorter run). "
+        f"By process (first quarter -> last quarter): {processes('by_process')}.",
+        "",
+        "Without counting the shared-memory pools once per process that touched them (private memory, RssAnon, plus "
+        f"the /dev/shm pools once): first quarter {private.get('first_quarter')}, last quarter "
+        f"{private.get('last_quarter')}; over the second half {private.get('last_half_slope_mb_per_min')} MB/min, "
+        f"over the last 30 minutes {private.get('last_30_min_slope_mb_per_min')} MB/min. Private memory by process: "
+        f"{processes('by_process_private')}.",
+    ]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -79,8 +93,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     top.set_yscale("log")
     top.legend(fontsize=7, markerscale=3)
     series = result["memory_mb"]["series"]
-    bottom.plot([t for t, _, _ in series], [m for _, m, _ in series])
-    bottom.set_ylabel("RSS of Triton + stubs (MB)")
+    bottom.plot([t for t, _, _ in series], [m for _, m, _ in series], label="RSS of Triton + stubs")
+    private = result["memory_mb"].get("private_series", [])
+    bottom.plot([t for t, _, _ in private], [m for _, m, _ in private], label="private + /dev/shm once")
+    bottom.set_ylabel("MB")
+    bottom.legend(fontsize=7)
     bottom.set_xlabel("seconds")
     fig.suptitle(f"soak: {result['model']}, {result['machine']['cpu']}")
     fig.tight_layout()
