@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from typing import Any
@@ -76,6 +77,9 @@ class Front:
         return self
 
     async def _open(self) -> None:
+        # A malformed request (no Host header, half a request line) is answered 400 by aiohttp, which also logs it with
+        # its traceback: the client's mistake, not the server's, and `serve` prints no tracebacks.
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         import aiohttp
         import grpc
         from aiohttp import web
