@@ -15,6 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitexport.serving.config import TASK
+from vitexport.tasks import TASKS
+
+# Triton's classification extension: the output parameter asking for the top classes with their labels.
+CLASSIFICATION_EXTENSION = "classification"
+# Every task's request parameters: a model takes the ones its task does, or none.
+TASK_PARAMETERS = frozenset(p for task in TASKS.values() for p in task.request_parameters)
+
 # Bytes per element of each fixed-size datatype (the KServe v2 names); BYTES elements are length-prefixed strings.
 ELEMENT_SIZE = {
     "BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2,
@@ -58,7 +66,8 @@ class ModelSpec:
     optional: frozenset[str] = frozenset()
     sequence: bool = False
     priority_levels: int = 0
-    detector: bool = False  # takes the request parameters threshold and top_k (detections_model.py reads them)
+    # The task's request parameters it takes (a detector's threshold and top_k: detections_model.py reads them)
+    request_parameters: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, doc: Mapping[str, Any]) -> ModelSpec:
@@ -76,10 +85,22 @@ class ModelSpec:
             optional=frozenset(str(t["name"]) for t in doc.get("input", []) if t.get("optional")),
             sequence="sequence_batching" in doc,
             priority_levels=int(batching.get("priority_levels", 0)),
-            # The detector's post-processing (its config holds the default threshold) and the ensemble in front of it
-            detector=_string(doc, "threshold") is not None
-            or (doc.get("platform") == "ensemble" and _string(doc, "vitexport_task") == "detection"),
+            request_parameters=_request_parameters(doc),
         )
+
+
+def _request_parameters(doc: Mapping[str, Any]) -> frozenset[str]:
+    """What a request may set: an ensemble forwards its task's request parameters; a post-processing model takes them
+    when its config holds a default for each of them."""
+    task_name = _string(doc, TASK)
+    if doc.get("platform") == "ensemble" and task_name in TASKS:
+        return TASKS[task_name].request_parameters
+    return frozenset(
+        p
+        for task in TASKS.values()
+        if task.request_parameters and all(_string(doc, name) is not None for name in task.request_parameters)
+        for p in task.request_parameters
+    )
 
 
 def _string(doc: Mapping[str, Any], name: str) -> str | None:
@@ -120,7 +141,7 @@ def check_request(
     limits: Limits,
     *,
     input_parameters: frozenset[str] = frozenset(),
-    output_parameters: frozenset[str] = frozenset({"classification"}),
+    output_parameters: frozenset[str] = frozenset({CLASSIFICATION_EXTENSION}),
 ) -> None:
     """Raise Refused unless Triton can take the request safely. `input_parameters` and `output_parameters`: the
     names each protocol allows beside (HTTP's binary_data_size, binary_data)."""
@@ -227,7 +248,7 @@ def check_output(spec: ModelSpec, output: OutputTensor, allowed: frozenset[str])
             raise Refused(f"output {output.name!r}: parameter {name[:40]!r} is not accepted here")
         if name == "binary_data" and type(value) is not bool:
             raise Refused(f"output {output.name!r}: binary_data must be true or false")
-        if name == "classification":
+        if name == CLASSIFICATION_EXTENSION:
             _check_classification(output.name, value, config)
 
 
@@ -249,8 +270,8 @@ def check_parameters(spec: ModelSpec, parameters: Mapping[str, object]) -> None:
     for name, value in parameters.items():
         if name in SEQUENCE_PARAMETERS and not spec.sequence:
             raise Refused(f"{name}: the model is not a sequence model")
-        if name in ("threshold", "top_k") and not spec.detector:
-            raise Refused(f"parameter {name!r} is for detectors; this model takes none")
+        if name in TASK_PARAMETERS and name not in spec.request_parameters:
+            raise Refused(f"parameter {name!r} is a task's setting this model does not take")
         expected = PARAMETERS.get(name)
         if expected is None:
             raise Refused(f"parameter {name[:40]!r} is not accepted (known: {', '.join(PARAMETERS)})")

@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from vitexport.serving.front_checks import (
+    CLASSIFICATION_EXTENSION,
     ELEMENT_SIZE,
     InputTensor,
     Limits,
@@ -34,7 +35,7 @@ CLOSED = re.compile(r"^/v2/(?:systemsharedmemory|cudasharedmemory|logging|trace)
 TO_TRITON = ("Content-Type", "Inference-Header-Content-Length", "Accept-Encoding", CONTROL_HEADER)
 FROM_TRITON = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
 HTTP_INPUT = frozenset({"binary_data_size"})  # the parameters HTTP's inputs and outputs may carry
-HTTP_OUTPUT = frozenset({"classification", "binary_data"})
+HTTP_OUTPUT = frozenset({CLASSIFICATION_EXTENSION, "binary_data"})
 OFF_LOOP_BYTES = 1 << 20
 
 

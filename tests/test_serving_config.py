@@ -4,7 +4,6 @@ Set VITEXPORT_UPDATE_REFERENCES=1 to rewrite the references after an intended ch
 """
 
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -303,29 +302,3 @@ def test_without_the_serve_extra_configs_fail_in_one_line(monkeypatch):
             cfg.parse('name: "x"')
     finally:
         cfg.model_config_pb2.cache_clear()
-
-
-def test_serving_asks_the_task_and_never_names_one():
-    """No module of the serving stage spells a task's name as a string: what a model does comes from its Task
-    (vitexport.tasks), so a new task needs no branch here. Docstrings and comments may talk about detectors."""
-    import ast
-
-    import vitexport.serving
-
-    names = re.compile(r"\b(classification|detection|features)\b")
-    found = []
-    for path in sorted(Path(vitexport.serving.__file__).parent.rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        docstrings = {
-            id(node.body[0].value)
-            for node in ast.walk(tree)
-            if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-            and node.body
-            and isinstance(node.body[0], ast.Expr)
-            and isinstance(node.body[0].value, ast.Constant)
-        }
-        for node in ast.walk(tree):
-            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
-            if id(node) not in docstrings and names.search(text):
-                found.append(f"{path.name}:{node.lineno}: {node.value!r}")
-    assert found == []

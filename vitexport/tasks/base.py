@@ -84,13 +84,14 @@ class Task(ABC):
     agreement: ClassVar[str]
     # serving: the Python-backend post-processing model (serving/backends/<file>), None to return the model's outputs
     postprocess: ClassVar[str | None] = None
-    # serving: whether a request's parameters change its answer (a detector's threshold and top-k). Triton's response
-    # cache keys an answer on the inputs alone, so only the image ensembles of tasks without them enable it.
-    request_parameters: ClassVar[bool] = False
     # deploy and bench: how many images each timed call carries
     timing_batch: ClassVar[int] = 8
     # bench: the independent implementation our models are compared with ("timm", "transformers")
     reference_peer: ClassVar[str]
+    # serving: what a request may set for this task's answer (Triton request parameters its image ensemble forwards
+    # to the post-processing, which holds their defaults in its config). Triton's response cache keys an answer on
+    # the inputs alone, so only the image ensembles of tasks without any enable it.
+    request_parameters: ClassVar[frozenset[str]] = frozenset()
     # bench: how many real images each variant is gated on (a 800 px DETR canvas costs seconds per image)
     bench_gate_images: ClassVar[int] = 64
     # define: what `create_model(head=...)` builds for it ("logits": with its classifier, "features": without)

@@ -211,10 +211,10 @@ class Detection(Task):
     metrics_key = "detection"
     agreement = "class agreement"  # on the reference's confident queries
     postprocess = "detections_model.py"
-    request_parameters = True  # a request may set its own threshold and top_k
     timing_batch = 1  # DETR takes seconds per 800 px image on 2 cores
     reference_peer = "transformers"  # timm has no DETR
     any_input_size = True
+    request_parameters = frozenset({"threshold", "top_k"})  # detections_model.py reads them per request
     bench_gate_images = 12
 
     def report_metrics(self, metrics: list[dict[str, Any]]) -> dict[str, Any]:
