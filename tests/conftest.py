@@ -230,17 +230,33 @@ def pytest_xdist_make_scheduler(config, log):
 INTEGRATION_FIXTURES = frozenset({"server", "quick_run", "quick_families", "variants"})
 
 
+# What, in a test's body or in a fixture it uses, starts a real Triton (directly, through the front door or the CLI's
+# `serve`, the supervision tests' `Serve`) or a whole deploy.
+STARTS_TRITON = ("TritonServer(", "vx.serve(", "pipeline.serve(", "Serve(", '"serve"', '"deploy"', "deploy_candidates(")
+
+
 def _starts_triton(function) -> bool:
     try:
-        return "with TritonServer(" in inspect.getsource(function)
+        source = inspect.getsource(function)
     except (OSError, TypeError):
         return False
+    return any(pattern in source for pattern in STARTS_TRITON)
+
+
+def _fixtures_start_triton(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.values() if info is not None else ()
+    return any(_starts_triton(d.func) for defs in definitions for d in defs if "conftest" not in d.baseid)
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
-        starts = INTEGRATION_FIXTURES & uses or _starts_triton(getattr(item, "function", None))
+        starts = (
+            INTEGRATION_FIXTURES & uses
+            or _starts_triton(getattr(item, "function", None))
+            or _fixtures_start_triton(item)
+        )
         # Full-size models (`slow`) cost seconds each on two cores: the fast lane leaves them out too.
         if starts or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.integration)

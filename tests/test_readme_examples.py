@@ -36,6 +36,7 @@ def test_the_readme_has_python_examples():
     assert blocks and any("import vitexport as vx" in b for b in blocks)
 
 
+@pytest.mark.integration  # the README's example serves with a real Triton
 def test_the_readme_python_runs(tmp_path, monkeypatch):
     pytest.importorskip("skimage")
     _prepare(tmp_path)
