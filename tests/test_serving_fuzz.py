@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import random
 import struct
 from dataclasses import dataclass, field, replace
@@ -518,3 +519,18 @@ def test_compression_is_the_clients_choice(server, configs):
     bomb = gzip.compress(b" " * (server.front_limits.max_request_bytes + 1))
     status, text = _http(server.endpoints.http, "POST", path, bomb, {"Content-Encoding": "gzip"})
     assert status == 413 and "limit per request" in json.loads(text)["error"]
+
+
+def test_a_malformed_http_request_is_a_400_without_a_traceback(server, caplog):
+    """No Host header, half a request line: the client's mistake, answered 400; nothing logged with a traceback (the
+    soak's hostile requests once filled serve's output with aiohttp's)."""
+    import socket
+
+    host, port = server.endpoints.http.rsplit(":", 1)
+    for raw in (b"POST /v2/models/vit/infer HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", b"GARBAGE\r\n\r\n"):
+        with caplog.at_level(logging.DEBUG), socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(raw)
+            answer = s.recv(4096)
+        assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400", answer[:80]
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    assert server.is_ready()
