@@ -139,9 +139,11 @@ class TritonServer:
         backends = self._workdir / "backends"
         install.backend_dir(backends / "python")
         account = self._run_as(install)
-        copy = self.account is not None and not self.run_as_root  # another user: no way through our folders
-        view = isolation.repository_view(self.repo_dir, self._loaded, self._workdir / "repository", copy=copy)
-        self._repository = self.repo_dir if self.control_key else view
+        self._repository = self.repo_dir  # with model control the key's holder loads from the repository itself
+        if not self.control_key:
+            copy = self.account is not None and not self.run_as_root  # another user: no way through our folders
+            view = self._workdir / "repository"
+            self._repository = isolation.repository_view(self.repo_dir, self._loaded, view, copy=copy)
         (self._workdir / "sockets").mkdir()
         if account is not None:
             isolation.hand_over(self._workdir, account)
