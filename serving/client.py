@@ -5,9 +5,10 @@ its task does not answer is one line.
 
 Two kinds of served model are handled: the `<name>_image` ensemble (encoded bytes in, the task's answer out) and a
 plain model (pixels in): for the latter the images are preprocessed here, following the preprocessing config the
-repository wrote into the model's parameters, and a classifier's labels come from Triton's classification
-extension. A detector's threshold and top-k go with the request as parameters, to its `_image` ensemble.
-Connections and calls are serving/calls.py's; their names are importable from here too.
+repository wrote into the model's parameters. A classifier's top k is Triton's classification extension's in both
+(on the ensemble's labelled probabilities, or the plain model's logits). A detector's threshold and top-k go with
+the request as parameters, to its `_image` ensemble. Connections and calls are serving/calls.py's; their names are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -35,10 +36,18 @@ from vitexport.serving.calls import (
     read_metrics,
     ready_models,
 )
-from vitexport.serving.topk import TopK, classify_ensemble, classify_pixels, preprocess_config, preprocessed, text
+from vitexport.serving.topk import (
+    TopK,
+    classify_ensemble,
+    classify_pixels,
+    default_top_k,
+    preprocess_config,
+    preprocessed,
+    text,
+)
 from vitexport.tasks import CLASSIFICATION, DETECTION, FEATURES, Task
 from vitexport.tasks.base import IMAGE_INPUT
-from vitexport.tasks.classification import DEFAULT_TOP_K, EMBEDDINGS
+from vitexport.tasks.classification import EMBEDDINGS
 from vitexport.tasks.detection import DETECTION_OUTPUTS
 
 __all__ = [
@@ -66,13 +75,14 @@ def classify(
     *,
     protocol: Protocol | str = Protocol.http,
     model: str | None = None,
-    top_k: int = DEFAULT_TOP_K,
+    top_k: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> list[TopK]:
     """Top-k classes for each image (file paths or encoded bytes), in one batched request; each call to the server
-    waits at most `timeout` seconds."""
+    waits at most `timeout` seconds. `top_k` None: the repository's (`repo --top-k`, 5 unless set)."""
     protocol, data = _check_request(protocol, images, timeout)
-    _check_top_k(top_k)
+    if top_k is not None:
+        _check_top_k(top_k)
     model, config = _served(url, model, protocol, timeout, CLASSIFICATION)
     return _classify(url, model, config, data, protocol, timeout, top_k=top_k)
 
@@ -122,9 +132,9 @@ def predict(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> list[TopK] | list[np.ndarray] | list[list[Detection]]:
     """What the served model answers for each image, as its task says: its top-k classes (`classify`), its
-    embedding (`embed`), or its detections (`detect`). `top_k` applies to classes (default 5) and detections
-    (default: the server's), `threshold` only to a task whose post-processing takes one. What `vitexport infer`
-    shows."""
+    embedding (`embed`), or its detections (`detect`). `top_k` applies to classes and detections (default: the
+    repository's, 5 classes or 100 detections unless set), `threshold` only to a task whose post-processing takes
+    one. What `vitexport infer` shows."""
     protocol, data = _check_request(protocol, images, timeout)
     model, config = _served(url, model, protocol, timeout)
     task = cfg.task_of_config(config)
@@ -149,7 +159,7 @@ def _classify(
     top_k: int | None = None,
     **_: Any,
 ) -> list[TopK]:
-    top_k = DEFAULT_TOP_K if top_k is None else top_k
+    top_k = default_top_k(config) if top_k is None else top_k
     _check_top_k(top_k)
     run = classify_ensemble if _is_ensemble_input(config) else classify_pixels
     # More images than the model's max batch go as several requests; a fixed-batch model takes one at a time.

@@ -25,9 +25,7 @@ from vitexport.tasks.base import BYTES, FP32, IMAGE_INPUT, INT64
 from vitexport.tasks.classification import EMBEDDINGS
 
 # The tensor names are the tasks' own; re-exported for the callers that read them here (the soak).
-from vitexport.tasks.classification import TOP_K_INDICES as TOP_K_INDICES
-from vitexport.tasks.classification import TOP_K_LABELS as TOP_K_LABELS
-from vitexport.tasks.classification import TOP_K_SCORES as TOP_K_SCORES
+from vitexport.tasks.classification import PROBABILITIES as PROBABILITIES
 from vitexport.variants import ServingBackend
 
 LABELS_FILE = "labels.txt"
@@ -189,9 +187,9 @@ def _response_cache(config: pb.ModelConfig, task: Task) -> None:
     """Let Triton's response cache answer the model when the server has one (`serve --response-cache MB`) and the
     answer depends on the inputs alone. Triton 2.51 keys an answer on the inputs only: a model with several outputs
     would answer a request for some of them with the outputs another request asked for (tested), and one whose
-    requests carry parameters (a detector's threshold) with another's answer. So the cache holds the image ensemble's
-    costly steps, the preprocessing and the model, when they have one output (a classifier's or embedding model's),
-    and an ensemble of one output (an embedding model's)."""
+    requests carry parameters (a detector's threshold) with another's answer. So the cache holds the models of one
+    output: a classifier's or embedding model's, their preprocessing, a classifier's post-processing and image
+    ensemble (its labelled probabilities: the classification extension ranks a cached answer as any other)."""
     if len(config.output) == 1 and not task.request_parameters:
         config.response_cache.enable = True
 
@@ -290,10 +288,11 @@ def postprocess_config(
     max_batch_size: int,
 ) -> pb.ModelConfig:
     """The model's outputs (and what the preprocessing kept aside) -> the task's answer (`Task.ensemble_outputs`:
-    top-k labels, scores, indices; a detector's boxes, scores, labels, classes, count), in the Python-backend model
-    `Task.postprocess`. `settings` (top_k; a detector's threshold, which requests may override) are checked by the
-    task and written as parameters, with the labels file and the names of the inputs the backend reads (`inputs`, a
-    JSON list in the task's order). A detector's answers are as wide as the most detections of an image in the
+    a classifier's labelled probabilities; a detector's boxes, scores, labels, classes, count), in the Python-backend
+    model `Task.postprocess`. `settings` (top_k: a classifier's default k, which clients ask Triton's classification
+    extension for; a detector's top_k and threshold, which requests may override) are checked by the task and
+    written as parameters, with the labels file and the names of the inputs the backend reads (`inputs`, a JSON list
+    in the task's order). A detector's answers are as wide as the most detections of an image in the
     request (-1 dims, which Triton 2.51 passes through ensembles and dynamic batching), `count` the real ones."""
     try:
         parameters = task.check_settings(settings, num_classes)
@@ -314,8 +313,9 @@ def ensemble_config(
     """image bytes -> preprocess -> model -> postprocess, as one model a client calls once, wired from the configs:
     the preprocessing's outputs feed the model's inputs in order (an imported model names its pixels its own way),
     the rest of them (a detector's image size) and the model's outputs feed the post-processing's inputs by name,
-    and the post-processing's outputs are the ensemble's. Without a post-processing (an embedding model), the
-    ensemble answers the model's outputs under the task's names (`Task.ensemble_outputs`: `embeddings`)."""
+    and the post-processing's outputs are the ensemble's, its settings (`top_k`...) the ensemble's parameters too, for
+    clients to read the defaults. Without a post-processing (an embedding model), the ensemble answers the model's
+    outputs under the task's names (`Task.ensemble_outputs`: `embeddings`)."""
     pb = model_config_pb2()
     if len(model.input) > len(preprocess.output):
         raise ServingError(f"{preprocess.name} makes {len(preprocess.output)} tensors; {model.name} takes more")
@@ -347,6 +347,10 @@ def ensemble_config(
     _add_tensors(config.output, outputs, labels=LABELS_FILE)
     _response_cache(config, task)
     _string_parameters(config, {"vitexport_model": model.parameters["vitexport_model"].string_value, TASK: task.name})
+    if postprocess is not None:
+        _string_parameters(
+            config, {k: v.string_value for k, v in postprocess.parameters.items() if k in settings_of(task)}
+        )
     return config
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitexport.serving import client as calls
-from vitexport.tasks.classification import DEFAULT_TOP_K
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,8 +33,9 @@ class Client:
     def __post_init__(self) -> None:
         object.__setattr__(self, "protocol", calls.parse_protocol(self.protocol))
 
-    def classify(self, images: Sequence[Image], model: str | None = None, top_k: int = DEFAULT_TOP_K) -> list[TopK]:
-        """The `top_k` classes of each image, most likely first (`TopK`: labels, scores, indices)."""
+    def classify(self, images: Sequence[Image], model: str | None = None, top_k: int | None = None) -> list[TopK]:
+        """The `top_k` classes of each image, most likely first (`TopK`: labels, scores, indices); None: the
+        repository's top-k (5 unless `repo --top-k` said otherwise)."""
         return calls.classify(self.url, images, protocol=self.protocol, model=model, top_k=top_k, timeout=self.timeout)
 
     def embed(self, images: Sequence[Image], model: str | None = None) -> list[np.ndarray]:

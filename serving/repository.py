@@ -1,7 +1,7 @@
 """Writes models into a Triton model repository: `<repo>/<name>/config.pbtxt`, `labels.txt` and numbered version
 folders, plus the `<name>_image` ensemble: image bytes -> preprocessing -> the model -> its task's post-processing
-(`vitexport.tasks`: a classifier's top-k; a detector's boxes, scores, labels, classes and count; none for an
-embedding model, whose ensemble answers the embedding, with no labels).
+(`vitexport.tasks`: a classifier's labelled probabilities; a detector's boxes, scores, labels, classes and count;
+none for an embedding model, whose ensemble answers the embedding, with no labels).
 
 Versions are written all or nothing (serving/versions.py): a server never sees half a version, an existing one is
 never replaced, and a failure takes back every part this call wrote.
@@ -88,8 +88,9 @@ def add_model(
     require_gate: bool = True,
 ) -> AddedModel:
     """Add a model version (and by default the `<name>_image` ensemble) to a Triton model repository. The model's
-    task (`vitexport.tasks`) says what is written: a classifier with its labels, its ensemble answering the top
-    `top_k` (default 5); an embedding model without labels, its ensemble answering the raw embedding; a detector
+    task (`vitexport.tasks`) says what is written: a classifier with its labels, its ensemble answering every class's
+    probability (labelled: Triton's classification extension ranks them), `top_k` (default 5) the k clients ask by
+    default; an embedding model without labels, its ensemble answering the raw embedding; a detector
     with its mask input, its ensemble answering detections, `top_k` (default 100) and `threshold` (default 0.5)
     the defaults that requests may override.
 
@@ -251,7 +252,9 @@ def _ensemble_parts(
     perf = {samples.PERF_INPUT: samples.perf_input(image, None)}
     parts.append(ModelPart(check_name(repo_dir, image.name), image, {}, ensemble_labels, beside=perf))
     for part in parts:
-        _check_compatible(part.model_dir, part.config)
+        # The ensemble's steps are vitexport's own code, written whole with each version: their outputs are this
+        # vitexport's contract (0.1's classifier ensemble answered labels, scores and indices; 0.2 its probabilities).
+        _check_compatible(part.model_dir, part.config, outputs_may_change=True)
         if version in versions(part.model_dir):
             raise ServingError(f"{part.model_dir}/{version} already exists; choose another --version")
     return parts
@@ -300,14 +303,16 @@ def _version_sidecar(artifact: ModelArtifact, files: dict[str, Path]) -> dict:
     return artifact.to_dict() | {"path": next(iter(files)), "files": records}
 
 
-def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig) -> None:
-    """A new version may change batching, not what the model is: a mismatch would break the older versions."""
+def _check_compatible(model_dir: Path, new: cfg.pb.ModelConfig, *, outputs_may_change: bool = False) -> None:
+    """A new version may change batching, not what the model is: a mismatch would break the older versions. An image
+    ensemble's part may change its outputs (`outputs_may_change`): Triton loads the latest version of each, which
+    the config written now describes."""
     if not (model_dir / "config.pbtxt").is_file():
         return
     old, new = _without_formats(cfg.read_config(model_dir)), _without_formats(new)
-    for key in ("platform", "backend", "input", "output"):
-        # Outputs may be added after the old ones (an ensemble's `probabilities`): a client of the old ones still
-        # gets them, and Triton loads the latest version only, which answers them all.
+    for key in ("platform", "backend", "input", *(() if outputs_may_change else ("output",))):
+        # Outputs may be added after the old ones: a client of the old ones still gets them, and Triton loads the
+        # latest version only, which answers them all.
         had, has = getattr(old, key), getattr(new, key)
         if (list(had) != list(has)[: len(had)]) if key == "output" else had != has:
             raise ServingError(f"{model_dir.name} in the repository has a different {key}; choose another --name")

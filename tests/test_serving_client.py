@@ -94,6 +94,29 @@ def test_defaults_and_results():
     assert top.to_dict() == {"labels": ["tench, Tinca tinca"], "scores": [0.9], "indices": [0]}
 
 
+def test_the_classification_extensions_strings_are_read_as_triton_writes_them():
+    from vitexport.serving.topk import Ranked
+
+    # "value:index:label" (std::to_string: six decimals); a label may hold colons; an unlabelled output's index
+    assert Ranked.parse(b"0.250000:7:a: b") == Ranked(0.25, 7, "a: b")
+    assert Ranked.parse("1.500000:3") == Ranked(1.5, 3, "3")
+
+
+def test_the_default_top_k_is_the_repositorys():
+    """The image ensemble's top_k (`repo --top-k`), a vitexport 0.1 ensemble's top-k width, else 5 at most the
+    classes of a plain model."""
+    from vitexport.serving import config as cfg
+    from vitexport.serving.topk import default_top_k
+
+    ensemble = cfg.parse('output { name: "probabilities" data_type: TYPE_FP32 dims: 1000 }')
+    ensemble.parameters["top_k"].string_value = "7"
+    assert default_top_k(ensemble) == 7
+    old = cfg.parse('output { name: "labels" data_type: TYPE_STRING dims: 3 }')
+    assert default_top_k(old) == 3
+    assert default_top_k(cfg.parse('output { name: "logits" data_type: TYPE_FP32 dims: 1000 }')) == 5
+    assert default_top_k(cfg.parse('output { name: "logits" data_type: TYPE_FP32 dims: 2 }')) == 2
+
+
 @pytest.fixture
 def other_http_server():
     """Something that speaks HTTP but is not Triton: an empty 200 to every request, as Triton's metrics port gives

@@ -153,6 +153,12 @@ def test_reference_details():
     ensemble = cfg.parse((REFERENCES / "ensemble.pbtxt").read_text())
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["vit_preprocess", "vit", "vit_postprocess"]
     assert ensemble.input[0].data_type == cfg.pb.TYPE_STRING
+    # Triton's ensemble_image_client.py asks the classification extension on every output and prints its labels:
+    # the one output is numeric and labelled by class; the top k is the client's class_count (the default written).
+    assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in ensemble.output] == [
+        ("probabilities", cfg.pb.TYPE_FP32, [1000], cfg.LABELS_FILE)
+    ]
+    assert cfg.parameter(ensemble, "top_k") == "5"
 
 
 def test_embeddings_have_no_labels_and_their_ensemble_no_top_k():

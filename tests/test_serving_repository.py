@@ -191,21 +191,23 @@ def test_a_symlink_out_of_the_repository_is_refused(tmp_path):
 
 
 def test_a_repository_written_before_input_formats_and_probabilities_takes_a_new_version(tmp_path):
-    """Configs as vitexport wrote them before issue 22 (no input format, ensembles without `probabilities`): the
-    next version writes them again, with both."""
+    """Configs as vitexport 0.1 wrote them (no input format; the classifier's ensemble answering its top k as labels,
+    scores and indices): the next version writes them again, with the format and the ensemble of this vitexport."""
     repo = tmp_path / "repo"
     add_model(repo, make_artifact(tmp_path))
+    top_k = [("labels", cfg.pb.TYPE_STRING), ("scores", cfg.pb.TYPE_FP32), ("indices", cfg.pb.TYPE_INT64)]
     for name, config in scan(repo).items():
         for tensor in config.input:
             tensor.ClearField("format")
-        kept = [o for o in config.output if o.name != "probabilities"]
-        del config.output[:]
-        config.output.extend(kept)
+        if name in ("test_vit_postprocess", "test_vit_image"):
+            del config.output[:]
+            config.output.extend(cfg.pb.ModelOutput(name=n, data_type=t, dims=[5]) for n, t in top_k)
         (repo / name / "config.pbtxt").write_text(cfg.render(config))
     assert add_model(repo, make_artifact(tmp_path)).version == 2
     configs = scan(repo)
     assert configs["test_vit"].input[0].format == cfg.pb.ModelInput.FORMAT_NCHW
-    assert [o.name for o in configs["test_vit_image"].output][-1] == "probabilities"
+    assert [o.name for o in configs["test_vit_image"].output] == ["probabilities"]
+    assert [o.name for o in configs["test_vit_postprocess"].output] == ["probabilities"]
 
 
 def test_a_new_version_cannot_change_what_the_model_is(tmp_path):
@@ -394,10 +396,9 @@ def test_a_score_threshold_only_where_the_post_processing_takes_one(tmp_path):
 def test_top_k_defaults_to_at_most_the_classes(tmp_path):
     add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3))
     ensemble = scan(tmp_path / "repo")["test_vit_image"]
-    # the top 3 (labels, scores, indices), and the 3 probabilities for Triton's classification extension
-    assert [(o.name, list(o.dims)) for o in ensemble.output] == [
-        ("labels", [3]), ("scores", [3]), ("indices", [3]), ("probabilities", [3])
-    ]  # fmt: skip
+    # the 3 probabilities, which Triton's classification extension ranks; the client's default k: all 3
+    assert [(o.name, list(o.dims)) for o in ensemble.output] == [("probabilities", [3])]
+    assert cfg.parameter(ensemble, "top_k") == "3"
     with pytest.raises(ServingError, match=r"^top-k must be within 1\.\.3, got 4$"):
         add_model(tmp_path / "repo", make_artifact(tmp_path, num_classes=3), name="other", top_k=4)
 

@@ -191,25 +191,25 @@ BAD_REQUESTS = {
     "undecodable image bytes": (
         "test_vit_image",
         {"image": np.array([[b"not an image at all"]], dtype=np.object_)},
-        ["labels"],
+        ["probabilities"],
         r"in ensemble 'test_vit_image', cannot decode image: not an image format Pillow reads$",
     ),
     "decompression bomb": (
         "test_vit_image",
         {"image": np.array([[bomb_png()]], dtype=np.object_)},
-        ["labels"],
+        ["probabilities"],
         r"in ensemble 'test_vit_image', image is 400000000 pixels, over the limit of 50000000$",
     ),
     "a 20000 x 1 strip": (
         "test_vit_image",
         {"image": np.array([[strip_png()]], dtype=np.object_)},
-        ["labels"],
+        ["probabilities"],
         r"image 20000 x 1 would be resized to \d+ x \d+, over the limit of 16777216 pixels",
     ),
     "empty image": (
         "test_vit_image",
         {"image": np.array([[b""]], dtype=np.object_)},
-        ["labels"],
+        ["probabilities"],
         r"in ensemble 'test_vit_image', empty image: 0 bytes$",
     ),
     "NaN pixels": (
@@ -259,8 +259,8 @@ def test_client_mistakes_are_client_errors(server, case):
 
 
 def test_client_errors_are_one_line(server):
-    with pytest.raises(ServingError, match="top 5"):
-        client.classify(server.endpoints.http, [png(1)], model="test_vit_image", top_k=6)
+    with pytest.raises(ServingError, match=r"^test_vit_image has 1000 classes; ask for --top-k 1000 or fewer$"):
+        client.classify(server.endpoints.http, [png(1)], model="test_vit_image", top_k=1001)
     with pytest.raises(ServingError, match="cannot read no_such_model"):
         client.classify(server.endpoints.http, [png(1)], model="no_such_model")
     with pytest.raises(ServingError, match="give --model"):

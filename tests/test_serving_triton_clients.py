@@ -1,32 +1,43 @@
 """Triton's own example clients against what `vitexport repo` writes, on a real Triton over HTTP and gRPC: the
 contract `image_client.py` and `ensemble_image_client.py` (triton-inference-server/client, src/python/examples) rely
-on, and exactly the requests they send, made here with tritonclient (their code is not copied or run):
+on, and exactly the requests they send, made here with tritonclient; and `ensemble_image_client.py` itself, run
+unchanged where a copy of it is at hand (`shared/triton-client/` beside the checkout, or VITEXPORT_TRITON_EXAMPLES;
+the repository does not copy it):
 
 - image_client: one input of 3 dims with `format` FORMAT_NCHW or FORMAT_NHWC, one FP32 vector output, the batch from
   `max_batch_size`; pixels resized with Pillow's bilinear filter, scaled NONE (0..255), INCEPTION (-1..1) or VGG
   (mean subtracted), a batch of -b images, `class_count` -c, sent plain, async and (gRPC) streamed; it prints
   "value (index) = label" of each "value:index:label" string.
-- ensemble_image_client: one input, the encoded files as a BYTES batch (N, 1), `class_count` on an output.
-The image ensemble answers the softmax of every class (`probabilities`, with its labels) beside its top-k: the output on
-which the classification extension means something (`labels` are strings, `scores` and `indices` already ranked)."""
+- ensemble_image_client: one input, the encoded files as a BYTES batch (N, 1) of at most `max_batch_size`,
+  `class_count` -c on every output the metadata lists, each printed as "value (index) = label": so every output must
+  be numeric (the extension on a string kills Triton 2.51) and labelled by class. The image ensemble answers one
+  output, the softmax of every class (`probabilities`, with its labels); our client asks the same extension."""
 
 from __future__ import annotations
 
+import os
 import queue
+import re
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _photos import photo_paths
+from _photos import photo_paths, photos
 from PIL import Image
 from test_serving_kubernetes import tiny_classifier
 
+from vitexport.errors import ServingError
 from vitexport.ort import ort_session
+from vitexport.preprocess import preprocess_image
+from vitexport.serving.remote import Client
 from vitexport.serving.repository import add_model
 from vitexport.serving.server import TritonServer
 
 PROTOCOLS = ("http", "grpc")
+ROOT = Path(__file__).resolve().parents[1]
 VGG_MEAN = np.array((123, 117, 104), dtype=np.float32)
 
 
@@ -41,8 +52,65 @@ def served(tmp_path_factory):
     artifact = import_onnx(tiny_classifier(root / "tiny.onnx"), name="tiny", flags=flags, labels=root / "labels.txt")
     repo = root / "model_repository"
     add_model(repo, artifact, name="tiny")
+    add_model(repo, artifact, name="old", top_k=3)
+    as_vitexport_0_1_wrote_it(repo, "old", 3)
     with TritonServer(repo, startup_timeout=150) as server:
         yield server, artifact, labels
+
+
+# The post-processing of a classifier's image ensemble as vitexport 0.1 wrote it: logits -> top-k labels, scores and
+# indices (its repositories hold their own copy of it, as every version folder holds its model.py).
+TOP_K_0_1 = """
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        self.k = int(params["top_k"])
+        labels = (Path(args["model_repository"]) / params["labels"]).read_text().splitlines()
+        self.labels = np.array([label.encode() for label in labels], dtype=np.object_)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            logits = pb_utils.get_input_tensor_by_name(request, "logits").as_numpy().astype(np.float64)
+            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            top = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]
+            outputs = [
+                pb_utils.Tensor("labels", self.labels[top]),
+                pb_utils.Tensor("scores", np.take_along_axis(probs, top, axis=1).astype(np.float32)),
+                pb_utils.Tensor("indices", top.astype(np.int64)),
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        return responses
+"""
+
+
+def as_vitexport_0_1_wrote_it(repo: Path, name: str, k: int) -> None:
+    """Turn a classifier's image ensemble into what vitexport 0.1 wrote: its top k as outputs labels (BYTES),
+    scores and indices, no probabilities, no top_k parameter on the ensemble."""
+    from vitexport.serving import config as cfg
+
+    outputs = [("labels", cfg.pb.TYPE_STRING), ("scores", cfg.pb.TYPE_FP32), ("indices", cfg.pb.TYPE_INT64)]
+    for part in (f"{name}_postprocess", f"{name}_image"):
+        config = cfg.read_config(repo / part)
+        del config.output[:]
+        config.output.extend(cfg.pb.ModelOutput(name=n, data_type=t, dims=[k]) for n, t in outputs)
+        config.ClearField("response_cache")
+        if config.platform == "ensemble":
+            del config.parameters["top_k"]
+            step = config.ensemble_scheduling.step[-1]
+            step.output_map.clear()
+            step.output_map.update({n: n for n, _ in outputs})
+        else:
+            (repo / part / "1" / "model.py").write_text(TOP_K_0_1)
+        (repo / part / "config.pbtxt").write_text(cfg.render(config))
 
 
 def module_of(protocol: str):
@@ -156,29 +224,119 @@ def test_image_client_async_and_streaming(served, mode):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_our_client_reads_an_image_ensemble_vitexport_0_1_wrote(served, protocol):
+    """`infer` against a repository of the previous vitexport: its ensemble's top-k outputs, read as they are (the
+    top k it was written with by default, no more); the same classes as this vitexport's ensemble ranks."""
+    server = served[0]
+    url = server.endpoints.http if protocol == "http" else server.endpoints.grpc
+    client = Client(url, protocol=protocol)
+    old = client.classify(photos(), model="old_image")
+    new = client.classify(photos(), model="tiny_image", top_k=3)
+    for a, b in zip(old, new, strict=True):
+        assert (a.indices, a.labels) == (b.indices, b.labels) and len(a.indices) == 3
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    with pytest.raises(ServingError, match=r"^old_image returns the top 3; ask for --top-k 3 or fewer$"):
+        client.classify(photos(), model="old_image", top_k=4)
+    assert len(client.classify(photos()[:1], model="tiny_image")[0].labels) == 5  # the repository's default top_k
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_ensemble_image_client_requests_are_answered_with_labels(served, protocol):
-    """ensemble_image_client.py: one input (the encoded files, BYTES, a batch of (N, 1)), `class_count` -c 3; the
-    labelled `probabilities` it ranks agree with the ensemble's own top-k."""
-    server, _, labels = served
+    """ensemble_image_client.py's request: the encoded files as one BYTES batch (N, 1), `class_count` 3 on every
+    output the metadata lists; each answers the image's 3 most probable classes with their labels."""
+    server, artifact, labels = served
     module, client = module_of(protocol), client_of(server, protocol)
     metadata, config = metadata_and_config(client, protocol, "tiny_image")
     assert len(metadata["inputs"]) == len(config["input"]) == 1 and metadata["inputs"][0]["datatype"] == "BYTES"
-    classified = [o["name"] for o in config["output"] if o.get("label_filename")]
-    assert classified == ["probabilities"] and [o["datatype"] for o in metadata["outputs"]][-1] == "FP32"
-    files = [np.array([p.read_bytes()], dtype=bytes) for p in sorted(photo_paths())]
+    assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [("probabilities", "FP32")]
+    assert [o.get("label_filename") for o in config["output"]] == ["labels.txt"]
+    files = [np.array([data], dtype=bytes) for data in photos()]
+    assert len(files) <= int(config["max_batch_size"])
     batch = np.stack(files, axis=0)
     tensor = module.InferInput(metadata["inputs"][0]["name"], list(batch.shape), "BYTES")
     tensor.set_data_from_numpy(batch, **({"binary_data": True} if protocol == "http" else {}))
     extra = {"binary_data": True} if protocol == "http" else {}
-    outputs = [module.InferRequestedOutput("probabilities", class_count=3, **extra)]
-    outputs += [module.InferRequestedOutput(name, **extra) for name in ("labels", "scores", "indices")]
+    outputs = [module.InferRequestedOutput(o["name"], class_count=3, **extra) for o in metadata["outputs"]]
     result = client.infer("tiny_image", [tensor], outputs=outputs)
-    classes = result.as_numpy("probabilities")
-    assert classes.shape == (len(files), 3)
-    for row, top_labels, top_indices in zip(
-        classes, result.as_numpy("labels"), result.as_numpy("indices"), strict=True
-    ):
-        fields = [x.decode().split(":") for x in row]
-        assert [int(f[1]) for f in fields] == list(top_indices[:3])
-        assert [f[2] for f in fields] == [x.decode() for x in top_labels[:3]] == [labels[i] for i in top_indices[:3]]
+    pixels = np.stack([preprocess_image(data, artifact.preprocess) for data in photos()])
+    (logits,) = ort_session(artifact.path).run(None, {"pixel_values": pixels})
+    check_classes(result.as_numpy("probabilities"), softmax(logits), labels, 3)
+    assert server.is_ready()
+
+
+def triton_example(name: str) -> Path:
+    """One of Triton's example clients, unchanged: in `shared/triton-client` beside the checkout (or beside the main
+    checkout of a git worktree), or in the folder VITEXPORT_TRITON_EXAMPLES names; skipped without one (nothing
+    from outside the package registries is fetched here)."""
+    candidates = [ROOT.parent / "shared" / "triton-client"]
+    git = ROOT / ".git"
+    if git.is_file():  # a worktree: "gitdir: <main>/.git/worktrees/<name>"
+        candidates.append(Path(git.read_text().split(":", 1)[1].strip()).parents[2].parent / "shared" / "triton-client")
+    if os.environ.get("VITEXPORT_TRITON_EXAMPLES"):
+        candidates.insert(0, Path(os.environ["VITEXPORT_TRITON_EXAMPLES"]))
+    for folder in candidates:
+        if (folder / name).is_file():
+            return folder / name
+    pytest.skip(f"Triton's {name} not found in {', '.join(map(str, candidates))} (set VITEXPORT_TRITON_EXAMPLES)")
+
+
+def printed_classes(report: str) -> dict[str, dict[str, list[tuple[float, int, str]]]]:
+    """ensemble_image_client's report: for each file, each output's classes as it prints them, "value (index) = label"
+    under the output's name in brackets."""
+    files: dict[str, dict[str, list[tuple[float, int, str]]]] = {}
+    file = output = ""
+    for line in report.splitlines():
+        if m := re.fullmatch(r'"(.+)":', line):
+            file = m[1]
+            files[file] = {}
+        elif m := re.fullmatch(r"  \[(.+)\]:", line):
+            output = m[1]
+            files[file][output] = []
+        elif m := re.fullmatch(r"    (\S+) \((\d+)\) = (.*)", line):
+            files[file][output].append((float(m[1]), int(m[2]), m[3]))
+    return files
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_unchanged_ensemble_image_client_prints_our_clients_top_3(served, protocol, tmp_path):
+    """`ensemble_image_client.py -m tiny_image -c 3` on a folder of photographs, as its README runs it: it prints
+    PASS and, for each image, 3 classes with their labels, the same as our client's top 3; the server is ready
+    after."""
+    server, _, labels = served
+    script = triton_example("ensemble_image_client.py")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, data in enumerate(photos()):
+        (folder / f"photo{i}.img").write_bytes(data)
+    url = server.endpoints.http if protocol == "http" else server.endpoints.grpc
+    command = [
+        sys.executable,
+        str(script),
+        "-m",
+        "tiny_image",
+        "-c",
+        "3",
+        "-u",
+        url,
+        "-i",
+        protocol.upper(),
+        str(folder),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("PASS"), done.stdout + done.stderr
+    printed = printed_classes(done.stdout)
+    files = sorted(folder.iterdir())
+    assert list(printed) == [str(f) for f in files]
+    ours = Client(url, protocol=protocol).classify(files, model="tiny_image", top_k=3)
+    for file, top in zip(files, ours, strict=True):
+        assert list(printed[str(file)]) == ["probabilities"]
+        classes = printed[str(file)]["probabilities"]
+        assert [i for _, i, _ in classes] == list(top.indices) and len(classes) == 3
+        assert [label for _, _, label in classes] == list(top.labels) == [labels[i] for i in top.indices]
+        np.testing.assert_allclose([value for value, _, _ in classes], top.scores, atol=1e-6)
     assert server.is_ready()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 BACKENDS_DIR = Path(__file__).parent
 MODEL_RUNNER = BACKENDS_DIR / "model_runner.py"  # runs the model of every task on ONNX Runtime or OpenVINO
 PREPROCESS_MODEL = BACKENDS_DIR / "preprocess_model.py"  # image bytes -> what the task's model takes
-TOPK_MODEL = BACKENDS_DIR / "topk_model.py"  # logits -> top-k labels, scores, indices
+TOPK_MODEL = BACKENDS_DIR / "topk_model.py"  # logits -> every class's probability (Triton ranks the top k)
 DETECTIONS_MODEL = BACKENDS_DIR / "detections_model.py"  # logits, boxes, image size -> detections
 
 

@@ -214,7 +214,8 @@ def infer(
     protocol: Annotated[Protocol, typer.Option(help="http or grpc.")] = Protocol.http,
     model: Annotated[str | None, typer.Option(help="Served model (default: the one NAME_image ensemble).")] = None,
     top_k: Annotated[
-        int | None, typer.Option(help="Classes per image (default 5); detectors: at most this many boxes.")
+        int | None,
+        typer.Option(help="Classes per image; detectors: at most this many boxes (default: the repository's)."),
     ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="Detectors: lowest score shown (default: the server's, 0.5).")

@@ -1,10 +1,10 @@
 """Tasks: what a model does, as typed plug-ins the stages ask instead of branching on a name.
 
-| task           | module            | model                                          | served answer                 |
-|----------------|-------------------|------------------------------------------------|-------------------------------|
-| classification | classification.py | pixel_values -> logits                         | top-k labels, scores, indices |
-| features       | classification.py | pixel_values -> embeddings (the pooled vector) | the embedding                 |
-| detection      | detection.py      | pixel_values, pixel_mask -> logits, pred_boxes | boxes, scores, labels, count  |
+| task           | module            | model                                     | served answer                   |
+|----------------|-------------------|-------------------------------------------|---------------------------------|
+| classification | classification.py | pixel_values -> logits                    | probabilities, labelled (top k) |
+| features       | classification.py | pixel_values -> embeddings                | the embedding                   |
+| detection      | detection.py      | pixel_values, pixel_mask -> logits, boxes | boxes, scores, labels, count    |
 
 A new task (segmentation, say) is one module here defining a `Task` subclass and its instance, one line in `TASKS`
 below, a post-processing model in serving/backends/ if it answers other than its model's outputs, and its tests.

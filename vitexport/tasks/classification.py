@@ -9,10 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from vitexport.errors import VitExportError
 from vitexport.tasks.base import (
-    BYTES,
     FEATURES_HEAD,
     FP32,
-    INT64,
     NCHW,
     PIXELS,
     Budget,
@@ -27,6 +25,8 @@ if TYPE_CHECKING:
 
 LOGITS = "logits"
 EMBEDDINGS = "embeddings"  # the one output of a features export: (N, D) pooled representations
+# The top-k outputs of the image ensembles vitexport 0.1 wrote (0.2 answers `probabilities` alone): the client still
+# reads them from such a repository.
 TOP_K_LABELS, TOP_K_SCORES, TOP_K_INDICES = "labels", "scores", "indices"
 PROBABILITIES = "probabilities"  # an image ensemble's softmax over every class
 DEFAULT_TOP_K = 5
@@ -95,7 +95,7 @@ def accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -
 
 class Classification(Task):
     name = "classification"
-    summary = "pixel_values (N, 3, S, S) -> logits (N, classes); served with its top-k labels"
+    summary = "pixel_values (N, 3, S, S) -> logits (N, classes); served as labelled probabilities (top k by Triton)"
     metrics_key = "accuracy"
     agreement = "top-1 agreement"
     postprocess: ClassVar[str | None] = "topk_model.py"
@@ -167,15 +167,12 @@ class Classification(Task):
     def ensemble_outputs(
         self, model_outputs: Sequence[TensorSpec], settings: Mapping[str, Any]
     ) -> tuple[TensorSpec, ...]:
-        """The top k (labels, softmax scores, class indices), and the softmax of every class, labelled: the one
-        output on which Triton's classification extension ranks classes (Triton's ensemble_image_client.py -c)."""
-        k = int(settings.get("top_k", DEFAULT_TOP_K))
-        return (
-            TensorSpec(TOP_K_LABELS, BYTES, (k,)),
-            TensorSpec(TOP_K_SCORES, FP32, (k,)),
-            TensorSpec(TOP_K_INDICES, INT64, (k,)),
-            TensorSpec(PROBABILITIES, FP32, model_outputs[0].dims[-1:], labelled=True),
-        )
+        """The softmax of every class, labelled, and nothing else: Triton's classification extension ranks it into
+        the top k ("value:index:label", k from the request's class_count), which is how our client asks for its top
+        k (the repository's top_k is the default it reads from the ensemble's parameters) and what Triton's
+        ensemble_image_client.py asks of every output of the ensemble (so every output must be numeric and labelled
+        by class: a string output kills Triton 2.51, and a ranked top-k vector would be labelled by its rank)."""
+        return (TensorSpec(PROBABILITIES, FP32, model_outputs[0].dims[-1:], labelled=True),)
 
     def postprocess_inputs(self, model_outputs: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:
         return tuple(model_outputs[:1])  # the averaged logits of a `--heads all` export
