@@ -36,10 +36,10 @@ QueueDelay = Annotated[int, typer.Option(help="Longest wait to fill a batch, in 
 Instances = Annotated[int, typer.Option(help="Model instances (one Python stub process each).")]
 VersionOption = Annotated[int | None, typer.Option(help="Version number (default: next free).")]
 EnsembleFlag = Annotated[
-    bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> top-k, or -> the embedding).")
+    bool, typer.Option(help="Also write the NAME_image ensemble (image bytes -> classes, or -> the embedding).")
 ]
 RepoTopK = Annotated[
-    int | None, typer.Option(help="Classes the image ensemble returns (default 5); detectors: at most (100).")
+    int | None, typer.Option(help="Classes clients ask by default (5); detectors: boxes at most (100).")
 ]
 Threshold = Annotated[float | None, typer.Option(help="Detectors: default score threshold (0.5).")]
 OrtTrtFp16 = Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")]
