@@ -4,7 +4,7 @@ that applies it, in numpy and Pillow only.
 The CLI, the accuracy gate and the Triton ensemble's preprocessing model all call this one function, so a
 served model sees exactly the pixels the reference saw. The modules: config (PreprocessConfig), decode (an image
 source to RGB, within the size limits), transform (preprocess_image, preprocess_detection), limits (a served
-request's bounds).
+request's bounds), hf (transformers' preprocessor_config.json), timm_cfg (timm's pretrained_cfg).
 """
 
 from vitexport.preprocess.config import (
@@ -12,6 +12,7 @@ from vitexport.preprocess.config import (
     IMAGENET_STD,
     INCEPTION_MEAN,
     INCEPTION_STD,
+    INTERPOLATIONS,
     PreprocessConfig,
 )
 from vitexport.preprocess.decode import (
@@ -21,7 +22,9 @@ from vitexport.preprocess.decode import (
     MAX_REQUEST_PIXELS,
     MAX_RESIZED_PIXELS,
 )
+from vitexport.preprocess.hf import from_hf_processor
 from vitexport.preprocess.limits import RequestLimits, check_request
+from vitexport.preprocess.timm_cfg import from_timm_cfg
 from vitexport.preprocess.transform import (
     DetectionInput,
     detection_size,
@@ -35,6 +38,7 @@ __all__ = [
     "IMAGENET_STD",
     "INCEPTION_MEAN",
     "INCEPTION_STD",
+    "INTERPOLATIONS",
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
     "MAX_REQUEST_BYTES",
@@ -45,6 +49,8 @@ __all__ = [
     "RequestLimits",
     "check_request",
     "detection_size",
+    "from_hf_processor",
+    "from_timm_cfg",
     "load_images",
     "preprocess_detection",
     "preprocess_image",

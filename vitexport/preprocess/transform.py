@@ -3,13 +3,12 @@ padded canvas), in numpy and Pillow only."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitexport.errors import ImageError
-from vitexport.preprocess.config import PreprocessConfig
+from vitexport.preprocess.config import DEFAULT_RESCALE, INTERPOLATIONS, PreprocessConfig
 from vitexport.preprocess.decode import MAX_RESIZED_PIXELS, _decode
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the CLI imports this package for --help
@@ -20,41 +19,63 @@ if TYPE_CHECKING:  # numpy is imported where it is used: the CLI imports this pa
 
 
 def _resample(name: str) -> int:
-    from PIL import Image
-
-    return {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[name]
+    """Pillow's filter number for an interpolation name (config.INTERPOLATIONS is in Pillow's order)."""
+    return INTERPOLATIONS.index(name)
 
 
 def preprocess_image(image: ImageSource, cfg: PreprocessConfig) -> np.ndarray:
-    """A PIL image, a path or encoded bytes -> float32 (3, S, S): resize the short side to S / crop_pct,
-    center crop S x S, scale to [0, 1], normalise by mean/std (timm's and torchvision's eval transform)."""
+    """A PIL image, a path or encoded bytes -> float32 (3, S, S): the config's resize (by default the short side to
+    S / crop_pct), centre crop S x S, rescale, normalise by mean/std, channel order. With the defaults that is timm's
+    and torchvision's eval transform; `hf.from_hf_processor` configs give transformers' image processors' pixels."""
     if cfg.detection:  # a center crop would cut objects off and no mask would say where the image is
         raise ImageError("this is a detector's preprocessing (resize onto a padded canvas), not a classifier's crop")
     decoded = _decode(image)
-    size = cfg.input_size
-    scale = math.floor(size / cfg.crop_pct)
     w, h = decoded.size
-    # Short side to `scale`, long side in proportion (torchvision's Resize(int) rounding).
-    new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
-    if new_w * new_h > MAX_RESIZED_PIXELS:
-        raise ImageError(
-            f"image {w} x {h} would be resized to {new_w} x {new_h}, over the limit of {MAX_RESIZED_PIXELS} pixels "
-            "(an aspect ratio this extreme is not a photograph)"
-        )
+    new_w, new_h = resized_size(w, h, cfg)
     resized = decoded.resize((new_w, new_h), _resample(cfg.interpolation))
-    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
-    cropped = resized.crop((left, top, left + size, top + size))
+    cropped = resized.crop(crop_box(new_w, new_h, cfg)) if cfg.crop else resized
     import numpy as np
 
     return np.ascontiguousarray(_normalised(cropped, cfg).transpose(2, 0, 1))  # -> (3, S, S)
 
 
+def resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(width, height) of a classifier's resize of a width x height image; ImageError past MAX_RESIZED_PIXELS."""
+    short = cfg.resize_short
+    if short is None:  # a fixed (height, width): transformers' size {"height", "width"}
+        assert isinstance(cfg.resize, tuple)
+        new_w, new_h = cfg.resize[1], cfg.resize[0]
+    else:  # short side to `short`, long side in proportion, truncated (torchvision's Resize(int), transformers'
+        # get_resize_output_image_size alike)
+        new_w, new_h = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise ImageError(
+            f"image {width} x {height} would be resized to {new_w} x {new_h}, over the limit of {MAX_RESIZED_PIXELS} "
+            "pixels (an aspect ratio this extreme is not a photograph)"
+        )
+    return new_w, new_h
+
+
+def crop_box(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the S x S centre crop of a width x height resized image, its offsets rounded as
+    the config says (timm rounds half to even, transformers floors)."""
+    size = cfg.input_size
+    if cfg.crop_rounding == "floor":
+        left, top = (width - size) // 2, (height - size) // 2
+    else:
+        left, top = round((width - size) / 2), round((height - size) / 2)
+    return left, top, left + size, top + size
+
+
 def _normalised(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """(H, W, 3) float32: [0, 1], then (x - mean) / std."""
+    """(H, W, 3) float32: x * rescale, then (x - mean) / std, then the channel order."""
     import numpy as np
 
-    x = np.asarray(image, dtype=np.float32) / 255.0
-    return (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    raw = np.asarray(image, dtype=np.float32)
+    # The default divides, as every release before the rescale factor existed did (bit for bit the same pixels).
+    x = raw / 255.0 if cfg.rescale == DEFAULT_RESCALE else raw * np.float32(cfg.rescale)
+    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return x[..., ::-1] if cfg.channel_order == "BGR" else x
 
 
 @dataclass(frozen=True)
@@ -90,18 +111,17 @@ def detection_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int,
 
 
 def preprocess_detection(image: ImageSource, cfg: PreprocessConfig) -> DetectionInput:
-    """A PIL image, a path or encoded bytes -> a detector's input: the whole image resized (bilinear, as DETR's
-    processor), normalised, placed top-left on the S x S canvas, and its mask (transformers' DetrImageProcessor with
-    pad_size S x S gives the same arrays)."""
+    """A PIL image, a path or encoded bytes -> a detector's input: the whole image resized (the config's filter:
+    bilinear, as DETR's processor), rescaled, normalised, placed top-left on the S x S canvas, and its mask
+    (transformers' DetrImageProcessor with pad_size S x S gives the same arrays)."""
     import numpy as np
-    from PIL import Image
 
     if not cfg.detection:
         raise ImageError("this is a classifier's preprocessing (a center crop), not a detector's")
     decoded = _decode(image)
     w, h = decoded.size
     oh, ow = detection_size(h, w, cfg)
-    resized = _normalised(decoded.resize((ow, oh), Image.Resampling.BILINEAR), cfg)
+    resized = _normalised(decoded.resize((ow, oh), _resample(cfg.interpolation)), cfg)
     S = cfg.input_size
     pixels = np.zeros((3, S, S), np.float32)
     pixels[:, :oh, :ow] = resized.transpose(2, 0, 1)
