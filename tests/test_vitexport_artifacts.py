@@ -60,7 +60,7 @@ def test_every_sidecar_carries_the_schema_version_and_one_without_it_is_schema_1
 
     _artifact(tmp_path).save()
     written = json.loads((tmp_path / "m.plan.json").read_text())
-    assert written["schema_version"] == SCHEMA_VERSION == 2
+    assert written["schema_version"] == SCHEMA_VERSION == 3
     del written["schema_version"]  # as vitexport 0.1 wrote it
     (tmp_path / "m.plan.json").write_text(json.dumps(written))
     assert load_artifact(tmp_path / "m.plan").model == "test_vit"
