@@ -1,8 +1,8 @@
 """Triton's own example clients against what `vitexport repo` writes, on a real Triton over HTTP and gRPC: the
 contract `image_client.py` and `ensemble_image_client.py` (triton-inference-server/client, src/python/examples) rely
-on, and exactly the requests they send, made here with tritonclient; and `ensemble_image_client.py` itself, run
-unchanged where a copy of it is at hand (`shared/triton-client/` beside the checkout, or VITEXPORT_TRITON_EXAMPLES;
-the repository does not copy it):
+on, and exactly the requests they send, made here with tritonclient; and both scripts themselves, run unchanged
+where a copy is at hand (`shared/triton-client/` beside the checkout, or VITEXPORT_TRITON_EXAMPLES; the repository
+does not copy them; image_client.py's HTTP path also needs `attrdict`, from the venv or VITEXPORT_ATTRDICT):
 
 - image_client: one input of 3 dims with `format` FORMAT_NCHW or FORMAT_NHWC, one FP32 vector output, the batch from
   `max_batch_size`; pixels resized with Pillow's bilinear filter, scaled NONE (0..255), INCEPTION (-1..1) or VGG
@@ -20,6 +20,7 @@ import queue
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -339,4 +340,95 @@ def test_the_unchanged_ensemble_image_client_prints_our_clients_top_3(served, pr
         assert [i for _, i, _ in classes] == list(top.indices) and len(classes) == 3
         assert [label for _, _, label in classes] == list(top.labels) == [labels[i] for i in top.indices]
         np.testing.assert_allclose([value for value, _, _ in classes], top.scores, atol=1e-6)
+    assert server.is_ready()
+
+
+@dataclass(frozen=True)
+class ImageClientRun:
+    """One run of image_client.py: its protocol, scaling, batch size, class count and request mode."""
+
+    protocol: str  # as its -i takes it: HTTP or gRPC
+    scaling: str
+    batch: int
+    classes: int
+    mode: str = ""  # "", "-a" (async) or "--streaming" (gRPC only)
+
+    def args(self) -> list[str]:
+        flags = ["-i", self.protocol, "-s", self.scaling, "-b", str(self.batch), "-c", str(self.classes)]
+        return flags + ([self.mode] if self.mode else [])
+
+
+# Every option its README shows, each on both protocols at least once: 6 runs of about a second each.
+IMAGE_CLIENT_RUNS = [
+    ImageClientRun("HTTP", "NONE", 1, 1),
+    ImageClientRun("HTTP", "INCEPTION", 2, 3),
+    ImageClientRun("HTTP", "VGG", 1, 3, "-a"),
+    ImageClientRun("gRPC", "NONE", 1, 3),
+    ImageClientRun("gRPC", "INCEPTION", 2, 3, "-a"),
+    ImageClientRun("gRPC", "VGG", 2, 3, "--streaming"),
+]
+
+
+def attrdict_path(protocol: str) -> list[str]:
+    """What image_client.py's HTTP path needs on PYTHONPATH beyond what this interpreter has: it turns the JSON
+    metadata into objects with `attrdict` (not a tritonclient dependency; pure Python, unmaintained, imported with
+    collections patched for Python 3.10+). Nothing when the venv has it; else the folder VITEXPORT_ATTRDICT names
+    (`pip install --target DIR attrdict`); else the HTTP runs skip."""
+    import importlib.util
+
+    if protocol != "HTTP" or importlib.util.find_spec("attrdict") is not None:
+        return []
+    folder = os.environ.get("VITEXPORT_ATTRDICT", "")
+    if folder and (Path(folder) / "attrdict").is_dir():
+        return [folder]
+    pytest.skip("image_client.py's HTTP path imports attrdict: pip install attrdict, or VITEXPORT_ATTRDICT=DIR")
+
+
+def image_client_report(report: str, classes: int) -> dict[int, list[list[tuple[float, int, str]]]]:
+    """image_client's report: for each request id, each image's classes as it prints them, "Request N, batch size B"
+    and then `classes` lines "    value (index) = label" per image of the batch."""
+    requests: dict[int, list[tuple[float, int, str]]] = {}
+    request = 0
+    for line in report.splitlines():
+        if m := re.fullmatch(r"Request (\d+), batch size \d+", line):
+            request = int(m[1])
+            requests[request] = []
+        elif m := re.fullmatch(r"    (\S+) \((\d+)\) = (.*)", line):
+            requests[request].append((float(m[1]), int(m[2]), m[3]))
+    return {r: [lines[i : i + classes] for i in range(0, len(lines), classes)] for r, lines in requests.items()}
+
+
+@pytest.mark.parametrize(
+    "run", IMAGE_CLIENT_RUNS, ids=lambda r: f"{r.protocol}-{r.scaling}-b{r.batch}-c{r.classes}{r.mode}"
+)
+def test_the_unchanged_image_client_prints_the_models_classes(served, run, tmp_path):
+    """`image_client.py -m tiny` on a folder of photographs, as its README runs it: each request prints, per image of
+    its batch, the classes that ONNX Runtime ranks first on the pixels the client sent (its own resize and scaling),
+    with labels.txt's label of each index, and PASS; the server is ready after."""
+    server, artifact, labels = served
+    script = triton_example("image_client.py")
+    extra = attrdict_path(run.protocol)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, data in enumerate(photos()):
+        (folder / f"photo{i}.img").write_bytes(data)
+    url = server.endpoints.http if run.protocol == "HTTP" else server.endpoints.grpc
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*extra, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    command = [sys.executable, str(script), "-m", "tiny", "-u", url, *run.args(), str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("PASS"), done.stdout + done.stderr
+    files = sorted(folder.iterdir())
+    pixels = np.stack([image_client_pixels(f, 3, 16, 16, run.scaling) for f in files])
+    (logits,) = ort_session(artifact.path).run(None, {"pixel_values": pixels})
+    # Batches of -b images in file order, wrapping round to fill the last one: ceil(files / b) requests.
+    printed = image_client_report(done.stdout, run.classes)
+    assert sorted(printed) == list(range(1, -(-len(files) // run.batch) + 1)), done.stdout
+    for request, images in printed.items():
+        sent = [((request - 1) * run.batch + j) % len(files) for j in range(run.batch)]
+        assert len(images) == run.batch, done.stdout
+        for image, classes in zip(sent, images, strict=True):
+            indices = [i for _, i, _ in classes]
+            assert indices == list(np.argsort(-logits[image], kind="stable")[: run.classes]), done.stdout
+            assert [label for _, _, label in classes] == [labels[i] for i in indices]
+            np.testing.assert_allclose([v for v, _, _ in classes], logits[image][indices], rtol=1e-4, atol=1e-5)
     assert server.is_ready()
