@@ -189,26 +189,35 @@ def trt(
 
 def import_(
     onnx_file: Annotated[
-        Path, typer.Argument(metavar="FILE.onnx", help="An ONNX image model vitexport did not write.")
+        Path,
+        typer.Argument(
+            metavar="FILE.onnx|DIR",
+            help="An ONNX image model vitexport did not write, or the folder Optimum's export wrote (model.onnx, "
+            "config.json, preprocessor_config.json).",
+        ),
     ],
     name: Annotated[
-        str | None, typer.Option(help="The model's name in later stages [default: the file's stem].")
+        str | None,
+        typer.Option(help="The model's name in later stages [default: the file's stem; model.onnx: its folder's]."),
     ] = None,
     preprocess_config: Annotated[
-        Path | None, typer.Option(help="A Hugging Face preprocessor_config.json with the model's preprocessing.")
+        Path | None, typer.Option(help="A Hugging Face preprocessor_config.json [default: the one beside the ONNX].")
     ] = None,
     mean: Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
     size: Annotated[int | None, typer.Option(help="Input side in pixels [default: the graph's].")] = None,
     crop_pct: Annotated[float | None, typer.Option(help="Center-crop fraction [default: 0.875].")] = None,
     interpolation: Annotated[str | None, typer.Option(help="bicubic or bilinear [default: bicubic].")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Class names, one per line, in output order.")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Class names, one per line, in output order [default: config.json's id2label].")
+    ] = None,
     output: Annotated[str | None, typer.Option(help="The output to use when there are several.")] = None,
     embeddings: Annotated[bool, typer.Option(help="The output is an embedding (N x D), not class logits.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Make an ONNX image classifier (or embedding model) from elsewhere an artifact: check it, record its
-    preprocessing, labels and tensor names in a sidecar; then optimize, validate, repo and bench take it."""
+    preprocessing, labels and tensor names in a sidecar; then optimize, validate, repo and bench take it. Optimum's
+    folder imports with no flags: preprocessing, labels and head come from the Hugging Face files beside the graph."""
     with user_errors():
         from vitexport.export.onnx_import import PreprocessFlags, import_onnx, parse_floats
 
