@@ -123,8 +123,8 @@ def head(config: HubConfig, outputs: dict[str, list[int | str | None]], embeddin
             return Head(True, POOLED_OUTPUT)
         shapes = ", ".join(f"{name} {_shape(dims)}" for name, dims in outputs.items())
         raise ArtifactError(
-            f"{arch} (no head) answers {shapes}, not a pooled N x D embedding: export it with a classification "
-            f"head, or a model that pools ({ACCEPTED})"
+            f"{arch} has no head and answers {shapes}, not a pooled N x D embedding: export it with its "
+            f"classification head (optimum-cli --task image-classification) or pool it in the graph ({ACCEPTED})"
         )
     if "ForObjectDetection" in arch:
         raise ArtifactError(
