@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ from vitexport.artifacts import Format, ModelArtifact, sidecar_path
 from vitexport.errors import ArtifactError, first_line
 from vitexport.export.hf_layout import MODEL_FILE, HubConfig, find_layout, head, read_hub_config
 from vitexport.fileio import check_user_file, read_user_text
-from vitexport.preprocess import PreprocessConfig
+from vitexport.preprocess import INTERPOLATIONS, PreprocessConfig, from_hf_processor
 from vitexport.tasks import CLASSIFICATION, FEATURES
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 # Ops that only attention has; a graph without them is treated as a convnet by the optimizer (INT8 recipes).
 ATTENTION_OPS = {"Softmax", "Attention", "MultiHeadAttention"}
-# Pillow's resampling codes as Hugging Face image processors store them.
-PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 # Bounds on the small text files a user names: far above any real one (ImageNet-21k's 21,843 class names are 0.5 MB).
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LABELS_BYTES = 16 << 20
@@ -196,8 +194,8 @@ def _preprocess(
     found: dict[str, Any] = {}
     if "vitexport.preprocess" in metadata:
         found = json.loads(metadata["vitexport.preprocess"])
-    if config is not None:
-        found |= _from_hugging_face(Path(config))
+    if config is not None:  # the whole description: nothing of the metadata's may survive beside it
+        found = _from_hugging_face(Path(config), size)
     said = {k: v for k, v in vars(flags).items() if v is not None}
     found |= {"input_size" if k == "size" else k: v for k, v in said.items()}
     if size is not None and found.setdefault("input_size", size) != size:
@@ -216,33 +214,25 @@ def _preprocess(
     if not 0 < crop_pct <= 1:
         raise ArtifactError(f"--crop-pct must be in (0, 1], got {crop_pct}")
     interpolation = found.get("interpolation", base.interpolation)
-    if interpolation not in ("bicubic", "bilinear"):
-        raise ArtifactError(f"--interpolation must be bicubic or bilinear, not {interpolation!r}")
-    return replace(base, crop_pct=crop_pct, interpolation=interpolation)
+    if interpolation not in INTERPOLATIONS:
+        raise ArtifactError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, not {interpolation!r}")
+    # from_dict: the keys beyond these (a processor's fixed resize, crop rounding, channel order...) come along.
+    return PreprocessConfig.from_dict(found | {"crop_pct": crop_pct, "interpolation": interpolation})
 
 
-def _from_hugging_face(path: Path) -> dict[str, Any]:
-    """A transformers image processor's preprocessor_config.json in PreprocessConfig's terms. A processor that
-    resizes to H x W without keeping the aspect ratio is approximated by a short-side resize and a full crop."""
+def _from_hugging_face(path: Path, size: int | None) -> dict[str, Any]:
+    """A transformers image processor's preprocessor_config.json in PreprocessConfig's terms (vitexport.preprocess.hf:
+    exactly, or refused in one line naming the key)."""
     try:
         d = json.loads(read_user_text(path, "preprocessing config", limit=MAX_CONFIG_BYTES, error=ArtifactError))
     except ValueError as e:
         raise ArtifactError(f"cannot read {path}: {first_line(e)}") from None
-    out: dict[str, Any] = {}
-    if "image_mean" in d and "image_std" in d:
-        out |= {"mean": d["image_mean"], "std": d["image_std"]}
-    size, crop = d.get("size") or {}, d.get("crop_size") or {}
-    resized = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else size
-    cropped = (crop.get("height") if isinstance(crop, dict) else crop) if d.get("do_center_crop", bool(crop)) else None
-    if cropped and resized:  # resize to `resized`, crop `cropped`: DeiT's 256 -> 224
-        out |= {"input_size": cropped, "crop_pct": cropped / resized}
-    elif resized:
-        out |= {"input_size": resized, "crop_pct": d.get("crop_pct") or 1.0}
-    if d.get("resample") in PIL_RESAMPLE:
-        out["interpolation"] = PIL_RESAMPLE[d["resample"]]
-    if not out:
-        raise ArtifactError(f"{path} holds no image_mean/image_std/size: not an image processor's config")
-    return out
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{path} is not an image processor's config (a JSON object)")
+    try:
+        return from_hf_processor(d, input_size=size).to_dict()
+    except ArtifactError as e:
+        raise ArtifactError(f"{path.name}: {e}") from None
 
 
 def _class_names(labels: str | Path | None, hub: HubConfig | None, width: int) -> tuple[str, ...] | None:

@@ -72,6 +72,7 @@ def torchscript_vit(digits, tmp_path_factory):
         opset_version=17,
     )
     config = {
+        "image_processor_type": "DeiTImageProcessor",
         "image_mean": [0.5, 0.5, 0.5],
         "image_std": [0.5, 0.5, 0.5],
         "size": {"height": 72, "width": 72},
@@ -105,6 +106,7 @@ def test_torchscript_export_keeps_its_names_and_reads_hugging_face_preprocessing
     assert artifact.family == "transformer"  # its Softmax says so: the optimizer's INT8 recipes follow
     p = artifact.preprocess
     assert (p.input_size, p.crop_pct, p.interpolation, p.mean) == (64, 64 / 72, "bicubic", (0.5, 0.5, 0.5))
+    assert (p.resize, p.crop, p.crop_rounding) == ((72, 72), True, "floor")  # DeiT's: a 72 x 72 warp, then the crop
 
 
 def test_an_imported_model_is_optimized_and_gated(torchscript_vit, digits, tmp_path):
