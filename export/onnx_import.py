@@ -196,6 +196,7 @@ def _preprocess(
         found = json.loads(metadata["vitexport.preprocess"])
     if config is not None:  # the whole description: nothing of the metadata's may survive beside it
         found = _from_hugging_face(Path(config), size)
+        _check_overrides(found, flags, Path(config).name)
     said = {k: v for k, v in vars(flags).items() if v is not None}
     found |= {"input_size" if k == "size" else k: v for k, v in said.items()}
     if size is not None and found.setdefault("input_size", size) != size:
@@ -218,6 +219,16 @@ def _preprocess(
         raise ArtifactError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, not {interpolation!r}")
     # from_dict: the keys beyond these (a processor's fixed resize, crop rounding, channel order...) come along.
     return PreprocessConfig.from_dict(found | {"crop_pct": crop_pct, "interpolation": interpolation})
+
+
+def _check_overrides(found: dict[str, Any], flags: PreprocessFlags, config: str) -> None:
+    """Flags that would contradict an image processor's geometry are refused, not half-applied: its output size is
+    fixed, and so is its resize (a crop fraction has nothing left to set). mean, std and the filter may be changed."""
+    if flags.size is not None and flags.size != found["input_size"]:
+        S = found["input_size"]
+        raise ArtifactError(f"--size {flags.size}, but {config} makes {S} x {S} images: drop one of them")
+    if flags.crop_pct is not None and found.get("resize") is not None:
+        raise ArtifactError(f"--crop-pct, but {config} resizes to {found['resize']} itself: drop one of them")
 
 
 def _from_hugging_face(path: Path, size: int | None) -> dict[str, Any]:

@@ -134,6 +134,14 @@ def test_flags_that_contradict_the_files_are_one_line(folder, tmp_path):
     (tmp_path / "labels.txt").write_text("a\nb\n")
     result = runner.invoke(app, ["import", str(folder), "--labels", str(tmp_path / "labels.txt")])
     assert result.exit_code == 1 and "names 2 classes; the model has 12 outputs" in result.output
+    # The processor's geometry is whole: a size or crop fraction of the flags' would half-apply it.
+    result = runner.invoke(app, ["import", str(folder), "--size", "40"])
+    assert result.exit_code == 1 and "--size 40, but preprocessor_config.json makes 32 x 32 images" in result.output
+    result = runner.invoke(app, ["import", str(folder), "--crop-pct", "0.9"])
+    assert result.exit_code == 1 and "--crop-pct, but preprocessor_config.json resizes to [40, 40]" in result.output
+    assert not (folder / "model.onnx.json").exists()
+    result = runner.invoke(app, ["import", str(folder), "--size", "32", "--mean", "0.1,0.2,0.3", "--json"])
+    assert result.exit_code == 0 and load_artifact(folder / "model.onnx").preprocess.mean == (0.1, 0.2, 0.3)
 
 
 def test_a_size_the_graph_cannot_take_is_refused_by_running_it(folder):
