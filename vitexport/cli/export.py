@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from vitexport.export.fp16 import IOType
 from vitexport.export.fusion import Fusion
 from vitexport.export.options import Attention, Heads, Runtime
 from vitexport.export.quantize import QuantMethod
+
+if TYPE_CHECKING:
+    from vitexport.preprocess import PreprocessConfig
 
 Checkpoint = Annotated[Path | None, typer.Option(help="timm, official release or Hugging Face weights.")]
 
@@ -238,9 +241,20 @@ def import_(
     rows = [
         ["input", f"{artifact.input_name}: {artifact.batch_size or 'N'} x 3 x {p.input_size} x {p.input_size}"],
         ["output", f"{artifact.output_names[0]}: {artifact.task}, {artifact.num_classes} values"],
-        ["preprocess", f"mean {list(p.mean)}, std {list(p.std)}, crop {p.crop_pct:g}, {p.interpolation}"],
+        ["preprocess", _preprocessing(artifact.preprocess)],
         ["family", f"{artifact.family} (INT8 recipes follow it)"],
         ["labels", f"{len(artifact.labels)} names" if artifact.labels else "none (class indices)"],
     ]
     print_table(f"imported {artifact.model}", ["", ""], rows)
     typer.echo(str(artifact.sidecar))
+
+
+def _preprocessing(p: PreprocessConfig) -> str:
+    """The resize, crop and normalisation an imported model's preprocessing does, in one line."""
+    if isinstance(p.resize, tuple):
+        resize = f"resize to {p.resize[0]} x {p.resize[1]}"
+    else:
+        resize = f"short side to {p.resize_short}"
+    crop = f", crop {p.input_size}" if p.crop else ""
+    order = ", BGR" if p.channel_order == "BGR" else ""
+    return f"{resize}{crop} ({p.interpolation}), mean {list(p.mean)}, std {list(p.std)}{order}"
