@@ -219,7 +219,10 @@ def test_optimum_exports_import_serve_and_answer_what_transformers_does(hugging_
     answers = {}
     with TritonServer(repo, startup_timeout=300) as server:
         for name, (model, processor) in references.items():
-            served = client.classify(server.endpoints.http, list(photos.values()), model=f"{name}_image", top_k=TOP_K)
+            images, model_name = list(photos.values()), f"{name}_image"
+            served = client.classify(server.endpoints.http, images, model=model_name, top_k=TOP_K)
+            grpc = client.classify(server.endpoints.grpc, images, protocol="grpc", model=model_name, top_k=TOP_K)
+            assert [(a.indices, a.labels) for a in grpc] == [(a.indices, a.labels) for a in served]
             for (photo, data), answer in zip(photos.items(), served, strict=True):
                 logits = _in_process(model, processor, data)
                 p = np.exp(logits - logits.max())
