@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import Format, ModelArtifact, sidecar_path
 from vitexport.errors import ArtifactError, first_line
+from vitexport.export.hf_layout import MODEL_FILE, HubConfig, find_layout, head, read_hub_config
 from vitexport.fileio import check_user_file, read_user_text
 from vitexport.preprocess import INTERPOLATIONS, PreprocessConfig, from_hf_processor
 from vitexport.tasks import CLASSIFICATION, FEATURES
@@ -58,9 +59,8 @@ def import_onnx(
     `embeddings` says it is a pooled embedding, not class logits."""
     import onnx
 
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"no such file: {path}")
+    layout = find_layout(Path(path))
+    path = layout.onnx
     check_user_file(path, "model", error=ArtifactError)
     if sidecar_path(path).exists():
         raise ArtifactError(f"{path} already has a sidecar ({sidecar_path(path).name}): it is an artifact already")
@@ -68,19 +68,23 @@ def import_onnx(
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # a truncated or foreign file: onnx raises DecodeError and others
         raise ArtifactError(f"{path} is not a readable ONNX model: {first_line(e)}") from None
-    input_name, batch, size = _image_input(model, path)
+    hub = read_hub_config(layout.config) if layout.config else None
+    input_name, batch, size = _image_input(model, path, hub)
+    if hub is not None:
+        said = head(hub, {o.name: _dims(o) for o in model.graph.output}, embeddings)
+        embeddings, output = said.embeddings, output or said.output
     output_name, width = _output(model, path, output)
     metadata = {p.key: p.value for p in model.metadata_props}
-    preprocess = _preprocess(metadata, preprocess_config, flags, size, path)
-    class_names = read_labels(labels, width) if labels is not None else None
-    if embeddings and class_names:
+    preprocess = _preprocess(metadata, preprocess_config or layout.preprocessor_config, flags, size, path)
+    class_names = _class_names(labels, hub, width)
+    if embeddings and labels is not None:
         raise ArtifactError("--labels names classes; an embeddings output has none")
     ops = {n.op_type for n in model.graph.node} | {n.op_type for f in model.functions for n in f.node}
     opsets = {o.domain: o.version for o in model.opset_import}
     artifact = ModelArtifact(
         path=path,
         format=Format.onnx,
-        model=name or path.stem,
+        model=name or (path.parent.name if path.name == MODEL_FILE else path.stem),
         preprocess=preprocess,
         num_classes=width,
         input_name=input_name,
@@ -101,7 +105,7 @@ def import_onnx(
 def graph_io(model: onnx.ModelProto, path: Path, output: str | None = None) -> tuple[str, int | None, str, int]:
     """(input name, square side or None, output name, output width) of an image model's graph; ArtifactError in one
     line when it is not one."""
-    input_name, _, size = _image_input(model, path)
+    input_name, _, size = _image_input(model, path, None)
     output_name, width = _output(model, path, output)
     return input_name, size, output_name, width
 
@@ -139,8 +143,9 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
 
 
-def _image_input(model: onnx.ModelProto, path: Path) -> tuple[str, int | None, int | None]:
-    """(name, fixed batch or None, square side or None) of the one image input."""
+def _image_input(model: onnx.ModelProto, path: Path, hub: HubConfig | None) -> tuple[str, int | None, int | None]:
+    """(name, fixed batch or None, square side or None) of the one image input. A symbolic channel dim (Optimum
+    writes every dim symbolic) is taken as 3, which the run at import checks."""
     from onnx import TensorProto
 
     initializers = {i.name for i in model.graph.initializer}
@@ -151,9 +156,11 @@ def _image_input(model: onnx.ModelProto, path: Path) -> tuple[str, int | None, i
     (image,) = inputs
     dtype = image.type.tensor_type.elem_type
     dims = _dims(image)
-    if dtype != TensorProto.FLOAT or len(dims) != 4 or dims[1] not in (3, None) or isinstance(dims[1], str):
+    if dtype != TensorProto.FLOAT or len(dims) != 4 or not (dims[1] in (3, None) or isinstance(dims[1], str)):
         kind = TensorProto.DataType.Name(dtype).lower()
         raise ArtifactError(f"{path.name}'s input {image.name} is {kind} {dims}; expected float N x 3 x H x W")
+    if hub is not None and hub.num_channels not in (None, 3):
+        raise ArtifactError(f"{hub.path} says num_channels {hub.num_channels}; an image model here takes 3 (RGB)")
     h, w = dims[2], dims[3]
     if isinstance(h, int) and isinstance(w, int) and h != w:
         raise ArtifactError(f"{path.name} takes {h} x {w} images; square inputs only (the crop is square)")
@@ -189,6 +196,7 @@ def _preprocess(
         found = json.loads(metadata["vitexport.preprocess"])
     if config is not None:  # the whole description: nothing of the metadata's may survive beside it
         found = _from_hugging_face(Path(config), size)
+        _check_overrides(found, flags, Path(config).name)
     said = {k: v for k, v in vars(flags).items() if v is not None}
     found |= {"input_size" if k == "size" else k: v for k, v in said.items()}
     if size is not None and found.setdefault("input_size", size) != size:
@@ -213,6 +221,16 @@ def _preprocess(
     return PreprocessConfig.from_dict(found | {"crop_pct": crop_pct, "interpolation": interpolation})
 
 
+def _check_overrides(found: dict[str, Any], flags: PreprocessFlags, config: str) -> None:
+    """Flags that would contradict an image processor's geometry are refused, not half-applied: its output size is
+    fixed, and so is its resize (a crop fraction has nothing left to set). mean, std and the filter may be changed."""
+    if flags.size is not None and flags.size != found["input_size"]:
+        S = found["input_size"]
+        raise ArtifactError(f"--size {flags.size}, but {config} makes {S} x {S} images: drop one of them")
+    if flags.crop_pct is not None and found.get("resize") is not None:
+        raise ArtifactError(f"--crop-pct, but {config} resizes to {found['resize']} itself: drop one of them")
+
+
 def _from_hugging_face(path: Path, size: int | None) -> dict[str, Any]:
     """A transformers image processor's preprocessor_config.json in PreprocessConfig's terms (vitexport.preprocess.hf:
     exactly, or refused in one line naming the key)."""
@@ -226,6 +244,16 @@ def _from_hugging_face(path: Path, size: int | None) -> dict[str, Any]:
         return from_hf_processor(d, input_size=size).to_dict()
     except ArtifactError as e:
         raise ArtifactError(f"{path.name}: {e}") from None
+
+
+def _class_names(labels: str | Path | None, hub: HubConfig | None, width: int) -> tuple[str, ...] | None:
+    """--labels, else config.json's id2label; config.json must agree with the graph on the number of classes even
+    when --labels overrides its names (a config.json that disagrees belongs to another model)."""
+    if hub is not None and hub.labels is not None and len(hub.labels) != width:
+        raise ArtifactError(f"{hub.path} names {len(hub.labels)} classes (id2label); the graph has {width} outputs")
+    if labels is not None:
+        return read_labels(labels, width)
+    return hub.labels if hub is not None else None
 
 
 def read_labels(path: str | Path, classes: int) -> tuple[str, ...]:

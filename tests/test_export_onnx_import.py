@@ -30,10 +30,11 @@ runner = CliRunner()
 VITEXPORT = [sys.executable, "-m", "vitexport.cli"]
 
 
-def _copy(source, folder):
-    """A fresh copy, without the sidecar an earlier test's import wrote beside the fixture's file."""
+def _copy(source, folder, companions: bool = True):
+    """A fresh copy, without the sidecar an earlier test's import wrote beside the fixture's file; `companions`: with
+    the JSON files beside it (import reads a preprocessor_config.json and config.json it finds there)."""
     (folder / source.name).write_bytes(source.read_bytes())
-    for extra in source.parent.glob("*.json"):
+    for extra in source.parent.glob("*.json") if companions else ():
         if not extra.name.endswith(".onnx.json"):
             (folder / extra.name).write_bytes(extra.read_bytes())
     return folder / source.name
@@ -112,9 +113,8 @@ def test_torchscript_export_keeps_its_names_and_reads_hugging_face_preprocessing
 def test_an_imported_model_is_optimized_and_gated(torchscript_vit, digits, tmp_path):
     flags = PreprocessFlags(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0)  # as the digits ViT trained
     (tmp_path / "digits.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
-    source = import_onnx(
-        _copy(torchscript_vit[1], tmp_path), flags=flags, name="my_vit", labels=tmp_path / "digits.txt"
-    )
+    path = _copy(torchscript_vit[1], tmp_path, companions=False)  # the flags alone say the preprocessing
+    source = import_onnx(path, flags=flags, name="my_vit", labels=tmp_path / "digits.txt")
     output = tmp_path / "int8.onnx"
     variant = optimize(source, runtime=Runtime.onnxruntime, precision=Precision.int8, images=digits.test, output=output)
     assert variant.validation["passed"] and variant.quant_method == "dynamic"

@@ -5,7 +5,7 @@ The Python API, `import vitexport as vx`:
     vx.list_models(), vx.get_spec(name)        registered models: names, sizes, preprocessing
     vx.create_model(name, num_classes=...)     a torch.nn.Module in eval mode
     vx.export_onnx(name, "m.onnx")             exported, checked, validated: a ModelArtifact, its sidecar beside it
-    vx.import_onnx(path), vx.load_artifact(p)  an ONNX from elsewhere; an artifact read back from disk
+    vx.import_onnx(path), vx.load_artifact(p)  an ONNX (or Optimum's folder) from elsewhere; an artifact from disk
     vx.optimize(artifact, runtime=, precision=, calibration=)   a variant, behind its accuracy gate
     vx.deploy(model_or_onnx, repo=)            every CPU candidate gated and timed, the fastest served: a Deployment
     vx.add_to_repository(repo, artifact)       a model and its <name>_image ensemble in a Triton repository

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from vitexport.export.fp16 import IOType
 from vitexport.export.fusion import Fusion
 from vitexport.export.options import Attention, Heads, Runtime
 from vitexport.export.quantize import QuantMethod
+
+if TYPE_CHECKING:
+    from vitexport.preprocess import PreprocessConfig
 
 Checkpoint = Annotated[Path | None, typer.Option(help="timm, official release or Hugging Face weights.")]
 
@@ -189,26 +192,35 @@ def trt(
 
 def import_(
     onnx_file: Annotated[
-        Path, typer.Argument(metavar="FILE.onnx", help="An ONNX image model vitexport did not write.")
+        Path,
+        typer.Argument(
+            metavar="FILE.onnx|DIR",
+            help="An ONNX image model vitexport did not write, or the folder Optimum's export wrote (model.onnx, "
+            "config.json, preprocessor_config.json).",
+        ),
     ],
     name: Annotated[
-        str | None, typer.Option(help="The model's name in later stages [default: the file's stem].")
+        str | None,
+        typer.Option(help="The model's name in later stages [default: the file's stem; model.onnx: its folder's]."),
     ] = None,
     preprocess_config: Annotated[
-        Path | None, typer.Option(help="A Hugging Face preprocessor_config.json with the model's preprocessing.")
+        Path | None, typer.Option(help="A Hugging Face preprocessor_config.json [default: the one beside the ONNX].")
     ] = None,
     mean: Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
     size: Annotated[int | None, typer.Option(help="Input side in pixels [default: the graph's].")] = None,
     crop_pct: Annotated[float | None, typer.Option(help="Center-crop fraction [default: 0.875].")] = None,
     interpolation: Annotated[str | None, typer.Option(help="bicubic or bilinear [default: bicubic].")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Class names, one per line, in output order.")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Class names, one per line, in output order [default: config.json's id2label].")
+    ] = None,
     output: Annotated[str | None, typer.Option(help="The output to use when there are several.")] = None,
     embeddings: Annotated[bool, typer.Option(help="The output is an embedding (N x D), not class logits.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Make an ONNX image classifier (or embedding model) from elsewhere an artifact: check it, record its
-    preprocessing, labels and tensor names in a sidecar; then optimize, validate, repo and bench take it."""
+    preprocessing, labels and tensor names in a sidecar; then optimize, validate, repo and bench take it. Optimum's
+    folder imports with no flags: preprocessing, labels and head come from the Hugging Face files beside the graph."""
     with user_errors():
         from vitexport.export.onnx_import import PreprocessFlags, import_onnx, parse_floats
 
@@ -229,9 +241,20 @@ def import_(
     rows = [
         ["input", f"{artifact.input_name}: {artifact.batch_size or 'N'} x 3 x {p.input_size} x {p.input_size}"],
         ["output", f"{artifact.output_names[0]}: {artifact.task}, {artifact.num_classes} values"],
-        ["preprocess", f"mean {list(p.mean)}, std {list(p.std)}, crop {p.crop_pct:g}, {p.interpolation}"],
+        ["preprocess", _preprocessing(artifact.preprocess)],
         ["family", f"{artifact.family} (INT8 recipes follow it)"],
         ["labels", f"{len(artifact.labels)} names" if artifact.labels else "none (class indices)"],
     ]
     print_table(f"imported {artifact.model}", ["", ""], rows)
     typer.echo(str(artifact.sidecar))
+
+
+def _preprocessing(p: PreprocessConfig) -> str:
+    """The resize, crop and normalisation an imported model's preprocessing does, in one line."""
+    if isinstance(p.resize, tuple):
+        resize = f"resize to {p.resize[0]} x {p.resize[1]}"
+    else:
+        resize = f"short side to {p.resize_short}"
+    crop = f", crop {p.input_size}" if p.crop else ""
+    order = ", BGR" if p.channel_order == "BGR" else ""
+    return f"{resize}{crop} ({p.interpolation}), mean {list(p.mean)}, std {list(p.std)}{order}"
