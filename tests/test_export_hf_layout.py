@@ -169,3 +169,14 @@ def test_a_bare_model_with_a_pooled_output_imports_as_embeddings(transformers, t
         32,
         None,
     )
+
+
+def test_deploy_takes_the_imported_folder_for_its_graph(folder, tmp_path):
+    """`vitexport deploy out/` after `vitexport import out/`: the folder stands for its model.onnx, anything else for
+    itself (a registered name, a file, a folder without the graph)."""
+    from vitexport.pipeline import check_deploy, model_in_folder
+
+    import_onnx(folder)
+    assert model_in_folder(folder) == folder / "model.onnx"
+    assert model_in_folder("deit_tiny") == "deit_tiny" and model_in_folder(tmp_path) == tmp_path
+    check_deploy(folder)  # no "unknown model" for the folder

@@ -251,10 +251,12 @@ def deploy(
     from vitexport.serving.repository import add_model
 
     chosen_names = check_deploy(model_or_onnx, calibration=calibration, images=images, runtimes=runtimes)
-    source_name = str(model_or_onnx)
+    source_name = str(model_in_folder(model_or_onnx))
     calibration, images, note = default_calibration(calibration, images)
-    # The export and the candidates go to one working folder, never into the current directory.
-    folder = Path(workdir) if workdir is not None else Path("deploy") / (name or Path(source_name).stem)
+    # The export and the candidates go to one working folder, never into the current directory; an imported Hugging
+    # Face folder's `model.onnx` is named after its folder, as `import` names it.
+    stem = Path(model_or_onnx).name if source_name != str(model_or_onnx) else Path(source_name).stem
+    folder = Path(workdir) if workdir is not None else Path("deploy") / (name or stem)
     folder.mkdir(parents=True, exist_ok=True)
     source = export_or_load(source_name, folder, checkpoint=checkpoint, progress=progress)
     candidates = deploy_candidates(
@@ -283,11 +285,20 @@ def check_deploy(
     for what, given in (("--calibration", calibration), ("--images", images)):
         if given is not None and not Path(given).is_dir():
             raise VitExportError(f"{what} {given} is not a folder of images")
-    if not looks_like_a_file(str(model_or_onnx)):
+    if not looks_like_a_file(str(model_in_folder(model_or_onnx))):
         from vitexport.models import get_spec
 
         get_spec(str(model_or_onnx))  # an unknown name: one line with suggestions
     return candidates
+
+
+def model_in_folder(model_or_onnx: str | Path) -> str | Path:
+    """A folder Optimum or `save_pretrained` left (imported with `vitexport import DIR`) stands for its `model.onnx`;
+    anything else is itself."""
+    from vitexport.export.hf_layout import MODEL_FILE
+
+    given = Path(model_or_onnx)
+    return given / MODEL_FILE if given.is_dir() and (given / MODEL_FILE).is_file() else model_or_onnx
 
 
 def _candidates(runtimes: str | Sequence[str | Variant | tuple] | None) -> tuple[Variant, ...]:
