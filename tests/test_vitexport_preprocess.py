@@ -321,6 +321,22 @@ def test_only_a_torchvision_config_imports_torch():
     assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
 
 
+def test_without_torchvision_a_torchvision_config_is_one_line():
+    script = (
+        "import sys; sys.modules['torchvision'] = None\n"  # as if not installed
+        "from vitexport.preprocess import from_hf_processor, preprocess_image\n"
+        "from vitexport.errors import VitExportError\n"
+        "vit = {'image_processor_type': 'ViTImageProcessorFast', 'size': {'height': 32, 'width': 32}}\n"
+        "try:\n"
+        "    preprocess_image(__import__('PIL.Image').Image.new('RGB', (40, 30)), from_hf_processor(vit))\n"
+        "except VitExportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.startswith("this model's preprocessing is transformers' torchvision processors'"), out.stdout
+    assert out.stdout.count("\n") == 1 and "needs torch and torchvision: " in out.stdout
+
+
 # -- timm ------------------------------------------------------------------------------------------------------------
 
 # Where the registry follows the checkpoint's own release rather than timm's pretrained_cfg (crop_pct 0.9): the DeiT

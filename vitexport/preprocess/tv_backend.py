@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vitexport.errors import ArtifactError, first_line
 from vitexport.preprocess.config import PreprocessConfig
 
 if TYPE_CHECKING:
@@ -45,11 +46,16 @@ def declare_torchvision_ops() -> None:
 def load(threads: int | None = None) -> Any:
     """torchvision.transforms.v2.functional, imported (torch with it); `threads` sets torch's intra-op threads (the
     served preprocessing model asks for 1: its parallelism is Triton's instances, as with Pillow)."""
-    import torch
+    try:
+        import torch
 
-    declare_torchvision_ops()
-    from torchvision.transforms.v2 import functional
-
+        declare_torchvision_ops()
+        from torchvision.transforms.v2 import functional
+    except ImportError as e:  # torchvision is installed apart (scripts/setup.sh): say what is missing, in one line
+        raise ArtifactError(
+            f"this model's preprocessing is transformers' torchvision processors' (resize_backend torchvision) and "
+            f"needs torch and torchvision: {first_line(e)}"
+        ) from None
     if threads is not None:
         torch.set_num_threads(threads)
     return functional
