@@ -126,6 +126,34 @@ def test_preprocessing_fails_only_the_request_that_holds_a_bad_image(backend_uti
     assert responses[3].output_tensors[0].array.shape == (2, 3, 64, 64)
 
 
+def test_a_torchvision_preprocessing_is_served_with_the_same_function(backend_utils):
+    """A transformers torchvision processor's config (resize_backend torchvision): the served model loads torch at
+    initialize, one thread, and answers preprocess_image's pixels (which equal transformers', tests/
+    test_vitexport_preprocess.py), one thread or many."""
+    import torch
+
+    from vitexport.preprocess import from_hf_processor, preprocess_image
+
+    d = {"image_processor_type": "DeiTImageProcessorFast", "size": {"height": 70, "width": 61}, "crop_size": 64}
+    cfg = from_hf_processor(d)
+    config = {
+        "parameters": {"preprocess": {"string_value": json.dumps(cfg.to_dict())}},
+        "output": [{"name": "pixel_values"}],
+    }
+    threads = torch.get_num_threads()
+    try:
+        model = load_model(PREPROCESS_MODEL, config)
+        assert model.cfg.resize_backend == "torchvision" and torch.get_num_threads() == 1
+        images = [png(3), png(4)]
+        [response] = answer(model, [{"image": _Tensor("image", np.array([[b] for b in images], dtype=np.object_))}])
+    finally:
+        torch.set_num_threads(threads)
+    expected = np.stack([preprocess_image(b, cfg) for b in images])  # this process's threads
+    np.testing.assert_array_equal(response.output_tensors[0].array, expected)
+    pillow = preprocess_image(images[0], from_hf_processor(d, backend="pil"))
+    assert not np.array_equal(expected[0], pillow)  # the backend is served, not Pillow's pixels
+
+
 def strip_png(width: int = 20_000) -> bytes:
     """A real width x 1 PNG: tiny, under every decoded-size limit, huge after a short-side resize."""
     buf = io.BytesIO()

@@ -6,25 +6,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_libraries: list = []  # keeps the declared op library (and its definitions) alive for the process
+# Defined with the torchvision preprocessing backend, the one runtime user of torchvision (a lower layer).
+from vitexport.preprocess.tv_backend import declare_torchvision_ops
 
-
-def declare_torchvision_ops() -> None:
-    """Let torchvision's Python code import with a CPU-only torch.
-
-    The only torchvision wheel that pairs with torch 2.13 on PyPI is a CUDA build whose C++ extension cannot load
-    here; its Python side then fails registering fake kernels for `torchvision::nms`/`qnms`, ops the extension
-    would have defined. Declaring those two schemas (never called by any classification model) lets timm and
-    transformers import the real torchvision modules they use for layers, none of which touch the extension.
-    """
-    import torch
-
-    if hasattr(torch.ops.torchvision, "nms"):
-        return
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _libraries.append(lib)
+__all__ = ["declare_torchvision_ops", "import_timm"]
 
 
 def import_timm() -> ModuleType:

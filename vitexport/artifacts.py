@@ -23,7 +23,8 @@ from vitexport.tasks import TASKS
 from vitexport.tasks.base import PIXELS
 
 # The sidecar's layout, written into every sidecar. 1: sidecars without the field (vitexport 0.1); 2: the field;
-# 3: the preprocessing may carry resize, crop, crop_rounding, rescale and channel_order (an old reader drops them).
+# 3: the preprocessing may carry resize, crop, crop_rounding, rescale, channel_order and resize_backend (an old
+# reader drops them).
 # A reader refuses a sidecar from a newer layout: it would drop fields it does not know and serve the rest.
 SCHEMA_VERSION = 3
 

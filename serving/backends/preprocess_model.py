@@ -1,6 +1,7 @@
 """Triton Python-backend preprocessing: encoded image bytes -> pixel_values, with vitexport's own
-`preprocess_image`, so served images get exactly the pixels that the CLI and the accuracy gate use. For a detector
-(the config's preprocessing has `shortest_edge`), `preprocess_detection` -> pixel_values, pixel_mask and the
+`preprocess_image`, so served images get exactly the pixels that the CLI and the accuracy gate use (with torch and
+torchvision only where the config's resize_backend is torchvision: transformers' torchvision processors). For a
+detector (the config's preprocessing has `shortest_edge`), `preprocess_detection` -> pixel_values, pixel_mask and the
 original (height, width), in the order of the config's outputs. Each request is checked against the config's
 `RequestLimits` (encoded bytes per image and per request, decoded pixels per request, from the images' headers)
 before any of its images is decoded."""
@@ -28,6 +29,12 @@ class TritonPythonModel:
         self.output_names = [o["name"] for o in config["output"]]
         parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
         self.limits = RequestLimits.from_parameters(parameters)
+        if self.cfg.resize_backend == "torchvision":
+            # torch loads now, not on the first request (Pillow configs never load it); one thread, as Pillow's
+            # resize: the parallelism is Triton's instances, and torch's pool would oversubscribe the cores
+            from vitexport.preprocess import tv_backend
+
+            tv_backend.load(threads=1)
 
     def _admit(self, request: Any) -> tuple[int, list[bytes] | Exception]:
         """(pixels, the images) of a request within the limits, from the images' headers; (-1, the error) else."""

@@ -2,8 +2,8 @@
 
 One description covers timm's eval transform (our registered models, `timm_cfg.from_timm_cfg`) and transformers'
 image processors (`hf.from_hf_processor`): resize (short side, or to a fixed height x width), centre crop or none,
-resample filter, rescale factor, mean/std, channel order. Its defaults are timm's, so every sidecar written before
-the other fields existed still means what it meant.
+resample filter and whose kernels (Pillow's or torchvision's), rescale factor, mean/std, channel order. Its defaults
+are timm's, so every sidecar written before the other fields existed still means what it meant.
 """
 
 from __future__ import annotations
@@ -24,9 +24,15 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 INTERPOLATIONS = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
 DEFAULT_RESCALE = 1 / 255
 # Where the centre crop's offset (resized - crop) / 2 is rounded: timm and torchvision round (half to even, Python's
-# round), transformers' image processors floor. Only odd differences tell them apart, and then by one pixel.
-CROP_ROUNDINGS = ("round", "floor")
+# round), transformers' Pillow processors floor, its torchvision processors truncate (toward zero: floor, except where
+# the crop is over the resize, padded). Only odd differences tell them apart, and then by one pixel.
+CROP_ROUNDINGS = ("round", "floor", "trunc")
 CHANNEL_ORDERS = ("RGB", "BGR")  # BGR: MobileViT's processor flips the channels (do_flip_channel_order)
+# Whose kernels resize: Pillow's (timm, transformers' Pillow processors) or torchvision's on a uint8 tensor, with
+# antialiasing (transformers' torchvision processors: 4's `...Fast`, 5's default; vitexport.preprocess.tv_backend).
+# The two differ by a few levels of 255 on some pixels: the same geometry is not the same pixels.
+RESIZE_BACKENDS = ("pil", "torchvision")
+TORCHVISION_FILTERS = ("nearest", "lanczos", "bilinear", "bicubic")  # torchvision resizes a tensor with no box/hamming
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,8 @@ class PreprocessConfig:
     in RGB order), then the channel order. The resize: `resize` None is timm's (short side to
     floor(S / crop_pct), long side in proportion); an int, the short side to that; (height, width), exactly that
     size, aspect ratio not kept. Without the crop, the resize must make S x S. crop_pct only counts when `resize` is
-    None.
+    None. `resize_backend` "torchvision" does all of it as transformers' torchvision processors do (torch's
+    antialiased kernels on the uint8 image, their fused rescale and normalisation), "pil" with Pillow and numpy.
 
     Detectors (`shortest_edge` set) instead keep the whole image: DETR's evaluation resize (shorter side to
     `shortest_edge`, longer side at most `longest_edge`), scaled down further to fit the input_size x input_size
@@ -56,6 +63,7 @@ class PreprocessConfig:
     crop_rounding: str = "round"
     rescale: float = DEFAULT_RESCALE
     channel_order: str = "RGB"
+    resize_backend: str = "pil"
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -104,6 +112,8 @@ class PreprocessConfig:
             later["rescale"] = float(d["rescale"])
         if "channel_order" in d:
             later["channel_order"] = str(d["channel_order"])
+        if "resize_backend" in d:
+            later["resize_backend"] = str(d["resize_backend"])
         return cls(
             input_size=int(d["input_size"]),
             mean=tuple(d["mean"]),
@@ -115,7 +125,7 @@ class PreprocessConfig:
         )
 
 
-NEW_FIELDS = ("resize", "crop", "crop_rounding", "rescale", "channel_order")
+NEW_FIELDS = ("resize", "crop", "crop_rounding", "rescale", "channel_order", "resize_backend")
 _DEFAULTS = {f.name: f.default for f in fields(PreprocessConfig)}
 
 
@@ -125,7 +135,11 @@ def _problem(cfg: PreprocessConfig) -> str | None:
     if cfg.interpolation not in INTERPOLATIONS:
         return f"interpolation must be one of {', '.join(INTERPOLATIONS)}, not {cfg.interpolation!r}"
     if cfg.crop_rounding not in CROP_ROUNDINGS:
-        return f"crop_rounding must be round or floor, not {cfg.crop_rounding!r}"
+        return f"crop_rounding must be one of {', '.join(CROP_ROUNDINGS)}, not {cfg.crop_rounding!r}"
+    if cfg.resize_backend not in RESIZE_BACKENDS:
+        return f"resize_backend must be pil or torchvision, not {cfg.resize_backend!r}"
+    if cfg.resize_backend == "torchvision" and cfg.interpolation not in TORCHVISION_FILTERS:
+        return f"torchvision resizes with {', '.join(TORCHVISION_FILTERS)}, not {cfg.interpolation}"
     if cfg.channel_order not in CHANNEL_ORDERS:
         return f"channel_order must be RGB or BGR, not {cfg.channel_order!r}"
     if not cfg.rescale > 0:
@@ -138,7 +152,7 @@ def _problem(cfg: PreprocessConfig) -> str | None:
     if not cfg.crop and cfg.resize != (S, S):
         return f"without a centre crop the resize must make the model's {S} x {S}, not {cfg.resize!r}"
     if cfg.crop and sides and min(sides) < S and cfg.crop_rounding == "round":
-        # Pillow's crop fills the outside with zeros where the offset is floored, as transformers' centre crop pads;
-        # torchvision's pads the other way on odd differences, and timm's crop_pct <= 1 never gets here.
+        # The crop fills the outside with zeros where the offset is floored or truncated, as transformers' centre crops
+        # pad; torchvision's own pads the other way on odd differences, and timm's crop_pct <= 1 never gets here.
         return f"a resize to {cfg.resize!r} is smaller than the {S} x {S} crop"
     return None

@@ -4,9 +4,12 @@ project serves: ViT (and Swin, which uses it), DeiT, BEiT, MobileViT, ConvNeXt a
 cannot express exactly (a non-square output, padding a classifier, an unknown filter or key) is refused in one line
 naming the key: an approximated preprocessing serves wrong answers that look right.
 
-The pixels are those of the processors' Pillow path (transformers 4's default processors; `...ImageProcessorPil` in
-transformers 5). Their torchvision path (4's `...Fast`, 5's default) resizes the same geometry with torch's
-antialiased kernels, which differ from Pillow's by one level of 255 on a fraction of a percent of the pixels.
+Each processor has two backends whose pixels differ by a few levels of 255 on some pixels: Pillow (transformers 4's
+`...ImageProcessor`, 5's `...ImageProcessorPil`) and torchvision (4's `...ImageProcessorFast`, 5's default
+`...ImageProcessor`; `resize_backend: torchvision`, vitexport.preprocess.tv_backend). The file does not always say
+which: transformers 5 writes the same `image_processor_type` for both, and a few keys mean other pixels in 4 and 5.
+So a file is read as transformers 4 (the version Optimum runs) loads it, unless the caller names the backend, as
+transformers 5's `AutoImageProcessor.from_pretrained(path, backend=...)` does; what neither settles is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitexport.errors import ArtifactError
-from vitexport.preprocess.config import DEFAULT_RESCALE, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, PreprocessConfig
+from vitexport.preprocess.config import (
+    DEFAULT_RESCALE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTERPOLATIONS,
+    RESIZE_BACKENDS,
+    TORCHVISION_FILTERS,
+    PreprocessConfig,
+)
 
 STANDARD = (0.5, 0.5, 0.5)  # transformers' IMAGENET_STANDARD_MEAN and _STD, most processors' defaults
 
@@ -24,10 +35,10 @@ STANDARD = (0.5, 0.5, 0.5)  # transformers' IMAGENET_STANDARD_MEAN and _STD, mos
 class _Processor:
     """What one processor class does where its preprocessor_config.json says nothing (its class defaults)."""
 
-    resample: int
+    resample: int | None  # None: the default differs between transformers 4 and 5, so the file must say
     mean: tuple[float, float, float] = STANDARD
     std: tuple[float, float, float] = STANDARD
-    center_crop: bool = False  # do_center_crop's default
+    center_crop: bool | None = False  # do_center_crop's default (None: it differs between transformers 4 and 5)
     square_int: bool = True  # an int `size` is height = width (get_size_dict's default_to_square), else shortest edge
     keys: frozenset[str] = frozenset()  # the keys this class reads besides COMMON
 
@@ -35,19 +46,25 @@ class _Processor:
 PROCESSORS = {
     "ViTImageProcessor": _Processor(resample=2),
     "DeiTImageProcessor": _Processor(resample=3, center_crop=True),
-    "BeitImageProcessor": _Processor(resample=3, keys=frozenset({"do_reduce_labels", "reduce_labels"})),
+    # transformers 4's Pillow BEiT crops by default, its Fast one and 5's do not; 4's MobileViT and ConvNeXt resample
+    # bilinear by default, 5's bicubic. save_pretrained writes both keys; a file without them is refused.
+    "BeitImageProcessor": _Processor(
+        resample=3, center_crop=None, keys=frozenset({"do_reduce_labels", "reduce_labels"})
+    ),
     "MobileViTImageProcessor": _Processor(
-        resample=3,
+        resample=None,
         center_crop=True,
         square_int=False,
         keys=frozenset({"do_flip_channel_order", "do_reduce_labels", "reduce_labels"}),
     ),
-    "ConvNextImageProcessor": _Processor(resample=3, square_int=False, keys=frozenset({"crop_pct"})),
+    "ConvNextImageProcessor": _Processor(resample=None, square_int=False, keys=frozenset({"crop_pct"})),
     "DetrImageProcessor": _Processor(
         resample=2,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        keys=frozenset({"do_pad", "pad_size", "max_size", "format", "do_convert_annotations"}),
+        keys=frozenset(
+            {"do_pad", "pad_size", "max_size", "format", "do_convert_annotations", "return_segmentation_masks"}
+        ),
     ),
 }
 COMMON = {
@@ -83,16 +100,25 @@ IRRELEVANT = {
 CONVNEXT_WARP = 384  # ConvNextImageProcessor: a shortest_edge this size or over is a warp to a square, no crop
 
 
-def from_hf_processor(d: dict[str, Any], *, input_size: int | None = None) -> PreprocessConfig:
+def from_hf_processor(
+    d: dict[str, Any], *, input_size: int | None = None, backend: str | None = None
+) -> PreprocessConfig:
     """A preprocessor_config.json's dict -> the PreprocessConfig that gives the same pixels; `input_size`, the model's
-    S when known, must be what the processor makes. ArtifactError, one line naming the key, for anything else."""
-    kind = d.get("image_processor_type") or str(d.get("feature_extractor_type") or "")
-    name = str(kind).replace("FeatureExtractor", "ImageProcessor").removesuffix("Fast").removesuffix("Pil")
+    S when known, must be what the processor makes. Without `backend`, the pixels of the processor transformers 4
+    (what Optimum runs) loads from the file: `...Fast` torchvision, else Pillow; with it ("pil" or "torchvision"), those
+    of transformers 5's `AutoImageProcessor.from_pretrained(path, backend=backend)` (5 writes the same type for both,
+    and loads torchvision by default). ArtifactError, one line naming the key, for anything else."""
+    kind = str(d.get("image_processor_type") or d.get("feature_extractor_type") or "")
+    name = kind.replace("FeatureExtractor", "ImageProcessor").removesuffix("Fast").removesuffix("Pil")
     processor = PROCESSORS.get(name)
     if processor is None:
         raise ArtifactError(
             f"image_processor_type {kind or None!r} is not one vitexport maps ({', '.join(PROCESSORS)})"
         )
+    if backend is not None and backend not in RESIZE_BACKENDS:
+        raise ArtifactError(f"backend: {backend!r} is not pil or torchvision")
+    if backend is None and kind.endswith("Pil"):  # a transformers 5 class name: read as 5 reads it
+        backend = "pil"
     given = {k: v for k, v in d.items() if v is not None}  # transformers reads null as the class default
     unknown = sorted(set(given) - COMMON - IRRELEVANT - processor.keys)
     if unknown:
@@ -101,21 +127,53 @@ def from_hf_processor(d: dict[str, Any], *, input_size: int | None = None) -> Pr
         raise ArtifactError("do_resize: false: the model's input would take each photograph's own size")
     if given.get("data_format", "channels_first") != "channels_first":
         raise ArtifactError(f"data_format: {given['data_format']!r}: the model takes channels first")
-    pixels = _pixels(given, processor, name)
+    resize_backend = backend or ("torchvision" if kind.endswith("Fast") else "pil")
+    pixels = _pixels(given, processor, name) | {"resize_backend": resize_backend}
+    if resize_backend == "torchvision" and pixels["interpolation"] not in TORCHVISION_FILTERS:
+        raise ArtifactError(
+            f"resample: {INTERPOLATIONS.index(pixels['interpolation'])} ({pixels['interpolation']}): "
+            "torchvision cannot resize with it"
+        )
     if name == "DetrImageProcessor":
         return _detection(given, pixels, input_size)
     if given.get("do_pad"):
         raise ArtifactError("do_pad: true: padding a classifier's images to the batch's largest changes its pixels")
+    if backend is None and resize_backend == "pil":
+        _transformers_4_pillow(given, name)
     if name == "ConvNextImageProcessor":
         resize, crop = _convnext(given)
     else:
         resize, crop = _resize(given, processor), _crop(given, processor)
-    return _classifier(resize, crop, pixels, input_size)
+    # The crop's offsets: Pillow processors floor them; torchvision ones truncate (transformers' own centre crop),
+    # but transformers 4's ConvNextImageProcessorFast calls torchvision's center_crop, which rounds them.
+    rounding = "floor" if resize_backend == "pil" else "trunc"
+    if name == "ConvNextImageProcessor" and resize_backend == "torchvision" and backend is None:
+        rounding = "round"
+    return _classifier(resize, crop, pixels | {"crop_rounding": rounding}, input_size)
+
+
+def _transformers_4_pillow(given: dict[str, Any], name: str) -> None:
+    """What transformers 4's Pillow ViT, DeiT and BEiT processors do otherwise than 5's: their resize takes
+    {height, width} only (a shortest edge fails there), and ViT's ignores do_center_crop (5's crops)."""
+    if name not in ("ViTImageProcessor", "DeiTImageProcessor", "BeitImageProcessor"):
+        return
+    if isinstance(given.get("size"), dict) and "shortest_edge" in given["size"]:
+        raise ArtifactError(
+            f"size: {given['size']!r}: transformers 4's {name} takes {{height, width}} only "
+            "(transformers 5's does: give the backend to read the file as 5 does)"
+        )
+    if name == "ViTImageProcessor" and given.get("do_center_crop"):
+        raise ArtifactError(
+            "do_center_crop: true: transformers 4's ViTImageProcessor ignores it, 5's crops "
+            "(give the backend to read the file as 5 does)"
+        )
 
 
 def _pixels(given: dict[str, Any], processor: _Processor, name: str) -> dict[str, Any]:
     """The filter, rescale factor, mean/std and channel order, as PreprocessConfig's keyword arguments."""
     resample = given.get("resample", processor.resample)
+    if resample is None:
+        raise ArtifactError(f"resample: missing, and {name}'s default is bilinear in transformers 4, bicubic in 5")
     if not isinstance(resample, int) or isinstance(resample, bool) or not 0 <= resample < len(INTERPOLATIONS):
         raise ArtifactError(f"resample: {resample!r} is not one of Pillow's filters (0 to 5)")
     rescale = DEFAULT_RESCALE
@@ -182,7 +240,10 @@ def _resize(given: dict[str, Any], processor: _Processor) -> int | tuple[int, in
 
 def _crop(given: dict[str, Any], processor: _Processor) -> int | None:
     """The centre crop's side, None for no crop; a non-square crop is refused (the served input is S x S)."""
-    if not given.get("do_center_crop", processor.center_crop):
+    crop = given.get("do_center_crop", processor.center_crop)
+    if crop is None:
+        raise ArtifactError("do_center_crop: missing, and its default is to crop in transformers 4, not in 5")
+    if not crop:
         return None
     if "crop_size" not in given:
         raise ArtifactError("crop_size: missing while do_center_crop is true (vitexport does not guess it)")
@@ -225,9 +286,7 @@ def _classifier(
     smallest = min(resize) if isinstance(resize, tuple) else resize  # under the crop: zeros around, as transformers
     if input_size is not None and side != input_size:
         raise ArtifactError(f"size: the processor makes {side} x {side} images; the model takes {input_size}")
-    return PreprocessConfig(
-        side, crop_pct=min(1.0, side / smallest), resize=resize, crop=crop is not None, crop_rounding="floor", **pixels
-    )
+    return PreprocessConfig(side, crop_pct=min(1.0, side / smallest), resize=resize, crop=crop is not None, **pixels)
 
 
 def _detection(given: dict[str, Any], pixels: dict[str, Any], input_size: int | None) -> PreprocessConfig:

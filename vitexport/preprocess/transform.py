@@ -32,6 +32,10 @@ def preprocess_image(image: ImageSource, cfg: PreprocessConfig) -> np.ndarray:
     decoded = _decode(image)
     w, h = decoded.size
     new_w, new_h = resized_size(w, h, cfg)
+    if cfg.resize_backend == "torchvision":  # torch is imported for these configs only
+        from vitexport.preprocess import tv_backend
+
+        return tv_backend.pixels(decoded, (new_w, new_h), crop_box(new_w, new_h, cfg) if cfg.crop else None, cfg)
     resized = decoded.resize((new_w, new_h), _resample(cfg.interpolation))
     cropped = resized.crop(crop_box(new_w, new_h, cfg)) if cfg.crop else resized
     import numpy as np
@@ -58,10 +62,12 @@ def resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, i
 
 def crop_box(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the S x S centre crop of a width x height resized image, its offsets rounded as
-    the config says (timm rounds half to even, transformers floors)."""
+    the config says (timm rounds half to even, transformers' Pillow processors floor, its torchvision ones truncate)."""
     size = cfg.input_size
     if cfg.crop_rounding == "floor":
         left, top = (width - size) // 2, (height - size) // 2
+    elif cfg.crop_rounding == "trunc":
+        left, top = int((width - size) / 2), int((height - size) / 2)
     else:
         left, top = round((width - size) / 2), round((height - size) / 2)
     return left, top, left + size, top + size
@@ -121,6 +127,10 @@ def preprocess_detection(image: ImageSource, cfg: PreprocessConfig) -> Detection
     decoded = _decode(image)
     w, h = decoded.size
     oh, ow = detection_size(h, w, cfg)
+    if cfg.resize_backend == "torchvision":  # torch is imported for these configs only
+        from vitexport.preprocess import tv_backend
+
+        return DetectionInput(*tv_backend.detection_canvas(decoded, (ow, oh), cfg), (h, w))
     resized = _normalised(decoded.resize((ow, oh), _resample(cfg.interpolation)), cfg)
     S = cfg.input_size
     pixels = np.zeros((3, S, S), np.float32)
