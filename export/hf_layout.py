@@ -10,6 +10,7 @@ distilled `*WithTeacher` too: the mean of its two heads), `last_hidden_state` an
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ class HubConfig:
     architecture: str | None
     labels: tuple[str, ...] | None  # id2label in index order; None for a head that has no classes
     num_channels: int | None
+    transformers_major: int | None  # of `transformers_version`: which transformers wrote the folder
+
+    @property
+    def processor_backend(self) -> str | None:
+        """The resize backend the transformers that wrote the folder loads its processor with: 5 loads torchvision
+        for every type (and writes the same type for both), 4 decides by the type's name (None: from the file)."""
+        return "torchvision" if self.transformers_major is not None and self.transformers_major >= 5 else None
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,9 @@ def read_hub_config(path: Path) -> HubConfig:
     classifier = architecture is not None and architecture.endswith(CLASSIFIER_HEADS)
     labels = _labels(path, d.get("id2label")) if classifier and d.get("id2label") else None
     channels = d.get("num_channels")
-    return HubConfig(path, architecture, labels, channels if isinstance(channels, int) else None)
+    version = re.match(r"(\d+)\.", str(d.get("transformers_version", "")))
+    major = int(version[1]) if version else None
+    return HubConfig(path, architecture, labels, channels if isinstance(channels, int) else None, major)
 
 
 def _labels(path: Path, id2label: Any) -> tuple[str, ...]:

@@ -52,11 +52,14 @@ def import_onnx(
     labels: str | Path | None = None,
     output: str | None = None,
     embeddings: bool = False,
+    hf_backend: str | None = None,
 ) -> ModelArtifact:
     """Check `path` is an image model, work out its preprocessing, write its sidecar; the artifact.
 
     `output` names the output to use when the graph has several (default: the only one, or `logits`);
-    `embeddings` says it is a pooled embedding, not class logits."""
+    `embeddings` says it is a pooled embedding, not class logits. `hf_backend` ("pil" or "torchvision"): the
+    image processor's backend, as transformers 5's `AutoImageProcessor.from_pretrained(..., backend=)`; default: the
+    one the transformers that wrote the folder (config.json's `transformers_version`) loads."""
     import onnx
 
     layout = find_layout(Path(path))
@@ -75,7 +78,10 @@ def import_onnx(
         embeddings, output = said.embeddings, output or said.output
     output_name, width = _output(model, path, output)
     metadata = {p.key: p.value for p in model.metadata_props}
-    preprocess = _preprocess(metadata, preprocess_config or layout.preprocessor_config, flags, size, path)
+    backend = hf_backend or (hub.processor_backend if hub is not None else None)
+    preprocess = _preprocess(
+        metadata, preprocess_config or layout.preprocessor_config, flags, size, path, (hf_backend, backend)
+    )
     class_names = _class_names(labels, hub, width)
     if embeddings and labels is not None:
         raise ArtifactError("--labels names classes; an embeddings output has none")
@@ -187,7 +193,12 @@ def _output(model: onnx.ModelProto, path: Path, wanted: str | None) -> tuple[str
 
 
 def _preprocess(
-    metadata: dict[str, str], config: str | Path | None, flags: PreprocessFlags, size: int | None, path: Path
+    metadata: dict[str, str],
+    config: str | Path | None,
+    flags: PreprocessFlags,
+    size: int | None,
+    path: Path,
+    backend: tuple[str | None, str | None] = (None, None),
 ) -> PreprocessConfig:
     """The file's own vitexport metadata, else a Hugging Face preprocessor config, else the flags; the flags override
     whatever they name. The input size must agree with the graph's."""
@@ -195,7 +206,7 @@ def _preprocess(
     if "vitexport.preprocess" in metadata:
         found = json.loads(metadata["vitexport.preprocess"])
     if config is not None:  # the whole description: nothing of the metadata's may survive beside it
-        found = _from_hugging_face(Path(config), size)
+        found = _from_hugging_face(Path(config), size, backend)
         _check_overrides(found, flags, Path(config).name)
     said = {k: v for k, v in vars(flags).items() if v is not None}
     found |= {"input_size" if k == "size" else k: v for k, v in said.items()}
@@ -231,7 +242,7 @@ def _check_overrides(found: dict[str, Any], flags: PreprocessFlags, config: str)
         raise ArtifactError(f"--crop-pct, but {config} resizes to {found['resize']} itself: drop one of them")
 
 
-def _from_hugging_face(path: Path, size: int | None) -> dict[str, Any]:
+def _from_hugging_face(path: Path, size: int | None, backend: tuple[str | None, str | None]) -> dict[str, Any]:
     """A transformers image processor's preprocessor_config.json in PreprocessConfig's terms (vitexport.preprocess.hf:
     exactly, or refused in one line naming the key)."""
     try:
@@ -241,7 +252,11 @@ def _from_hugging_face(path: Path, size: int | None) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise ArtifactError(f"{path} is not an image processor's config (a JSON object)")
     try:
-        return from_hf_processor(d, input_size=size).to_dict()
+        # (the user's backend, the writer's default): a type named for its backend (...Fast, ...Pil) is loaded as such
+        # by transformers 4 and 5 alike; only a plain type follows the version that wrote the folder.
+        asked, default = backend
+        named = str(d.get("image_processor_type", "")).endswith(("Fast", "Pil"))
+        return from_hf_processor(d, input_size=size, backend=asked or (None if named else default)).to_dict()
     except ArtifactError as e:
         raise ArtifactError(f"{path.name}: {e}") from None
 

@@ -180,3 +180,20 @@ def test_deploy_takes_the_imported_folder_for_its_graph(folder, tmp_path):
     assert model_in_folder(folder) == folder / "model.onnx"
     assert model_in_folder("deit_tiny") == "deit_tiny" and model_in_folder(tmp_path) == tmp_path
     check_deploy(folder)  # no "unknown model" for the folder
+
+
+@pytest.mark.parametrize(
+    "written_by, kind, flag, backend",
+    [
+        ("5.25.0", "DeiTImageProcessor", None, "torchvision"),  # 5's AutoImageProcessor loads torchvision for it
+        ("4.57.6", "DeiTImageProcessor", None, "pil"),  # 4's (Optimum's) loads Pillow
+        ("4.57.6", "DeiTImageProcessorFast", None, "torchvision"),
+        ("5.25.0", "DeiTImageProcessorPil", None, "pil"),  # a type named for its backend is that backend
+        ("5.25.0", "DeiTImageProcessor", "pil", "pil"),  # --hf-backend, as AutoImageProcessor(backend=)
+        ("4.57.6", "DeiTImageProcessor", "torchvision", "torchvision"),
+    ],
+)
+def test_the_processor_backend_is_the_one_the_writing_transformers_loads(folder, written_by, kind, flag, backend):
+    _edit(folder / "config.json", transformers_version=written_by)
+    _edit(folder / "preprocessor_config.json", image_processor_type=kind)
+    assert import_onnx(folder, hf_backend=flag).preprocess.resize_backend == backend

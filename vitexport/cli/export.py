@@ -210,12 +210,21 @@ def import_(
     std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
     size: Annotated[int | None, typer.Option(help="Input side in pixels [default: the graph's].")] = None,
     crop_pct: Annotated[float | None, typer.Option(help="Center-crop fraction [default: 0.875].")] = None,
-    interpolation: Annotated[str | None, typer.Option(help="bicubic or bilinear [default: bicubic].")] = None,
+    interpolation: Annotated[
+        str | None, typer.Option(help="nearest, bilinear, bicubic, lanczos, box or hamming [default: bicubic].")
+    ] = None,
     labels: Annotated[
         Path | None, typer.Option(help="Class names, one per line, in output order [default: config.json's id2label].")
     ] = None,
     output: Annotated[str | None, typer.Option(help="The output to use when there are several.")] = None,
     embeddings: Annotated[bool, typer.Option(help="The output is an embedding (N x D), not class logits.")] = False,
+    hf_backend: Annotated[
+        str | None,
+        typer.Option(
+            help="pil or torchvision: the image processor's backend, as transformers 5's AutoImageProcessor(backend=) "
+            "[default: what the transformers named in config.json loads: 5 torchvision, 4 by the type's name]."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Make an ONNX image classifier (or embedding model) from elsewhere an artifact: check it, record its
@@ -233,6 +242,7 @@ def import_(
             labels=labels,
             output=output,
             embeddings=embeddings,
+            hf_backend=hf_backend,
         )
     if as_json:
         print_artifact_json(artifact)
