@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the ViT (AugReg) checkpoints normalise to [-1, 1]
 INCEPTION_STD = (0.5, 0.5, 0.5)
+
+# The fast path's reduced-size decode (a JPEG's DCT scaling, 1/2 to 1/8) and box pre-reduction (Pillow's
+# reducing_gap) stop at this many times the resize's output per side, so the final filter still sees at least two
+# source pixels per output pixel (bicubic's support when downscaling 2x) and the result stays within the fast path's
+# gate (the tasks' PREPROCESS budgets). Measured in docs/benchmarks.md, "The image path: what was tried".
+REDUCE_GAP = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,28 +104,60 @@ def _resample(name: str) -> int:
     return {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[name]
 
 
-def preprocess_image(image: ImageSource, cfg: PreprocessConfig) -> np.ndarray:
+def preprocess_image(image: ImageSource, cfg: PreprocessConfig, *, fast: bool = False) -> np.ndarray:
     """A PIL image, a path or encoded bytes -> float32 (3, S, S): resize the short side to S / crop_pct,
-    center crop S x S, scale to [0, 1], normalise by mean/std (timm's and torchvision's eval transform)."""
+    center crop S x S, scale to [0, 1], normalise by mean/std (timm's and torchvision's eval transform).
+
+    `fast`: a large JPEG is decoded at a reduced size (no smaller than REDUCE_GAP times the resize's output) and a
+    large image box-reduced to that before the final filter, and the pixels normalised straight into the (3, S, S)
+    array; the default, exact path is the reference it is gated against (`export.gate.preprocess_gate`)."""
     if cfg.detection:  # a center crop would cut objects off and no mask would say where the image is
         raise ImageError("this is a detector's preprocessing (resize onto a padded canvas), not a classifier's crop")
-    decoded = _decode(image)
     size = cfg.input_size
-    scale = math.floor(size / cfg.crop_pct)
-    w, h = decoded.size
-    # Short side to `scale`, long side in proportion (torchvision's Resize(int) rounding).
+    decoded, (w, h) = _decode(image, (lambda w, h: _short_side_size(w, h, cfg)) if fast else None)
+    new_w, new_h = _short_side_size(w, h, cfg)
+    resized = _resize(decoded, (new_w, new_h), _resample(cfg.interpolation), fast=fast)
+    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
+    cropped = resized.crop((left, top, left + size, top + size))
+    import numpy as np
+
+    if fast:
+        out = np.empty((3, size, size), np.float32)
+        _normalise_into(out, cropped, cfg)
+        return out
+    return np.ascontiguousarray(_normalised(cropped, cfg).transpose(2, 0, 1))  # -> (3, S, S)
+
+
+def _short_side_size(w: int, h: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """A classifier's resize: short side to `input_size / crop_pct`, long side in proportion (torchvision's
+    Resize(int) rounding), within MAX_RESIZED_PIXELS."""
+    scale = math.floor(cfg.input_size / cfg.crop_pct)
     new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
     if new_w * new_h > MAX_RESIZED_PIXELS:
         raise ImageError(
             f"image {w} x {h} would be resized to {new_w} x {new_h}, over the limit of {MAX_RESIZED_PIXELS} pixels "
             "(an aspect ratio this extreme is not a photograph)"
         )
-    resized = decoded.resize((new_w, new_h), _resample(cfg.interpolation))
-    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
-    cropped = resized.crop((left, top, left + size, top + size))
+    return new_w, new_h
+
+
+def _resize(image: Image.Image, size: tuple[int, int], resample: int, *, fast: bool) -> Image.Image:
+    """The final filter; fast: after a box reduction by whole factors down to REDUCE_GAP times `size` (Pillow's
+    reducing_gap: a 12 MP PNG is resized from ~1/5 of its pixels)."""
+    if image.size == size:
+        return image
+    return image.resize(size, resample, reducing_gap=REDUCE_GAP if fast else None)
+
+
+def _normalise_into(out: np.ndarray, image: Image.Image, cfg: PreprocessConfig) -> None:
+    """`out` (3, h, w) float32, a view of the model's input: image * (1 / (255 std)) - mean / std, per channel, with
+    no float (h, w, 3) intermediate and no transpose copy."""
     import numpy as np
 
-    return np.ascontiguousarray(_normalised(cropped, cfg).transpose(2, 0, 1))  # -> (3, S, S)
+    pixels = np.asarray(image)  # (h, w, 3) uint8
+    for c in range(3):
+        np.multiply(pixels[..., c], 1.0 / (255.0 * cfg.std[c]), out=out[c], dtype=np.float32)
+        out[c] -= np.float32(cfg.mean[c] / cfg.std[c])
 
 
 def _normalised(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
@@ -162,38 +200,59 @@ def detection_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int,
     return oh, ow
 
 
-def preprocess_detection(image: ImageSource, cfg: PreprocessConfig) -> DetectionInput:
+def preprocess_detection(image: ImageSource, cfg: PreprocessConfig, *, fast: bool = False) -> DetectionInput:
     """A PIL image, a path or encoded bytes -> a detector's input: the whole image resized (bilinear, as DETR's
     processor), normalised, placed top-left on the S x S canvas, and its mask (transformers' DetrImageProcessor with
-    pad_size S x S gives the same arrays)."""
+    pad_size S x S gives the same arrays). `fast`: as `preprocess_image`'s, normalised straight onto the canvas."""
     import numpy as np
     from PIL import Image
 
     if not cfg.detection:
         raise ImageError("this is a classifier's preprocessing (a center crop), not a detector's")
-    decoded = _decode(image)
-    w, h = decoded.size
-    oh, ow = detection_size(h, w, cfg)
-    resized = _normalised(decoded.resize((ow, oh), Image.Resampling.BILINEAR), cfg)
+
+    def output_size(w: int, h: int) -> tuple[int, int]:
+        oh, ow = detection_size(h, w, cfg)
+        return ow, oh
+
+    decoded, (w, h) = _decode(image, output_size if fast else None)
+    ow, oh = output_size(w, h)
+    resized = _resize(decoded, (ow, oh), Image.Resampling.BILINEAR, fast=fast)
     S = cfg.input_size
     pixels = np.zeros((3, S, S), np.float32)
-    pixels[:, :oh, :ow] = resized.transpose(2, 0, 1)
+    if fast:
+        _normalise_into(pixels[:, :oh, :ow], resized, cfg)
+    else:
+        pixels[:, :oh, :ow] = _normalised(resized, cfg).transpose(2, 0, 1)
     mask = np.zeros((S, S), np.int64)
     mask[:oh, :ow] = 1
     return DetectionInput(pixels, mask, (h, w))
 
 
-def _decode(image: ImageSource) -> Image.Image:
-    """A PIL RGB image from a PIL image, a path or encoded bytes, its size checked before its pixels are decoded."""
+def _decode(
+    image: ImageSource, output_size: Callable[[int, int], tuple[int, int]] | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """(a PIL RGB image, the image's full (width, height)) from a PIL image, a path or encoded bytes, its size
+    checked before its pixels are decoded. With `output_size` ((w, h) -> the resize's output), a JPEG much larger
+    than that is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling), never below REDUCE_GAP times the
+    output: the geometry stays the full image's, only the pixels the final filter starts from are fewer."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
         _check_pixels(*image.size)
-        return image.convert("RGB")
+        return _rgb(image), image.size
     with _decode_errors(isinstance(image, (bytes, bytearray))):
         opened = _open(image)
+        full = opened.size
+        if output_size is not None:
+            ow, oh = output_size(*full)
+            opened.draft("RGB", (math.ceil(ow * REDUCE_GAP), math.ceil(oh * REDUCE_GAP)))  # None for a non-JPEG
         opened.load()
-    return opened.convert("RGB")
+    return _rgb(opened), full
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """RGB without a copy when it already is: Pillow's convert to the same mode copies every pixel."""
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _open(image: str | Path | bytes | bytearray | BinaryIO) -> Image.Image:
@@ -295,3 +354,80 @@ def load_images(paths: list[str | Path], cfg: PreprocessConfig) -> np.ndarray:
     import numpy as np
 
     return np.stack([preprocess_image(Path(p), cfg) for p in paths])
+
+
+@dataclass(frozen=True)
+class ServedPreprocessing:
+    """How a served image ensemble preprocesses, chosen by the fast path's gate (`export.gate.preprocess_gate`) when
+    the repository is written: `fast` (else the exact reference), whether clients may send a large photo resized
+    (`send_resized`: `reduce_for_sending`), and the gate's figures that decided both. The preprocessing model reads
+    it from its config's parameters; clients from the ensemble's."""
+
+    fast: bool = False
+    send_resized: bool = False
+    gate: dict[str, Any] | None = None  # the figures: worst cosine, top-1 agreement, the photos, failures
+
+    def to_parameters(self) -> dict[str, str]:
+        import json
+
+        return {
+            "preprocess_path": "fast" if self.fast else "exact",
+            "send": "resized" if self.send_resized else "original",
+            "preprocess_gate": json.dumps(self.gate or {}, sort_keys=True),
+        }
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, str]) -> ServedPreprocessing:
+        """From `to_parameters`' keys; a repository written before the fast path existed is exact."""
+        import json
+
+        gate = parameters.get("preprocess_gate")
+        return cls(
+            fast=parameters.get("preprocess_path") == "fast",
+            send_resized=parameters.get("send") == "resized",
+            gate=json.loads(gate) if gate else None,
+        )
+
+
+def resize_target(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(width, height) that the preprocessing resizes an image of this size to, before its crop or canvas."""
+    if cfg.detection:
+        oh, ow = detection_size(height, width, cfg)
+        return ow, oh
+    return _short_side_size(width, height, cfg)
+
+
+def reduce_for_sending(data: bytes, cfg: PreprocessConfig) -> bytes:
+    """A photo's bytes as worth sending to a model preprocessing with `cfg`: a JPEG or PNG more than twice
+    REDUCE_GAP times the resize's output on both sides is resized (reduced decode, then Lanczos) to REDUCE_GAP times
+    that output and re-encoded (JPEG quality 95; PNG as PNG); anything else is returned as given. The served fast path
+    then has the pixels it would have decoded anyway (checked by the send gate, `preprocess_gate(sent=True)`).
+    The boxes of a detector are in pixels of the image it was sent: the caller scales them back."""
+    from PIL import Image
+
+    with _decode_errors(encoded=True):
+        opened = _open(data)
+        if opened.format not in ("JPEG", "PNG"):
+            return data
+        w, h = opened.size
+        ow, oh = resize_target(w, h, cfg)
+        scale = max(REDUCE_GAP * ow / w, REDUCE_GAP * oh / h)
+        if scale > 0.5:  # less than halving each side: the re-encode would save little and cost a generation
+            return data
+        size = (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
+        opened.draft("RGB", size)
+        opened.load()
+    fmt = opened.format
+    resized = _rgb(opened).resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCE_GAP)
+    buffer = io.BytesIO()
+    resized.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {"compress_level": 1}))
+    return buffer.getvalue()
+
+
+def reduced_decode_size(data: bytes, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(width, height) the fast path decodes this image's pixels at (its full size where no reduction applies)."""
+    with _decode_errors(encoded=True):
+        opened = _open(data)
+        ow, oh = resize_target(*opened.size, cfg)
+        opened.draft("RGB", (math.ceil(ow * REDUCE_GAP), math.ceil(oh * REDUCE_GAP)))
+    return opened.size
