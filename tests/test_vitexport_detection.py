@@ -1,4 +1,4 @@
-"""A detector's pre- and post-processing (vitexport/preprocess.py, vitexport/postprocess.py) against transformers'
+"""A detector's pre- and post-processing (vitexport/preprocess/, vitexport/postprocess.py) against transformers'
 DETR image processor: the same pixels, mask and boxes, on real photographs of several shapes."""
 
 import io

@@ -1,5 +1,5 @@
 """What a detector's outputs mean to a user: boxes in the original image's pixels, scores and classes. numpy only,
-so the CLI and the served post-processing model run the same code, as preprocess.py is for the inputs."""
+so the CLI and the served post-processing model run the same code, as preprocess/ is for the inputs."""
 
 from __future__ import annotations
 

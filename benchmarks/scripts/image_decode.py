@@ -90,7 +90,9 @@ def simplejpeg_scaled(data: bytes, out: tuple[int, int], resample: int) -> np.nd
 
     if not simplejpeg.is_jpeg(data):
         return pil_gap(data, out, resample)
-    decoded = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=round(out[0] * GAP), min_height=round(out[1] * GAP))
+    decoded = simplejpeg.decode_jpeg(
+        data, colorspace="RGB", min_width=round(out[0] * GAP), min_height=round(out[1] * GAP)
+    )
     return np.asarray(Image.fromarray(decoded).resize(out, resample))
 
 
@@ -165,7 +167,9 @@ def main() -> None:
                     ms, got = time_ms(way, data, out, resample, args.repeats)
                     diff = np.abs(got - reference) * np.float32(0.225)  # back to [0, 1] units
                     row = dict(size=size_name, format=fmt, bytes=len(data), target=target, way=name, ms=round(ms, 2))
-                    rows.append(row | {"max_diff": round(float(diff.max()), 4), "mean_diff": round(float(diff.mean()), 5)})
+                    rows.append(
+                        row | {"max_diff": round(float(diff.max()), 4), "mean_diff": round(float(diff.mean()), 5)}
+                    )
                     print(json.dumps(rows[-1]), flush=True)
     result = {"machine": machine_info(), "versions": versions, "repeats": args.repeats, "gap": GAP, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
