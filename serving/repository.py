@@ -18,6 +18,7 @@ from typing import Any
 
 from vitexport.artifacts import ModelArtifact, file_record
 from vitexport.errors import ServingError, VitExportError
+from vitexport.preprocess import ServedPreprocessing
 from vitexport.serving import config as cfg
 from vitexport.serving import samples
 from vitexport.serving.backends import MODEL_RUNNER, PREPROCESS_MODEL, postprocess_model
@@ -30,6 +31,9 @@ from vitexport.tasks import Task, task_of
 LABELS_DIR = Path(__file__).parent / "labels"
 # Triton model names become folder names and URL path segments: keep them to a safe, non-hidden alphabet.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# The most preprocessing instances a repository gets by default (measured on 2 cores in docs/benchmarks.md, "The image
+# path: what was tried").
+MAX_PREPROCESS_INSTANCES = 2
 MODEL_FILENAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.plan"}
 
 
@@ -86,6 +90,8 @@ def add_model(
     tensorrt_accelerator: bool = False,
     intra_op_threads: int = 0,
     require_gate: bool = True,
+    preprocessing: ServedPreprocessing | None = None,
+    preprocess_instances: int | None = None,
 ) -> AddedModel:
     """Add a model version (and by default the `<name>_image` ensemble) to a Triton model repository. The model's
     task (`vitexport.tasks`) says what is written: a classifier with its labels, its ensemble answering the top
@@ -99,6 +105,10 @@ def add_model(
     Several artifacts are accepted only for `tensorrt`: one engine per GPU compute capability, served through
     `cc_model_filenames`. `require_gate=False` is for the benchmark alone, which measures unvalidated (--quick) and
     ungated variants too and labels them so; a user's repository serves gated models only.
+
+    `preprocessing`: how the ensemble preprocesses (the fast path where its gate passed for this model, chosen by
+    `vitexport.pipeline.choose_preprocessing`; default the exact reference), recorded with the gate's figures in the
+    preprocessing's config. `preprocess_instances`: its instances (default `preprocess_instances_for_machine()`).
     """
     artifacts = [artifact] if isinstance(artifact, ModelArtifact) else list(artifact)
     if not artifacts:
@@ -122,7 +132,8 @@ def add_model(
     version = next_version(model_dir, version)
     parts = [model]
     if ensemble:
-        parts += _ensemble_parts(repo_dir, name, first, task, model.config, settings, labels, version)
+        pre = _Preprocessing(preprocessing or ServedPreprocessing(), preprocess_instances)
+        parts += _ensemble_parts(repo_dir, name, first, task, model.config, settings, labels, version, pre)
     _check_ensembles(repo_dir, model.config, rewritten={part.config.name for part in parts})
     write_parts(parts, version)
     return AddedModel(name, version, model_dir / str(version), backend, tuple(part.config.name for part in parts))
@@ -227,12 +238,21 @@ def _ensemble_parts(
     settings: dict[str, Any],
     labels: str | None,
     version: int,
+    preprocessing: _Preprocessing,
 ) -> list[ModelPart]:
     """The image ensemble's preprocessing, its post-processing (where the task has one) and the ensemble itself."""
     if model.max_batch_size == 0:
         raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
     batch = model.max_batch_size
-    pre = cfg.preprocess_config(f"{name}_preprocess", artifact.preprocess, task, max_batch_size=batch)
+    instances = preprocessing.instances or preprocess_instances_for_machine()
+    pre = cfg.preprocess_config(
+        f"{name}_preprocess",
+        artifact.preprocess,
+        task,
+        max_batch_size=batch,
+        instances=instances,
+        served=preprocessing.served,
+    )
     warm = samples.add_warmup(pre, None)  # on the photograph: decoding and resizing warm up too
     parts = [ModelPart(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, beside=warm)]
     post, backend_file = None, postprocess_model(task)
@@ -255,6 +275,23 @@ def _ensemble_parts(
         if version in versions(part.model_dir):
             raise ServingError(f"{part.model_dir}/{version} already exists; choose another --version")
     return parts
+
+
+@dataclass(frozen=True)
+class _Preprocessing:
+    served: ServedPreprocessing
+    instances: int | None
+
+
+def preprocess_instances_for_machine() -> int:
+    """The image ensemble's preprocessing instances: one per CPU core this process may use, at most
+    MAX_PREPROCESS_INSTANCES. Each is a process decoding one request at a time (Pillow's decode and resize are one
+    core's work), so on 2 cores a second instance lets a large photo decode while the next one does; more
+    instances than cores only take turns, and each holds its own memory."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_PREPROCESS_INSTANCES))
 
 
 def _engine_profile(engine: ModelArtifact) -> dict[str, int]:

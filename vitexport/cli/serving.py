@@ -7,7 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from vitexport.cli.console import JsonFlag, ModelName, RepoDir, print_json, print_table, progress_status, user_errors
+from vitexport.cli.console import (
+    JsonFlag,
+    ModelName,
+    PreprocessOption,
+    RepoDir,
+    print_json,
+    print_table,
+    progress_status,
+    user_errors,
+)
 from vitexport.errors import VitExportError
 from vitexport.serving.client import Protocol
 from vitexport.serving.config import ServingBackend
@@ -59,6 +68,7 @@ def repo(
     top_k: RepoTopK = None,
     threshold: Threshold = None,
     ort_trt_fp16: OrtTrtFp16 = False,
+    preprocess: PreprocessOption = "fast",
     as_json: JsonFlag = False,
 ) -> None:
     """Write a model into a Triton model repository: config.pbtxt, labels, a new version, and the image ensemble."""
@@ -66,7 +76,7 @@ def repo(
 
     with user_errors(), tempfile.TemporaryDirectory(prefix="vitexport-repo-") as tmp:
         from vitexport.export.onnx import export_or_load
-        from vitexport.pipeline import select_for_serving
+        from vitexport.pipeline import choose_preprocessing, select_for_serving
         from vitexport.serving.config import Batching, batching_from_options
         from vitexport.serving.repository import add_model, scan
         from vitexport.serving.server import unavailable_reason
@@ -75,6 +85,10 @@ def repo(
             artifacts = [export_or_load(source, Path(tmp), progress=progress) for source in sources]
             batch = max_batch_size or Batching.max_batch_size
             selection = select_for_serving(artifacts, batch=batch, progress=progress)
+            chosen = selection.artifacts[0]
+            preprocessing, why = choose_preprocessing(chosen, preprocess if ensemble else "exact", progress=progress)
+        if why:
+            typer.secho(f"note: {why}", fg="yellow", err=True)
         timings = selection.timings
         added = add_model(
             repo_dir,
@@ -88,6 +102,7 @@ def repo(
             top_k=top_k,
             threshold=threshold,
             tensorrt_accelerator=ort_trt_fp16,
+            preprocessing=preprocessing,
         )
         configs = scan(repo_dir)
         notes = {m: unavailable_reason(m, configs) for m in added.models}
@@ -223,19 +238,24 @@ def infer(
         Path | None, typer.Option(help="Detectors: write the image with its boxes and labels drawn (one image).")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server at each step.")] = 60.0,
+    send: Annotated[
+        str, typer.Option(help="resized: a large photo made smaller first, where the model's gate allows; original.")
+    ] = "resized",
     as_json: JsonFlag = False,
 ) -> None:
     """Classify images on a running Triton server and print labels and scores; for a model exported with
     --head features, print each embedding's size and L2 norm (--json: the whole vector); for a detector (DETR),
     print its boxes in the image's pixels (--draw: the picture with them)."""
     with user_errors():
-        from vitexport.serving.client import TopK, predict
+        from vitexport.serving.client import TopK, parse_send, predict
+
+        parse_send(send)  # before the server is asked anything
 
         if draw is not None and len(images) != 1:
             raise VitExportError(f"--draw writes one picture: give one image, not {len(images)}")
         server = url or protocol.default_url
         results = predict(
-            server, images, protocol=protocol, model=model, top_k=top_k, threshold=threshold, timeout=timeout
+            server, images, protocol=protocol, model=model, top_k=top_k, threshold=threshold, timeout=timeout, send=send
         )
         detector = isinstance(results[0], list)
         if draw is not None and not detector:

@@ -1,0 +1,92 @@
+"""The fast preprocessing served (issue 24): `repo` writes the fast path where its gate passes for the model (and
+records the gate's figures), `--preprocess exact` forces the reference; a real Triton's ensemble on the fast path
+answers what the fast path in process gives; a client sends a large photo resized where the gate allows and the
+file's bytes with `send="original"`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from vitexport.cli import app
+from vitexport.export.photos import sized_photos
+from vitexport.ort import ort_session
+from vitexport.preprocess import ServedPreprocessing, preprocess_image
+from vitexport.serving import client
+from vitexport.serving import config as cfg
+from vitexport.serving.repository import MAX_PREPROCESS_INSTANCES, preprocess_instances_for_machine, scan
+from vitexport.serving.sending import for_sending
+
+MODEL = "test_deit_distilled"  # its gate passes for the fast path and for photos sent resized
+
+
+def _repo(tmp_path, artifact, *args: str) -> dict:
+    result = CliRunner().invoke(app, ["repo", str(artifact.path), "--repo", str(tmp_path), *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return scan(tmp_path)
+
+
+def test_repo_serves_the_fast_path_where_its_gate_passes_and_records_the_figures(tiny, tmp_path):
+    configs = _repo(tmp_path, tiny(MODEL).onnx)
+    pre, ensemble = configs[f"{MODEL}_preprocess"], configs[f"{MODEL}_image"]
+    chosen = ServedPreprocessing.from_parameters({k: v.string_value for k, v in pre.parameters.items()})
+    assert chosen.fast and chosen.send_resized
+    assert chosen.gate is not None and chosen.gate["fast"]["passed"] and chosen.gate["fast"]["photos"] == 12
+    worst = chosen.gate["fast"]["outputs"]["logits (photos)"]
+    assert 0.995 <= worst["cosine"] <= 1 and worst["top1_agreement"] == 1.0
+    # What a client reads before sending: the ensemble's own parameters.
+    assert cfg.parameter(ensemble, "send") == "resized"
+    assert json.loads(cfg.parameter(ensemble, "vitexport_preprocess") or "{}")["input_size"] == 64
+    assert pre.instance_group[0].count == preprocess_instances_for_machine() <= MAX_PREPROCESS_INSTANCES
+
+
+def test_preprocess_exact_forces_the_reference_without_a_gate(tiny, tmp_path):
+    configs = _repo(tmp_path, tiny(MODEL).onnx, "--preprocess", "exact")
+    pre, ensemble = configs[f"{MODEL}_preprocess"], configs[f"{MODEL}_image"]
+    assert cfg.parameter(pre, "preprocess_path") == "exact" and cfg.parameter(pre, "preprocess_gate") == "{}"
+    assert cfg.parameter(ensemble, "send") == "original"
+
+
+def test_a_failed_gate_serves_exact_and_says_why(tiny, tmp_path):
+    # test_vit (64 px, [-1, 1]) passes the fast path's gate but not photos sent resized: one note, originals sent.
+    result = CliRunner().invoke(app, ["repo", str(tiny("test_vit").onnx.path), "--repo", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "clients send photos as they are (resized, they failed the gate: logits (sent photos)" in result.output
+    assert cfg.parameter(scan(tmp_path)["test_vit_image"], "send") == "original"
+
+
+def test_a_bad_preprocess_choice_is_one_line(tiny, tmp_path):
+    result = CliRunner().invoke(app, ["repo", str(tiny(MODEL).onnx.path), "--repo", str(tmp_path), "--preprocess", "x"])
+    assert result.exit_code == 1
+    assert "preprocess must be one of fast, exact, not 'x'" in result.output and "Traceback" not in result.output
+
+
+def test_served_fast_ensemble_answers_like_the_fast_path_in_process(tiny, tmp_path):
+    from vitexport.serving.server import TritonServer
+
+    artifact = tiny(MODEL).onnx
+    _repo(tmp_path, artifact)
+    photos = dict(sized_photos())
+    images = [photos["chelsea-12MP.jpeg"], photos["motorcycle-2MP.png"], photos["chelsea-0.3MP.jpeg"]]
+    pixels = np.stack([preprocess_image(b, artifact.preprocess, fast=True) for b in images])
+    (logits,) = ort_session(artifact.path).run(["logits"], {"pixel_values": pixels})
+    with TritonServer(tmp_path) as server:
+        url = server.endpoints.http
+        served = client.classify(url, images, model=f"{MODEL}_image", top_k=3, send="original")
+        config = client.model_config(url, f"{MODEL}_image")
+        resized = client.classify(url, images, model=f"{MODEL}_image", top_k=3)
+    for result, row in zip(served, logits, strict=True):
+        assert list(result.indices) == np.argsort(-row)[:3].tolist()
+        probs = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+        np.testing.assert_allclose(result.scores, probs[list(result.indices)], atol=1e-5)
+    # Sent resized, the top class stays (the send gate's budget); `send="original"` sent the file's bytes.
+    assert [r.indices[0] for r in resized] == [r.indices[0] for r in served]
+    original = for_sending(config, images, "original")
+    assert all(a is b for a, b in zip(original.data, images, strict=True))
+    sent = for_sending(config, images, "resized")
+    # A 64 px model needs 146 x 146 pixels: even the 0.3 MP photo goes smaller.
+    assert len(sent.data[0]) < len(images[0]) / 20 and all(
+        len(s) < len(i) for s, i in zip(sent.data, images, strict=True)
+    )
