@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from vitexport.cli import app
@@ -90,3 +91,19 @@ def test_served_fast_ensemble_answers_like_the_fast_path_in_process(tiny, tmp_pa
     assert len(sent.data[0]) < len(images[0]) / 20 and all(
         len(s) < len(i) for s, i in zip(sent.data, images, strict=True)
     )
+
+
+def test_a_detectors_boxes_come_back_in_the_originals_pixels():
+    """for_sending's scales are what the client multiplies a detector's boxes by (serving/client.py _detect)."""
+    config = cfg.model_config_pb2().ModelConfig(name="detr_image")
+    detr = {"input_size": 96, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    detr |= {"shortest_edge": 96, "longest_edge": 160}
+    config.parameters["vitexport_preprocess"].string_value = json.dumps(detr)
+    config.parameters["send"].string_value = "resized"
+    photo = dict(sized_photos())["chelsea-12MP.jpeg"]
+    sent = for_sending(config, [photo], "resized")
+    (sx, sy) = sent.scales[0]
+    assert sent.resized and 4032 / sx == pytest.approx(192, abs=1) and 3024 / sy == pytest.approx(144, abs=1)
+    assert for_sending(config, [photo], "original").scales == [(1.0, 1.0)]
+    config.parameters["send"].string_value = "original"  # the gate failed for this model: sent as they are
+    assert for_sending(config, [photo], "resized").data[0] is photo

@@ -89,6 +89,9 @@ def test_fast_path_passes_its_gate_on_a_tiny_detr(tiny_detr):
     report = preprocess_gate(run, artifact.preprocess, DETECTION)
     assert report.passed, report.failures
     assert report.metrics and report.metrics[0]["queries"] > 0
+    # Sent resized to 192 px and re-encoded, its 96 px canvas' boxes move too far (tasks/detection.py): originals.
+    sent = preprocess_gate(run, artifact.preprocess, DETECTION, sent=True)
+    assert not sent.passed and any("box" in f for f in sent.failures)
 
 
 def test_gate_fails_a_preprocessing_that_is_not_the_same():
