@@ -105,10 +105,7 @@ def add_model(
     Several artifacts are accepted only for `tensorrt`: one engine per GPU compute capability, served through
     `cc_model_filenames`. `require_gate=False` is for the benchmark alone, which measures unvalidated (--quick) and
     ungated variants too and labels them so; a user's repository serves gated models only.
-
-    `preprocessing`: how the ensemble preprocesses (the fast path where its gate passed for this model, chosen by
-    `vitexport.pipeline.choose_preprocessing`; default the exact reference), recorded with the gate's figures in the
-    preprocessing's config. `preprocess_instances`: its instances (default `preprocess_instances_for_machine()`).
+    `preprocessing`: the ensemble's (`pipeline.choose_preprocessing`; default exact), `preprocess_instances` its count.
     """
     artifacts = [artifact] if isinstance(artifact, ModelArtifact) else list(artifact)
     if not artifacts:

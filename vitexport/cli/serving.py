@@ -18,7 +18,7 @@ from vitexport.cli.console import (
     user_errors,
 )
 from vitexport.errors import VitExportError
-from vitexport.serving.client import Protocol
+from vitexport.serving.client import Protocol, Send
 from vitexport.serving.config import ServingBackend
 from vitexport.serving.supervisor import RestartPolicy
 
@@ -49,6 +49,9 @@ EnsembleFlag = Annotated[
 ]
 RepoTopK = Annotated[
     int | None, typer.Option(help="Classes the image ensemble returns (default 5); detectors: at most (100).")
+]
+SendOption = Annotated[
+    Send, typer.Option(help="resized: a large photo made smaller first, where the model's gate allows; original.")
 ]
 Threshold = Annotated[float | None, typer.Option(help="Detectors: default score threshold (0.5).")]
 OrtTrtFp16 = Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")]
@@ -87,8 +90,6 @@ def repo(
             selection = select_for_serving(artifacts, batch=batch, progress=progress)
             chosen = selection.artifacts[0]
             preprocessing, why = choose_preprocessing(chosen, preprocess if ensemble else "exact", progress=progress)
-        if why:
-            typer.secho(f"note: {why}", fg="yellow", err=True)
         timings = selection.timings
         added = add_model(
             repo_dir,
@@ -104,6 +105,8 @@ def repo(
             tensorrt_accelerator=ort_trt_fp16,
             preprocessing=preprocessing,
         )
+        if why:  # once the repository is written: a write that fails is the one line then
+            typer.secho(f"note: {why}", fg="yellow", err=True)
         configs = scan(repo_dir)
         notes = {m: unavailable_reason(m, configs) for m in added.models}
     _render_repo(repo_dir, added, notes, timings, as_json)
@@ -238,18 +241,14 @@ def infer(
         Path | None, typer.Option(help="Detectors: write the image with its boxes and labels drawn (one image).")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server at each step.")] = 60.0,
-    send: Annotated[
-        str, typer.Option(help="resized: a large photo made smaller first, where the model's gate allows; original.")
-    ] = "resized",
+    send: SendOption = Send.resized,
     as_json: JsonFlag = False,
 ) -> None:
     """Classify images on a running Triton server and print labels and scores; for a model exported with
     --head features, print each embedding's size and L2 norm (--json: the whole vector); for a detector (DETR),
     print its boxes in the image's pixels (--draw: the picture with them)."""
     with user_errors():
-        from vitexport.serving.client import TopK, parse_send, predict
-
-        parse_send(send)  # before the server is asked anything
+        from vitexport.serving.client import TopK, predict
 
         if draw is not None and len(images) != 1:
             raise VitExportError(f"--draw writes one picture: give one image, not {len(images)}")
