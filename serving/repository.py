@@ -31,9 +31,12 @@ from vitexport.tasks import Task, task_of
 LABELS_DIR = Path(__file__).parent / "labels"
 # Triton model names become folder names and URL path segments: keep them to a safe, non-hidden alphabet.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-# The most preprocessing instances a repository gets by default (measured on 2 cores in docs/benchmarks.md, "The image
-# path: what was tried").
-MAX_PREPROCESS_INSTANCES = 2
+# The image ensemble's preprocessing instances by default: one per CORES_PER_PREPROCESS_INSTANCE cores, at least one
+# and at most MAX_PREPROCESS_INSTANCES. On 2 cores a second instance measured no gain with the model sharing the cores
+# (12 MP JPEGs at concurrency 8: -11% to +11% over two runs, within this shared machine's noise; docs/benchmarks.md,
+# "The image path: what was tried"); larger machines are not measured yet.
+CORES_PER_PREPROCESS_INSTANCE = 4
+MAX_PREPROCESS_INSTANCES = 4
 MODEL_FILENAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.plan"}
 
 
@@ -281,14 +284,13 @@ class _Preprocessing:
 
 
 def preprocess_instances_for_machine() -> int:
-    """The image ensemble's preprocessing instances: one per CPU core this process may use, at most
-    MAX_PREPROCESS_INSTANCES. Each is a process decoding one request at a time (Pillow's decode and resize are one
-    core's work), so on 2 cores a second instance lets a large photo decode while the next one does; more
-    instances than cores only take turns, and each holds its own memory."""
+    """The image ensemble's preprocessing instances for the CPU cores this process may use. Each is a process that
+    decodes one request at a time (Pillow's decode and resize are one core's work), so more instances decode more
+    photos at once, but the model needs the same cores: see CORES_PER_PREPROCESS_INSTANCE."""
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, MAX_PREPROCESS_INSTANCES))
+    return max(1, min(cores // CORES_PER_PREPROCESS_INSTANCE, MAX_PREPROCESS_INSTANCES))
 
 
 def _engine_profile(engine: ModelArtifact) -> dict[str, int]:

@@ -50,12 +50,22 @@ def test_preprocess_exact_forces_the_reference_without_a_gate(tiny, tmp_path):
     assert cfg.parameter(ensemble, "send") == "original"
 
 
-def test_a_failed_gate_serves_exact_and_says_why(tiny, tmp_path):
-    # test_vit (64 px, [-1, 1]) passes the fast path's gate but not photos sent resized: one note, originals sent.
-    result = CliRunner().invoke(app, ["repo", str(tiny("test_vit").onnx.path), "--repo", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    assert "clients send photos as they are (resized, they failed the gate: logits (sent photos)" in result.output
-    assert cfg.parameter(scan(tmp_path)["test_vit_image"], "send") == "original"
+def test_photos_that_fail_the_send_gate_are_sent_as_they_are(tiny, tmp_path):
+    # test_vit (64 px, [-1, 1]) passes the fast path's gate but not photos sent resized: originals, the figures say why.
+    configs = _repo(tmp_path, tiny("test_vit").onnx)
+    pre, ensemble = configs["test_vit_preprocess"], configs["test_vit_image"]
+    gate = json.loads(cfg.parameter(pre, "preprocess_gate") or "{}")
+    assert cfg.parameter(pre, "preprocess_path") == "fast" and cfg.parameter(ensemble, "send") == "original"
+    assert not gate["sent resized"]["passed"] and "logits (sent photos)" in gate["sent resized"]["failures"][0]
+
+
+def test_where_the_gate_cannot_run_the_reference_is_served_and_said_why(tiny):
+    from vitexport.pipeline import choose_preprocessing
+
+    engine = tiny(MODEL).onnx.with_(format="tensorrt")  # no TensorRT runner on this CPU: the gate cannot run
+    chosen, why = choose_preprocessing(engine)
+    assert chosen == ServedPreprocessing(fast=False)
+    assert why is not None and why.startswith("preprocessing: exact (the fast path's gate cannot run here: ")
 
 
 def test_a_bad_preprocess_choice_is_one_line(tiny, tmp_path):

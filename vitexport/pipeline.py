@@ -222,10 +222,8 @@ def choose_preprocessing(
     if not fast.passed:
         why = f"preprocessing: exact (the fast path failed its gate: {'; '.join(fast.failures)})"
         return ServedPreprocessing(fast=False, gate=gate), why
-    note = (
-        None if sent.passed else f"clients send photos as they are (resized, they failed the gate: {sent.failures[0]})"
-    )
-    return ServedPreprocessing(fast=True, send_resized=sent.passed, gate=gate), note
+    # Photos sent resized that fail their own gate are sent as they are: the figures say why, no note needed.
+    return ServedPreprocessing(fast=True, send_resized=sent.passed, gate=gate), None
 
 
 # --- deploy: a model to its fastest gated variant, served ---------------------------------------------------------

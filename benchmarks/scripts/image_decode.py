@@ -126,13 +126,15 @@ def time_ms(way: Way, data: bytes, out: tuple[int, int], resample: int, repeats:
 
 
 def ways() -> tuple[dict[str, Way], dict[str, str]]:
+    # pillow-simd installs as PIL too (put its folder first on PYTHONPATH): its rows are named for it.
+    pil = "pillow-simd" if "post" in Image.__version__ else "pillow"
     found: dict[str, Way] = {
-        "pillow exact": pil_exact,
-        "pillow draft": pil_draft,
-        "pillow draft + reducing_gap": pil_draft_gap,
-        "pillow reducing_gap": pil_gap,
+        f"{pil} exact": pil_exact,
+        f"{pil} draft": pil_draft,
+        f"{pil} draft + reducing_gap": pil_draft_gap,
+        f"{pil} reducing_gap": pil_gap,
     }
-    versions = {"pillow": Image.__version__}
+    versions = {pil: Image.__version__}
     try:
         import cv2
 
@@ -162,7 +164,7 @@ def main() -> None:
         for fmt in ("JPEG", "PNG"):
             data = encode(pixels, fmt)
             for target, (out, resample) in out_sizes(full).items():
-                _, reference = time_ms(pil_exact, data, out, resample, 1)
+                _, reference = time_ms(pil_exact, data, out, resample, 1)  # this Pillow's: pillow-simd's own rows
                 for name, way in found.items():
                     ms, got = time_ms(way, data, out, resample, args.repeats)
                     diff = np.abs(got - reference) * np.float32(0.225)  # back to [0, 1] units

@@ -28,7 +28,7 @@ MAX_REQUEST_PIXELS = 64_000_000
 # The fast path's reduced-size decode (a JPEG's DCT scaling, 1/2 to 1/8) and box pre-reduction (Pillow's
 # reducing_gap) stop at this many times the resize's output per side, so the final filter still sees at least two
 # source pixels per output pixel (bicubic's support when downscaling 2x) and the result stays within the fast path's
-# gate (the tasks' PREPROCESS budgets). Measured in docs/benchmarks.md, "The image path: what was tried".
+# gate (the tasks' PREPROCESS_TOLERANCE). Measured in docs/benchmarks.md, "The image path: what was tried".
 REDUCE_GAP = 2.0
 
 if TYPE_CHECKING:  # Pillow is imported where it is used: the CLI imports this package for --help
