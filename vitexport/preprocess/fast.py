@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitexport.preprocess.config import PreprocessConfig
-from vitexport.preprocess.decode import REDUCE_GAP, _decode_errors, _open, _rgb
+from vitexport.preprocess.decode import REDUCE_GAP, _decode, _decode_errors, _open, _rgb
 from vitexport.preprocess.transform import _short_side_size, detection_size
 
 
@@ -84,10 +84,8 @@ def reduce_for_sending(data: bytes, cfg: PreprocessConfig) -> bytes:
     return buffer.getvalue()
 
 
-def reduced_decode_size(data: bytes, cfg: PreprocessConfig) -> tuple[int, int]:
-    """(width, height) the fast path decodes this image's pixels at (its full size where no reduction applies)."""
-    with _decode_errors(encoded=True):
-        opened = _open(data)
-        ow, oh = resize_target(*opened.size, cfg)
-        opened.draft("RGB", (math.ceil(ow * REDUCE_GAP), math.ceil(oh * REDUCE_GAP)))
-    return opened.size
+def reduced_decode_size(image: bytes, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(width, height) of the pixels the fast path decodes this image to (its full size where no reduction applies):
+    the fast path's own decode, run."""
+    decoded, _ = _decode(image, lambda w, h: resize_target(w, h, cfg))
+    return decoded.size
