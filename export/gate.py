@@ -274,3 +274,52 @@ def reference_for(candidate: ModelArtifact, reference: str, checkpoint: str | Pa
         raise VitExportError(f"{checkpoint} is not the checkpoint {candidate.path} was exported from")
     size = candidate.preprocess.input_size if task.any_input_size else None
     return torch_reference(reference, checkpoint, candidate.output_names, img_size=size, task=task)
+
+
+def preprocess_gate(
+    run: Run,
+    cfg: PreprocessConfig,
+    task: Task,
+    *,
+    output_names: tuple[str, ...] | None = None,
+    sent: bool = False,
+    photos: Sequence[tuple[str, bytes]] | None = None,
+) -> GateReport:
+    """The fast preprocessing against the exact reference, on the same model `run`, by the gate's measures (each
+    output's drift: worst cosine, top-1 agreement; a detector's query agreement and boxes) within the task's
+    `preprocess_budget`, on photographs of 0.3, 2 and 12 MP as JPEG and PNG (`photos.sized_photos`). `sent`: the
+    photos as a client sends them resized (`reduce_for_sending`) and then preprocessed fast, against the exact
+    preprocessing of the originals."""
+    from vitexport.export.photos import sized_photos
+    from vitexport.preprocess import preprocess_detection, preprocess_image, reduce_for_sending
+
+    files = list(photos if photos is not None else sized_photos())
+
+    def prepared(fast: bool) -> ImageSet:
+        data = [reduce_for_sending(b, cfg) if fast and sent else b for _, b in files]
+        if cfg.detection:
+            return ImageSet.of_detections([preprocess_detection(d, cfg, fast=fast) for d in data])
+        return ImageSet(np.stack([preprocess_image(d, cfg, fast=fast) for d in data]), None)
+
+    exact, fast = prepared(False), prepared(True)
+    budget = task.preprocess_budget
+    names = output_names or task.output_names()
+    reference = _run_batched(run, exact.images, _masks(task, exact))
+    candidate = _run_batched(run, fast.images, _masks(task, fast))
+    where = "sent photos" if sent else "photos"
+    drift = _compare_outputs(names, reference, candidate, where)
+    inputs = InputSet("images", [(exact.images, _masks(task, exact))])
+    grade = task.grade(inputs, reference, candidate, drift, budget, lenient=False)
+    metrics = [] if grade.metrics is None else [grade.metrics]
+    return GateReport(task, "fp32", budget, [], drift, metrics, grade.failures)
+
+
+def preprocess_figures(report: GateReport) -> dict[str, Any]:
+    """A preprocessing gate's figures as the repository records them: passed, the photos, the worst cosine, top-1
+    agreement and largest difference of each output, the task's metrics (a detector's), the failures."""
+    outputs = {
+        r.output: {"cosine": round(r.cosine, 6), "top1_agreement": r.top1_agreement, "max_abs": round(r.max_abs, 5)}
+        for r in report.images
+    }
+    photos = report.images[0].batch_size if report.images else 0
+    return {"passed": report.passed, "photos": photos, "outputs": outputs, "failures": report.failures}

@@ -56,10 +56,9 @@ def import_onnx(
 ) -> ModelArtifact:
     """Check `path` is an image model, work out its preprocessing, write its sidecar; the artifact.
 
-    `output` names the output to use when the graph has several (default: the only one, or `logits`);
-    `embeddings` says it is a pooled embedding, not class logits. `hf_backend` ("pil" or "torchvision"): the
-    image processor's backend, as transformers 5's `AutoImageProcessor.from_pretrained(..., backend=)`; default: the
-    one the transformers that wrote the folder (config.json's `transformers_version`) loads."""
+    `output` names the output to use when the graph has several (default: the only one, or `logits`); `embeddings`
+    says it is a pooled embedding, not class logits. `hf_backend` ("pil", "torchvision"): the image processor's, as
+    transformers 5's `AutoImageProcessor(backend=)`; default: what the transformers that wrote the folder loads."""
     import onnx
 
     layout = find_layout(Path(path))
@@ -78,10 +77,8 @@ def import_onnx(
         embeddings, output = said.embeddings, output or said.output
     output_name, width = _output(model, path, output)
     metadata = {p.key: p.value for p in model.metadata_props}
-    backend = hf_backend or (hub.processor_backend if hub is not None else None)
-    preprocess = _preprocess(
-        metadata, preprocess_config or layout.preprocessor_config, flags, size, path, (hf_backend, backend)
-    )
+    backend = (hf_backend, hf_backend or (hub.processor_backend if hub else None))  # (asked, the writer's default)
+    preprocess = _preprocess(metadata, preprocess_config or layout.preprocessor_config, flags, size, path, backend)
     class_names = _class_names(labels, hub, width)
     if embeddings and labels is not None:
         raise ArtifactError("--labels names classes; an embeddings output has none")

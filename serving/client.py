@@ -36,6 +36,7 @@ from vitexport.serving.calls import (
     read_metrics,
     ready_models,
 )
+from vitexport.serving.sending import Send, for_sending, parse_send, prepare_for_sending
 from vitexport.serving.topk import (
     TopK,
     classify_ensemble,
@@ -53,6 +54,7 @@ from vitexport.tasks.detection import DETECTION_OUTPUTS
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Protocol",
+    "Send",
     "TopK",
     "call_options",
     "classify",
@@ -63,7 +65,9 @@ __all__ = [
     "infer",
     "model_config",
     "parse_protocol",
+    "parse_send",
     "predict",
+    "prepare_for_sending",
     "read_metrics",
     "ready_models",
 ]
@@ -77,13 +81,17 @@ def classify(
     model: str | None = None,
     top_k: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    send: Send | str = Send.resized,
 ) -> list[TopK]:
     """Top-k classes for each image (file paths or encoded bytes), in one batched request; each call to the server
-    waits at most `timeout` seconds. `top_k` None: the repository's (`repo --top-k`, 5 unless set)."""
+    waits at most `timeout` seconds. `top_k` None: the repository's (`repo --top-k`, 5 unless set). `send`: a large
+    photo goes resized where the model's gate allows (`resized`, serving/sending.py) or as the file's bytes
+    (`original`)."""
     protocol, data = _check_request(protocol, images, timeout)
     if top_k is not None:
         _check_top_k(top_k)
     model, config = _served(url, model, protocol, timeout, CLASSIFICATION)
+    data = for_sending(config, data, send).data
     return _classify(url, model, config, data, protocol, timeout, top_k=top_k)
 
 
@@ -94,13 +102,14 @@ def embed(
     protocol: Protocol | str = Protocol.http,
     model: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    send: Send | str = Send.resized,
 ) -> list[np.ndarray]:
     """The embedding (float32, (D,)) of each image (file paths or encoded bytes) from a model exported with
     `--head features`: its `_image` ensemble, or the model itself with the images preprocessed here. The vectors
-    are the model's raw output, not normalised."""
+    are the model's raw output, not normalised. `send`: as `classify`'s."""
     protocol, data = _check_request(protocol, images, timeout)
     model, config = _served(url, model, protocol, timeout, FEATURES)
-    return _embed(url, model, config, data, protocol, timeout)
+    return _embed(url, model, config, for_sending(config, data, send).data, protocol, timeout)
 
 
 def detect(
@@ -112,13 +121,18 @@ def detect(
     top_k: int | None = None,
     model: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    send: Send | str = Send.resized,
 ) -> list[list[Detection]]:
     """The objects a detector's `_image` ensemble finds in each image (file paths or encoded bytes), most confident
-    first, boxes (x0, y0, x1, y1) in the image's own pixels. `threshold` and `top_k` go with the request (None: the
-    repository's defaults, 0.5 and 100 unless `repo` was told otherwise)."""
+    first, boxes (x0, y0, x1, y1) in the image's own pixels (of the original, also when it was sent resized: `send`,
+    as `classify`'s). `threshold` and `top_k` go with the request (None: the repository's defaults, 0.5 and 100
+    unless `repo` was told otherwise)."""
     protocol, data = _check_request(protocol, images, timeout)
     model, config = _served(url, model, protocol, timeout, DETECTION)
-    return _detect(url, model, config, data, protocol, timeout, threshold=threshold, top_k=top_k)
+    sent = for_sending(config, data, send)
+    return _detect(
+        url, model, config, sent.data, protocol, timeout, threshold=threshold, top_k=top_k, scales=sent.scales
+    )
 
 
 def predict(
@@ -130,17 +144,20 @@ def predict(
     top_k: int | None = None,
     threshold: float | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    send: Send | str = Send.resized,
 ) -> list[TopK] | list[np.ndarray] | list[list[Detection]]:
     """What the served model answers for each image, as its task says: its top-k classes (`classify`), its
     embedding (`embed`), or its detections (`detect`). `top_k` applies to classes and detections (default: the
     repository's, 5 classes or 100 detections unless set), `threshold` only to a task whose post-processing takes
-    one. What `vitexport infer` shows."""
+    one. What `vitexport infer` shows. `send`: as `classify`'s."""
     protocol, data = _check_request(protocol, images, timeout)
     model, config = _served(url, model, protocol, timeout)
     task = cfg.task_of_config(config)
     if threshold is not None and "threshold" not in cfg.settings_of(task):
         raise ServingError(f"{model} is not a detector: a score threshold is for detectors")
-    return _answer(task).run(url, model, config, data, protocol, timeout, top_k=top_k, threshold=threshold)
+    sent = for_sending(config, data, send)
+    run = _answer(task).run
+    return run(url, model, config, sent.data, protocol, timeout, top_k=top_k, threshold=threshold, scales=sent.scales)
 
 
 def _check_top_k(top_k: int) -> None:
@@ -206,6 +223,7 @@ def _detect(
     *,
     threshold: float | None = None,
     top_k: int | None = None,
+    scales: Sequence[tuple[float, float]] | None = None,
 ) -> list[list[Detection]]:
     if not _is_ensemble_input(config):  # the plain model's answer needs the post-processing's labels and settings
         raise ServingError(f"{model} takes pixels and a mask: detect with its _image ensemble")
@@ -229,10 +247,11 @@ def _detect(
         )
         for b in range(len(images)):
             rows = range(int(count[b, 0]))  # the rows after these are padding: another image had more detections
+            sx, sy = scales[i + b] if scales else (1.0, 1.0)  # an image sent resized: back to the original's pixels
             found.append(
                 [
                     Detection(
-                        box(boxes[b, j]),
+                        box(boxes[b, j] * np.array([sx, sy, sx, sy])),
                         float(scores[b, j]),
                         int(classes[b, j]),
                         text(labels[b, j]),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import ModelArtifact
 from vitexport.errors import ServingError, VitExportError
-from vitexport.preprocess import PreprocessConfig
+from vitexport.preprocess import PreprocessConfig, ServedPreprocessing
 
 # Batching lives in serving/batching.py; its names stay importable from here, where the configs are built.
 from vitexport.serving.batching import MAX_BATCH_SIZE as MAX_BATCH_SIZE
@@ -263,15 +263,24 @@ def _python_step(name: str, max_batch_size: int, instances: int = 1) -> pb.Model
 
 
 def preprocess_config(
-    name: str, preprocess: PreprocessConfig, task: Task, *, max_batch_size: int, instances: int = 1
+    name: str,
+    preprocess: PreprocessConfig,
+    task: Task,
+    *,
+    max_batch_size: int,
+    instances: int = 1,
+    served: ServedPreprocessing | None = None,
 ) -> pb.ModelConfig:
     """Encoded image bytes -> what the task's model takes (`Task.preprocess_outputs`: pixel_values; a detector's
-    canvas, its mask and the original height and width), by vitexport.preprocess in a Python-backend model."""
+    canvas, its mask and the original height and width), by vitexport.preprocess in a Python-backend model:
+    `served` says whether by the fast path or the exact one (and the gate's figures that chose it; default exact).
+    `instances`: decoding is one CPU core's work per image, so several instances decode several requests at once."""
     config = _python_step(name, max_batch_size, instances)
     _add_tensors(config.input, [TensorSpec(IMAGE_INPUT, BYTES, (1,))])
     _add_tensors(config.output, task.preprocess_outputs(preprocess.input_size))
     _response_cache(config, task)
     _string_parameters(config, {"preprocess": json.dumps(preprocess.to_dict())})
+    _string_parameters(config, (served or ServedPreprocessing()).to_parameters())
     from vitexport.preprocess import RequestLimits  # the bounds of a request, checked before decoding: config.pbtxt's
 
     _string_parameters(config, RequestLimits().to_parameters())
@@ -351,6 +360,10 @@ def ensemble_config(
         _string_parameters(
             config, {k: v.string_value for k, v in postprocess.parameters.items() if k in settings_of(task)}
         )
+    # What a client reads before sending (serving/sending.py): the preprocessing, and whether the gate let a large
+    # photo be sent resized.
+    sending = {"vitexport_preprocess": preprocess.parameters["preprocess"].string_value}
+    _string_parameters(config, sending | {"send": parameter(preprocess, "send", "original") or "original"})
     return config
 
 

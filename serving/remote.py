@@ -24,23 +24,28 @@ Image = str | Path | bytes  # a file path, or the encoded bytes of a JPEG, PNG, 
 class Client:
     """A Triton server at `url` (HOST:PORT, such as `server.endpoints.http`) asked over `protocol` ("http" or
     "grpc"), each call waiting at most `timeout` seconds. Without `model`, a call asks the repository's one
-    `<name>_image` ensemble. One connection per call: nothing to close."""
+    `<name>_image` ensemble. One connection per call: nothing to close. `send`: "resized" (a large photo made smaller
+    before it is sent, where the model's gate allows it) or "original" (the file's bytes)."""
 
     url: str
     protocol: calls.Protocol | str = calls.Protocol.http
     timeout: float = calls.DEFAULT_TIMEOUT
+    send: calls.Send | str = calls.Send.resized
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protocol", calls.parse_protocol(self.protocol))
+        object.__setattr__(self, "send", calls.parse_send(self.send))
 
     def classify(self, images: Sequence[Image], model: str | None = None, top_k: int | None = None) -> list[TopK]:
         """The `top_k` classes of each image, most likely first (`TopK`: labels, scores, indices); None: the
         repository's top-k (5 unless `repo --top-k` said otherwise)."""
-        return calls.classify(self.url, images, protocol=self.protocol, model=model, top_k=top_k, timeout=self.timeout)
+        return calls.classify(
+            self.url, images, protocol=self.protocol, model=model, top_k=top_k, timeout=self.timeout, send=self.send
+        )
 
     def embed(self, images: Sequence[Image], model: str | None = None) -> list[np.ndarray]:
         """Each image's embedding (float32, (D,)), from a model exported with the features head."""
-        return calls.embed(self.url, images, protocol=self.protocol, model=model, timeout=self.timeout)
+        return calls.embed(self.url, images, protocol=self.protocol, model=model, timeout=self.timeout, send=self.send)
 
     def detect(
         self,
@@ -60,6 +65,7 @@ class Client:
             threshold=threshold,
             top_k=top_k,
             timeout=self.timeout,
+            send=self.send,
         )
 
     def ready_models(self) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from vitexport.artifacts import ModelArtifact, file_record
 from vitexport.errors import ServingError, VitExportError
+from vitexport.preprocess import ServedPreprocessing
 from vitexport.serving import config as cfg
 from vitexport.serving import samples
 from vitexport.serving.backends import MODEL_RUNNER, PREPROCESS_MODEL, postprocess_model
@@ -30,6 +31,12 @@ from vitexport.tasks import Task, task_of
 LABELS_DIR = Path(__file__).parent / "labels"
 # Triton model names become folder names and URL path segments: keep them to a safe, non-hidden alphabet.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# The image ensemble's preprocessing instances by default: one per CORES_PER_PREPROCESS_INSTANCE cores, at least one
+# and at most MAX_PREPROCESS_INSTANCES. On 2 cores a second instance measured no gain with the model sharing the cores
+# (12 MP JPEGs at concurrency 8: -11% to +11% over two runs, within this shared machine's noise; docs/benchmarks.md,
+# "The image path: what was tried"); larger machines are not measured yet.
+CORES_PER_PREPROCESS_INSTANCE = 4
+MAX_PREPROCESS_INSTANCES = 4
 MODEL_FILENAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.plan"}
 
 
@@ -86,6 +93,8 @@ def add_model(
     tensorrt_accelerator: bool = False,
     intra_op_threads: int = 0,
     require_gate: bool = True,
+    preprocessing: ServedPreprocessing | None = None,
+    preprocess_instances: int | None = None,
 ) -> AddedModel:
     """Add a model version (and by default the `<name>_image` ensemble) to a Triton model repository. The model's
     task (`vitexport.tasks`) says what is written: a classifier with its labels, its ensemble answering every class's
@@ -100,6 +109,7 @@ def add_model(
     Several artifacts are accepted only for `tensorrt`: one engine per GPU compute capability, served through
     `cc_model_filenames`. `require_gate=False` is for the benchmark alone, which measures unvalidated (--quick) and
     ungated variants too and labels them so; a user's repository serves gated models only.
+    `preprocessing`: the ensemble's (`pipeline.choose_preprocessing`; default exact), `preprocess_instances` its count.
     """
     artifacts = [artifact] if isinstance(artifact, ModelArtifact) else list(artifact)
     if not artifacts:
@@ -123,7 +133,8 @@ def add_model(
     version = next_version(model_dir, version)
     parts = [model]
     if ensemble:
-        parts += _ensemble_parts(repo_dir, name, first, task, model.config, settings, labels, version)
+        pre = _Preprocessing(preprocessing or ServedPreprocessing(), preprocess_instances)
+        parts += _ensemble_parts(repo_dir, name, first, task, model.config, settings, labels, version, pre)
     _check_ensembles(repo_dir, model.config, rewritten={part.config.name for part in parts})
     write_parts(parts, version)
     return AddedModel(name, version, model_dir / str(version), backend, tuple(part.config.name for part in parts))
@@ -228,12 +239,21 @@ def _ensemble_parts(
     settings: dict[str, Any],
     labels: str | None,
     version: int,
+    preprocessing: _Preprocessing,
 ) -> list[ModelPart]:
     """The image ensemble's preprocessing, its post-processing (where the task has one) and the ensemble itself."""
     if model.max_batch_size == 0:
         raise ServingError("the image ensemble needs a dynamic-batch model; export without a fixed batch size")
     batch = model.max_batch_size
-    pre = cfg.preprocess_config(f"{name}_preprocess", artifact.preprocess, task, max_batch_size=batch)
+    instances = preprocessing.instances or preprocess_instances_for_machine()
+    pre = cfg.preprocess_config(
+        f"{name}_preprocess",
+        artifact.preprocess,
+        task,
+        max_batch_size=batch,
+        instances=instances,
+        served=preprocessing.served,
+    )
     warm = samples.add_warmup(pre, None)  # on the photograph: decoding and resizing warm up too
     parts = [ModelPart(check_name(repo_dir, pre.name), pre, {"model.py": PREPROCESS_MODEL}, beside=warm)]
     post, backend_file = None, postprocess_model(task)
@@ -258,6 +278,22 @@ def _ensemble_parts(
         if version in versions(part.model_dir):
             raise ServingError(f"{part.model_dir}/{version} already exists; choose another --version")
     return parts
+
+
+@dataclass(frozen=True)
+class _Preprocessing:
+    served: ServedPreprocessing
+    instances: int | None
+
+
+def preprocess_instances_for_machine() -> int:
+    """The image ensemble's preprocessing instances for the CPU cores this process may use. Each is a process that
+    decodes one request at a time (Pillow's decode and resize are one core's work), so more instances decode more
+    photos at once, but the model needs the same cores: see CORES_PER_PREPROCESS_INSTANCE."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores // CORES_PER_PREPROCESS_INSTANCE, MAX_PREPROCESS_INSTANCES))
 
 
 def _engine_profile(engine: ModelArtifact) -> dict[str, int]:

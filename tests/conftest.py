@@ -192,11 +192,15 @@ def server(tiny, tiny_detr, tmp_path_factory):
     # test_serving_detection: `vitexport repo` of the detector on ONNX Runtime and on OpenVINO. A long queue delay at
     # the detector makes concurrent requests meet there: batches of several requests.
     runner = CliRunner()
+    # Exact preprocessing: test_serving_detection compares served answers with it in process (the fast path is
+    # test_serving_preprocess_fast's).
     args = ["repo", str(tiny_detr.path), "--repo", str(repo), "--name", "detr", "--queue-delay-us", "100000", "--json"]
+    args += ["--preprocess", "exact"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["models"] == ["detr", "detr_preprocess", "detr_postprocess", "detr_image"]
     args = ["repo", str(tiny_detr.path), "--repo", str(repo), "--name", "detr_ov", "--backend", "python-openvino"]
+    args += ["--preprocess", "exact"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     # Some 30 models, each Python one a stub process to start: longer than one file's server on two busy cores.

@@ -48,7 +48,9 @@ def server(exported, tmp_path_factory):
     """A server of its own, not the shared one: `infer` must find the one ensemble of its repository by itself."""
     features, classifier, fixed = exported
     repo = tmp_path_factory.mktemp("embeddings_repo")
-    result = runner.invoke(app, ["repo", str(features.path), "--repo", str(repo), "--name", "vit_features", "--json"])
+    # Exact preprocessing: the embeddings are compared with it in process (the fast path: test_serving_preprocess_fast).
+    args = ["repo", str(features.path), "--repo", str(repo), "--name", "vit_features", "--preprocess", "exact"]
+    result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["models"] == ["vit_features", "vit_features_preprocess", "vit_features_image"]
     args = ["repo", str(classifier.path), "--repo", str(repo), "--name", "vit_classes", "--no-ensemble"]

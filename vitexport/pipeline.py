@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from vitexport.export.options import Heads
     from vitexport.export.quantize import QuantMethod
     from vitexport.export.select import Timed
+    from vitexport.preprocess import ServedPreprocessing
     from vitexport.serving.repository import AddedModel
     from vitexport.serving.server import TritonServer
 
@@ -183,6 +184,48 @@ def select_for_serving(artifacts: Sequence[ModelArtifact], *, batch: int, progre
     return Selection((timings[0].artifact,), tuple(timings))
 
 
+# --- the served preprocessing: fast where its gate passes -----------------------------------------------------------
+
+
+class PreprocessPath(str, Enum):
+    """`--preprocess`: fast (the reduced decode, where its gate passes for the model; else exact, said in one line)
+    or exact (the reference, always)."""
+
+    fast = "fast"
+    exact = "exact"
+
+
+def choose_preprocessing(
+    artifact: ModelArtifact, asked: PreprocessPath | str = PreprocessPath.fast, *, progress: Progress = _quiet
+) -> tuple[ServedPreprocessing, str | None]:
+    """(how the image ensemble of `artifact` preprocesses, a note for the user): the fast path where it passes its
+    gate against the exact one on this very model (`export.gate.preprocess_gate`, photographs of 0.3 to 12 MP), and
+    clients sending large photos resized where that passes the same gate too; the gate's figures recorded with it.
+    The exact reference when asked, and where the gate fails or cannot run here (a TensorRT engine on a machine
+    without its GPU): then the note says why."""
+    from vitexport.export.gate import preprocess_figures, preprocess_gate
+    from vitexport.export.runners import load_runner
+    from vitexport.preprocess import ServedPreprocessing
+    from vitexport.tasks import task_of
+
+    if _choice(PreprocessPath, asked, "preprocess") is PreprocessPath.exact:
+        return ServedPreprocessing(fast=False), None
+    progress("gating the fast preprocessing against the exact one (photographs of 0.3, 2 and 12 MP)")
+    task = task_of(artifact)
+    try:
+        run = load_runner(artifact, spinning=False)
+    except VitExportError as e:
+        return ServedPreprocessing(fast=False), f"preprocessing: exact (the fast path's gate cannot run here: {e})"
+    fast = preprocess_gate(run, artifact.preprocess, task, output_names=artifact.output_names)
+    sent = preprocess_gate(run, artifact.preprocess, task, output_names=artifact.output_names, sent=True)
+    gate = {"fast": preprocess_figures(fast), "sent resized": preprocess_figures(sent)}
+    if not fast.passed:
+        why = f"preprocessing: exact (the fast path failed its gate: {'; '.join(fast.failures)})"
+        return ServedPreprocessing(fast=False, gate=gate), why
+    # Photos sent resized that fail their own gate are sent as they are: the figures say why, no note needed.
+    return ServedPreprocessing(fast=True, send_resized=sent.passed, gate=gate), None
+
+
 # --- deploy: a model to its fastest gated variant, served ---------------------------------------------------------
 
 
@@ -196,12 +239,15 @@ class Deployment:
     chosen: ModelArtifact
     added: AddedModel
     notes: tuple[str, ...] = ()
+    preprocessing: ServedPreprocessing | None = None  # the image ensemble's, and its gate's figures
 
     def to_dict(self) -> dict[str, Any]:
+        chosen = self.preprocessing
         return {
             "candidates": [c.to_dict() for c in self.candidates],
             "path": str(self.added.path),
             "models": list(self.added.models),
+            "preprocess": None if chosen is None else chosen.to_parameters() | {"preprocess_gate": chosen.gate},
         }
 
 
@@ -235,6 +281,7 @@ def deploy(
     runtimes: str | Sequence[str | Variant | tuple[Runtime | str, Precision | str]] | None = None,
     labels: str | Path | None = None,
     workdir: str | Path | None = None,
+    preprocess: PreprocessPath | str = PreprocessPath.fast,
     progress: Progress = _quiet,
 ) -> Deployment:
     """A registered model (exported first) or an fp32 ONNX artifact, to its fastest variant that passed its gate,
@@ -244,13 +291,15 @@ def deploy(
     ONNX Runtime INT8 and fp32) is built and gated in `workdir` (default `deploy/<name>`), those that passed are
     timed side by side here, and the fastest is written. INT8 calibrates on the image folder `calibration` (default:
     real photographs, said in `notes`); the gates grade on `images`. `labels`: class names, one per line, served
-    with the model. Bad input is refused before minutes of building."""
+    with the model. `preprocess`: "fast" (where its gate passes for the chosen variant) or "exact"
+    (`choose_preprocessing`). Bad input is refused before minutes of building."""
     from vitexport.export.deploy import deploy_candidates
     from vitexport.export.onnx import export_or_load
     from vitexport.export.onnx_import import read_labels
     from vitexport.serving.repository import add_model
 
     chosen_names = check_deploy(model_or_onnx, calibration=calibration, images=images, runtimes=runtimes)
+    _choice(PreprocessPath, preprocess, "preprocess")
     source_name = str(model_in_folder(model_or_onnx))
     calibration, images, note = default_calibration(calibration, images)
     # The export and the candidates go to one working folder, never into the current directory; an imported Hugging
@@ -266,8 +315,10 @@ def deploy(
     assert best is not None
     if labels is not None:
         best = best.with_(labels=read_labels(labels, best.num_classes))
-    added = add_model(repo, best, name=name)
-    return Deployment(source, tuple(candidates), best, added, (note,) if note else ())
+    preprocessing, why = choose_preprocessing(best, preprocess, progress=progress)
+    added = add_model(repo, best, name=name, preprocessing=preprocessing)
+    notes = tuple(n for n in (note, why) if n)
+    return Deployment(source, tuple(candidates), best, added, notes, preprocessing)
 
 
 def check_deploy(

@@ -4,7 +4,9 @@ torchvision only where the config's resize_backend is torchvision: transformers'
 detector (the config's preprocessing has `shortest_edge`), `preprocess_detection` -> pixel_values, pixel_mask and the
 original (height, width), in the order of the config's outputs. Each request is checked against the config's
 `RequestLimits` (encoded bytes per image and per request, decoded pixels per request, from the images' headers)
-before any of its images is decoded."""
+before any of its images is decoded. The config's `preprocess_path` says which path: `fast` (a reduced-size decode of
+a large JPEG, a box pre-reduction, written only where the fast path passed its gate for this model) or `exact`
+(the reference; a repository written before the fast path existed)."""
 
 import json
 from typing import Any
@@ -16,6 +18,7 @@ from vitexport.errors import ImageError
 from vitexport.preprocess import (
     PreprocessConfig,
     RequestLimits,
+    ServedPreprocessing,
     check_request,
     preprocess_detection,
     preprocess_image,
@@ -35,6 +38,7 @@ class TritonPythonModel:
             from vitexport.preprocess import tv_backend
 
             tv_backend.load(threads=1)
+        self.fast = ServedPreprocessing.from_parameters(parameters).fast
 
     def _admit(self, request: Any) -> tuple[int, list[bytes] | Exception]:
         """(pixels, the images) of a request within the limits, from the images' headers; (-1, the error) else."""
@@ -50,8 +54,8 @@ class TritonPythonModel:
 
     def _tensors(self, encoded: list[bytes]) -> list[np.ndarray]:
         if not self.cfg.detection:
-            return [np.stack([preprocess_image(b, self.cfg) for b in encoded])]
-        inputs = [preprocess_detection(b, self.cfg) for b in encoded]
+            return [np.stack([preprocess_image(b, self.cfg, fast=self.fast) for b in encoded])]
+        inputs = [preprocess_detection(b, self.cfg, fast=self.fast) for b in encoded]
         return [
             np.stack([i.pixels for i in inputs]),
             np.stack([i.mask for i in inputs]),

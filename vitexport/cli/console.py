@@ -83,3 +83,7 @@ def int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
 # Options several commands share, named once.
 RepoDir = Annotated[Path, typer.Option("--repo", help="Triton model repository.")]
 ModelName = Annotated[str | None, typer.Option(help="Model name in the repository (default: the model's).")]
+PreprocessOption = Annotated[
+    str,
+    typer.Option(help="The image ensemble's preprocessing: fast (where its gate passes for the model) or exact."),
+]

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from vitexport.cli.console import JsonFlag, ModelName, RepoDir, print_json, print_table, progress_status, user_errors
+from vitexport.cli.console import (
+    JsonFlag,
+    ModelName,
+    PreprocessOption,
+    RepoDir,
+    print_json,
+    print_table,
+    progress_status,
+    user_errors,
+)
 
 Runtimes = Annotated[
     str | None,
@@ -34,6 +43,7 @@ def deploy(
     http_port: Annotated[int, typer.Option(help="--serve: HTTP port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="--serve: gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="--serve: metrics port.")] = 8002,
+    preprocess: PreprocessOption = "fast",
     as_json: JsonFlag = False,
 ) -> None:
     """Build every CPU candidate, gate each, time those that passed side by side here, and write the fastest into the
@@ -57,6 +67,7 @@ def deploy(
                 runtimes=runtimes,
                 labels=labels,
                 workdir=workdir,
+                preprocess=preprocess,
                 progress=progress,
             )
     _render(deployment, as_json)
@@ -68,6 +79,8 @@ def deploy(
 
 def _render(deployment: Any, as_json: bool) -> None:
     """The candidates, fastest gated first, with the task's agreement figure; or the deployment as JSON."""
+    for note in deployment.notes:
+        typer.secho(f"note: {note}", fg="yellow", err=True)
     if as_json:
         print_json(deployment.to_dict())
     else:

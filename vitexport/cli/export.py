@@ -190,15 +190,27 @@ def trt(
     typer.echo(str(artifact.path))
 
 
+# What `import` takes: a graph, or the folder around it.
+ImportSource = Annotated[
+    Path,
+    typer.Argument(
+        metavar="FILE.onnx|DIR",
+        help="An ONNX image model vitexport did not write, or the folder Optimum's export wrote (model.onnx, "
+        "config.json, preprocessor_config.json).",
+    ),
+]
+# The image processor's backend: what transformers 5's AutoImageProcessor(backend=) takes.
+HfBackendOption = Annotated[
+    str | None,
+    typer.Option(
+        help="pil or torchvision: the image processor's backend, as transformers 5's AutoImageProcessor(backend=) "
+        "[default: what the transformers named in config.json loads: 5 torchvision, 4 by the type's name]."
+    ),
+]
+
+
 def import_(
-    onnx_file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="FILE.onnx|DIR",
-            help="An ONNX image model vitexport did not write, or the folder Optimum's export wrote (model.onnx, "
-            "config.json, preprocessor_config.json).",
-        ),
-    ],
+    onnx_file: ImportSource,
     name: Annotated[
         str | None,
         typer.Option(help="The model's name in later stages [default: the file's stem; model.onnx: its folder's]."),
@@ -218,13 +230,7 @@ def import_(
     ] = None,
     output: Annotated[str | None, typer.Option(help="The output to use when there are several.")] = None,
     embeddings: Annotated[bool, typer.Option(help="The output is an embedding (N x D), not class logits.")] = False,
-    hf_backend: Annotated[
-        str | None,
-        typer.Option(
-            help="pil or torchvision: the image processor's backend, as transformers 5's AutoImageProcessor(backend=) "
-            "[default: what the transformers named in config.json loads: 5 torchvision, 4 by the type's name]."
-        ),
-    ] = None,
+    hf_backend: HfBackendOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Make an ONNX image classifier (or embedding model) from elsewhere an artifact: check it, record its

@@ -7,9 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from vitexport.cli.console import JsonFlag, ModelName, RepoDir, print_json, print_table, progress_status, user_errors
+from vitexport.cli.console import (
+    JsonFlag,
+    ModelName,
+    PreprocessOption,
+    RepoDir,
+    print_json,
+    print_table,
+    progress_status,
+    user_errors,
+)
 from vitexport.errors import VitExportError
-from vitexport.serving.client import Protocol
+from vitexport.serving.client import Protocol, Send
 from vitexport.serving.config import ServingBackend
 from vitexport.serving.supervisor import RestartPolicy
 
@@ -41,6 +50,9 @@ EnsembleFlag = Annotated[
 RepoTopK = Annotated[
     int | None, typer.Option(help="Classes clients ask by default (5); detectors: boxes at most (100).")
 ]
+SendOption = Annotated[
+    Send, typer.Option(help="resized: a large photo made smaller first, where the model's gate allows; original.")
+]
 Threshold = Annotated[float | None, typer.Option(help="Detectors: default score threshold (0.5).")]
 OrtTrtFp16 = Annotated[bool, typer.Option(help="onnxruntime backend: TensorRT FP16 accelerator.")]
 
@@ -59,6 +71,7 @@ def repo(
     top_k: RepoTopK = None,
     threshold: Threshold = None,
     ort_trt_fp16: OrtTrtFp16 = False,
+    preprocess: PreprocessOption = "fast",
     as_json: JsonFlag = False,
 ) -> None:
     """Write a model into a Triton model repository: config.pbtxt, labels, a new version, and the image ensemble."""
@@ -66,7 +79,7 @@ def repo(
 
     with user_errors(), tempfile.TemporaryDirectory(prefix="vitexport-repo-") as tmp:
         from vitexport.export.onnx import export_or_load
-        from vitexport.pipeline import select_for_serving
+        from vitexport.pipeline import choose_preprocessing, select_for_serving
         from vitexport.serving.config import Batching, batching_from_options
         from vitexport.serving.repository import add_model, scan
         from vitexport.serving.server import unavailable_reason
@@ -75,6 +88,8 @@ def repo(
             artifacts = [export_or_load(source, Path(tmp), progress=progress) for source in sources]
             batch = max_batch_size or Batching.max_batch_size
             selection = select_for_serving(artifacts, batch=batch, progress=progress)
+            chosen = selection.artifacts[0]
+            preprocessing, why = choose_preprocessing(chosen, preprocess if ensemble else "exact", progress=progress)
         timings = selection.timings
         added = add_model(
             repo_dir,
@@ -88,7 +103,10 @@ def repo(
             top_k=top_k,
             threshold=threshold,
             tensorrt_accelerator=ort_trt_fp16,
+            preprocessing=preprocessing,
         )
+        if why:  # once the repository is written: a write that fails is the one line then
+            typer.secho(f"note: {why}", fg="yellow", err=True)
         configs = scan(repo_dir)
         notes = {m: unavailable_reason(m, configs) for m in added.models}
     _render_repo(repo_dir, added, notes, timings, as_json)
@@ -217,13 +235,12 @@ def infer(
         int | None,
         typer.Option(help="Classes per image; detectors: at most this many boxes (default: the repository's)."),
     ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Detectors: lowest score shown (default: the server's, 0.5).")
-    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="Detectors: lowest score shown.")] = None,
     draw: Annotated[
         Path | None, typer.Option(help="Detectors: write the image with its boxes and labels drawn (one image).")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server at each step.")] = 60.0,
+    send: SendOption = Send.resized,
     as_json: JsonFlag = False,
 ) -> None:
     """Classify images on a running Triton server and print labels and scores; for a model exported with
@@ -236,7 +253,7 @@ def infer(
             raise VitExportError(f"--draw writes one picture: give one image, not {len(images)}")
         server = url or protocol.default_url
         results = predict(
-            server, images, protocol=protocol, model=model, top_k=top_k, threshold=threshold, timeout=timeout
+            server, images, protocol=protocol, model=model, top_k=top_k, threshold=threshold, timeout=timeout, send=send
         )
         detector = isinstance(results[0], list)
         if draw is not None and not detector:

@@ -4,8 +4,9 @@ limits before any pixel is allocated, and Pillow's errors turned into one line f
 from __future__ import annotations
 
 import io
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,12 @@ MAX_IMAGE_BYTES = 32 * 2**20
 MAX_REQUEST_BYTES = 64 * 2**20
 MAX_REQUEST_PIXELS = 64_000_000
 
+# The fast path's reduced-size decode (a JPEG's DCT scaling, 1/2 to 1/8) and box pre-reduction (Pillow's
+# reducing_gap) stop at this many times the resize's output per side, so the final filter still sees at least two
+# source pixels per output pixel (bicubic's support when downscaling 2x) and the result stays within the fast path's
+# gate (the tasks' PREPROCESS_TOLERANCE). Measured in docs/benchmarks.md, "The image path: what was tried".
+REDUCE_GAP = 2.0
+
 if TYPE_CHECKING:  # Pillow is imported where it is used: the CLI imports this package for --help
     from typing import BinaryIO, TypeAlias
 
@@ -33,17 +40,31 @@ if TYPE_CHECKING:  # Pillow is imported where it is used: the CLI imports this p
     ImageSource: TypeAlias = Image.Image | str | Path | bytes | bytearray | BinaryIO
 
 
-def _decode(image: ImageSource) -> Image.Image:
-    """A PIL RGB image from a PIL image, a path or encoded bytes, its size checked before its pixels are decoded."""
+def _decode(
+    image: ImageSource, output_size: Callable[[int, int], tuple[int, int]] | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """(a PIL RGB image, the image's full (width, height)) from a PIL image, a path or encoded bytes, its size
+    checked before its pixels are decoded. With `output_size` ((w, h) -> the resize's output), a JPEG much larger
+    than that is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling), never below REDUCE_GAP times the
+    output: the geometry stays the full image's, only the pixels the final filter starts from are fewer."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
         _check_pixels(*image.size)
-        return image.convert("RGB")
+        return _rgb(image), image.size
     with _decode_errors(isinstance(image, (bytes, bytearray))):
         opened = _open(image)
+        full = opened.size
+        if output_size is not None:
+            ow, oh = output_size(*full)
+            opened.draft("RGB", (math.ceil(ow * REDUCE_GAP), math.ceil(oh * REDUCE_GAP)))  # None for a non-JPEG
         opened.load()
-    return opened.convert("RGB")
+    return _rgb(opened), full
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """RGB without a copy when it already is: Pillow's convert to the same mode copies every pixel."""
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _open(image: str | Path | bytes | bytearray | BinaryIO) -> Image.Image:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from vitexport.errors import ImageError
 from vitexport.preprocess.config import DEFAULT_RESCALE, INTERPOLATIONS, PreprocessConfig
-from vitexport.preprocess.decode import MAX_RESIZED_PIXELS, _decode
+from vitexport.preprocess.decode import MAX_RESIZED_PIXELS, REDUCE_GAP, _decode
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the CLI imports this package for --help
     import numpy as np
@@ -23,24 +23,58 @@ def _resample(name: str) -> int:
     return INTERPOLATIONS.index(name)
 
 
-def preprocess_image(image: ImageSource, cfg: PreprocessConfig) -> np.ndarray:
+def preprocess_image(image: ImageSource, cfg: PreprocessConfig, *, fast: bool = False) -> np.ndarray:
     """A PIL image, a path or encoded bytes -> float32 (3, S, S): the config's resize (by default the short side to
     S / crop_pct), centre crop S x S, rescale, normalise by mean/std, channel order. With the defaults that is timm's
-    and torchvision's eval transform; `hf.from_hf_processor` configs give transformers' image processors' pixels."""
+    and torchvision's eval transform; `hf.from_hf_processor` configs give transformers' image processors' pixels.
+
+    `fast`: a large JPEG is decoded at a reduced size (no smaller than REDUCE_GAP times the resize's output) and a
+    large image box-reduced to that before the final filter, and the pixels normalised straight into the (3, S, S)
+    array; the default, exact path is the reference it is gated against (`export.gate.preprocess_gate`). A
+    torchvision config has no fast path: its pixels are torchvision's resize of the whole image."""
     if cfg.detection:  # a center crop would cut objects off and no mask would say where the image is
         raise ImageError("this is a detector's preprocessing (resize onto a padded canvas), not a classifier's crop")
-    decoded = _decode(image)
-    w, h = decoded.size
+    fast = fast and cfg.resize_backend == "pil"
+    decoded, (w, h) = _decode(image, (lambda w, h: resized_size(w, h, cfg)) if fast else None)
     new_w, new_h = resized_size(w, h, cfg)
     if cfg.resize_backend == "torchvision":  # torch is imported for these configs only
         from vitexport.preprocess import tv_backend
 
         return tv_backend.pixels(decoded, (new_w, new_h), crop_box(new_w, new_h, cfg) if cfg.crop else None, cfg)
-    resized = decoded.resize((new_w, new_h), _resample(cfg.interpolation))
+    resized = _resize(decoded, (new_w, new_h), _resample(cfg.interpolation), fast=fast)
     cropped = resized.crop(crop_box(new_w, new_h, cfg)) if cfg.crop else resized
     import numpy as np
 
+    if fast:
+        out = np.empty((3, cfg.input_size, cfg.input_size), np.float32)
+        _normalise_into(out, cropped, cfg)
+        return out
     return np.ascontiguousarray(_normalised(cropped, cfg).transpose(2, 0, 1))  # -> (3, S, S)
+
+
+def _resize(image: Image.Image, size: tuple[int, int], resample: int, *, fast: bool) -> Image.Image:
+    """The final filter; fast: after a box reduction by whole factors down to REDUCE_GAP times `size` (Pillow's
+    reducing_gap: a 12 MP PNG is resized from ~1/5 of its pixels)."""
+    if image.size == size:
+        return image
+    return image.resize(size, resample, reducing_gap=REDUCE_GAP if fast else None)
+
+
+def _normalise_into(out: np.ndarray, image: Image.Image, cfg: PreprocessConfig) -> None:
+    """`out` (3, h, w) float32, a view of the model's input, set to x * rescale, (x - mean) / std, in the config's
+    channel order, channel by channel in place: no float (h, w, 3) intermediate and no transpose copy, and the same
+    float32 arithmetic as `_normalised`, so the fast path's pixels are the exact path's wherever nothing was reduced."""
+    import numpy as np
+
+    pixels = np.asarray(image)  # (h, w, 3) uint8
+    for c in range(3):
+        k = 2 - c if cfg.channel_order == "BGR" else c  # the RGB channel normalised into out[c]
+        if cfg.rescale == DEFAULT_RESCALE:  # divides, as `_normalised` does (bit for bit the same pixels)
+            np.divide(pixels[..., k], np.float32(255.0), out=out[c], dtype=np.float32)
+        else:
+            np.multiply(pixels[..., k], np.float32(cfg.rescale), out=out[c], dtype=np.float32)
+        out[c] -= np.float32(cfg.mean[k])
+        out[c] /= np.float32(cfg.std[k])
 
 
 def resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
@@ -116,25 +150,34 @@ def detection_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int,
     return oh, ow
 
 
-def preprocess_detection(image: ImageSource, cfg: PreprocessConfig) -> DetectionInput:
+def preprocess_detection(image: ImageSource, cfg: PreprocessConfig, *, fast: bool = False) -> DetectionInput:
     """A PIL image, a path or encoded bytes -> a detector's input: the whole image resized (the config's filter:
     bilinear, as DETR's processor), rescaled, normalised, placed top-left on the S x S canvas, and its mask
-    (transformers' DetrImageProcessor with pad_size S x S gives the same arrays)."""
+    (transformers' DetrImageProcessor with pad_size S x S gives the same arrays). `fast`: as `preprocess_image`'s,
+    normalised straight onto the canvas."""
     import numpy as np
 
     if not cfg.detection:
         raise ImageError("this is a classifier's preprocessing (a center crop), not a detector's")
-    decoded = _decode(image)
-    w, h = decoded.size
-    oh, ow = detection_size(h, w, cfg)
+    fast = fast and cfg.resize_backend == "pil"
+
+    def output_size(w: int, h: int) -> tuple[int, int]:
+        oh, ow = detection_size(h, w, cfg)
+        return ow, oh
+
+    decoded, (w, h) = _decode(image, output_size if fast else None)
+    ow, oh = output_size(w, h)
     if cfg.resize_backend == "torchvision":  # torch is imported for these configs only
         from vitexport.preprocess import tv_backend
 
         return DetectionInput(*tv_backend.detection_canvas(decoded, (ow, oh), cfg), (h, w))
-    resized = _normalised(decoded.resize((ow, oh), _resample(cfg.interpolation)), cfg)
+    resized = _resize(decoded, (ow, oh), _resample(cfg.interpolation), fast=fast)
     S = cfg.input_size
     pixels = np.zeros((3, S, S), np.float32)
-    pixels[:, :oh, :ow] = resized.transpose(2, 0, 1)
+    if fast:
+        _normalise_into(pixels[:, :oh, :ow], resized, cfg)
+    else:
+        pixels[:, :oh, :ow] = _normalised(resized, cfg).transpose(2, 0, 1)
     mask = np.zeros((S, S), np.int64)
     mask[:oh, :ow] = 1
     return DetectionInput(pixels, mask, (h, w))

@@ -98,6 +98,9 @@ class Task(ABC):
     model_head: ClassVar[str] = LOGITS_HEAD
     # whether a model's input size is its own (a detector's canvas is any size: nothing in it is resampled for one)
     any_input_size: ClassVar[bool] = False
+    # The fast preprocessing's budget against the exact one on the same model (export/gate.py preprocess_gate):
+    # one row per task, in the task's module.
+    preprocess_budget: ClassVar[Budget]
 
     # --- define and export ------------------------------------------------------------------------------------------
     @abstractmethod
