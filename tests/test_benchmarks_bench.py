@@ -14,18 +14,34 @@ from vitexport.cli import app
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+PHOTO = "640x480.png"
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
+    # What `deploy` chose for test_vit (one candidate, gated on photographs): --quick measures it beside the peers,
+    # in-process and served; test_resnet, not deployed, gets the fp32 variant, ungated.
+    repo = out / "repo"
+    deploy = ["deploy", "test_vit", "--runtimes", "onnxruntime-fp32", "--repo", str(repo), "--workdir", str(out / "d")]
+    deployed = CliRunner().invoke(app, deploy)
+    assert deployed.exit_code == 0, deployed.output
     args = [
         "bench",
         "test_vit",
         "test_resnet",
         "--quick",
         "--backends",
-        "torch,onnxruntime-plain,triton-grpc",
+        "torch,onnxruntime-plain,triton-grpc,triton-image",
         "--concurrency",
         "1,2",
+        "--photos",
+        PHOTO,
+        # Matmuls far too small to reach the machine's peak: the rows outrun them, and the peak must follow the rows.
+        "--gemm-sizes",
+        "16,32",
+        "--repo",
+        str(repo),
         "--output",
         str(out / "results"),
         "--workdir",
@@ -33,15 +49,15 @@ def quick_run(tmp_path_factory):
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    return out / "results", result.output
+    return out / "results", result.output, repo
 
 
 def test_quick_writes_valid_json(quick_run):
-    results, _ = quick_run
+    results, _, repo = quick_run
     data = json.loads((results / "bench-quick.json").read_text())
     assert data["machine"]["cores"] >= 1 and data["machine"]["versions"]["onnxruntime"]
     assert set(data["load_average"]) == {"start", "end", "max"}
-    assert data["settings"]["batch_sizes"] == [1, 8]
+    assert data["settings"]["batch_sizes"] == [1, 8] and data["settings"]["gemm_sizes"] == [16, 32]
     # Every GEMM peak that ran has a positive rate, and fp32 has a peak to compare the models with.
     assert "fp32" in data["peak_gflops"]
     # INT8 is measured on the kernels the INT8 variants run: OpenVINO turned the Q/DQ MatMul into an int8 one.
@@ -63,21 +79,75 @@ def test_quick_writes_valid_json(quick_run):
         for point in served.values():
             assert point["img_s"] > 0
             assert point["latency_ms_p50"] <= point["latency_ms_p99"]
-            # --quick gates nothing, so the served variant is the fp32 ONNX Runtime one, and the row says so.
-            variant = point["variant"]
-            assert (variant["runtime"], variant["precision"], variant["gated"]) == ("onnxruntime", "fp32", False)
-            assert variant["artifact"].endswith(".onnx") and "no gated variant" in variant["chosen"]
-    # No gated path was asked for, and the report says so instead of inventing a comparison.
-    assert any("no gated path was measured" in line for line in data["verdicts"])
+    # test_vit: deploy's file, measured in-process as our (gated) row and served.
+    vit = data["models"]["test_vit"]
+    ours = vit["in_process"]["onnxruntime"]
+    assert ours["deployed"] == f"{repo}/test_vit/1" and ours["gated"] and ours["artifact"] == "model.onnx"
+    variant = vit["served"]["triton-grpc"]["1"]["variant"]
+    assert (variant["backend"], variant["gated"]) == ("onnxruntime", True) and "deploy wrote" in variant["chosen"]
+    vit_lines = [line for line in data["verdicts"] if line.lstrip("*").startswith("test_vit, batch 8")]
+    assert vit_lines and "our best gated path" in vit_lines[0] and "no gated path" not in vit_lines[0]
+    # test_resnet: not deployed, and --quick gates nothing, so the fp32 ONNX Runtime variant, and the row says so.
+    variant = data["models"]["test_resnet"]["served"]["triton-grpc"]["1"]["variant"]
+    assert (variant["runtime"], variant["precision"], variant["gated"]) == ("onnxruntime", "fp32", False)
+    assert variant["artifact"].endswith(".onnx") and "no gated variant" in variant["chosen"]
+    assert "onnxruntime" not in data["models"]["test_resnet"]["in_process"]
+    assert any("test_resnet, batch 8: no gated path was measured" in line for line in data["verdicts"])
+
+
+def test_no_row_is_over_its_peak(quick_run):
+    """Measured rows against measured GEMMs too small to reach the machine's peak: the fp32 peak is then a row's own
+    best window, and no row, in the JSON or the Markdown, is over 100% of its precision's peak."""
+    results, _, _ = quick_run
+    data = json.loads((results / "bench-quick.json").read_text())
+    assert data["peak_sources"]["fp32"]["source"].startswith("row "), data["peak_sources"]
+    gemm = data["peaks"]["onnxruntime-fp32"]
+    assert gemm["rounds"] == 3 and set(gemm["sizes"]) == {"16", "32"}  # before the models and after each
+    assert gemm["gflops_min"] <= gemm["gflops_median"] <= gemm["gflops"] < data["peak_gflops"]["fp32"]
+    fractions = [
+        point["fraction_of_peak"]
+        for model in data["models"].values()
+        for entry in model["in_process"].values()
+        for point in entry["batches"].values()
+    ]
+    assert fractions and max(fractions) <= 1.0
+    table = (results / "bench-quick.md").read_text().split("## Throughput in-process")[1].split("\n## ")[0]
+    cells = [line.rstrip(" |").rsplit("| ", 1)[1] for line in table.splitlines() if line.startswith("| test_")]
+    assert cells and max(float(c.rstrip("%")) for c in cells) <= 100, cells
+
+
+def test_quick_measures_the_image_path_beside_the_tensor_path(quick_run):
+    results, _, _ = quick_run
+    data = json.loads((results / "bench-quick.json").read_text())
+    for name in ("test_vit", "test_resnet"):
+        image = data["models"][name]["image_path"]
+        assert [(r["photo"], r["concurrency"]) for r in image["rows"]] == [(PHOTO, 1), (PHOTO, 8)]
+        # The tensor path before and after the photograph at each concurrency, the photograph between.
+        assert [p["path"] for p in image["points"]] == ["tensor", PHOTO, "tensor"] * 2
+        for r in image["rows"]:
+            assert r["img_s"] > 0 and r["ratio"] == pytest.approx(r["img_s"] / r["tensor_img_s"], abs=1e-3)
+            assert r["latency_ms_p50"] <= r["latency_ms_p99"]
+            size = data["models"][name]["resolution"]
+            assert r["tensor_request_bytes"] == 3 * size * size * 4 and r["request_bytes"] > 10_000
+            where = r["where"]
+            # Triton's statistics: the photograph was decoded by the preprocessing, then the model ran.
+            assert where["preprocess_ms"] > 0 and where["model_ms"] > 0 and where["model_mean_batch"] >= 1
+            assert where["server_ms"] >= where["preprocess_ms"] and where["transfer_ms"] > 0
+        tensor = image["points"][0]["server"]
+        assert set(tensor) == {"classifier"}  # the tensor path reached the model alone
+    vit = data["models"]["test_vit"]["image_path"]
+    assert vit["variant"]["gated"] and "deploy wrote" in vit["variant"]["chosen"]
 
 
 def test_quick_writes_markdown_and_pngs(quick_run):
-    results, output = quick_run
+    results, output, _ = quick_run
     md = (results / "bench-quick.md").read_text()
     assert "| model | backend | kind | precision | batch 1 | batch 8 |" in md
     assert "## The DeiT paper's throughput table" in md
-    assert "| test_vit | onnxruntime fp32 (ungated) | triton-grpc | 2 |" in md
-    for png in ("bench-quick_throughput.png", "bench-quick_latency.png"):
+    assert "| test_vit | onnxruntime fp32 | triton-grpc | 2 |" in md  # deploy's, gated
+    assert "| test_resnet | onnxruntime fp32 (ungated) | triton-grpc | 2 |" in md
+    assert f"| test_vit | onnxruntime fp32 | {PHOTO} |" in md
+    for png in ("bench-quick_throughput.png", "bench-quick_latency.png", "bench-quick_image_path.png"):
         assert f"]({png})" in md
         data = (results / png).read_bytes()
         assert data.startswith(PNG_MAGIC)
@@ -107,6 +177,8 @@ def test_an_unwritable_output_is_refused_before_measuring(tmp_path):
         (["test_vit", "--batch-sizes", "0,8"], "--batch-sizes takes positive integers"),
         (["test_vit", "--concurrency", "one"], "--concurrency takes comma-separated integers"),
         (["test_vit", "--triton-url", "localhost:8000"], "--triton-url takes HOST:HTTP_PORT:GRPC_PORT"),
+        (["test_vit", "--photos", "640x480.gif"], "a photograph is WIDTHxHEIGHT.jpg or .png"),
+        (["test_vit", "--gemm-sizes", "0"], "--gemm-sizes takes positive integers"),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path):
