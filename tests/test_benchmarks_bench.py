@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vitexport.cli import app
+from vitexport.errors import VitExportError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -241,3 +242,64 @@ def test_a_detector_is_measured_with_its_mask_beside_its_own_reference_peers(tmp
         assert set(model["in_process"][backend]["batches"]) == {"2"}
     skipped = model["in_process"]["transformers"]
     assert skipped["status"] == "skipped" and "no transformers DETR equivalent" in skipped["reason"]
+
+
+def test_photographs_are_made_at_the_asked_size_and_format(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from vitexport.bench.image_path import Photo, parse_photos, photo_bytes
+
+    photos = parse_photos("640x480.jpg, 320x240.png,640x480.jpg")
+    assert photos == (Photo(640, 480, "jpg"), Photo(320, 240, "png"))  # each once, in order
+    for photo, fmt in zip(photos, ("JPEG", "PNG"), strict=True):
+        data = photo_bytes(photo, tmp_path)
+        image = Image.open(io.BytesIO(data))
+        assert (image.size, image.format) == ((photo.width, photo.height), fmt)
+        assert photo_bytes(photo, tmp_path) == data  # made once, then read back
+    with pytest.raises(VitExportError, match="WIDTHxHEIGHT"):
+        parse_photos("4032x3024.heic")
+
+
+def test_triton_statistics_become_milliseconds_per_request():
+    from vitexport.bench.image_path import per_request
+
+    zero = dict.fromkeys(("requests", "inferences", "executions", "success_ns"), 0) | {
+        f"{s}_ns": 0 for s in ("queue", "compute_input", "compute_infer", "compute_output")
+    }
+    before = {"m": zero, "idle": zero}
+    after = {
+        # 8 requests in 4 batches of 2; a batch's compute counts once for each of its requests, as Triton reports it.
+        "m": zero | {"requests": 8, "inferences": 8, "executions": 4, "success_ns": 80_000_000},
+        "idle": zero,
+    }
+    after["m"] |= {"queue_ns": 8_000_000, "compute_infer_ns": 64_000_000}
+    rows = per_request(before, after)
+    assert set(rows) == {"m"}  # a model that ran no request between the readings is left out
+    assert rows["m"]["mean_batch"] == 2 and rows["m"]["server_ms"] == 10 and rows["m"]["queue_ms"] == 1
+    assert rows["m"]["compute_infer_ms"] == 8
+
+
+def test_the_deployed_variant_is_found_by_its_sidecar_only(tmp_path):
+    from vitexport.bench.deployed import find_deployed
+
+    assert find_deployed(tmp_path / "missing", "test_vit") is None
+    (tmp_path / "test_vit" / "1").mkdir(parents=True)
+    (tmp_path / "test_vit" / "config.pbtxt").write_text("")
+    assert find_deployed(tmp_path, "test_vit") is None  # a version folder without a model file and its sidecar
+
+
+def test_a_preprocessing_mode_goes_to_the_repository_step_when_it_takes_one():
+    import inspect
+
+    from vitexport.bench.image_path import ImagePathSettings, repository_options
+    from vitexport.serving.repository import add_model
+
+    assert repository_options(ImagePathSettings()) == {}
+    settings = ImagePathSettings(preprocess="fast")
+    if "preprocess" in inspect.signature(add_model).parameters:
+        assert repository_options(settings) == {"preprocess": "fast"}
+    else:
+        with pytest.raises(VitExportError, match="no preprocessing modes"):
+            repository_options(settings)
