@@ -2,8 +2,9 @@
 preprocessing model, then the model, then its task's post-processing, one Triton ensemble), measured beside the
 tensor path (the preprocessed pixels to `<name>`) on the same served variant, in the same server, interleaved.
 
-For each concurrency: the tensor path, then every photograph, then the tensor path again (its reference is the
-mean of the two, so that a change of the shared machine's load between them shows as their difference, recorded).
+For each concurrency the tensor path and the photographs alternate (tensor, photograph, tensor, photograph, ...,
+tensor): each photograph's reference is the mean of the tensor points just before and after it, so that the shared
+machine's load, which moves within minutes, falls on both alike (both tensor points are recorded).
 Each point is perf_analyzer (gRPC, one image per request, its time windows) with Triton's statistics read before
 and after it, so that where the time went comes from the server's own per-model figures: queue, compute input,
 compute infer and compute output of the preprocessing, the model and the post-processing, and the ensemble's total;
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitexport.bench.triton_stats import STAGES, model_statistics, per_request
 from vitexport.errors import VitExportError
 
 JPEG_QUALITY = 90
@@ -107,56 +109,6 @@ def photo_bytes(photo: Photo, folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-# -- Triton's statistics ---------------------------------------------------------------------------------------
-
-_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
-
-
-def model_statistics(url: str) -> dict[str, dict[str, int]]:
-    """Triton's running totals of every model (the statistics extension, over gRPC): requests, inferences (images),
-    executions (batches), and the nanoseconds of success (the request's whole time in the server) and each stage."""
-    import tritonclient.grpc as grpc
-
-    client = grpc.InferenceServerClient(url)
-    try:
-        stats = client.get_inference_statistics(as_json=True)
-    finally:
-        client.close()
-    out = {}
-    for m in stats.get("model_stats", []):
-        inference = m.get("inference_stats", {})
-        totals = {
-            "requests": int(inference.get("success", {}).get("count", 0)),
-            "inferences": int(m.get("inference_count", 0)),
-            "executions": int(m.get("execution_count", 0)),
-            "success_ns": int(inference.get("success", {}).get("ns", 0)),
-        }
-        totals.update({f"{s}_ns": int(inference.get(s, {}).get("ns", 0)) for s in _STAGES})
-        out[m["name"]] = totals
-    return out
-
-
-def per_request(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
-    """Each model that ran between two readings: its requests, mean batch, and milliseconds per request of its
-    whole time in the server (`server_ms`) and of each stage (a batch's compute counts once for each of its
-    requests, as Triton reports it: per request, not per image)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, totals in after.items():
-        old = before.get(name, dict.fromkeys(totals, 0))
-        requests = totals["requests"] - old["requests"]
-        if requests <= 0:
-            continue
-        executions = totals["executions"] - old["executions"]
-        row: dict[str, Any] = {
-            "requests": requests,
-            "mean_batch": round((totals["inferences"] - old["inferences"]) / executions, 2) if executions else None,
-            "server_ms": round((totals["success_ns"] - old["success_ns"]) / requests / 1e6, 3),
-        }
-        row.update({f"{s}_ms": round((totals[f"{s}_ns"] - old[f"{s}_ns"]) / requests / 1e6, 3) for s in _STAGES})
-        out[name] = row
-    return out
-
-
 # -- perf_analyzer's input files -------------------------------------------------------------------------------
 
 
@@ -214,17 +166,23 @@ def measure_image_path(
     tool = find_perf_analyzer()
     if tool is None:
         raise ServingError("perf_analyzer is not installed (pip install 'vitexport[serve]')")
+    from tritonclient.utils import InferenceServerException
+
     client = grpc.InferenceServerClient(url)
     try:
         model_config = client.get_model_config(name).config
         image_config = client.get_model_config(f"{name}_image").config
+    except InferenceServerException as e:  # e.g. a running server (--triton-url) without the image ensemble
+        raise ServingError(f"the image path needs {name} and {name}_image served: {e.message()}") from None
     finally:
         client.close()
     with tempfile.TemporaryDirectory(prefix="vitexport-image-path-") as tmp:
         targets = _targets(Path(tmp), name, model_config, image_config, artifact, settings, workdir)
         points: list[dict[str, Any]] = []
         for c in settings.concurrency:
-            for target in [targets[0], *targets[1:], targets[0]]:  # the tensor path before and after the photos
+            # The tensor path between the photographs (and before the first and after the last): each photograph's
+            # reference is measured just before and just after it, under the load it ran under.
+            for target in [t for photo in targets[1:] for t in (targets[0], photo)] + [targets[0]]:
                 progress(f"{artifact.model}: image path, {target.label} at concurrency {c}")
                 window = _window_ms(settings.window_ms, target, c, points)
                 point = _point(tool, url, target, c, settings, window)
@@ -291,34 +249,32 @@ def _point(
 
 def rows_of(points: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     """One row per photograph and concurrency: its throughput and latency beside the tensor path's (the mean of the
-    tensor points before and after it at that concurrency), the ratio, and where its time went."""
+    tensor points just before and just after it), the ratio, and where its time went."""
     rows = []
-    for c in dict.fromkeys(p["concurrency"] for p in points):
-        at_c = [p for p in points if p["concurrency"] == c]
-        tensors = [p for p in at_c if p["path"] == "tensor"]
-        tensor_img_s = statistics.mean(p["img_s"] for p in tensors)
-        tensor_p50 = _mean([p.get("latency_ms_p50") for p in tensors])
-        for p in at_c:
-            if p["path"] == "tensor":
-                continue
-            p50 = p.get("latency_ms_p50")
-            rows.append(
-                {
-                    "photo": p["path"],
-                    "concurrency": c,
-                    "img_s": p["img_s"],
-                    "tensor_img_s": round(tensor_img_s, 3),
-                    "tensor_img_s_runs": [p["img_s"] for p in tensors],
-                    "ratio": round(p["img_s"] / tensor_img_s, 3) if tensor_img_s else None,
-                    "latency_ms_p50": p50,
-                    "latency_ms_p99": p.get("latency_ms_p99"),
-                    "tensor_latency_ms_p50": tensor_p50,
-                    "p50_minus_tensor_ms": None if p50 is None or tensor_p50 is None else round(p50 - tensor_p50, 1),
-                    "request_bytes": p["request_bytes"],
-                    "tensor_request_bytes": tensors[0]["request_bytes"],
-                    "where": where_the_time_goes(p, name),
-                }
-            )
+    for i, p in enumerate(points):
+        if p["path"] == "tensor":
+            continue
+        tensors = [points[i - 1], points[i + 1]]
+        tensor_img_s = statistics.mean(t["img_s"] for t in tensors)
+        tensor_p50 = _mean([t.get("latency_ms_p50") for t in tensors])
+        p50 = p.get("latency_ms_p50")
+        rows.append(
+            {
+                "photo": p["path"],
+                "concurrency": p["concurrency"],
+                "img_s": p["img_s"],
+                "tensor_img_s": round(tensor_img_s, 3),
+                "tensor_img_s_runs": [t["img_s"] for t in tensors],
+                "ratio": round(p["img_s"] / tensor_img_s, 3) if tensor_img_s else None,
+                "latency_ms_p50": p50,
+                "latency_ms_p99": p.get("latency_ms_p99"),
+                "tensor_latency_ms_p50": tensor_p50,
+                "p50_minus_tensor_ms": None if p50 is None or tensor_p50 is None else round(p50 - tensor_p50, 1),
+                "request_bytes": p["request_bytes"],
+                "tensor_request_bytes": tensors[0]["request_bytes"],
+                "where": where_the_time_goes(p, name),
+            }
+        )
     return rows
 
 
@@ -353,7 +309,7 @@ def where_the_time_goes(point: dict[str, Any], name: str) -> dict[str, float | N
         # The ensemble's time that its own counters give no stage (its steps waiting on one another).
         "ensemble_between_steps_ms": None
         if not ensemble
-        else round(ensemble["server_ms"] - sum(ensemble[f"{s}_ms"] for s in _STAGES), 3),
+        else round(ensemble["server_ms"] - sum(ensemble[f"{s}_ms"] for s in STAGES), 3),
         # perf_analyzer's split of the client's latency outside the target's queue and compute: the client's send,
         # the wire, the front and the gRPC frontends, its receive. Its average is over its windows, Triton's counters
         # over every request of the point; for an ensemble it also holds the time between the steps above.

@@ -26,8 +26,9 @@ def image_path_markdown(result: dict[str, Any]) -> list[str]:
         "## The image path: photographs to `<name>_image`, beside tensors to `<name>`",
         "",
         f"Same served variant, same server, {s['protocol']}, one image per request, perf_analyzer "
-        f"({s['windows']} windows of {s['window_ms']} ms per point); at each concurrency the tensor path before and "
-        "after the photographs (its img/s and p50 are their mean). Photographs: "
+        f"({s['windows']} windows of {s['window_ms']} ms per point, longer where a photograph takes over a second); "
+        "the tensor path runs just before and just after each photograph (its img/s and p50 are their mean). "
+        "Photographs: "
         f"{s['photo_source']}; preprocessing: {s['preprocess']}. Where the time goes, per request, from Triton's "
         "statistics: each step's compute (input + infer + output; its queue apart in the JSON), the ensemble's whole "
         "time in the server, and the transfer (perf_analyzer's client send, network and receive: the wire, the front "

@@ -15,7 +15,7 @@ from vitexport.errors import VitExportError
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-PHOTO = "640x480.png"
+PHOTO, SMALL = "640x480.png", "320x240.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def quick_run(tmp_path_factory):
         "--concurrency",
         "1,2",
         "--photos",
-        PHOTO,
+        f"{PHOTO},{SMALL}",
         # Matmuls far too small to reach the machine's peak: the rows outrun them, and the peak must follow the rows.
         "--gemm-sizes",
         "16,32",
@@ -122,14 +122,19 @@ def test_quick_measures_the_image_path_beside_the_tensor_path(quick_run):
     data = json.loads((results / "bench-quick.json").read_text())
     for name in ("test_vit", "test_resnet"):
         image = data["models"][name]["image_path"]
-        assert [(r["photo"], r["concurrency"]) for r in image["rows"]] == [(PHOTO, 1), (PHOTO, 8)]
-        # The tensor path before and after the photograph at each concurrency, the photograph between.
-        assert [p["path"] for p in image["points"]] == ["tensor", PHOTO, "tensor"] * 2
+        assert [(r["photo"], r["concurrency"]) for r in image["rows"]] == [
+            (p, c) for c in (1, 8) for p in (PHOTO, SMALL)
+        ]
+        # The tensor path just before and just after each photograph: each row's reference is its two neighbours.
+        points = image["points"]
+        assert [p["path"] for p in points] == ["tensor", PHOTO, "tensor", SMALL, "tensor"] * 2
+        neighbours = [[points[i - 1]["img_s"], points[i + 1]["img_s"]] for i in (1, 3, 6, 8)]
+        assert [r["tensor_img_s_runs"] for r in image["rows"]] == neighbours
         for r in image["rows"]:
             assert r["img_s"] > 0 and r["ratio"] == pytest.approx(r["img_s"] / r["tensor_img_s"], abs=1e-3)
             assert r["latency_ms_p50"] <= r["latency_ms_p99"]
             size = data["models"][name]["resolution"]
-            assert r["tensor_request_bytes"] == 3 * size * size * 4 and r["request_bytes"] > 10_000
+            assert r["tensor_request_bytes"] == 3 * size * size * 4 and r["request_bytes"] > 5_000
             where = r["where"]
             # Triton's statistics: the photograph was decoded by the preprocessing, then the model ran.
             assert where["preprocess_ms"] > 0 and where["model_ms"] > 0 and where["model_mean_batch"] >= 1
@@ -263,7 +268,7 @@ def test_photographs_are_made_at_the_asked_size_and_format(tmp_path):
 
 
 def test_triton_statistics_become_milliseconds_per_request():
-    from vitexport.bench.image_path import per_request
+    from vitexport.bench.triton_stats import per_request
 
     zero = dict.fromkeys(("requests", "inferences", "executions", "success_ns"), 0) | {
         f"{s}_ns": 0 for s in ("queue", "compute_input", "compute_infer", "compute_output")
