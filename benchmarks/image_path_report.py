@@ -73,8 +73,12 @@ def image_path_plot(plt: Any, models: list[tuple[str, dict[str, Any]]]) -> Any:
             rows = {r["photo"]: r for r in image["rows"] if r["concurrency"] == c}
             xs = [k + i * width for k in range(len(photos))]
             bars = ax.bar(xs, [rows[p]["img_s"] for p in photos], width, label=f"photographs, concurrency {c}")
-            tensor = next(iter(rows.values()))["tensor_img_s"]
-            ax.axhline(tensor, color=bars.patches[0].get_facecolor(), linestyle="--", label=f"tensors, concurrency {c}")
+            # Each photograph's own tensor reference (the tensor points just before and after it), over its bar.
+            tensors = [rows[p]["tensor_img_s"] for p in photos]
+            color = bars.patches[0].get_facecolor()
+            ax.plot(
+                xs, tensors, "_", markersize=22, markeredgewidth=2.5, color=color, label=f"tensors, concurrency {c}"
+            )
         ax.set_xticks([k + width * (len(concurrencies) - 1) / 2 for k in range(len(photos))], photos, fontsize=7)
         ax.set_ylabel("img/s")
         ax.set_title(f"{name} on Triton: image bytes vs tensors", fontsize=10)
