@@ -48,7 +48,8 @@ class BenchConfig:
     @classmethod
     def quick(cls, models: tuple[str, ...], **changes: Any) -> BenchConfig:
         """Under 3 minutes on 2 cores for four models: eager torch against the plain ONNX on ONNX Runtime, two
-        batch sizes, short windows, artifacts not re-validated."""
+        batch sizes, short windows, artifacts not re-validated; and for a model `deploy` wrote into model_repository,
+        its variant as it is, in-process, served and its image path."""
         base = {
             "backends": QUICK_BACKENDS,
             "sweep": QUICK_SWEEP,

@@ -338,17 +338,27 @@ def _settings_record(settings: ImagePathSettings) -> dict[str, Any]:
     }
 
 
-def repository_options(settings: ImagePathSettings) -> dict[str, Any]:
-    """add_model's options for the image path: the preprocessing mode where the repository step takes one (the hook
-    for issue 24's `--preprocess exact|fast`); a mode it cannot take is refused in one line."""
+def repository_options(settings: ImagePathSettings, artifact: Any, progress=lambda _: None) -> dict[str, Any]:
+    """add_model's options for the image path's `--preprocess exact|fast` (issue 24): where the repository step takes
+    a served preprocessing (`preprocessing=`), the one `repo` and `deploy` would serve, chosen by the pipeline (the
+    fast path only where it passes its gate on this model; why not, said through `progress`); where it takes a mode
+    (`preprocess=`), the mode. A repository step with neither refuses it in one line."""
     if settings.preprocess is None:
         return {}
     import inspect
 
     from vitexport.serving.repository import add_model
 
-    if "preprocess" not in inspect.signature(add_model).parameters:
-        raise VitExportError(
-            f"--preprocess {settings.preprocess}: this vitexport's repository step has no preprocessing modes"
-        )
-    return {"preprocess": settings.preprocess}
+    parameters = inspect.signature(add_model).parameters
+    if "preprocessing" in parameters:
+        from vitexport import pipeline
+
+        chosen, note = pipeline.choose_preprocessing(artifact, settings.preprocess, progress=progress)  # type: ignore[attr-defined]
+        if note:
+            progress(note)
+        return {"preprocessing": chosen}
+    if "preprocess" in parameters:
+        return {"preprocess": settings.preprocess}
+    raise VitExportError(
+        f"--preprocess {settings.preprocess}: this vitexport's repository step has no preprocessing modes"
+    )

@@ -166,7 +166,7 @@ def serving(
             repo, artifact, backend=ServingBackend.for_format(artifact.format), name=name,
             ensemble=image_path is not None, intra_op_threads=settings.threads,
             require_gate=False,  # the report labels ungated variants
-            **(repository_options(image_path) if image_path else {}),
+            **(repository_options(image_path, artifact, progress) if image_path else {}),
         )  # fmt: skip
         progress(f"{artifact.model}: starting Triton")
         with TritonServer(repo, models=list(added.models)) as server:

@@ -301,10 +301,13 @@ def test_a_preprocessing_mode_goes_to_the_repository_step_when_it_takes_one():
     from vitexport.bench.image_path import ImagePathSettings, repository_options
     from vitexport.serving.repository import add_model
 
-    assert repository_options(ImagePathSettings()) == {}
-    settings = ImagePathSettings(preprocess="fast")
-    if "preprocess" in inspect.signature(add_model).parameters:
-        assert repository_options(settings) == {"preprocess": "fast"}
+    assert repository_options(ImagePathSettings(), None) == {}
+    settings = ImagePathSettings(preprocess="exact")  # the reference: chosen without gating anything
+    parameters = inspect.signature(add_model).parameters
+    if "preprocessing" in parameters:
+        assert set(repository_options(settings, None)) == {"preprocessing"}
+    elif "preprocess" in parameters:
+        assert repository_options(settings, None) == {"preprocess": "exact"}
     else:
         with pytest.raises(VitExportError, match="no preprocessing modes"):
-            repository_options(settings)
+            repository_options(settings, None)

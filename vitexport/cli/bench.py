@@ -23,7 +23,8 @@ Backends = Annotated[
     typer.Option(
         help="Comma-separated backends [default: all; --quick: torch,onnxruntime-plain]. Peers: torch, "
         "torch-compile, timm, onnxruntime-plain, openvino-plain; ours: onnxruntime, onnxruntime-int8, "
-        "openvino-bf16, openvino-int8, tensorrt, triton-grpc, triton-http."
+        "openvino-bf16, openvino-int8, tensorrt, triton-grpc, triton-http, triton-image (photographs to the image "
+        "ensemble beside tensors)."
     ),
 ]
 BatchSizes = Annotated[str | None, typer.Option(help="In-process batch sizes [default: 1,8,32; --quick 1,8].")]
