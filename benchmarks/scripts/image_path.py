@@ -9,8 +9,9 @@ image and where the time goes (Triton's per-model statistics). A benchmark, not 
 The variant: `--artifact FILE`, or deploy's in `--repo` (a repository `vitexport deploy` wrote), or else the model is
 deployed as `vitexport deploy` does into the work folder (candidates built, gated on photographs, timed) and that
 deployment is reused by the next run. `--preprocess exact|fast` goes to the repository step (the served
-preprocessing `repo` would choose: fast only where it passes its gate), so both are measured on the same variant. The measurement itself is `vitexport bench`'s
-(vitexport.bench.image_path), so the bench's image-path rows and this script's agree.
+preprocessing `repo` would choose: fast only where it passes its gate), so both are measured on the same variant.
+The measurement itself is `vitexport bench`'s (vitexport.bench.image_path), so the bench's image-path rows and this
+script's agree.
 Writes `benchmarks/results/image_path_<model>_<preprocess>[_<tag>].json`, `.md` and `.png`.
 """
 
