@@ -3,14 +3,17 @@ served path through Triton, in one run, into one result dict (see vitexport.benc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vitexport.bench.gemm import GEMMS, GemmSpec, N, peak_table
+from vitexport.bench.deployed import DEFAULT_REPO, Deployed
+from vitexport.bench.image_path import QUICK_PHOTOS, ImagePathSettings, Photo
+from vitexport.bench.peaks import GemmRounds, fill_fractions, gemm_rounds, peaks_by_precision
 from vitexport.bench.runners import ALL_BACKENDS, QUICK_BACKENDS, TORCH_PEERS, BenchBackend, RunnerSpec
 from vitexport.bench.served import ServedSettings
 from vitexport.bench.served_rows import beside_in_process, passed_gate, served_rows, served_variant
@@ -21,6 +24,9 @@ from vitexport.tasks import task_of
 
 QUICK_SWEEP = SweepSettings(batch_sizes=(1, 8), windows=3, duration=0.4, warmup=0.2)
 QUICK_SERVED = ServedSettings(concurrency=(1, 4), window_ms=500, max_trials=5, stability=25)
+GEMM_SIZES = (1024, 2048)
+QUICK_GEMM_SIZES = (512, 1024)
+QUICK_IMAGE_PATH = ImagePathSettings(photos=QUICK_PHOTOS, window_ms=500)
 
 
 @dataclass(frozen=True)
@@ -29,23 +35,31 @@ class BenchConfig:
     backends: tuple[BenchBackend, ...] = ALL_BACKENDS
     sweep: SweepSettings = field(default_factory=SweepSettings)
     served: ServedSettings = field(default_factory=ServedSettings)
+    image_path: ImagePathSettings = field(default_factory=ImagePathSettings)  # measured with the triton-image backend
+    repo: Path | None = None  # a repository `vitexport deploy` wrote: each model's deployed variant is measured
+    with_deployed: tuple[BenchBackend, ...] = ()  # measured for a model only where it has a deployed variant
     workdir: Path = field(default_factory=lambda: default_workdir())
     validate: bool = True  # export validation and the optimize stage's accuracy gate
     gemm: bool = True
-    gemm_size: int = N
+    gemm_sizes: tuple[int, ...] = GEMM_SIZES  # the matmuls' sides, each measured in every round
     triton_url: str | None = None  # HOST:HTTP_PORT:GRPC_PORT of a running Triton serving the models by name
     command: str = ""
 
     @classmethod
     def quick(cls, models: tuple[str, ...], **changes: Any) -> BenchConfig:
         """Under 3 minutes on 2 cores for four models: eager torch against the plain ONNX on ONNX Runtime, two
-        batch sizes, short windows, artifacts not re-validated."""
+        batch sizes, short windows, artifacts not re-validated; and for a model `deploy` wrote into model_repository,
+        its variant as it is, in-process, served and its image path."""
         base = {
             "backends": QUICK_BACKENDS,
             "sweep": QUICK_SWEEP,
             "served": QUICK_SERVED,
+            "image_path": QUICK_IMAGE_PATH,
+            # What deploy chose, beside the peers: its row, served (tensors and photographs), in the budget.
+            "repo": DEFAULT_REPO,
+            "with_deployed": (BenchBackend.triton_grpc, BenchBackend.triton_image),
             "validate": False,
-            "gemm_size": 1024,
+            "gemm_sizes": QUICK_GEMM_SIZES,
         }
         return cls(models, **(base | changes))
 
@@ -61,6 +75,8 @@ class BenchConfig:
         threads: int = 2,
         duration: float | None = None,
         windows: int | None = None,
+        photos: tuple[Photo, ...] | None = None,
+        preprocess: str | None = None,
         **changes: Any,
     ) -> BenchConfig:
         """The defaults of a full or --quick run, with what the user set over them (None: the default)."""
@@ -81,8 +97,15 @@ class BenchConfig:
             # A window must hold requests: DETR takes seconds per image, so --duration sets the served windows too.
             **({"window_ms": round(duration * 1000)} if duration else {}),
         )
+        image_path = replace(
+            config.image_path,
+            **({"photos": photos} if photos else {}),
+            **({"preprocess": preprocess} if preprocess else {}),
+        )
         kept = {k: v for k, v in changes.items() if v is not None}
-        return replace(config, backends=backends or config.backends, sweep=sweep, served=served, **kept)
+        return replace(
+            config, backends=backends or config.backends, sweep=sweep, served=served, image_path=image_path, **kept
+        )
 
 
 def default_workdir() -> Path:
@@ -103,6 +126,8 @@ def check_config(config: BenchConfig) -> None:
         raise VitExportError(f"batch sizes must be >= 1, got {list(s.batch_sizes)}")
     if not config.served.concurrency or min(config.served.concurrency) < 1:
         raise VitExportError(f"concurrency must be >= 1, got {list(config.served.concurrency)}")
+    if not config.gemm_sizes or min(config.gemm_sizes) < 1:
+        raise VitExportError(f"GEMM sizes must be >= 1, got {list(config.gemm_sizes)}")
     if s.windows < 1 or s.duration <= 0 or s.threads < 1:
         raise VitExportError("windows, duration and threads must be positive")
     if config.triton_url:
@@ -123,23 +148,30 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
     progress = _logged(progress, logs / "progress.log")
     machine = machine_info()
     loads = [os.getloadavg()[0]]
-    peaks = _peaks(config, logs, progress) if config.gemm else {}
-    loads.append(os.getloadavg()[0])
-    peak = peak_table(peaks)
     models = {}
-    for name in config.models:
-        s = subject(name)
-        models[s.name] = _model(s, config, logs, peak, progress)
-        loads.append(os.getloadavg()[0])
+    with _gemm(config, logs, progress) as gemm:
+        if gemm:
+            gemm.round("before the models", progress)
+        for name in config.models:
+            s = subject(name)
+            models[s.name] = _model(s, config, logs, progress)
+            loads.append(os.getloadavg()[0])
+            if gemm:
+                gemm.round(f"after {s.name}", progress)
+        peaks = gemm.results() if gemm else {}
+    peak, peak_sources = peaks_by_precision(peaks, models)
+    fill_fractions(models, peak)
     result = {
         "benchmark": "bench",
         "command": config.command or "vitexport bench " + " ".join(config.models),
+        **({"deployed_from": str(config.repo)} if config.repo else {}),
         "machine": machine,
         "settings": asdict(config.sweep)
         | {
             "backends": [b.value for b in config.backends],
             "concurrency": list(config.served.concurrency),
             "served_window_ms": config.served.window_ms,
+            "gemm_sizes": list(config.gemm_sizes) if config.gemm else [],
             "validate": config.validate,
             "onnxruntime_spinning": False,
             "process_per_backend": True,
@@ -147,7 +179,8 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         },
         "load_average": {"start": round(loads[0], 2), "end": round(loads[-1], 2), "max": round(max(loads), 2)},
         "peaks": peaks,
-        "peak_gflops": peak,
+        "peak_gflops": {k: round(v, 1) if v >= 10 else float(f"{v:.4g}") for k, v in peak.items()},
+        "peak_sources": peak_sources,
         "models": models,
     }
     from vitexport.bench.report import detr_table, paper_table, swin_table, verdicts
@@ -172,62 +205,28 @@ def _logged(progress: Callable[[str], None], log: Path) -> Callable[[str], None]
     return report
 
 
-def _peaks(config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
-    specs = {f"{rt}-{p}": GemmSpec(rt, p, config.sweep.threads, config.gemm_size) for rt, p in GEMMS}
-    # torch's bf16 matmul without BF16 instructions is emulated: measured here (Zen 3, AVX2) over a minute per
-    # 2048^3 call on 2 busy cores, which would hold the whole run for a figure that is not a peak.
-    no_bf16 = _no_native_bf16()
-    emulated = {name: specs.pop(name) for name in [n for n in specs if n == "torch-bf16"] if no_bf16}
-    settings = SweepSettings(batch_sizes=(1,), windows=config.sweep.windows, duration=min(config.sweep.duration, 1.0))
-    settings = SweepSettings(**(asdict(settings) | {"warmup": 0.3, "threads": config.sweep.threads}))
-    progress("GEMM peaks: loading")
-    with workers(specs, logs) as pool:
-        for w in pool.values():
-            w.wait_ready()
-        measured = sweep(pool, settings, 1, progress, "GEMM peak")
-        out = {
-            name: {"status": "skipped", "reason": no_bf16, "precision": spec.precision}
-            for name, spec in emulated.items()
-        }
-        for name, w in pool.items():
-            if name not in measured:
-                out[name] = {"status": "failed", "reason": w.error, "precision": specs[name].precision}
-                continue
-            summary = measured[name][1].summary()
-            out[name] = {
-                "status": "ok",
-                "precision": w.precision,
-                # The best window, not the median: a peak is what the machine can do, and on a shared CPU the
-                # median mostly measures the neighbours.
-                "gflops": round(summary["img_s_max"] * specs[name].flops / 1e9, 1),
-                "gflops_median": round(summary["img_s"] * specs[name].flops / 1e9, 1),
-                "size": config.gemm_size,
-                "spread": summary["spread"],
-                "calls_s": summary["img_s"],
-            }
-    return out
+@contextlib.contextmanager
+def _gemm(config: BenchConfig, logs: Path, progress) -> Iterator[GemmRounds | None]:
+    """The run's GEMM rounds (None: not measured): short windows, each round as long as the sizes' windows take."""
+    if not config.gemm:
+        yield None
+        return
+    windows = max(1, config.sweep.windows - 1)  # per round; a run has at least two rounds
+    settings = SweepSettings(
+        batch_sizes=config.gemm_sizes, windows=windows, duration=min(config.sweep.duration, 1.0), warmup=0.3,
+        threads=config.sweep.threads,
+    )  # fmt: skip
+    with gemm_rounds(config.gemm_sizes, settings, logs, _no_native_bf16(), progress) as rounds:
+        yield rounds
 
 
-def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float], progress) -> dict[str, Any]:
-    from vitexport.bench.prepare import prepare
-
+def _model(spec: Subject, config: BenchConfig, logs: Path, progress) -> dict[str, Any]:
     # FLOPs = 2 x MACs, as the registry's (and the ONNX count's) MACs count matmuls and convolutions.
     gflop = 2 * spec.macs / 1e9 if spec.macs else None
-    # Reference implementations that do not run this kind of model get no row (timm has no DETR; transformers is
-    # the detectors' reference only).
-    backends = [b for b in config.backends if b.applies_to(task_of(spec))]
+    backends, deployed = _backends(spec, config)
     in_process = [b for b in backends if not b.served]
     served = [b for b in backends if b.served]
-    no_bf16 = _no_native_bf16() if BenchBackend.openvino_bf16 in in_process else None
-    unregistered = [] if spec.registered else [b for b in backends if b in TORCH_PEERS]
-    wanted = [b for b in backends if not (no_bf16 and b is BenchBackend.openvino_bf16) and b not in unregistered]
-    paths, skipped, ungated = prepare(
-        spec.name, wanted, config.workdir, validate=config.validate, source=spec.artifact, progress=progress
-    )  # served paths use the onnxruntime variant
-    if no_bf16:
-        skipped[BenchBackend.openvino_bf16] = no_bf16
-    for b in unregistered:
-        skipped[b] = f"{spec.artifact.name} is an ONNX file: there is no PyTorch model to run"
+    wanted, paths, skipped, ungated = _prepared(spec, config, backends, deployed, progress)
     entries: dict[str, dict[str, Any]] = {}
     runnable = {}
     timm_name = _timm_peer(spec.name, skipped) if BenchBackend.timm in wanted else None
@@ -247,13 +246,16 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
         for backend_name, w in pool.items():
             b = BenchBackend(backend_name)
             gate = (b not in ungated and passed_gate(paths.get(b)), ungated.get(b))
-            facts = _Measured(b, w.precision or b.precision, gflop, peak, paths.get(b), peer_models.get(b), gate)
+            facts = _Measured(b, w.precision or b.precision, gflop, paths.get(b), peer_models.get(b), gate)
             entries[backend_name] = _entry(facts, measured.get(backend_name), w.error or w.limited, w.limited)
+    if deployed and deployed.backend.value in entries:
+        where = f"{config.repo}/{deployed.served_as}/{deployed.version}"
+        entries[deployed.backend.value]["deployed"] = where  # the served rows serve it (served_variant)
     ordered = {b.value: entries[b.value] for b in in_process if b.value in entries}
-    served_results, served_skipped = {}, {}
+    served_results, image_path, served_skipped = {}, None, {}
     if served:
         variant = served_variant(entries, paths, served, task_of(spec))
-        served_results, served_skipped = served_rows(spec.name, served, variant, skipped, config, progress)
+        served_results, image_path, served_skipped = served_rows(spec.name, served, variant, skipped, config, progress)
         beside_in_process(served_results, entries)
     return {
         "family": spec.family,
@@ -264,11 +266,46 @@ def _model(spec: Subject, config: BenchConfig, logs: Path, peak: dict[str, float
         **({"artifact": str(spec.artifact)} if spec.artifact else {}),
         "in_process": ordered,
         "served": served_results,
+        **({"image_path": image_path} if image_path else {}),
         "served_skipped": served_skipped,
     }
 
 
 TRANSFORMERS_DETR = "transformers DetrForObjectDetection"
+
+
+def _prepared(spec: Subject, config: BenchConfig, backends: list[BenchBackend], deployed: Deployed | None, progress):
+    """(the backends to run, their model files, why others cannot run, the ungated variants' gate verdicts)."""
+    from vitexport.bench.prepare import prepare
+
+    no_bf16 = _no_native_bf16() if BenchBackend.openvino_bf16 in backends else None
+    unregistered = [] if spec.registered else [b for b in backends if b in TORCH_PEERS]
+    wanted = [b for b in backends if not (no_bf16 and b is BenchBackend.openvino_bf16) and b not in unregistered]
+    # deploy's file is measured as it is: its row and the served ones need nothing built.
+    given = {b: deployed.path for b in wanted if deployed and (b is deployed.backend or b.served)}
+    paths, skipped, ungated = prepare(
+        spec.name, [b for b in wanted if b not in given], config.workdir, validate=config.validate,
+        source=spec.artifact, progress=progress,
+    )  # fmt: skip
+    paths |= given  # served paths: deploy's file, else the onnxruntime variant
+    if no_bf16:
+        skipped[BenchBackend.openvino_bf16] = no_bf16
+    for b in unregistered:
+        skipped[b] = f"{spec.artifact.name} is an ONNX file: there is no PyTorch model to run"
+    return wanted, paths, skipped, ungated
+
+
+def _backends(spec: Subject, config: BenchConfig) -> tuple[list[BenchBackend], Deployed | None]:
+    """The model's backends: the run's, less the reference implementations that do not run this kind of model
+    (timm has no DETR; transformers is the detectors' reference only), plus, where `deploy` left a variant of it in
+    the repository, that variant's row and `with_deployed` (--quick: served, tensors and photographs)."""
+    from vitexport.bench.deployed import find_deployed
+
+    backends = [b for b in config.backends if b.applies_to(task_of(spec))]
+    deployed = find_deployed(config.repo, spec.name, spec.given) if config.repo else None
+    if deployed is not None:
+        backends += [b for b in (deployed.backend, *config.with_deployed) if b not in backends]
+    return backends, deployed
 
 
 @dataclass(frozen=True)
@@ -278,14 +315,14 @@ class _Measured:
     backend: BenchBackend
     precision: str  # what it really computed in (OpenVINO reports it)
     gflop: float | None  # per image
-    peak: dict[str, float]  # GEMM peaks of this run, by precision
     path: Path | None  # its model file
     peer_model: str | None  # a reference peer's model, as the report names it
     gate: tuple[bool, str | None]  # (passed its gate, why a kept variant failed it)
 
 
 def _entry(facts: _Measured, measured: dict | None, failure: str | None, note: str | None) -> dict[str, Any]:
-    """One in-process row of the results: its batches' throughput and fraction of the GEMM peak, or why it failed."""
+    """One in-process row of the results: its batches' throughput and GFLOP/s (the fraction of the peak is filled in
+    once the run's peaks are known: vitexport.bench.peaks), or why it failed."""
     b = facts.backend
     if not measured:
         return {"status": "failed", "reason": failure or "not measured", "peer": b.peer}
@@ -294,8 +331,6 @@ def _entry(facts: _Measured, measured: dict | None, failure: str | None, note: s
         s = m.summary()
         rate = s["img_s"] * facts.gflop if facts.gflop else None
         s["gflops"] = _significant(rate) if rate else None
-        peak = facts.peak.get(facts.precision)
-        s["fraction_of_peak"] = _significant(rate / peak) if rate and peak else None
         batches[str(bs)] = s
     passed, gate_failure = facts.gate
     return {

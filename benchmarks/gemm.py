@@ -16,6 +16,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,12 +35,14 @@ GEMMS = (
 
 @dataclass(frozen=True)
 class GemmSpec:
-    """Picklable: a worker builds the runner. One call of `infer` is one N x N x N matmul."""
+    """Picklable: a worker builds the runner. One call of `infer` is one N x N x N matmul; with several `sizes`, the
+    batch's first axis names the side of the matmul it runs (the sweep's "batch size" is then the size)."""
 
     runtime: str
     precision: str
     threads: int
     n: int = N
+    sizes: tuple[int, ...] = ()
 
     @property
     def flops(self) -> int:
@@ -50,9 +53,16 @@ class GemmSpec:
         return f"gemm-{self.runtime}-{self.precision}"
 
     def build(self):
+        gemms = [self._build(n) for n in self.sizes or (self.n,)]
+        if len(gemms) == 1:
+            return gemms[0]
+        by_size = dict(zip(self.sizes, gemms, strict=True))
+        return _Gemm(gemms[0].name, gemms[0].precision, lambda n: by_size[n].fn(), sized=True)
+
+    def _build(self, n: int):
         rng = np.random.default_rng(0)
-        a = rng.standard_normal((self.n, self.n), dtype=np.float32)
-        b = rng.standard_normal((self.n, self.n), dtype=np.float32)
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
         if self.runtime == "torch":
             return _torch(a, b, self.precision, self.threads)
         path = Path(tempfile.mkdtemp(prefix="vitexport-gemm-")) / "matmul.onnx"
@@ -71,10 +81,11 @@ class GemmSpec:
 class _Gemm:
     name: str
     precision: str
-    fn: object
+    fn: Any
+    sized: bool = False  # fn takes the matmul's side
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:  # the batch is ignored: the operands are fixed
-        return self.fn()
+    def infer(self, batch: np.ndarray) -> np.ndarray:  # the batch's values are ignored: the operands are fixed
+        return self.fn(batch.shape[0]) if self.sized else self.fn()
 
 
 def _matmul_onnx(b: np.ndarray, path: Path) -> None:

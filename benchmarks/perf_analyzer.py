@@ -118,8 +118,31 @@ def _stable(us: dict[str, float]) -> dict[str, Any]:
         "latency_ms_p99": round(us["p99 latency"] / 1e3, 3),
         "server_queue_ms": round(us.get("Server Queue", 0) / 1e3, 3),
         "server_compute_ms": round(us.get("Server Compute Infer", 0) / 1e3, 3),
+        **{key: round(us[column] / 1e3, 3) for key, column in _TIMES.items() if column in us},
+        # The mean latency is the sum of the report's parts (perf_analyzer's CSV has no column of its own for it).
+        "latency_ms_avg": round(sum(us.get(column, 0) for column in _PARTS) / 1e3, 3),
         "stable": True,
     }
+
+
+# The rest of the report's times (microseconds): the client's mean latency and its parts, where perf_analyzer has
+# them. "Network+Server Send/Recv" is the request's time on the wire and in the server, as the client sees it.
+_PARTS = (
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+)
+_TIMES = {
+    "client_send_ms": "Client Send",
+    "network_ms": "Network+Server Send/Recv",
+    "client_recv_ms": "Client Recv",
+    "server_compute_input_ms": "Server Compute Input",
+    "server_compute_output_ms": "Server Compute Output",
+}
 
 
 def report_row(report: Path) -> dict[str, float]:

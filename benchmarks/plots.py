@@ -20,7 +20,13 @@ def plots(result: dict[str, Any], output: Path, prefix: str) -> dict[str, str]:
         "throughput vs batch size": f"{prefix}_throughput.png",
         "latency vs concurrency": f"{prefix}_latency.png",
     }
-    for draw, file in zip((_throughput, _latency), files.values(), strict=True):
+    draws = [_throughput, _latency]
+    if any(m.get("image_path") for _, m in models):
+        from vitexport.bench.image_path_report import TITLE, image_path_plot
+
+        files[TITLE] = f"{prefix}_image_path.png"
+        draws.append(image_path_plot)
+    for draw, file in zip(draws, files.values(), strict=True):
         fig = draw(plt, models)
         fig.tight_layout()
         fig.savefig(output / file, dpi=110)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vitexport.bench.image_path_report import image_path_markdown
 from vitexport.bench.paper_tables import SAME_BACKENDS, detr_table, paper_table, swin_table, swin_table_notes
 from vitexport.bench.plots import plots
 from vitexport.bench.verdicts import best_gated, ok, verdicts
@@ -45,6 +46,7 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
     out += _swin_markdown(result)
     out += _detr_markdown(result)
     out += _served_markdown(result)
+    out += image_path_markdown(result)
     out += ["## Peers against our best gated path", ""]
     out += [f"- {line}" for line in result["verdicts"]] or ["- no peer was measured"]
     out.append("")
@@ -84,31 +86,43 @@ def _header(result: dict[str, Any]) -> list[str]:
 
 
 def _peaks_markdown(result: dict[str, Any]) -> list[str]:
-    """The GEMM peaks, when measured: what the "of peak" column divides by."""
+    """The GEMM peaks, when measured: what the "of peak" column divides by, what set each, and its spread."""
     if not result["peaks"]:
         return []
-    size = next((p["size"] for p in result["peaks"].values() if "size" in p), "?")
     out = [
-        f"## GEMM peaks ({size}³ matmul)",
+        "## GEMM peaks",
         "",
-        "| library | precision | GFLOP/s (int8: GOP/s), best window | median | spread |",
-        "|---|---|---:|---:|---:|",
+        "| library | precision | GFLOP/s (int8: GOP/s), best window | at size | min / median / max of its windows "
+        "there | every size: min / median / max (windows) |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for name, p in result["peaks"].items():
-        if p["status"] == "ok":
-            out.append(
-                f"| {name} | {p['precision']} | {p['gflops']:.0f} | {p['gflops_median']:.0f} | "
-                f"{p['spread'] * 100:.0f}% |"
-            )
-        else:
-            out.append(f"| {name} | {p.get('precision', '')} | – | – | {p['reason']} |")
-    peaks = ", ".join(f"{k} {v:.0f} {'GOP/s' if k == 'int8' else 'GFLOP/s'}" for k, v in result["peak_gflops"].items())
+        if p["status"] != "ok":
+            out.append(f"| {name} | {p.get('precision', '')} | – | – | – | {p['reason']} |")
+            continue
+        sizes = "; ".join(
+            f"{n}³: {v['min']:.0f} / {v['median']:.0f} / {v['max']:.0f} ({v['windows']})"
+            for n, v in p.get("sizes", {}).items()
+        )
+        low = p.get("gflops_min")
+        out.append(
+            f"| {name} | {p['precision']} | {p['gflops']:.0f} | {p.get('size', '?')}³ | "
+            f"{_fmt(low, '.0f')} / {p['gflops_median']:.0f} / {p['gflops']:.0f} | {sizes or '–'} |"
+        )
+    sources = result.get("peak_sources", {})
+    peaks = ", ".join(
+        f"{k} {v:.0f} {'GOP/s' if k == 'int8' else 'GFLOP/s'}" + (f" ({sources[k]['source']})" if k in sources else "")
+        for k, v in result["peak_gflops"].items()
+    )
+    rounds = max((p.get("rounds", 1) for p in result["peaks"].values() if p["status"] == "ok"), default=1)
     return [
         *out,
         "",
-        f'Peak by precision (best library, best window): {peaks}. A model row\'s "of peak" divides its '
-        "operations per second (2 x MACs per image) by the peak of the precision it runs in: INT8 rows by the "
-        "int8 peak.",
+        f"Peak by precision: {peaks}. Every library's matmul was measured at every size in {rounds} rounds "
+        "interleaved with the models (before the first, after each); a precision's peak is the best window of "
+        "any of them, or a model row's own best window where that was higher (the GEMM then under-measured the "
+        'machine: the load moved), so no row is over 100%. A model row\'s "of peak" divides its median operations '
+        "per second (2 x MACs per image) by the peak of the precision it runs in: INT8 rows by the int8 peak.",
         "",
     ]
 
@@ -136,6 +150,7 @@ def _in_process_row(name: str, backend: str, e: dict[str, Any], sizes: list[str]
     gflops = last["gflops"] if last else None
     gflops_text = _fmt(gflops, ".0f" if (gflops or 0) >= 100 else ".3g")
     label = f"{backend} ({e['peer_model']})" if e.get("peer_model", f"timm {name}") != f"timm {name}" else backend
+    label += f" (deployed: {e['deployed']})" if e.get("deployed") else ""
     return (
         f"| {name} | {label} | {_kind(e)} | {e['precision']} | "
         + " | ".join(cells)

@@ -34,6 +34,7 @@ class BenchBackend(str, Enum):
     tensorrt = "tensorrt"  # ours: a TensorRT engine (GPU hosts only)
     triton_grpc = "triton-grpc"  # ours, served: Triton's Python backend running the onnxruntime variant
     triton_http = "triton-http"
+    triton_image = "triton-image"  # ours, served: photographs (JPEG, PNG) to the `_image` ensemble, beside tensors
 
     @property
     def peer(self) -> bool:
@@ -41,7 +42,7 @@ class BenchBackend(str, Enum):
 
     @property
     def served(self) -> bool:
-        return self in (BenchBackend.triton_grpc, BenchBackend.triton_http)
+        return self in (BenchBackend.triton_grpc, BenchBackend.triton_http, BenchBackend.triton_image)
 
     def applies_to(self, task: Task) -> bool:
         """Each reference implementation runs its own kind of model: timm has no detectors, and transformers is the

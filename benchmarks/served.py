@@ -8,6 +8,7 @@ batch size), which is how a served model is used.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -15,16 +16,19 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vitexport.bench.perf_analyzer import find_perf_analyzer, measure
 from vitexport.errors import ServingError, first_line
 from vitexport.tasks.base import PIXELS
+
+if TYPE_CHECKING:
+    from vitexport.bench.image_path import ImagePathSettings
 
 
 @dataclass(frozen=True)
@@ -122,16 +126,35 @@ def serve_and_measure(
     *,
     triton_url: str | None = None,
     served_name: str | None = None,
+    image_path: ImagePathSettings | None = None,
     progress: Callable[[str], None] = lambda _: None,
-) -> dict[str, dict[int, dict[str, Any]]]:
-    """Results by protocol and concurrency. With `triton_url` (HOST:HTTP_PORT:GRPC_PORT) a running server serving
-    `served_name` is measured; otherwise a private server is started on a fresh repository."""
+) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, Any] | None]:
+    """Results by protocol and concurrency, and the image path's (`vitexport.bench.image_path`; None when not
+    asked for). With `triton_url` (HOST:HTTP_PORT:GRPC_PORT) a running server serving `served_name` (and its
+    `_image` ensemble) is measured; otherwise a private server is started on a fresh repository."""
     from vitexport.artifacts import load_artifact
 
     artifact = load_artifact(artifact_path)
+    with serving(artifact, workdir, settings, triton_url, served_name, image_path, progress) as (urls, name):
+        results = _measure(urls, name, artifact, protocols, settings, progress) if protocols else {}
+        image = None
+        if image_path is not None:
+            from vitexport.bench.image_path import measure_image_path
+
+            image = measure_image_path(urls["grpc"], name, artifact, image_path, workdir, progress)
+        return results, image
+
+
+@contextlib.contextmanager
+def serving(
+    artifact, workdir: Path, settings: ServedSettings, triton_url, served_name, image_path, progress
+) -> Iterator[tuple[dict[str, str], str]]:
+    """(urls by protocol, the served name) of the artifact served: by the running server at `triton_url`, or by a
+    private server on a fresh repository, with its image ensemble when the image path is measured."""
     if triton_url:
-        urls = parse_triton_url(triton_url)
-        return _measure(urls, served_name or artifact.model, artifact, protocols, settings, progress)
+        yield parse_triton_url(triton_url), served_name or artifact.model
+        return
+    from vitexport.bench.image_path import repository_options
     from vitexport.serving.config import ServingBackend
     from vitexport.serving.repository import add_model
     from vitexport.serving.server import TritonServer
@@ -139,15 +162,16 @@ def serve_and_measure(
     repo = Path(tempfile.mkdtemp(prefix="repo-", dir=workdir))
     try:
         name = "classifier"
-        add_model(
-            repo, artifact, backend=ServingBackend.for_format(artifact.format), name=name, ensemble=False,
-            intra_op_threads=settings.threads, require_gate=False,  # the report labels ungated variants
+        added = add_model(
+            repo, artifact, backend=ServingBackend.for_format(artifact.format), name=name,
+            ensemble=image_path is not None, intra_op_threads=settings.threads,
+            require_gate=False,  # the report labels ungated variants
+            **(repository_options(image_path, artifact, progress) if image_path else {}),
         )  # fmt: skip
         progress(f"{artifact.model}: starting Triton")
-        with TritonServer(repo, models=[name]) as server:
+        with TritonServer(repo, models=list(added.models)) as server:
             assert server.endpoints is not None
-            urls = {"http": server.endpoints.http, "grpc": server.endpoints.grpc}
-            return _measure(urls, name, artifact, protocols, settings, progress)
+            yield {"http": server.endpoints.http, "grpc": server.endpoints.grpc}, name
     finally:
         shutil.rmtree(repo, ignore_errors=True)
 

@@ -27,7 +27,13 @@ def served_variant(
 ) -> dict[str, Any] | None:
     """The variant the served rows serve: what `deploy` would serve, our fastest gated in-process variant of this run
     (at deploy's batch where measured, else the largest batch); a run that gated none (--quick) serves the fp32 ONNX
-    Runtime variant, and says so. Each served row carries this record as its `variant`."""
+    Runtime variant, and says so. Where the run measured the variant `deploy` left in a repository, that one. Each
+    served row carries this record as its `variant`."""
+    deployed = next((b for b in DEPLOYABLE if entries.get(b.value, {}).get("deployed") and b in paths), None)
+    if deployed is not None:
+        where = entries[deployed.value]["deployed"]
+        gated = bool(entries[deployed.value].get("gated"))  # its sidecar's verdict
+        return _record(deployed, paths[deployed], entries, gated, f"the variant vitexport deploy wrote to {where}")
     deploy_batch = str(task.timing_batch)
     rates = {}
     for b in DEPLOYABLE:
@@ -47,6 +53,10 @@ def served_variant(
         gated = bool(row["gated"]) if row and "gated" in row else passed_gate(path)
     else:
         return None
+    return _record(backend, path, entries, gated, chosen)
+
+
+def _record(backend: BenchBackend, path: Path, entries: dict[str, dict], gated: bool, chosen: str) -> dict[str, Any]:
     e = entries.get(backend.value, {})
     return {
         "backend": backend.value,
@@ -71,23 +81,27 @@ def beside_in_process(served: dict[str, dict[str, dict]], entries: dict[str, dic
 
 
 def served_rows(model, served, variant, skipped, config: Any, progress):
-    """The served rows of `model` (`config`: the run's BenchConfig), or why each could not be measured."""
+    """The served rows of `model` (`config`: the run's BenchConfig) by backend, the image path's result (or None),
+    and why each could not be measured."""
     from vitexport.bench.served import serve_and_measure
 
-    protocols = [b.value.removeprefix("triton-") for b in served]
+    image = BenchBackend.triton_image in served
+    protocols = [b.value.removeprefix("triton-") for b in served if b is not BenchBackend.triton_image]
     if variant is None:
-        return {}, {b.value: skipped.get(b, "no served artifact") for b in served}
+        return {}, None, {b.value: skipped.get(b, "no served artifact") for b in served}
     try:
-        results = serve_and_measure(
+        results, image_path = serve_and_measure(
             Path(variant["path"]),
             config.workdir,
             protocols,
             config.served,
             triton_url=config.triton_url,
             served_name=model,
+            image_path=config.image_path if image else None,
             progress=progress,
         )
     except VitExportError as e:
-        return {}, {b.value: first_line(e) for b in served}
+        return {}, None, {b.value: first_line(e) for b in served}
     record = {k: v for k, v in variant.items() if k != "path"}
-    return {f"triton-{p}": {str(c): r | {"variant": record} for c, r in pts.items()} for p, pts in results.items()}, {}
+    rows = {f"triton-{p}": {str(c): r | {"variant": record} for c, r in pts.items()} for p, pts in results.items()}
+    return rows, None if image_path is None else image_path | {"variant": record}, {}

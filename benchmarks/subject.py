@@ -20,6 +20,7 @@ class Subject:
     macs: int | None  # per image; None where the graph's shapes could not be inferred
     task: str = CLASSIFICATION.name  # a name in vitexport.tasks.TASKS
     artifact: Path | None = None  # the fp32 ONNX artifact for a file; None: a registered model, exported here
+    given: str = ""  # as the user named it (deit_small for deit_small_patch16_224)
 
     @property
     def registered(self) -> bool:
@@ -33,7 +34,9 @@ def subject(model_or_file: str) -> Subject:
 
     if not looks_like_a_file(model_or_file):
         spec = get_spec(model_or_file)
-        return Subject(spec.name, spec.family, spec.num_params, spec.img_size, spec.macs(), spec.task)
+        return Subject(
+            spec.name, spec.family, spec.num_params, spec.img_size, spec.macs(), spec.task, given=model_or_file
+        )
     from vitexport.artifacts import load_artifact
     from vitexport.export.onnx_macs import onnx_macs, onnx_params
 
@@ -46,4 +49,5 @@ def subject(model_or_file: str) -> Subject:
     size = artifact.preprocess.input_size
     macs = onnx_macs(artifact.path, artifact.input_name, size)
     family = artifact.family or "imported"
-    return Subject(artifact.model, family, onnx_params(artifact.path), size, macs, artifact.task, artifact.path)
+    params = onnx_params(artifact.path)
+    return Subject(artifact.model, family, params, size, macs, artifact.task, artifact.path, given=model_or_file)

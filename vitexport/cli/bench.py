@@ -23,7 +23,8 @@ Backends = Annotated[
     typer.Option(
         help="Comma-separated backends [default: all; --quick: torch,onnxruntime-plain]. Peers: torch, "
         "torch-compile, timm, onnxruntime-plain, openvino-plain; ours: onnxruntime, onnxruntime-int8, "
-        "openvino-bf16, openvino-int8, tensorrt, triton-grpc, triton-http."
+        "openvino-bf16, openvino-int8, tensorrt, triton-grpc, triton-http, triton-image (photographs to the image "
+        "ensemble beside tensors)."
     ),
 ]
 BatchSizes = Annotated[str | None, typer.Option(help="In-process batch sizes [default: 1,8,32; --quick 1,8].")]
@@ -47,6 +48,26 @@ TritonUrl = Annotated[
     typer.Option(help="HOST:HTTP_PORT:GRPC_PORT of a running Triton serving each MODEL [default: start one]."),
 ]
 Gemm = Annotated[bool, typer.Option(help="Measure the GEMM peaks (fraction-of-peak columns need them).")]
+Repo = Annotated[
+    Path | None,
+    typer.Option(
+        help="A repository `vitexport deploy` wrote: each MODEL's deployed variant is measured as it is (its row, and "
+        "served) [default with --quick: model_repository, where it exists]."
+    ),
+]
+GemmSizes = Annotated[
+    str | None, typer.Option(help="Sides of the GEMM peaks' matmuls [default: 1024,2048; --quick 512,1024].")
+]
+Photos = Annotated[
+    str | None,
+    typer.Option(
+        help="The image path's photographs, WIDTHxHEIGHT.jpg|png [default: 640x480, 1600x1200, 4032x3024 as JPEG "
+        "and PNG; --quick 640x480.jpg,4032x3024.jpg]. Measured with the triton-image backend."
+    ),
+]
+Preprocess = Annotated[
+    str | None, typer.Option(help="The image path's preprocessing mode, as the repository step takes it.")
+]
 
 
 def bench(
@@ -62,12 +83,17 @@ def bench(
     workdir: Workdir = None,
     triton_url: TritonUrl = None,
     gemm: Gemm = True,
+    gemm_sizes: GemmSizes = None,
+    repo: Repo = None,
+    photos: Photos = None,
+    preprocess: Preprocess = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Benchmark models in-process (ours against the peers, side by side) and served through Triton: JSON, Markdown
     and PNG plots in --output."""
     with user_errors():
         from vitexport.bench.bench import BenchConfig, run
+        from vitexport.bench.image_path import parse_photos
         from vitexport.bench.report import write
         from vitexport.bench.runners import BenchBackend
         from vitexport.fileio import writable_folder
@@ -84,6 +110,10 @@ def bench(
             workdir=workdir,
             triton_url=triton_url,
             gemm=gemm,
+            gemm_sizes=int_list("--gemm-sizes", gemm_sizes),
+            repo=repo,
+            photos=parse_photos(photos) if photos is not None else None,
+            preprocess=preprocess,
             command="vitexport bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
         )
         writable_folder(output, "the results")
