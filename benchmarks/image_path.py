@@ -82,8 +82,7 @@ class ImagePathSettings:
     concurrency: tuple[int, ...] = (1, 8)
     window_ms: int = 1500  # perf_analyzer's window; three are measured per point
     protocol: str = "grpc"
-    # The repository step's preprocessing mode (issue 24: `exact` or `fast`), passed to add_model as `preprocess=`
-    # where it takes one; None: the repository's default.
+    # The served preprocessing: `fast` (where its gate passes on the model, as `repo` chooses) or `exact`; None: fast.
     preprocess: str | None = None
 
 
@@ -333,32 +332,18 @@ def _settings_record(settings: ImagePathSettings) -> dict[str, Any]:
         "window_ms": settings.window_ms,
         "windows": 3,
         "protocol": settings.protocol,
-        "preprocess": settings.preprocess or "the repository's default",
+        "preprocess": settings.preprocess or "fast",
         "response_cache": False,
     }
 
 
 def repository_options(settings: ImagePathSettings, artifact: Any, progress=lambda _: None) -> dict[str, Any]:
-    """add_model's options for the image path's `--preprocess exact|fast` (issue 24): where the repository step takes
-    a served preprocessing (`preprocessing=`), the one `repo` and `deploy` would serve, chosen by the pipeline (the
-    fast path only where it passes its gate on this model; why not, said through `progress`); where it takes a mode
-    (`preprocess=`), the mode. A repository step with neither refuses it in one line."""
-    if settings.preprocess is None:
-        return {}
-    import inspect
+    """add_model's options for the image path: the served preprocessing `repo` and `deploy` would serve (`--preprocess
+    fast`, the default: the fast path only where it passes its gate on this model, why not said through `progress`;
+    `exact`: the reference)."""
+    from vitexport import pipeline
 
-    from vitexport.serving.repository import add_model
-
-    parameters = inspect.signature(add_model).parameters
-    if "preprocessing" in parameters:
-        from vitexport import pipeline
-
-        chosen, note = pipeline.choose_preprocessing(artifact, settings.preprocess, progress=progress)  # type: ignore[attr-defined]
-        if note:
-            progress(note)
-        return {"preprocessing": chosen}
-    if "preprocess" in parameters:
-        return {"preprocess": settings.preprocess}
-    raise VitExportError(
-        f"--preprocess {settings.preprocess}: this vitexport's repository step has no preprocessing modes"
-    )
+    chosen, note = pipeline.choose_preprocessing(artifact, settings.preprocess or "fast", progress=progress)
+    if note:
+        progress(note)
+    return {"preprocessing": chosen}

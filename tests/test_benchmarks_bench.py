@@ -295,19 +295,12 @@ def test_the_deployed_variant_is_found_by_its_sidecar_only(tmp_path):
     assert find_deployed(tmp_path, "test_vit") is None  # a version folder without a model file and its sidecar
 
 
-def test_a_preprocessing_mode_goes_to_the_repository_step_when_it_takes_one():
-    import inspect
-
+def test_the_image_path_serves_the_preprocessing_repo_would(tiny):
+    """`--preprocess exact` is the reference, ungated; unsaid, the fast path where its gate passes on this model (the
+    choice `repo` and `deploy` make), its figures recorded."""
     from vitexport.bench.image_path import ImagePathSettings, repository_options
-    from vitexport.serving.repository import add_model
 
-    assert repository_options(ImagePathSettings(), None) == {}
-    settings = ImagePathSettings(preprocess="exact")  # the reference: chosen without gating anything
-    parameters = inspect.signature(add_model).parameters
-    if "preprocessing" in parameters:
-        assert set(repository_options(settings, None)) == {"preprocessing"}
-    elif "preprocess" in parameters:
-        assert repository_options(settings, None) == {"preprocess": "exact"}
-    else:
-        with pytest.raises(VitExportError, match="no preprocessing modes"):
-            repository_options(settings, None)
+    exact = repository_options(ImagePathSettings(preprocess="exact"), None)["preprocessing"]
+    assert not exact.fast and exact.gate is None
+    chosen = repository_options(ImagePathSettings(), tiny("test_vit").onnx)["preprocessing"]
+    assert chosen.gate is not None and "fast" in chosen.gate
