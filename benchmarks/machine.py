@@ -44,6 +44,10 @@ def machine_info() -> dict[str, Any]:
             versions[lib] = importlib.metadata.version(lib)
         except importlib.metadata.PackageNotFoundError:
             continue
+    # The code that ran, not the metadata of an editable install, which keeps the version it was installed at.
+    from vitexport import __version__
+
+    versions["vitexport"] = __version__
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu": cpu.get("model name", platform.processor()),
