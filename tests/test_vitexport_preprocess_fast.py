@@ -83,6 +83,14 @@ def test_fast_path_passes_its_gate_on_tiny_classifiers(tiny, name, sent_passes):
     assert sent.passed is sent_passes, sent.failures
 
 
+@pytest.mark.parametrize("name", ["test_beit", "test_mae", "test_swin", "test_mobilevit"])
+def test_fast_path_passes_its_gate_on_every_other_family(tiny, name):
+    """The families the test above leaves out, each on the same photographs (0.3, 2 and 12 MP, JPEG and PNG)."""
+    artifact = tiny(name).onnx
+    report = preprocess_gate(load_runner(artifact, spinning=False), artifact.preprocess, CLASSIFICATION)
+    assert report.passed, report.failures
+
+
 def test_fast_path_passes_its_gate_on_a_tiny_detr(tiny_detr):
     artifact = tiny_detr
     run = load_runner(artifact, spinning=False)
