@@ -318,7 +318,12 @@ def preprocess_figures(report: GateReport) -> dict[str, Any]:
     """A preprocessing gate's figures as the repository records them: passed, the photos, the worst cosine, top-1
     agreement and largest difference of each output, the task's metrics (a detector's), the failures."""
     outputs = {
-        r.output: {"cosine": round(r.cosine, 6), "top1_agreement": r.top1_agreement, "max_abs": round(r.max_abs, 5)}
+        r.output: {
+            "cosine": round(r.cosine, 6),
+            "top1_agreement": r.top1_agreement,
+            "max_abs": round(r.max_abs, 5),
+            "max_probability_abs": None if r.max_probability_abs is None else float(f"{r.max_probability_abs:.3g}"),
+        }
         for r in report.images
     }
     photos = report.images[0].batch_size if report.images else 0

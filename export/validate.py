@@ -28,6 +28,8 @@ class DriftReport:
     # Over the last axis of every row (detection logits: per query); None for outputs that are not class scores.
     top1_agreement: float | None
     top5_overlap: float | None
+    # The largest move of any class's softmax probability (per row of scores, as top-1); None where not class scores.
+    max_probability_abs: float | None = None
 
     def failures(self, tol: Tolerance) -> list[str]:
         checks = [
@@ -37,6 +39,10 @@ class DriftReport:
         if self.top1_agreement is not None:
             top1 = self.top1_agreement >= tol.min_top1_agreement
             checks.append((top1, f"top-1 agreement {self.top1_agreement:.3f}"))
+        limit = tol.max_probability_abs
+        if limit is not None and self.max_probability_abs is not None:
+            moved = self.max_probability_abs
+            checks.append((moved <= limit, f"a class's probability moved by {moved:.2g} > {limit:g}"))
         where = f"{self.output} at batch {self.batch_size}"
         return [f"{where}: {msg}" for ok, msg in checks if not ok]
 
@@ -59,13 +65,14 @@ def compare(output: str, reference: np.ndarray, candidate: np.ndarray) -> DriftR
     flat_ref, flat_cand = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)
     norms = np.linalg.norm(flat_ref, axis=1) * np.linalg.norm(flat_cand, axis=1)
     cos = (flat_ref * flat_cand).sum(1) / (norms + 1e-30)
-    top1 = top5 = None
+    top1 = top5 = moved = None
     if output.split(" ")[0] not in BOX_OUTPUTS:
         rows_ref, rows_cand = ref.reshape(-1, ref.shape[-1]), cand.reshape(-1, cand.shape[-1])
         k = min(5, ref.shape[-1])
         top_ref, top_cand = np.argsort(-rows_ref, 1)[:, :k], np.argsort(-rows_cand, 1)[:, :k]
         overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand, strict=True)]
         top1, top5 = float((top_ref[:, 0] == top_cand[:, 0]).mean()), float(np.mean(overlap))
+        moved = float(np.abs(_softmax(rows_ref) - _softmax(rows_cand)).max())
     return DriftReport(
         output=output,
         batch_size=ref.shape[0],
@@ -74,7 +81,13 @@ def compare(output: str, reference: np.ndarray, candidate: np.ndarray) -> DriftR
         cosine=float(cos.min()),
         top1_agreement=top1,
         top5_overlap=top5,
+        max_probability_abs=moved,
     )
+
+
+def _softmax(rows: np.ndarray) -> np.ndarray:
+    e = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def check_drift(reports: list[DriftReport], tol: Tolerance, *, what: str = "validation failed") -> None:
