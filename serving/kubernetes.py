@@ -58,6 +58,24 @@ class Manifests:
     skipped: dict[str, str] = field(default_factory=dict)  # served model -> why it is not written
 
 
+def _check_image_serves(repo_dir: Path, served: tuple[ServedModel, ...]) -> None:
+    """One line for a model the serving image cannot run: a preprocessing on transformers' torchvision backend needs
+    torch and torchvision, which the image does not carry (1 GB, for one resize)."""
+    import json
+
+    from vitexport.serving import config as cfg
+
+    for s in served:
+        for name in s.models:
+            path = repo_dir / name / "config.pbtxt"
+            raw = cfg.parameter(cfg.parse(path.read_text(), str(path)), "preprocess") if path.is_file() else None
+            if raw is not None and json.loads(raw).get("resize_backend") == "torchvision":
+                raise KubernetesError(
+                    f"{name} preprocesses on torchvision (transformers' torchvision image processor), which the "
+                    "serving image does not carry: import it with --hf-backend pil, or serve it with `vitexport serve`"
+                )
+
+
 def served_models(repo_dir: Path) -> list[ServedModel]:
     """The repository's served models: models joined by ensembles are one (an ensemble with its steps), named by
     the model whose `<name>_image` ensemble is among them, else by the entry point (a model no ensemble runs)."""
@@ -131,6 +149,7 @@ def manifests(repo_dir: str | Path, settings: K8sSettings) -> Manifests:
                 else ""
             )
         )
+    _check_image_serves(repo_dir, served)
     files: dict[str, Any] = {"servingruntime.yaml": serving_runtime(settings)}
     for s in served:
         files[f"inferenceservice-{s.k8s_name}.yaml"] = inference_service(s, settings)

@@ -27,6 +27,9 @@ IMAGE_REQUIREMENTS = {"numpy": "1.26.4", "pillow": "12.3.0", "onnxruntime": "1.2
 # Import name -> distribution, for the third-party modules the backends import.
 DISTRIBUTIONS = {"numpy": "numpy", "PIL": "pillow", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 PROVIDED = {"triton_python_backend_utils"}  # the Python backend's own module, in the container already
+# Modules a backend imports only for models `k8s` refuses (a torchvision-backend preprocessing: the image carries no
+# torch), so the image needs neither them nor what they import.
+REFUSED_ONLY = {"vitexport.preprocess.tv_backend"}
 
 
 def backend_imports(backends_dir: Path | None = None) -> tuple[list[str], list[str]]:
@@ -47,6 +50,8 @@ def backend_imports(backends_dir: Path | None = None) -> tuple[list[str], list[s
                 parts = name.split(".")
                 for i in range(1, len(parts) + 1):  # a package's __init__ runs before its modules
                     module = ".".join(parts[:i])
+                    if module in REFUSED_ONLY:
+                        break
                     path = _module_path(root, module)
                     if path is not None and module not in ours:
                         ours.add(module)

@@ -151,10 +151,14 @@ def test_root_runs_triton_as_an_unprivileged_user(repo):
     assert account is not None and account.uid != 0
     install = TritonInstall.find()
     prefix: list[str] = []
-    blocked = isolation.first_blocked(
-        account, isolation.needed_paths(repo, (install.server, install.stub, install.libs))
-    )
+    needed = list(isolation.needed_paths(repo, (install.server, install.stub, install.libs)))
+    blocked = isolation.first_blocked(account, needed)
     if blocked is not None:  # here: the interpreter under /root (0700); serve would say so and keep root
+        # (serve hands Triton the repository through its own readable view, so the repository itself is not one)
+        rest = [p for p in needed[:-1] if not Path(os.path.abspath(p)).is_relative_to(blocked[0])]
+        other = isolation.first_blocked(account, rest)
+        if other is not None:  # e.g. a checkout in a 0700 folder (mktemp -d): more than this test works around
+            pytest.skip(f"{isolation.blocked_reason(account, [other[1]])}, besides {blocked[0]}")
         if not shutil.which("unshare"):
             pytest.skip(f"{isolation.blocked_reason(account, [blocked[1]])}, and no unshare to test around it")
         prefix = _in_mount_namespace(*blocked)

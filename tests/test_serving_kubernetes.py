@@ -376,7 +376,8 @@ def test_the_dockerfile_installs_what_the_backends_import_pinned_as_pyproject(re
     for backend in sorted((ROOT / "serving" / "backends").glob("*.py")):
         if backend.name == "__init__.py":  # the list of the model files, not one of them
             continue
-        finder = RuntimeImports(path=[str(ROOT)])  # the standard library is known by name, not followed
+        # The standard library is known by name, not followed; the modules only models `k8s` refuses import are not.
+        finder = RuntimeImports(path=[str(ROOT)], excludes=sorted(k8s_image.REFUSED_ONLY))
         finder.run_script(str(backend))
         ours |= {m for m in finder.modules if m.startswith("vitexport")}
         third |= {m.split(".")[0] for m in finder.badmodules if m.split(".")[0] not in sys.stdlib_module_names}
@@ -405,6 +406,24 @@ def test_the_dockerfile_installs_what_the_backends_import_pinned_as_pyproject(re
     }
     for name, version in installed.items():
         assert ranges[name].contains(version), (name, version, ranges[name])
+
+
+def test_a_model_preprocessing_on_torchvision_is_refused_in_one_line(repo, tmp_path):
+    """transformers' torchvision processors need torch, which the serving image does not carry: refused, not shipped
+    to fail in the cluster."""
+    import json
+
+    from vitexport.serving import config as cfg
+
+    copy_ = shutil.copytree(repo, tmp_path / "repo")
+    path = copy_ / "test_vit_preprocess" / "config.pbtxt"
+    config = cfg.parse(path.read_text())
+    pre = json.loads(config.parameters["preprocess"].string_value) | {"resize_backend": "torchvision"}
+    config.parameters["preprocess"].string_value = json.dumps(pre)
+    path.write_text(cfg.render(config))
+    result = runner.invoke(app, ["k8s", str(copy_), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "test_vit_preprocess preprocesses on torchvision" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
 def test_the_manifests_name_what_the_local_triton_serves_from_the_same_folder(repo, tmp_path):
