@@ -273,4 +273,5 @@ def _preprocessing(p: PreprocessConfig) -> str:
         resize = f"short side to {p.resize_short}"
     crop = f", crop {p.input_size}" if p.crop else ""
     order = ", BGR" if p.channel_order == "BGR" else ""
-    return f"{resize}{crop} ({p.interpolation}), mean {list(p.mean)}, std {list(p.std)}{order}"
+    kernel = f"{p.interpolation}, {p.resize_backend}" if p.resize_backend != "pil" else p.interpolation
+    return f"{resize}{crop} ({kernel}), mean {list(p.mean)}, std {list(p.std)}{order}"
