@@ -19,6 +19,7 @@ from vitexport.errors import ValidationError, VitExportError
 from vitexport.export.validate import DriftReport, compare
 from vitexport.preprocess import DetectionInput, PreprocessConfig
 from vitexport.tasks import CLASSIFICATION, Budget, InputSet, Task, task_of
+from vitexport.tasks.classification import Tolerance
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 EVAL_BATCH = 8  # images per call: DETR's 800 px canvas at 32 would hold GBs of activations
@@ -284,12 +285,15 @@ def preprocess_gate(
     output_names: tuple[str, ...] | None = None,
     sent: bool = False,
     photos: Sequence[tuple[str, bytes]] | None = None,
+    precision: str = "fp32",
 ) -> GateReport:
     """The fast preprocessing against the exact reference, on the same model `run`, by the gate's measures (each
     output's drift: worst cosine, top-1 agreement; a detector's query agreement and boxes) within the task's
     `preprocess_budget`, on photographs of 0.3, 2 and 12 MP as JPEG and PNG (`photos.sized_photos`). `sent`: the
     photos as a client sends them resized (`reduce_for_sending`) and then preprocessed fast, against the exact
-    preprocessing of the originals."""
+    preprocessing of the originals. `precision`, the served variant's: a budget's bound on probabilities (what a
+    client reads) holds for fp32 only, where the served answers are the reference's; a variant whose own precision
+    moves them by more is gated by the drift measures alone."""
     from vitexport.export.photos import sized_photos
     from vitexport.preprocess import preprocess_detection, preprocess_image, reduce_for_sending
 
@@ -303,6 +307,8 @@ def preprocess_gate(
 
     exact, fast = prepared(False), prepared(True)
     budget = task.preprocess_budget
+    if precision != "fp32" and isinstance(budget, Tolerance) and budget.max_probability_abs is not None:
+        budget = replace(budget, max_probability_abs=None)
     names = output_names or task.output_names()
     reference = _run_batched(run, exact.images, _masks(task, exact))
     candidate = _run_batched(run, fast.images, _masks(task, fast))

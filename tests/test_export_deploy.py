@@ -27,7 +27,7 @@ def test_deploy_serves_the_fastest_gated_candidate_and_the_right_label(digits, t
     args += ["--calibration", str(digits.train), "--images", str(digits.test), "--workdir", str(tmp_path / "work")]
     result = runner.invoke(app, [*args, "--labels", str(tmp_path / "labels.txt"), "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # notes go to stderr
     candidates = report["candidates"]
     assert {(c["runtime"], c["precision"]) for c in candidates} == {
         ("openvino", "int8"),

@@ -216,8 +216,9 @@ def choose_preprocessing(
         run = load_runner(artifact, spinning=False)
     except VitExportError as e:
         return ServedPreprocessing(fast=False), f"preprocessing: exact (the fast path's gate cannot run here: {e})"
-    fast = preprocess_gate(run, artifact.preprocess, task, output_names=artifact.output_names)
-    sent = preprocess_gate(run, artifact.preprocess, task, output_names=artifact.output_names, sent=True)
+    names, precision = artifact.output_names, artifact.precision.value
+    fast = preprocess_gate(run, artifact.preprocess, task, output_names=names, precision=precision)
+    sent = preprocess_gate(run, artifact.preprocess, task, output_names=names, sent=True, precision=precision)
     gate = {"fast": preprocess_figures(fast), "sent resized": preprocess_figures(sent)}
     if not fast.passed:
         why = f"preprocessing: exact (the fast path failed its gate: {'; '.join(fast.failures)})"
