@@ -20,6 +20,7 @@ from vitexport.errors import ArtifactError, first_line
 from vitexport.export.hf_layout import MODEL_FILE, HubConfig, find_layout, head, read_hub_config
 from vitexport.fileio import check_user_file, read_user_text
 from vitexport.preprocess import INTERPOLATIONS, PreprocessConfig, from_hf_processor
+from vitexport.preprocess.config import RESIZE_BACKENDS
 from vitexport.tasks import CLASSIFICATION, FEATURES
 
 if TYPE_CHECKING:
@@ -199,6 +200,7 @@ def _preprocess(
 ) -> PreprocessConfig:
     """The file's own vitexport metadata, else a Hugging Face preprocessor config, else the flags; the flags override
     whatever they name. The input size must agree with the graph's."""
+    _check_backend(backend[0], config)
     found: dict[str, Any] = {}
     if "vitexport.preprocess" in metadata:
         found = json.loads(metadata["vitexport.preprocess"])
@@ -227,6 +229,18 @@ def _preprocess(
         raise ArtifactError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, not {interpolation!r}")
     # from_dict: the keys beyond these (a processor's fixed resize, crop rounding, channel order...) come along.
     return PreprocessConfig.from_dict(found | {"crop_pct": crop_pct, "interpolation": interpolation})
+
+
+def _check_backend(asked: str | None, config: str | Path | None) -> None:
+    """--hf-backend names a known backend, of an image processor there is."""
+    if asked is None:
+        return
+    if asked not in RESIZE_BACKENDS:
+        raise ArtifactError(f"--hf-backend must be one of {', '.join(RESIZE_BACKENDS)}, not {asked!r}")
+    if config is None:
+        raise ArtifactError(
+            "--hf-backend is an image processor's: give its preprocessor_config.json (none is beside it)"
+        )
 
 
 def _check_overrides(found: dict[str, Any], flags: PreprocessFlags, config: str) -> None:

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from vitexport.artifacts import load_artifact
 from vitexport.cli import app
 from vitexport.errors import ArtifactError
-from vitexport.export.onnx_import import import_onnx
+from vitexport.export.onnx_import import PreprocessFlags, import_onnx
 from vitexport.ort import ort_session
 
 runner = CliRunner()
@@ -197,3 +197,12 @@ def test_the_processor_backend_is_the_one_the_writing_transformers_loads(folder,
     _edit(folder / "config.json", transformers_version=written_by)
     _edit(folder / "preprocessor_config.json", image_processor_type=kind)
     assert import_onnx(folder, hf_backend=flag).preprocess.resize_backend == backend
+
+
+def test_a_backend_import_cannot_use_is_one_line(folder, tmp_path):
+    with pytest.raises(ArtifactError, match="--hf-backend must be one of pil, torchvision, not 'bogus'"):
+        import_onnx(folder, hf_backend="bogus")
+    bare = tmp_path / "bare.onnx"
+    shutil.copy(folder / "model.onnx", bare)
+    with pytest.raises(ArtifactError, match="--hf-backend is an image processor's"):
+        import_onnx(bare, hf_backend="pil", flags=PreprocessFlags(mean=(0.5,) * 3, std=(0.5,) * 3))
