@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitexport.artifacts import Format, ModelArtifact, sidecar_path
 from vitexport.errors import ArtifactError, first_line
-from vitexport.export.hf_layout import MODEL_FILE, HubConfig, find_layout, head, read_hub_config
+from vitexport.export.hf_layout import MODEL_FILE, HubConfig, find_layout, head, read_hub_config, read_json
 from vitexport.fileio import check_user_file, read_user_text
 from vitexport.preprocess import INTERPOLATIONS, PreprocessConfig, from_hf_processor
 from vitexport.preprocess.config import RESIZE_BACKENDS
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 # Ops that only attention has; a graph without them is treated as a convnet by the optimizer (INT8 recipes).
 ATTENTION_OPS = {"Softmax", "Attention", "MultiHeadAttention"}
-# Bounds on the small text files a user names: far above any real one (ImageNet-21k's 21,843 class names are 0.5 MB).
-MAX_CONFIG_BYTES = 1 << 20
+# Bound on a labels file a user names: far above any real one (ImageNet-21k's 21,843 class names are 0.5 MB); the
+# Hugging Face JSON files' is hf_layout's.
 MAX_LABELS_BYTES = 16 << 20
 
 
@@ -55,11 +55,10 @@ def import_onnx(
     embeddings: bool = False,
     hf_backend: str | None = None,
 ) -> ModelArtifact:
-    """Check `path` is an image model, work out its preprocessing, write its sidecar; the artifact.
-
-    `output` names the output to use when the graph has several (default: the only one, or `logits`); `embeddings`
-    says it is a pooled embedding, not class logits. `hf_backend` ("pil", "torchvision"): the image processor's, as
-    transformers 5's `AutoImageProcessor(backend=)`; default: what the transformers that wrote the folder loads."""
+    """Check `path` is an image model, work out its preprocessing, write its sidecar; the artifact. `output`: the
+    output to use when the graph has several (default: the only one, or `logits`); `embeddings`: it is a pooled
+    embedding, not class logits; `hf_backend` ("pil", "torchvision"): the image processor's, as transformers 5's
+    `AutoImageProcessor(backend=)` (default: what the transformers that wrote the folder loads)."""
     import onnx
 
     layout = find_layout(Path(path))
@@ -78,8 +77,9 @@ def import_onnx(
         embeddings, output = said.embeddings, output or said.output
     output_name, width = _output(model, path, output)
     metadata = {p.key: p.value for p in model.metadata_props}
-    backend = (hf_backend, hf_backend or (hub.processor_backend if hub else None))  # (asked, the writer's default)
-    preprocess = _preprocess(metadata, preprocess_config or layout.preprocessor_config, flags, size, path, backend)
+    preprocess = _preprocess(
+        metadata, preprocess_config or layout.preprocessor_config, flags, size, path, hf_backend, hub
+    )
     class_names = _class_names(labels, hub, width)
     if embeddings and labels is not None:
         raise ArtifactError("--labels names classes; an embeddings output has none")
@@ -196,16 +196,19 @@ def _preprocess(
     flags: PreprocessFlags,
     size: int | None,
     path: Path,
-    backend: tuple[str | None, str | None] = (None, None),
+    backend: str | None = None,
+    hub: HubConfig | None = None,
 ) -> PreprocessConfig:
     """The file's own vitexport metadata, else a Hugging Face preprocessor config, else the flags; the flags override
     whatever they name. The input size must agree with the graph's."""
-    _check_backend(backend[0], config)
+    _check_backend(backend, config)
     found: dict[str, Any] = {}
     if "vitexport.preprocess" in metadata:
         found = json.loads(metadata["vitexport.preprocess"])
     if config is not None:  # the whole description: nothing of the metadata's may survive beside it
-        found = _from_hugging_face(Path(config), size, backend)
+        # A plain processor type is read as the transformers that wrote the folder (config.json) loads it.
+        writer_backend = hub.processor_backend if hub else None
+        found = _from_hugging_face(Path(config), size, backend, writer_backend)
         _check_overrides(found, flags, Path(config).name)
     said = {k: v for k, v in vars(flags).items() if v is not None}
     found |= {"input_size" if k == "size" else k: v for k, v in said.items()}
@@ -253,21 +256,12 @@ def _check_overrides(found: dict[str, Any], flags: PreprocessFlags, config: str)
         raise ArtifactError(f"--crop-pct, but {config} resizes to {found['resize']} itself: drop one of them")
 
 
-def _from_hugging_face(path: Path, size: int | None, backend: tuple[str | None, str | None]) -> dict[str, Any]:
+def _from_hugging_face(path: Path, size: int | None, backend: str | None, writer_backend: str | None) -> dict[str, Any]:
     """A transformers image processor's preprocessor_config.json in PreprocessConfig's terms (vitexport.preprocess.hf:
     exactly, or refused in one line naming the key)."""
+    d = read_json(path, "image processor's config")
     try:
-        d = json.loads(read_user_text(path, "preprocessing config", limit=MAX_CONFIG_BYTES, error=ArtifactError))
-    except ValueError as e:
-        raise ArtifactError(f"cannot read {path}: {first_line(e)}") from None
-    if not isinstance(d, dict):
-        raise ArtifactError(f"{path} is not an image processor's config (a JSON object)")
-    try:
-        # (the user's backend, the writer's default): a type named for its backend (...Fast, ...Pil) is loaded as such
-        # by transformers 4 and 5 alike; only a plain type follows the version that wrote the folder.
-        asked, default = backend
-        named = str(d.get("image_processor_type", "")).endswith(("Fast", "Pil"))
-        return from_hf_processor(d, input_size=size, backend=asked or (None if named else default)).to_dict()
+        return from_hf_processor(d, input_size=size, backend=backend, writer_backend=writer_backend).to_dict()
     except ArtifactError as e:
         raise ArtifactError(f"{path.name}: {e}") from None
 

@@ -305,7 +305,7 @@ def deploy(
     calibration, images, note = default_calibration(calibration, images)
     # The export and the candidates go to one working folder, never into the current directory; an imported Hugging
     # Face folder's `model.onnx` is named after its folder, as `import` names it.
-    stem = Path(model_or_onnx).name if source_name != str(model_or_onnx) else Path(source_name).stem
+    stem = Path(model_or_onnx).name if Path(model_or_onnx).is_dir() else Path(source_name).stem
     folder = Path(workdir) if workdir is not None else Path("deploy") / (name or stem)
     folder.mkdir(parents=True, exist_ok=True)
     source = export_or_load(source_name, folder, checkpoint=checkpoint, progress=progress)

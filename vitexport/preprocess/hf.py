@@ -101,13 +101,15 @@ CONVNEXT_WARP = 384  # ConvNextImageProcessor: a shortest_edge this size or over
 
 
 def from_hf_processor(
-    d: dict[str, Any], *, input_size: int | None = None, backend: str | None = None
+    d: dict[str, Any], *, input_size: int | None = None, backend: str | None = None, writer_backend: str | None = None
 ) -> PreprocessConfig:
     """A preprocessor_config.json's dict -> the PreprocessConfig that gives the same pixels; `input_size`, the model's
     S when known, must be what the processor makes. Without `backend`, the pixels of the processor transformers 4
     (what Optimum runs) loads from the file: `...Fast` torchvision, else Pillow; with it ("pil" or "torchvision"), those
     of transformers 5's `AutoImageProcessor.from_pretrained(path, backend=backend)` (5 writes the same type for both,
-    and loads torchvision by default). ArtifactError, one line naming the key, for anything else."""
+    and loads torchvision by default). `writer_backend`: the backend the transformers that wrote the file loads a
+    plain type with (5: torchvision), taken where `backend` is not given and the type does not name its own (`...Fast`
+    and `...Pil` are loaded as such by 4 and 5 alike). ArtifactError, one line naming the key, for anything else."""
     kind = str(d.get("image_processor_type") or d.get("feature_extractor_type") or "")
     name = kind.replace("FeatureExtractor", "ImageProcessor").removesuffix("Fast").removesuffix("Pil")
     processor = PROCESSORS.get(name)
@@ -119,6 +121,8 @@ def from_hf_processor(
         raise ArtifactError(f"backend: {backend!r} is not pil or torchvision")
     if backend is None and kind.endswith("Pil"):  # a transformers 5 class name: read as 5 reads it
         backend = "pil"
+    elif backend is None and not kind.endswith("Fast"):
+        backend = writer_backend
     given = {k: v for k, v in d.items() if v is not None}  # transformers reads null as the class default
     unknown = sorted(set(given) - COMMON - IRRELEVANT - processor.keys)
     if unknown:
