@@ -50,10 +50,6 @@ class Photo:
     def name(self) -> str:
         return f"{self.width}x{self.height}.{self.extension}"
 
-    @property
-    def megapixels(self) -> float:
-        return round(self.width * self.height / 1e6, 1)
-
     @classmethod
     def parse(cls, text: str) -> Photo:
         """`640x480.jpg`: one line when it is not that."""
@@ -292,8 +288,8 @@ def where_the_time_goes(point: dict[str, Any], name: str) -> dict[str, float | N
     pre_queue, pre = step(f"{name}_preprocess")
     model_queue, model = step(name)
     post_queue, post = step(f"{name}_postprocess")
-    total = server.get(f"{name}_image", {}).get("server_ms")
     ensemble = server.get(f"{name}_image")
+    total = ensemble.get("server_ms") if ensemble else None
     parts = [point.get(k) for k in ("client_send_ms", "network_ms", "client_recv_ms")]
     return {
         "preprocess_queue_ms": pre_queue,

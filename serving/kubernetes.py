@@ -58,17 +58,17 @@ class Manifests:
     skipped: dict[str, str] = field(default_factory=dict)  # served model -> why it is not written
 
 
-def _check_image_serves(repo_dir: Path, served: tuple[ServedModel, ...]) -> None:
+def _check_image_serves(configs: dict[str, Any], served: tuple[ServedModel, ...]) -> None:
     """One line for a model the serving image cannot run: a preprocessing on transformers' torchvision backend needs
-    torch and torchvision, which the image does not carry (1 GB, for one resize)."""
+    torch and torchvision, which the image does not carry (1 GB, for one resize). `configs`: the repository's, by
+    name (`scan`)."""
     import json
 
     from vitexport.serving import config as cfg
 
     for s in served:
         for name in s.models:
-            path = repo_dir / name / "config.pbtxt"
-            raw = cfg.parameter(cfg.parse(path.read_text(), str(path)), "preprocess") if path.is_file() else None
+            raw = cfg.parameter(configs[name], "preprocess")
             if raw is not None and json.loads(raw).get("resize_backend") == "torchvision":
                 raise KubernetesError(
                     f"{name} preprocesses on torchvision (transformers' torchvision image processor), which the "
@@ -76,10 +76,11 @@ def _check_image_serves(repo_dir: Path, served: tuple[ServedModel, ...]) -> None
                 )
 
 
-def served_models(repo_dir: Path) -> list[ServedModel]:
+def served_models(repo_dir: Path, configs: dict[str, Any] | None = None) -> list[ServedModel]:
     """The repository's served models: models joined by ensembles are one (an ensemble with its steps), named by
-    the model whose `<name>_image` ensemble is among them, else by the entry point (a model no ensemble runs)."""
-    configs = scan(repo_dir)
+    the model whose `<name>_image` ensemble is among them, else by the entry point (a model no ensemble runs).
+    `configs`: the repository's parsed configs when the caller has them (`scan`)."""
+    configs = scan(repo_dir) if configs is None else configs
     if not configs:
         raise KubernetesError(f"{repo_dir} holds no model (no <model>/config.pbtxt); write one with `vitexport repo`")
     group = {m: {m} for m in configs}
@@ -120,7 +121,8 @@ def configs_sha256(repo_dir: Path, models: tuple[str, ...] | list[str]) -> str:
 
 def manifests(repo_dir: str | Path, settings: K8sSettings) -> Manifests:
     repo_dir = Path(repo_dir)
-    everything = served_models(repo_dir)
+    configs = scan(repo_dir)
+    everything = served_models(repo_dir, configs)
     by_name = {s.name: s for s in everything}
     for s in everything:
         for m in s.models:
@@ -149,7 +151,7 @@ def manifests(repo_dir: str | Path, settings: K8sSettings) -> Manifests:
                 else ""
             )
         )
-    _check_image_serves(repo_dir, served)
+    _check_image_serves(configs, served)
     files: dict[str, Any] = {"servingruntime.yaml": serving_runtime(settings)}
     for s in served:
         files[f"inferenceservice-{s.k8s_name}.yaml"] = inference_service(s, settings)
