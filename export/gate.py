@@ -294,30 +294,50 @@ def preprocess_gate(
     preprocessing of the originals. `precision`, the served variant's: a budget's bound on probabilities (what a
     client reads) holds for fp32 only, where the served answers are the reference's; a variant whose own precision
     moves them by more is gated by the drift measures alone."""
+    return preprocess_gates(
+        run, cfg, task, output_names=output_names, sent=(sent,), photos=photos, precision=precision
+    )[0]
+
+
+def preprocess_gates(
+    run: Run,
+    cfg: PreprocessConfig,
+    task: Task,
+    *,
+    output_names: tuple[str, ...] | None = None,
+    sent: Sequence[bool] = (False, True),
+    photos: Sequence[tuple[str, bytes]] | None = None,
+    precision: str = "fp32",
+) -> list[GateReport]:
+    """`preprocess_gate` for each of `sent` (the photos as given, then as a client sends them), against one exact
+    reference: the originals' exact preprocessing and the model's answers on them are computed once."""
     from vitexport.export.photos import sized_photos
     from vitexport.preprocess import preprocess_detection, preprocess_image, reduce_for_sending
 
     files = list(photos if photos is not None else sized_photos())
 
-    def prepared(fast: bool) -> ImageSet:
-        data = [reduce_for_sending(b, cfg) if fast and sent else b for _, b in files]
+    def prepared(fast: bool, resized: bool) -> ImageSet:
+        data = [reduce_for_sending(b, cfg) if resized else b for _, b in files]
         if cfg.detection:
             return ImageSet.of_detections([preprocess_detection(d, cfg, fast=fast) for d in data])
         return ImageSet(np.stack([preprocess_image(d, cfg, fast=fast) for d in data]), None)
 
-    exact, fast = prepared(False), prepared(True)
     budget = task.preprocess_budget
     if precision != "fp32" and isinstance(budget, Tolerance) and budget.max_probability_abs is not None:
         budget = replace(budget, max_probability_abs=None)
     names = output_names or task.output_names()
+    exact = prepared(False, False)
     reference = _run_batched(run, exact.images, _masks(task, exact))
-    candidate = _run_batched(run, fast.images, _masks(task, fast))
-    where = "sent photos" if sent else "photos"
-    drift = _compare_outputs(names, reference, candidate, where)
     inputs = InputSet("images", [(exact.images, _masks(task, exact))])
-    grade = task.grade(inputs, reference, candidate, drift, budget, lenient=False)
-    metrics = [] if grade.metrics is None else [grade.metrics]
-    return GateReport(task, "fp32", budget, [], drift, metrics, grade.failures)
+    reports = []
+    for resized in sent:
+        fast = prepared(True, resized)
+        candidate = _run_batched(run, fast.images, _masks(task, fast))
+        drift = _compare_outputs(names, reference, candidate, "sent photos" if resized else "photos")
+        grade = task.grade(inputs, reference, candidate, drift, budget, lenient=False)
+        metrics = [] if grade.metrics is None else [grade.metrics]
+        reports.append(GateReport(task, "fp32", budget, [], drift, metrics, grade.failures))
+    return reports
 
 
 def preprocess_figures(report: GateReport) -> dict[str, Any]:

@@ -203,7 +203,7 @@ def choose_preprocessing(
     clients sending large photos resized where that passes the same gate too; the gate's figures recorded with it.
     The exact reference when asked, and where the gate fails or cannot run here (a TensorRT engine on a machine
     without its GPU): then the note says why."""
-    from vitexport.export.gate import preprocess_figures, preprocess_gate
+    from vitexport.export.gate import preprocess_figures, preprocess_gates
     from vitexport.export.runners import load_runner
     from vitexport.preprocess import ServedPreprocessing
     from vitexport.tasks import task_of
@@ -216,9 +216,10 @@ def choose_preprocessing(
         run = load_runner(artifact, spinning=False)
     except VitExportError as e:
         return ServedPreprocessing(fast=False), f"preprocessing: exact (the fast path's gate cannot run here: {e})"
-    names, precision = artifact.output_names, artifact.precision.value
-    fast = preprocess_gate(run, artifact.preprocess, task, output_names=names, precision=precision)
-    sent = preprocess_gate(run, artifact.preprocess, task, output_names=names, sent=True, precision=precision)
+    precision = artifact.precision.value
+    fast, sent = preprocess_gates(
+        run, artifact.preprocess, task, output_names=artifact.output_names, precision=precision
+    )
     gate = {"fast": preprocess_figures(fast), "sent resized": preprocess_figures(sent)}
     if not fast.passed:
         why = f"preprocessing: exact (the fast path failed its gate: {'; '.join(fast.failures)})"
